@@ -1,0 +1,6 @@
+from broker.cli import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

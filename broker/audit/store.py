@@ -1,0 +1,387 @@
+"""The audit store: an append-only, hash-chained event log in SQLite.
+
+Files in the data directory:
+
+    audit.db     events (hash chain), subjects (wrapped keys), personal (ciphertext)
+    master.key   32 random bytes, mode 0600, never inside the database
+
+Every `append` is committed durably (WAL, synchronous=FULL) before it returns,
+and any failure to write raises `AuditWriteError`: callers must treat that as
+"do not proceed" — no session starts without its audit trail.
+
+Events cannot be changed in place: triggers abort any UPDATE or DELETE on the
+events table. Personal fields live in a separate table, encrypted with a key
+per data subject, so they can be destroyed without touching the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from broker.audit.chain import GENESIS_HASH, check_body, event_hash, format_time
+from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
+from broker.errors import AuditError, AuditWriteError
+
+__all__ = ["AuditEvent", "AuditLog"]
+
+SCHEMA_VERSION = 1
+# How long an append waits for another process (the admin CLI, say) holding
+# the write lock before it gives up and fails closed.
+DEFAULT_BUSY_TIMEOUT = 10.0
+_TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_MAX_FIELD_CHARS = 256
+_VERIFY_BATCH = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq       INTEGER PRIMARY KEY,
+    time      TEXT NOT NULL,
+    type      TEXT NOT NULL,
+    session   TEXT,
+    actor     TEXT,
+    subject   TEXT,
+    body      TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events(session);
+CREATE INDEX IF NOT EXISTS events_type ON events(type);
+CREATE INDEX IF NOT EXISTS events_subject ON events(subject);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+
+CREATE TABLE IF NOT EXISTS subjects (
+    pseudonym   TEXT PRIMARY KEY,
+    wrapped_key BLOB,
+    created     TEXT NOT NULL,
+    erased      TEXT
+);
+
+CREATE TABLE IF NOT EXISTS personal (
+    seq        INTEGER PRIMARY KEY REFERENCES events(seq),
+    pseudonym  TEXT NOT NULL REFERENCES subjects(pseudonym),
+    created    TEXT NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS personal_pseudonym ON personal(pseudonym);
+CREATE INDEX IF NOT EXISTS personal_created ON personal(created);
+"""
+
+_SELECT_EVENTS = """
+SELECT e.seq, e.time, e.type, e.session, e.actor, e.subject, e.body, e.prev_hash, e.hash,
+       p.ciphertext, s.wrapped_key
+FROM (
+    SELECT * FROM events
+    WHERE (:session IS NULL OR session = :session) AND (:type IS NULL OR type = :type)
+    ORDER BY seq DESC LIMIT :limit
+) AS e
+LEFT JOIN personal AS p ON p.seq = e.seq
+LEFT JOIN subjects AS s ON s.pseudonym = p.pseudonym
+ORDER BY e.seq ASC
+"""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    seq: int
+    time: str
+    type: str
+    session: str | None
+    actor: str | None
+    subject: str | None  # pseudonym, never the raw device id
+    body: dict[str, Any]
+    personal: dict[str, str] | None  # None if there were none or they were erased
+    prev_hash: str
+    hash: str
+
+
+def _check_field(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or len(value) > _MAX_FIELD_CHARS:
+        raise AuditError(f"audit {name} must be a string of at most "
+                         f"{_MAX_FIELD_CHARS} characters")
+
+
+def _prepare_file(path: Path) -> None:
+    # sqlite would create the file with the umask's mode; its -wal and -shm
+    # files copy the database file's mode, so 0600 here covers all three.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+class AuditLog:
+    """One open audit store. Use `await AuditLog.open(data_dir)`, then `close()`."""
+
+    def __init__(self, db: aiosqlite.Connection, keys: AuditKeys, path: Path) -> None:
+        self._db: aiosqlite.Connection | None = db
+        self._keys = keys
+        self.path = path
+        # One lock for every statement on the shared connection: appends must
+        # chain (seq, prev_hash read and insert as one unit), and a read must
+        # never run inside another call's open transaction.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        master_key: Path | None = None,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> AuditLog:
+        """Open (creating if needed) the audit store in `data_dir`.
+
+        `master_key` defaults to ``data_dir/master.key``; a deployment may keep
+        it elsewhere (another disk, a secrets mount).
+        """
+        data_dir = Path(data_dir)
+        db_path = data_dir / "audit.db"
+        key_path = master_key if master_key is not None else data_dir / "master.key"
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditError(f"cannot create the data directory {data_dir}: {exc}") from exc
+        if not key_path.exists() and db_path.exists() and db_path.stat().st_size > 0:
+            # A new key would silently orphan every pseudonym and personal field.
+            raise AuditError(
+                f"{db_path} exists but its master key {key_path} is missing; "
+                "restore master.key from your backup"
+            )
+        keys = AuditKeys(load_or_create_master_key(key_path))
+        try:
+            _prepare_file(db_path)
+            db = await aiosqlite.connect(db_path, timeout=busy_timeout, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise AuditError(f"cannot open the audit log {db_path}: {exc}") from exc
+        try:
+            await cls._initialise(db, db_path)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, keys, db_path)
+
+    @staticmethod
+    async def _initialise(db: aiosqlite.Connection, db_path: Path) -> None:
+        try:
+            row = await (await db.execute("PRAGMA user_version")).fetchone()
+            if row is not None and row[0] > SCHEMA_VERSION:
+                raise AuditError(f"{db_path} was made by a newer consentry; upgrade to use it")
+            row = await (await db.execute("PRAGMA journal_mode=WAL")).fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                raise AuditError(f"{db_path}: cannot switch the audit log to WAL mode")
+            # FULL: every commit is fsynced — an event acknowledged is an event kept.
+            await db.execute("PRAGMA synchronous=FULL")
+            # Deleted personal data is overwritten with zeros, not left in free pages.
+            await db.execute("PRAGMA secure_delete=ON")
+            await db.execute("PRAGMA foreign_keys=ON")
+            # One transaction inside the script (executescript would commit any
+            # transaction opened outside it): the schema appears whole or not at all.
+            await db.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            await AuditLog._rollback(db)
+            raise AuditError(f"cannot initialise the audit log {db_path}: {exc}") from exc
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            async with self._lock:
+                await db.close()
+
+    def pseudonym(self, device_id: str) -> str:
+        """The stable pseudonym under which `device_id` appears in the log."""
+        return self._keys.pseudonym(device_id)
+
+    async def append(
+        self,
+        type: str,
+        *,
+        now: dt.datetime,
+        session: str | None = None,
+        actor: str | None = None,
+        subject: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        personal: Mapping[str, str] | None = None,
+    ) -> int:
+        """Record one event durably and return its seq.
+
+        `subject` is the raw identifier of the data subject (the agent's device
+        id); only its pseudonym is stored. `personal` (alias, ip, hostname,
+        os_user, ...) is stored encrypted under that subject's key and needs a
+        subject, so it can be erased with it. Raises AuditError for invalid
+        input and AuditWriteError if the event could not be made durable.
+        """
+        if not isinstance(type, str) or not _TYPE_RE.fullmatch(type):
+            raise AuditError(f"invalid audit event type {type!r}")
+        _check_field("session", session)
+        _check_field("actor", actor)
+        _check_field("subject", subject)
+        body_dict, body_bytes = check_body(body)
+        fields = check_personal(personal)
+        if fields is not None and subject is None:
+            raise AuditError("personal fields need a subject, so they can be erased with it")
+        time = format_time(now)
+        pseudonym = None if subject is None else self._keys.pseudonym(subject)
+        # Shielded: once started, the transaction runs to COMMIT or ROLLBACK even
+        # if the caller is cancelled, so the connection is never left mid-way.
+        return await asyncio.shield(
+            self._append_locked(
+                type, time, session, actor, pseudonym, body_dict, body_bytes.decode(), fields
+            )
+        )
+
+    async def _append_locked(
+        self,
+        type: str,
+        time: str,
+        session: str | None,
+        actor: str | None,
+        pseudonym: str | None,
+        body: dict[str, Any],
+        body_text: str,
+        personal: dict[str, str] | None,
+    ) -> int:
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise AuditWriteError("audit log could not be written: it is closed")
+            try:
+                # IMMEDIATE takes the write lock now, so the last row read below is
+                # still the last row when ours is inserted, even with another
+                # process (the admin CLI) appending to the same file.
+                await db.execute("BEGIN IMMEDIATE")
+                row = await (
+                    await db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                ).fetchone()
+                seq, prev_hash = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
+                digest = event_hash(prev_hash, seq, time, type, session, actor, pseudonym, body)
+                await db.execute(
+                    "INSERT INTO events (seq, time, type, session, actor, subject, body, "
+                    "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, time, type, session, actor, pseudonym, body_text, prev_hash, digest),
+                )
+                if pseudonym is not None:
+                    subject_key = await self._subject_key(db, pseudonym, time)
+                    if personal is not None:
+                        await db.execute(
+                            "INSERT INTO personal (seq, pseudonym, created, ciphertext) "
+                            "VALUES (?, ?, ?, ?)",
+                            (seq, pseudonym, time,
+                             self._keys.seal_personal(subject_key, seq, personal)),
+                        )
+                await db.commit()
+            except Exception as exc:
+                await self._rollback(db)
+                raise AuditWriteError(f"audit log could not be written: {exc}") from exc
+            return seq
+
+    async def _subject_key(self, db: aiosqlite.Connection, pseudonym: str, time: str) -> bytes:
+        """The subject's key, creating it; a new one if the old was erased.
+
+        A device that comes back after erasure gets a fresh key: its new
+        personal data is readable, the shredded data stays shredded.
+        """
+        row = await (
+            await db.execute("SELECT wrapped_key FROM subjects WHERE pseudonym = ?", (pseudonym,))
+        ).fetchone()
+        if row is not None and row[0] is not None:
+            return self._keys.unwrap(row[0])
+        wrapped = self._keys.new_wrapped_subject_key()
+        await db.execute(
+            "INSERT INTO subjects (pseudonym, wrapped_key, created) VALUES (?, ?, ?) "
+            "ON CONFLICT(pseudonym) DO UPDATE SET wrapped_key = excluded.wrapped_key",
+            (pseudonym, wrapped, time),
+        )
+        return self._keys.unwrap(wrapped)
+
+    @staticmethod
+    async def _rollback(db: aiosqlite.Connection) -> None:
+        try:
+            if db.in_transaction:
+                await db.rollback()
+        except (sqlite3.Error, ValueError):
+            pass  # the connection is unusable; the caller already fails closed
+
+    async def events(
+        self,
+        *,
+        session: str | None = None,
+        type: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        """Events matching the filters, oldest first; personal fields decrypted.
+
+        With `limit`, the *most recent* `limit` matching events (still oldest
+        first) — what an admin looking at a log wants to see.
+        """
+        if limit is not None and limit < 0:
+            raise AuditError("limit must not be negative")
+        params = {"session": session, "type": type, "limit": -1 if limit is None else limit}
+        rows = await self._fetch(_SELECT_EVENTS, params)
+        keys: dict[bytes, bytes] = {}
+        result = []
+        for (seq, time, type_, session_, actor, subject, body, prev_hash, digest,
+             ciphertext, wrapped) in rows:
+            personal = None
+            if ciphertext is not None and wrapped is not None:
+                if wrapped not in keys:
+                    keys[wrapped] = self._keys.unwrap(wrapped)
+                personal = self._keys.open_personal(keys[wrapped], seq, ciphertext)
+            result.append(AuditEvent(seq, time, type_, session_, actor, subject,
+                                     json.loads(body), personal, prev_hash, digest))
+        return result
+
+    async def _fetch(self, sql: str, params: Mapping[str, Any] | tuple[Any, ...] = ()) -> list[Any]:
+        async with self._lock:
+            if self._db is None:
+                raise AuditError("the audit log is closed")
+            try:
+                async with self._db.execute(sql, params) as cursor:
+                    return list(await cursor.fetchall())
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot read the audit log: {exc}") from exc
+
+    async def verify_chain(self) -> int | None:
+        """Recompute the hash chain; return the first seq that fails, or None.
+
+        Detects edited, inserted, reordered and deleted rows (the row after a
+        deleted one no longer chains). Truncation of the newest rows needs the
+        signed checkpoints kept outside the database.
+        """
+        expected_prev, expected_seq = GENESIS_HASH, 1
+        while True:
+            # In batches, taking the lock per batch: verifying a long log must
+            # not hold up the appends of live sessions.
+            rows = await self._fetch(
+                "SELECT seq, time, type, session, actor, subject, body, prev_hash, hash "
+                "FROM events WHERE seq >= ? ORDER BY seq ASC LIMIT ?",
+                (expected_seq, _VERIFY_BATCH),
+            )
+            if not rows:
+                return None
+            for seq, time, type_, session, actor, subject, body, prev_hash, digest in rows:
+                try:
+                    body_obj = json.loads(body)
+                    recomputed = event_hash(
+                        prev_hash, seq, time, type_, session, actor, subject, body_obj
+                    )
+                except (TypeError, ValueError, AuditError):
+                    return int(seq)
+                if seq != expected_seq or prev_hash != expected_prev or recomputed != digest:
+                    return int(seq)
+                expected_prev, expected_seq = digest, seq + 1

@@ -1,0 +1,338 @@
+"""`consentry-broker`: run the broker and administer its files.
+
+    consentry-broker serve        [--listen HOST:PORT] [--cert F] [--key F]
+    consentry-broker certs init   [--dir certs] [--name HOST ...] [--force]
+    consentry-broker engineer add NAME --key FILE.pub [--role R] [--display TEXT]
+    consentry-broker engineer list [--json]
+    consentry-broker engineer remove NAME
+    consentry-broker audit list   [--json] [--session ID] [--type T] [--limit N]
+    consentry-broker dev-setup    [--certs DIR] [--listen HOST:PORT]
+
+Every sub-command takes --data-dir DIR (default var/). Errors the operator
+can act on are printed as one line, never as a traceback; exit codes come
+from `broker.errors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import pwd
+import sys
+from pathlib import Path
+
+from broker.audit.store import AuditEvent, AuditLog
+from broker.certs import DEFAULT_NAMES, PkiPaths, cert_names, init_dev_pki
+from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
+from broker.devsetup import broker_url, dev_setup
+from broker.errors import BrokerError, ConfigError, RegistryError
+from broker.registry import ROLES, Registry
+from broker.wire.text import printable
+
+__all__ = ["main"]
+
+PROG = "consentry-broker"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _cli_actor() -> str:
+    # The effective uid's name, not $USER: the environment is the caller's to set.
+    try:
+        return "cli:" + pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"cli:uid{os.geteuid()}"
+
+
+async def _log_admin_action(data_dir: Path, type: str, body: dict[str, object]) -> None:
+    audit = await AuditLog.open(data_dir)
+    try:
+        await audit.append(type, now=_now(), actor=_cli_actor(), body=body)
+    finally:
+        await audit.close()
+
+
+# -- serve --------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    host, port = parse_listen(args.listen)
+    for path, what in ((args.cert, "TLS certificate"), (args.key, "TLS private key")):
+        if not path.is_file():
+            raise ConfigError(f"no {what} at {path} — run `{PROG} certs init` first")
+    config = BrokerConfig(host=host, port=port, data_dir=args.data_dir, cert=args.cert,
+                          key=args.key)
+    # Imported here so the admin sub-commands work without the server stack.
+    from broker import server
+
+    asyncio.run(server.run_broker(config))
+    return 0
+
+
+# -- certs --------------------------------------------------------------------
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    names = args.names or list(DEFAULT_NAMES)
+    before = PkiPaths.in_directory(args.dir)
+    existed = {p: p.exists() for p in (before.ca_cert, before.ca_key, before.cert, before.key)}
+    paths = init_dev_pki(args.dir, names, force=args.force)
+    for path in (paths.ca_cert, paths.ca_key, paths.cert, paths.key):
+        print(f"{'kept ' if existed[path] and not args.force else 'wrote'}  {path}")
+    print(f"broker certificate names: {', '.join(cert_names(paths.cert))}")
+    if all(existed.values()) and not args.force:
+        print("(existing files kept; use --force to make new ones)")
+    print(f"agents and consoles pin {paths.ca_cert}; keep {paths.ca_key} private")
+    return 0
+
+
+# -- engineers ----------------------------------------------------------------
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no public key file at {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read public key file {path}: {exc}") from exc
+
+
+def cmd_engineer_add(args: argparse.Namespace) -> int:
+    key_text = _read_key_file(args.key)
+    registry = Registry(args.data_dir / "registry.db")
+    engineer = registry.add(args.name, key_text, role=args.role, display=args.display,
+                            now=_now())
+    try:
+        asyncio.run(_log_admin_action(args.data_dir, "engineer_added", {
+            "name": engineer.name, "role": engineer.role, "key": engineer.fingerprint,
+        }))
+    except BaseException:
+        # Fail closed: an access grant that left no trace in the log is undone.
+        registry.remove(engineer.name)
+        raise
+    print(f"added {engineer.role} {engineer.name!r} ({printable(engineer.display)}), "
+          f"key {engineer.fingerprint}")
+    return 0
+
+
+def cmd_engineer_list(args: argparse.Namespace) -> int:
+    engineers = Registry(args.data_dir / "registry.db").list()
+    if args.json:
+        for e in engineers:
+            print(json.dumps({"name": e.name, "role": e.role, "display": e.display,
+                              "fingerprint": e.fingerprint, "public_key": e.public_key,
+                              "added": e.added}))
+        return 0
+    if not engineers:
+        print("no engineers registered", file=sys.stderr)
+        return 0
+    rows = [("NAME", "ROLE", "DISPLAY", "FINGERPRINT")] + [
+        (e.name, e.role, printable(e.display), e.fingerprint) for e in engineers
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[3])
+    return 0
+
+
+def cmd_engineer_remove(args: argparse.Namespace) -> int:
+    registry = Registry(args.data_dir / "registry.db")
+    engineer = registry.get(args.name)
+    if engineer is None or not registry.remove(args.name):
+        raise RegistryError(f"no engineer named {printable(args.name)!r} is registered")
+    asyncio.run(_log_admin_action(args.data_dir, "engineer_removed", {
+        "name": engineer.name, "role": engineer.role, "key": engineer.fingerprint,
+    }))
+    print(f"removed {engineer.role} {engineer.name!r}")
+    return 0
+
+
+# -- audit --------------------------------------------------------------------
+
+
+def _short(value: str | None, length: int) -> str:
+    return "-" if value is None else printable(value[:length])
+
+
+def format_event(event: AuditEvent) -> str:
+    """One line for a terminal: everything from the network made inert."""
+    body = json.dumps(event.body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    parts = [
+        f"{event.seq:>6}", event.time, printable(event.type),
+        f"session={_short(event.session, 8)}",
+        f"actor={_short(event.actor, 64)}",
+        f"subject={_short(event.subject, 64)}",
+        printable(body, max_len=10_000),
+    ]
+    for key, value in sorted((event.personal or {}).items()):
+        parts.append(f"{printable(key)}={printable(json.dumps(value, ensure_ascii=False))}")
+    return " ".join(parts)
+
+
+def _event_json(event: AuditEvent) -> str:
+    # ensure_ascii: every control or non-ASCII character becomes a \u escape,
+    # so the line is inert on a terminal and still exact for a program.
+    return json.dumps({
+        "seq": event.seq, "time": event.time, "type": event.type, "session": event.session,
+        "actor": event.actor, "subject": event.subject, "body": event.body,
+        "personal": event.personal, "prev_hash": event.prev_hash, "hash": event.hash,
+    }, ensure_ascii=True, sort_keys=True)
+
+
+async def _audit_list(args: argparse.Namespace) -> None:
+    audit = await AuditLog.open(args.data_dir)
+    try:
+        events = await audit.events(session=args.session, type=args.type, limit=args.limit)
+        for event in events:
+            print(_event_json(event) if args.json else format_event(event))
+        if not events and not args.json:
+            print("no audit events", file=sys.stderr)
+        sys.stdout.flush()
+        # Every read of the log is itself an event; recorded after the listing
+        # so a failure to write is reported, not hidden behind the output.
+        body: dict[str, object] = {"command": "list"}
+        filters = {k: v for k, v in (("session", args.session), ("type", args.type),
+                                     ("limit", args.limit)) if v is not None}
+        if filters:
+            body["filters"] = filters
+        await audit.append("audit_read", now=_now(), actor=_cli_actor(), body=body)
+    finally:
+        await audit.close()
+
+
+def cmd_audit_list(args: argparse.Namespace) -> int:
+    asyncio.run(_audit_list(args))
+    return 0
+
+
+# -- dev-setup ----------------------------------------------------------------
+
+
+def _display_path(path: Path) -> str:
+    """A path as typed from the current directory: relative inside it, else absolute."""
+    absolute = path.absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def _program(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return _display_path(candidate) if candidate.exists() else name
+
+
+def cmd_dev_setup(args: argparse.Namespace) -> int:
+    host, port = parse_listen(args.listen)
+    result = dev_setup(args.certs, args.data_dir, host, now=_now())
+    if result.registered is not None:
+        asyncio.run(_log_admin_action(args.data_dir, "engineer_added", {
+            "name": result.registered.name, "role": result.registered.role,
+            "key": result.registered.fingerprint,
+        }))
+    url = broker_url(host, port)
+    ca = _display_path(result.pki.ca_cert)
+    identity = _display_path(result.identity)
+    print(f"""\
+consentry dev setup
+  certificates  {_display_path(result.pki.cert)} for {', '.join(result.names)} \
+(CA {ca}) — {result.pki_status}
+  admin key     {identity} ({result.fingerprint}) — {result.identity_status}
+  registry      'admin' (admin, "Dev Admin") — {result.registry_status}
+
+The broker runs in this terminal. Open two more terminals in this directory:
+
+  1. the customer side — starts an agent that shows a join code (e.g. 482-193-775):
+
+     {_program("consentry-agent")} --broker {url} --ca {ca} --alias "my laptop"
+
+  2. the engineer side — replace CODE with the code the agent shows:
+
+     {_program("consentry-console")} join CODE --broker {url} --ca {ca} \
+--identity {identity} --user admin --control
+""", flush=True)
+    return 0
+
+
+# -- argument parsing ---------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR",
+                        help="audit log, registry and keys (default: var/)")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="consentry broker: pairs agents and consoles, keeps the audit log"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the broker")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--cert", type=Path, default=Path("certs/broker.crt"), metavar="FILE")
+    p.add_argument("--key", type=Path, default=Path("certs/broker.key"), metavar="FILE")
+    p.set_defaults(func=cmd_serve)
+
+    certs = sub.add_parser("certs", help="TLS certificates").add_subparsers(
+        dest="certs_command", required=True, metavar="COMMAND")
+    p = certs.add_parser("init", parents=[common], help="make a dev CA and broker certificate")
+    p.add_argument("--dir", type=Path, default=Path("certs"), metavar="DIR")
+    p.add_argument("--name", dest="names", action="append", metavar="HOST",
+                   help="DNS name or IP address of the broker (repeatable; "
+                        "default: localhost and 127.0.0.1)")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing files (clients must then pin the new ca.crt)")
+    p.set_defaults(func=cmd_certs_init)
+
+    eng = sub.add_parser("engineer", help="engineers and admins allowed to log in")
+    eng_sub = eng.add_subparsers(dest="engineer_command", required=True, metavar="COMMAND")
+    p = eng_sub.add_parser("add", parents=[common], help="register an engineer's public key")
+    p.add_argument("name")
+    p.add_argument("--key", type=Path, required=True, metavar="PUBKEY_FILE",
+                   help="the engineer's OpenSSH Ed25519 public key (.pub)")
+    p.add_argument("--role", choices=sorted(ROLES), default="engineer")
+    p.add_argument("--display", metavar="TEXT", help="full name shown to customers")
+    p.set_defaults(func=cmd_engineer_add)
+    p = eng_sub.add_parser("list", parents=[common], help="list registered engineers")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_engineer_list)
+    p = eng_sub.add_parser("remove", parents=[common], help="remove an engineer")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_engineer_remove)
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    p = audit_sub.add_parser("list", parents=[common], help="list events (this read is logged)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--session", metavar="ID")
+    p.add_argument("--type", metavar="TYPE")
+    p.add_argument("--limit", type=int, metavar="N", help="only the newest N events")
+    p.set_defaults(func=cmd_audit_list)
+
+    p = sub.add_parser("dev-setup", parents=[common],
+                       help="certificates, a dev admin key and how to start (make run)")
+    p.add_argument("--certs", type=Path, default=Path("certs"), metavar="DIR")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.set_defaults(func=cmd_dev_setup)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return int(args.func(args))
+    except BrokerError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
