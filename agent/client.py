@@ -1,0 +1,295 @@
+"""The agent's I/O driver: wait at the broker, pair, ask, serve, mirror.
+
+One control connection waits for engineers. Each join gets its own session
+connection and runs: SPAKE2 pairing with the local secret, the key exchange
+under the PAKE key, the customer's decision, a signed receipt, and — only if
+granted and only after the broker confirms it recorded the receipt — an SSH
+server over the relay whose output is mirrored on the customer's terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import platform
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncssh
+
+from agent.config import AgentConfig
+from agent.consent import ConsentRequest, Decision
+from agent.errors import BrokerLost
+from agent.identity import DeviceIdentity
+from agent.screen import CustomerScreen, Viewer
+from agent.sshd import Gate, serve_shell
+from broker.link import BrokerLink, LinkError, bridge, open_link
+from broker.wire.code import JoinCode, draw_secret
+from broker.wire.e2e import Pairing
+from broker.wire.errors import PairingError, WireError
+from broker.wire.messages import Message, b64decode, b64encode
+from broker.wire.receipt import Receipt, sign_receipt
+from broker.wire.text import printable
+
+log = logging.getLogger("consentry.agent")
+
+HANDSHAKE_TIMEOUT = 60.0
+_KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
+
+
+@dataclass(eq=False)
+class ActiveSession:
+    id: str
+    link: BrokerLink
+    viewer: Viewer
+    gate: Gate
+    conn: asyncssh.SSHServerConnection | None = None
+    ended_by: str | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _same_key(a: str, b: str) -> bool:
+    try:
+        first, second = asyncssh.import_public_key(a), asyncssh.import_public_key(b)
+    except (asyncssh.KeyImportError, ValueError):
+        return False
+    return bool(first.public_data == second.public_data)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, identity: DeviceIdentity,
+                 screen: CustomerScreen) -> None:
+        self.config = config
+        self.identity = identity
+        self.screen = screen
+        self.codes: OrderedDict[str, JoinCode] = OrderedDict()
+        self.sessions: dict[str, ActiveSession] = {}
+        screen.on_end_all = self.end_all
+        screen.on_view_only = self.view_only
+
+    async def run(self) -> None:
+        try:
+            control = await open_link(self.config.broker, "/v1/agent", self.config.ca)
+        except LinkError as exc:
+            raise BrokerLost(str(exc)) from exc
+        hello: dict[str, str] = {
+            "device_id": self.identity.device_id,
+            "device_key": b64encode(self.identity.public_key),
+            "alias": self.config.alias,
+        }
+        if self.config.share_hostname:
+            hello["hostname"] = platform.node()[:255]
+        if self.config.share_user:
+            hello["os_user"] = getpass.getuser()[:64]
+        try:
+            await control.send("hello", **hello)
+            async with asyncio.TaskGroup() as group:
+                listener = group.create_task(self._listen(control, group))
+                await self.screen.quit.wait()
+                listener.cancel()
+                await self._end_everything("agent_quit")
+        except* LinkError as group_exc:
+            raise BrokerLost(str(group_exc.exceptions[0])) from None
+        finally:
+            await control.close()
+
+    async def _listen(self, control: BrokerLink, group: asyncio.TaskGroup) -> None:
+        while True:
+            msg = await control.recv()
+            if msg.type == "nameplate":
+                code = JoinCode(msg["nameplate"], draw_secret())
+                self.codes[code.nameplate] = code
+                while len(self.codes) > _KEEP_CODES:
+                    self.codes.popitem(last=False)
+                self.screen.set_code(str(code), msg["expires_in"])
+            elif msg.type == "join_request":
+                code = self.codes.pop(msg["nameplate"], None)
+                if code is not None:
+                    group.create_task(self._join(msg, code))
+            else:
+                raise LinkError(f"the broker sent an unexpected {msg.type!r} message")
+
+    # -- one join -------------------------------------------------------------
+
+    async def _join(self, request: Message, code: JoinCode) -> None:
+        session_id = request["session"]
+        try:
+            link = await open_link(self.config.broker, "/v1/agent/session", self.config.ca)
+        except LinkError as exc:
+            self.screen.notice(f"A support engineer tried to connect, but: {exc}")
+            return
+        try:
+            await link.send("attach", session=session_id, token=request["token"])
+            paired = await self._pair(link, request, code)
+            if paired is None:
+                return
+            pairing, host_key = paired
+            decision = await self._consent(link, request, pairing)
+            if decision.decision != "granted":
+                what = "did not answer in time" if decision.decision == "timeout" else "declined"
+                self.screen.notice(
+                    f"You {what}: {printable(request['engineer_display'], 40)} was not connected."
+                )
+                return
+            await link.expect("relay_open", timeout=HANDSHAKE_TIMEOUT)
+            await self._serve(link, request, host_key, decision)
+        except (LinkError, WireError) as exc:
+            self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
+        finally:
+            await link.close()
+
+    async def _pair(self, link: BrokerLink, request: Message,
+                    code: JoinCode) -> tuple[Pairing, asyncssh.SSHKey] | None:
+        """SPAKE2 with the local secret, then the key exchange under its key.
+
+        Returns the pairing and this session's fresh SSH host key, or None if
+        the code was wrong or the engineer's key is not the one the broker
+        announced; in both cases the code is spent and the customer warned.
+        """
+        pairing = Pairing("agent", code, request["session"])
+        # The console speaks first, so its `joined` always precedes our reply.
+        theirs = await link.expect("pake", timeout=HANDSHAKE_TIMEOUT)
+        ours = pairing.start()
+        try:
+            pairing.receive_pake(b64decode(theirs["body"]))
+            await link.send("pake", body=b64encode(ours))
+            sealed = await link.expect("sealed", timeout=HANDSHAKE_TIMEOUT)
+            offered = pairing.open(b64decode(sealed["body"]))
+        except PairingError:
+            await link.send("pairing_failed", reason="wrong_code")
+            self.screen.notice(
+                "Someone tried to connect with a wrong code. If you did not just read your "
+                "code to an engineer, someone may be trying to intercept. "
+                "The old code no longer works; a new one is shown above."
+            )
+            return None
+        if not _same_key(str(offered.get("ssh_key", "")), request["engineer_key"]):
+            await link.send("pairing_failed", reason="key_mismatch")
+            self.screen.notice(
+                "A connection was refused: the engineer's key did not match the one the "
+                "support service announced (possible interception). A new code is shown."
+            )
+            return None
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        public = host_key.export_public_key("openssh").decode().strip()
+        # The console shows the customer's deadline, so it learns it here.
+        offer = {"host_key": public, "consent_timeout": int(self.config.consent_timeout)}
+        await link.send("sealed", body=b64encode(pairing.seal(offer)))
+        return pairing, host_key
+
+    async def _consent(self, link: BrokerLink, request: Message, pairing: Pairing) -> Decision:
+        """Ask the customer, sign the receipt, keep a copy, send it."""
+        wants = tuple(request["wants"])
+        fingerprint = asyncssh.import_public_key(request["engineer_key"]).get_fingerprint("sha256")
+        ask = ConsentRequest(
+            session=request["session"], engineer_login=request["engineer_login"],
+            engineer_display=request["engineer_display"], engineer_role=request["engineer_role"],
+            key_fingerprint=fingerprint, wants=wants, sas=pairing.sas,
+        )
+        decision = await self.screen.ask_consent(
+            ask, self.config.consent_timeout, self.config.max_rights
+        )
+        receipt = Receipt.make(
+            session=ask.session, device_id=self.identity.device_id,
+            engineer=ask.engineer_login, key_fingerprint=fingerprint, asked=wants,
+            granted=decision.granted, decision=decision.decision, now=_now(),
+        )
+        data, signature = sign_receipt(receipt, self.identity.key)
+        self.identity.keep_receipt(data, signature)
+        await link.send("consent", receipt=b64encode(data), signature=b64encode(signature))
+        return decision
+
+    async def _serve(self, link: BrokerLink, request: Message, host_key: asyncssh.SSHKey,
+                     decision: Decision) -> None:
+        """Run the shell for the engineer until someone ends it."""
+        session_id = request["session"]
+        viewer = Viewer(display=request["engineer_display"], login=request["engineer_login"],
+                        control="control" in decision.granted)
+        gate = Gate(control=viewer.control, on_output=self.screen.mirror)
+        active = ActiveSession(session_id, link, viewer, gate)
+
+        async def on_control(msg: Message) -> None:
+            if msg.type == "ended":
+                active.ended_by = active.ended_by or msg["reason"]
+                active.ended.set()
+            elif msg.type == "error":
+                active.ended_by = active.ended_by or "error"
+                active.ended.set()
+
+        sock, pump = await bridge(link, on_control)
+        self.sessions[session_id] = active
+        self.screen.session_started(session_id, viewer)
+        try:
+            active.conn = await serve_shell(
+                sock, host_key=host_key, engineer_key=request["engineer_key"],
+                shell=self.config.shell, gate=gate,
+            )
+            waiters = [asyncio.ensure_future(w) for w in
+                       (gate.closed.wait(), active.ended.wait())]
+            await asyncio.wait([*waiters, pump], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if active.ended_by is None:
+                await self._end(active, "shell_exited" if gate.exit_status is not None
+                                else "customer_ended")
+        except (OSError, asyncssh.Error) as exc:
+            log.info("ssh session ended: %s", exc)
+        finally:
+            self.sessions.pop(session_id, None)
+            if active.conn is not None:
+                active.conn.close()
+            pump.cancel()
+            sock.close()
+            self.screen.session_ended(session_id, _ended_text(active.ended_by, viewer))
+
+    # -- the customer's controls ---------------------------------------------
+
+    def end_all(self) -> None:
+        asyncio.get_running_loop().create_task(self._end_everything("customer_ended"))
+
+    def view_only(self) -> None:
+        for active in list(self.sessions.values()):
+            if active.gate.control:
+                active.gate.control = False
+                self.screen.set_control(active.id, False)
+                asyncio.get_running_loop().create_task(
+                    _quietly(active.link.send("rights", granted=["view"]))
+                )
+
+    async def _end_everything(self, reason: str) -> None:
+        for active in list(self.sessions.values()):
+            await self._end(active, reason)
+
+    async def _end(self, active: ActiveSession, reason: str) -> None:
+        if active.ended_by is None:
+            active.ended_by = reason
+        # Stop the shell first so not one more keystroke lands, then tell the broker.
+        if active.conn is not None:
+            active.conn.close()
+        await _quietly(active.link.send("end", reason=reason))
+        active.ended.set()
+
+
+async def _quietly(coro: object) -> None:
+    with contextlib.suppress(Exception):
+        await coro  # type: ignore[misc]
+
+
+def _ended_text(reason: str | None, viewer: Viewer) -> str:
+    who = printable(viewer.display, 40)
+    return {
+        "customer_ended": f"You ended the session with {who}.",
+        "agent_quit": f"The session with {who} ended.",
+        "engineer_left": f"{who} left the session.",
+        "shell_exited": f"The shell exited; the session with {who} ended.",
+        "idle_timeout": f"The session with {who} was idle too long and ended.",
+        "max_duration": f"The session with {who} reached its time limit.",
+        "console_lost": f"The connection to {who} was lost.",
+    }.get(reason or "", f"The session with {who} ended.")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

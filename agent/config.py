@@ -1,0 +1,51 @@
+"""What the customer's agent may do, chosen on the customer's machine.
+
+The broker cannot loosen any of this: the most an engineer can ever be
+granted (`max_rights`), how long a consent prompt waits, and which optional
+identifying details leave the machine (none by default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import SetupError
+from broker.wire.limits import (
+    DEFAULT_CONSENT_TIMEOUT,
+    MAX_CONSENT_TIMEOUT,
+    MAX_LABEL,
+    MIN_CONSENT_TIMEOUT,
+)
+from broker.wire.text import validate_label
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "consentry-agent"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    broker: str = "wss://127.0.0.1:8443"
+    ca: Path = Path("certs/ca.crt")
+    alias: str = "unnamed device"
+    consent_timeout: float = DEFAULT_CONSENT_TIMEOUT
+    max_rights: str = "control"  # "view" or "control"
+    share_hostname: bool = False
+    share_user: bool = False
+    state_dir: Path = field(default_factory=default_state_dir)
+    shell: str = os.environ.get("SHELL") or "/bin/sh"
+
+    def __post_init__(self) -> None:
+        problem = validate_label(self.alias, MAX_LABEL)
+        if problem:
+            raise SetupError(f"--alias {problem}")
+        if not MIN_CONSENT_TIMEOUT <= self.consent_timeout <= MAX_CONSENT_TIMEOUT:
+            raise SetupError(
+                f"--consent-timeout must be between {MIN_CONSENT_TIMEOUT:g} and "
+                f"{MAX_CONSENT_TIMEOUT:g} seconds"
+            )
+        if self.max_rights not in ("view", "control"):
+            raise SetupError("--max-rights must be 'view' or 'control'")

@@ -1,0 +1,75 @@
+"""The device's own identity: a stable random id and an Ed25519 signing key.
+
+Kept in the agent's state directory (0700) in files of mode 0600; the key
+signs consent receipts so the broker's record of a consent can be checked
+against the customer's device, and the customer keeps a copy of each receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.signing
+
+from agent.errors import SetupError
+
+_KEY_FILE = "device.key"
+_ID_FILE = "device.id"
+_RECEIPTS = "receipts.jsonl"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 from the first byte (no umask window)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    state_dir: Path
+    device_id: str
+    key: nacl.signing.SigningKey
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.key.verify_key)
+
+    def keep_receipt(self, receipt: bytes, signature: bytes) -> None:
+        """Append a signed receipt to the customer's own copy."""
+        path = self.state_dir / _RECEIPTS
+        line = json.dumps({"receipt": receipt.decode(), "signature": signature.hex()}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def load_identity(state_dir: Path) -> DeviceIdentity:
+    """Load the device identity, creating it on first run."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path, id_path = state_dir / _KEY_FILE, state_dir / _ID_FILE
+        if not key_path.exists():
+            write_private(key_path, bytes(nacl.signing.SigningKey.generate()))
+        if not id_path.exists():
+            write_private(id_path, secrets.token_hex(16).encode())
+        if key_path.stat().st_mode & 0o077:
+            raise SetupError(f"{key_path} is readable by other users; run: chmod 600 {key_path}")
+        key = nacl.signing.SigningKey(key_path.read_bytes())
+        device_id = id_path.read_text().strip()
+    except OSError as exc:
+        raise SetupError(f"cannot use the agent state directory {state_dir}: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise SetupError(f"the device key in {state_dir} is damaged: {exc}") from exc
+    return DeviceIdentity(state_dir, device_id, key)

@@ -1,0 +1,150 @@
+"""A shell in a pseudo-terminal, driven from asyncio.
+
+The shell is a session leader with the PTY as its controlling terminal, so
+job control and full-screen programs work. Output is delivered through a
+callback; reading pauses while the consumer is flow-controlled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import pty
+import signal
+import struct
+import termios
+from collections.abc import Callable, Mapping
+
+READ_CHUNK = 64 * 1024
+# Keystrokes held for a shell that is not reading (a big paste into a busy
+# program); beyond this they are dropped rather than grow without bound.
+MAX_PENDING_INPUT = 256 * 1024
+
+
+def _make_controlling_tty() -> None:  # pragma: no cover - runs in the child
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def set_winsize(fd: int, cols: int, rows: int) -> None:
+    cols, rows = max(1, min(cols, 1000)), max(1, min(rows, 1000))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class PtyShell:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cols: int,
+        rows: int,
+        env: Mapping[str, str],
+        on_output: Callable[[bytes], None],
+        on_exit: Callable[[int], None],
+    ) -> None:
+        self._argv = argv
+        self._cols, self._rows = cols, rows
+        self._env = dict(env)
+        self._on_output = on_output
+        self._on_exit = on_exit
+        self._master = -1
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reading = False
+        self._writing = False
+        self._pending = bytearray()
+
+    async def start(self) -> None:
+        master, slave = pty.openpty()
+        set_winsize(master, self._cols, self._rows)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self._argv, stdin=slave, stdout=slave, stderr=slave,
+                env=self._env, cwd=self._env.get("HOME") or None,
+                start_new_session=True, preexec_fn=_make_controlling_tty,
+            )
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        self._master = master
+        self.resume_reading()
+        asyncio.get_running_loop().create_task(self._wait_exit())
+
+    async def _wait_exit(self) -> None:
+        assert self._proc is not None
+        status = await self._proc.wait()
+        # Drain what the shell wrote just before exiting.
+        await asyncio.sleep(0.05)
+        self.pause_reading()
+        self._on_exit(status)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._master, READ_CHUNK)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                return
+            data = b""  # EIO: the shell side closed
+        if not data:
+            self.pause_reading()
+            return
+        self._on_output(data)
+
+    def pause_reading(self) -> None:
+        if self._reading and self._master >= 0:
+            asyncio.get_running_loop().remove_reader(self._master)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and self._master >= 0:
+            asyncio.get_running_loop().add_reader(self._master, self._readable)
+            self._reading = True
+
+    def write(self, data: bytes) -> None:
+        """Queue input for the shell; never blocks the event loop. Input beyond
+        `MAX_PENDING_INPUT` while the shell is not reading is dropped."""
+        if self._master < 0:
+            return
+        room = MAX_PENDING_INPUT - len(self._pending)
+        self._pending += data[: max(0, room)]
+        self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending and self._master >= 0:
+            try:
+                sent = os.write(self._master, self._pending)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._pending.clear()
+                break
+            del self._pending[:sent]
+        if self._pending and not self._writing:
+            loop.add_writer(self._master, self._flush)
+            self._writing = True
+        elif not self._pending and self._writing:
+            loop.remove_writer(self._master)
+            self._writing = False
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self._master >= 0:
+            set_winsize(self._master, cols, rows)
+            if self._proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGWINCH)
+
+    def close(self) -> None:
+        """Hang up the shell (SIGHUP to its process group) and free the PTY."""
+        self.pause_reading()
+        if self._writing:
+            asyncio.get_running_loop().remove_writer(self._master)
+            self._writing = False
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGHUP)
+        if self._master >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._master)
+            self._master = -1

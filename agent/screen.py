@@ -1,0 +1,267 @@
+"""What the customer sees and types: the code, the consent prompt, and the
+mirrored session under a one-line banner.
+
+The terminal is in raw mode while the agent runs, so every key reaches us:
+Ctrl-] opens the options (``e`` ends every session at once, ``v`` takes
+control back), Ctrl-C ends everything and quits. Everything that came from
+the network is passed through `printable` before it is drawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import termios
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.consent import TIMEOUT, ConsentRequest, Decision, decide, prompt_lines, remaining
+from broker.wire.text import printable
+
+CTRL_C = 0x03
+CTRL_RBRACKET = 0x1D  # Ctrl-]
+ESC = 0x1B
+
+# ANSI sequences we emit ourselves (never derived from network input).
+CLEAR = "\x1b[r\x1b[H\x1b[2J"
+SAVE, RESTORE = "\x1b7", "\x1b8"
+REVERSE, BOLD, RESET = "\x1b[7m", "\x1b[1m", "\x1b[0m"
+
+
+@dataclass
+class Viewer:
+    """One engineer on the customer's list of who is connected."""
+
+    display: str
+    login: str
+    control: bool
+
+    def describe(self) -> str:
+        who = f"{printable(self.display, 40)} ({printable(self.login, 32)})"
+        return f"{who} is {'viewing and typing' if self.control else 'viewing'}"
+
+
+class CustomerScreen:
+    def __init__(self, in_fd: int = 0, out_fd: int = 1) -> None:
+        self.in_fd, self.out_fd = in_fd, out_fd
+        self.quit = asyncio.Event()
+        self.on_end_all: Callable[[], None] = lambda: None
+        self.on_view_only: Callable[[], None] = lambda: None
+        self._saved_tty: list | None = None  # type: ignore[type-arg]
+        self._code: str | None = None
+        self._code_expires = 0.0
+        self._notice = ""
+        self._viewers: dict[str, Viewer] = {}
+        self._menu = False
+        self._keys: asyncio.Queue[str] | None = None
+        self._prompt_lock = asyncio.Lock()
+        self._banner_timer: asyncio.TimerHandle | None = None
+
+    # -- terminal setup -------------------------------------------------------
+
+    def __enter__(self) -> CustomerScreen:
+        loop = asyncio.get_running_loop()
+        if os.isatty(self.in_fd):
+            self._saved_tty = termios.tcgetattr(self.in_fd)
+            tty.setraw(self.in_fd)
+            loop.add_signal_handler(signal.SIGWINCH, self.redraw)
+        loop.add_reader(self.in_fd, self._on_input)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.in_fd)
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGWINCH)
+        if self._saved_tty is not None:
+            self._emit("\x1b[r" + RESET + "\r\n")
+            termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved_tty)
+
+    def _emit(self, text: str) -> None:
+        self._write(text.encode())
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.out_fd, view) :]
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                return
+
+    def _size(self) -> tuple[int, int]:
+        try:
+            size = os.get_terminal_size(self.out_fd)
+            return size.columns, size.lines
+        except OSError:
+            return 80, 24
+
+    def _lines(self, lines: list[str]) -> None:
+        self._emit("".join(line + "\x1b[K\r\n" for line in lines))
+
+    # -- keys ----------------------------------------------------------------
+
+    def _on_input(self) -> None:
+        try:
+            data = os.read(self.in_fd, 1024)
+        except OSError:
+            data = b""
+        if not data:  # stdin closed: nobody can answer prompts or end sessions
+            asyncio.get_running_loop().remove_reader(self.in_fd)
+            return
+        for byte in data:
+            self._key(byte)
+
+    def _key(self, byte: int) -> None:
+        if byte == CTRL_C:
+            self.quit.set()
+        elif self._keys is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._keys.put_nowait(chr(byte))
+        elif self._menu:
+            self._menu = False
+            if byte in (ord("e"), ord("E")):
+                self.on_end_all()
+            elif byte in (ord("v"), ord("V")):
+                self.on_view_only()
+            self.draw_banner()
+        elif byte == CTRL_RBRACKET and self._viewers:
+            self._menu = True
+            self.draw_banner()
+
+    # -- the idle screen: code and who is connected ----------------------------
+
+    def set_code(self, code: str, expires_in: int) -> None:
+        self._code = code
+        self._code_expires = time.monotonic() + expires_in
+        if not self._viewers and self._keys is None:
+            self.show_idle()
+
+    def notice(self, text: str) -> None:
+        self._notice = text
+        if not self._viewers and self._keys is None:
+            self.show_idle()
+        elif self._viewers:
+            self.draw_banner()
+
+    def _code_lines(self) -> list[str]:
+        minutes = max(0, math.ceil((self._code_expires - time.monotonic()) / 60))
+        lines = [f"{BOLD}consentry remote support{RESET}", ""]
+        if self._code:
+            lines += [
+                f"  Your support code:  {BOLD}{self._code}{RESET}",
+                f"  Read it to your support engineer. It works once and expires in "
+                f"{minutes or '<1'} min.",
+            ]
+        else:
+            lines.append("  Connecting to the support service...")
+        lines.append("")
+        if self._notice:
+            lines += [f"  {self._notice}", ""]
+        lines.append("  Nobody can connect without your approval. Ctrl-C quits.")
+        return lines
+
+    def show_idle(self) -> None:
+        self._emit(CLEAR)
+        self._lines(self._code_lines())
+
+    def redraw(self) -> None:
+        if self._viewers:
+            self._set_region()
+        elif self._keys is None:
+            self.show_idle()
+
+    # -- consent -------------------------------------------------------------
+
+    async def ask_consent(
+        self, request: ConsentRequest, timeout: float, max_rights: str
+    ) -> Decision:
+        """Ask, one prompt at a time; silence until `timeout` is a refusal."""
+        async with self._prompt_lock:
+            self._keys = asyncio.Queue(maxsize=64)
+            started = time.monotonic()
+            try:
+                while True:
+                    left = remaining(started, time.monotonic(), timeout)
+                    if left <= 0:
+                        return TIMEOUT
+                    self._draw_prompt(request, left, max_rights)
+                    try:
+                        key = await asyncio.wait_for(self._keys.get(), min(1.0, left))
+                    except TimeoutError:
+                        continue
+                    decision = decide(key, request, max_rights)
+                    if decision is not None:
+                        return decision
+            finally:
+                self._keys = None
+                self.redraw()
+
+    def _draw_prompt(self, request: ConsentRequest, left: float, max_rights: str) -> None:
+        prompt = prompt_lines(request, left, max_rights)
+        if self._viewers:
+            self._emit("\x1b[2;1H\x1b[J")
+        else:
+            self._emit(CLEAR)
+        self._lines([f"{BOLD}consentry: approval needed{RESET}", "", *prompt])
+
+    # -- the mirrored session ------------------------------------------------
+
+    def session_started(self, session: str, viewer: Viewer) -> None:
+        first = not self._viewers
+        self._viewers[session] = viewer
+        self._notice = ""
+        if first:
+            self._emit(CLEAR)
+        self._set_region()
+
+    def session_ended(self, session: str, message: str) -> None:
+        self._viewers.pop(session, None)
+        self._menu = False
+        self._notice = message
+        if not self._viewers:
+            self.show_idle()
+        else:
+            self.draw_banner()
+
+    def set_control(self, session: str, control: bool) -> None:
+        if session in self._viewers:
+            self._viewers[session].control = control
+            self.draw_banner()
+
+    def mirror(self, data: bytes) -> None:
+        """Show the session's output as the engineer sees it."""
+        self._write(data)
+        # Redraw the banner once output pauses, so we never split an escape
+        # sequence of the shell's with one of ours.
+        if self._banner_timer is not None:
+            self._banner_timer.cancel()
+        self._banner_timer = asyncio.get_running_loop().call_later(0.3, self.draw_banner)
+
+    def _banner_text(self) -> str:
+        if self._menu:
+            return ("Options:  [e] end the session now   [v] view only (take back control)   "
+                    "[any other key] back")
+        if self._notice and self._viewers:
+            return printable(self._notice, 120)
+        who = "; ".join(v.describe() for v in self._viewers.values())
+        return f"consentry: {who} -- Ctrl-] for options"
+
+    def _set_region(self) -> None:
+        _cols, rows = self._size()
+        # Row 1 is ours; the session scrolls in rows 2..N.
+        self._emit(f"\x1b[2;{rows}r\x1b[2;1H")
+        self.draw_banner()
+
+    def draw_banner(self) -> None:
+        if not self._viewers:
+            return
+        cols, _rows = self._size()
+        text = self._banner_text()[:cols].ljust(cols)
+        self._emit(f"{SAVE}\x1b[1;1H{REVERSE}{text}{RESET}{RESTORE}")

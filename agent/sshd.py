@@ -1,0 +1,179 @@
+"""The agent's SSH server: one paired engineer, one shell, over the relay.
+
+asyncssh gives us the end-to-end encryption and authentication: the server
+key is fresh per session and was sent to the console under the PAKE key, and
+the only client key accepted is the one the engineer proved in pairing. No
+port forwarding, no agent or X11 forwarding, no exec, no subsystems — a
+shell in a PTY, mirrored to the customer, input dropped unless control was
+granted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from agent.pty import PtyShell
+
+# aes128-gcm moves ~2x the bytes of chacha20 on this kind of machine.
+CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+
+
+@dataclass
+class Gate:
+    """What the engineer may do right now; the customer can narrow it."""
+
+    control: bool
+    dropped_bytes: int = 0
+    on_output: Callable[[bytes], None] = lambda _data: None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_status: int | None = None
+
+
+class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+    def __init__(self, shell: str, gate: Gate) -> None:
+        self._shell_path = shell
+        self._gate = gate
+        self._chan: asyncssh.SSHServerChannel | None = None  # type: ignore[type-arg]
+        self._term = "xterm-256color"
+        self._size = (80, 24)
+        self._shell: PtyShell | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: object) -> bool:
+        # The TERM value comes from the engineer's side: keep it to a sane name.
+        if term_type and term_type.replace("-", "").replace("+", "").isalnum():
+            self._term = term_type[:40]
+        if term_size[0] and term_size[1]:
+            self._size = (term_size[0], term_size[1])
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENTRY_")}
+        env["TERM"] = self._term
+        self._shell = PtyShell(
+            [self._shell_path], cols=self._size[0], rows=self._size[1], env=env,
+            on_output=self._output, on_exit=self._exited,
+        )
+        asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        assert self._shell is not None and self._chan is not None
+        try:
+            await self._shell.start()
+        except OSError as exc:
+            self._chan.write(f"consentry: cannot start {self._shell_path}: {exc}\r\n".encode())
+            self._chan.exit(127)
+
+    def _output(self, data: bytes) -> None:
+        assert self._chan is not None
+        self._chan.write(data)
+        self._gate.on_output(data)
+
+    def _exited(self, status: int) -> None:
+        self._gate.exit_status = status
+        if self._chan is not None:
+            self._chan.exit(max(0, status))
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self._shell is None:
+            return
+        if self._gate.control:
+            self._shell.write(data)
+        else:
+            self._gate.dropped_bytes += len(data)  # view only: the engineer cannot type
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int,
+                              pixheight: int) -> None:
+        self._size = (width, height)
+        if self._shell is not None:
+            self._shell.resize(width, height)
+
+    def pause_writing(self) -> None:
+        if self._shell is not None:
+            self._shell.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._shell is not None:
+            self._shell.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._shell is not None:
+            self._shell.close()
+        self._gate.closed.set()
+
+
+class PairedServer(asyncssh.SSHServer):
+    """Public-key auth only (the key list holds exactly the paired engineer),
+    and one shell session per connection."""
+
+    def __init__(self, shell: str, gate: Gate) -> None:
+        self._shell = shell
+        self._gate = gate
+        self._sessions = 0
+
+    def session_requested(self) -> ShellSession | bool:
+        self._sessions += 1
+        if self._sessions > 1:
+            return False  # one shell per consented session
+        return ShellSession(self._shell, self._gate)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate.closed.set()
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+
+async def serve_shell(
+    sock: socket.socket,
+    *,
+    host_key: asyncssh.SSHKey,
+    engineer_key: str,
+    shell: str,
+    gate: Gate,
+) -> asyncssh.SSHServerConnection:
+    """Run the SSH server on `sock` until the engineer is authenticated."""
+    return await asyncssh.run_server(
+        sock,
+        config=None,
+        server_host_keys=[host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(engineer_key + "\n"),
+        server_factory=lambda: PairedServer(shell, gate),
+        encoding=None,
+        line_editor=False,
+        allow_pty=True,
+        x11_forwarding=False,
+        agent_forwarding=False,
+        sftp_factory=None,
+        allow_scp=False,
+        encryption_algs=CIPHERS,
+        login_timeout=30,
+        keepalive_interval=0,
+    )

@@ -1,0 +1,57 @@
+"""Broker configuration: where things live and how long things may take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:8443"
+DEFAULT_DATA_DIR = Path("var")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) into its parts."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"--listen must look like HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range 0-65535")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, port
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Session limits enforced by the broker, in seconds."""
+
+    # A paired session with no relayed byte for this long is ended.
+    idle: float = 30 * 60
+    # No session lasts longer than this, whatever the traffic.
+    max_session: float = 8 * 60 * 60
+    # Pairing + consent must finish within this (consent itself is 60 s by
+    # default on the agent; the agent may choose longer, up to this).
+    handshake: float = 10 * 60
+    # WebSocket keepalive: a peer that misses pings is dropped.
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    data_dir: Path = DEFAULT_DATA_DIR
+    cert: Path = Path("certs/broker.crt")
+    key: Path = Path("certs/broker.key")
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @property
+    def audit_db(self) -> Path:
+        return self.data_dir / "audit.db"
+
+    @property
+    def registry_db(self) -> Path:
+        return self.data_dir / "registry.db"

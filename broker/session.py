@@ -1,0 +1,127 @@
+"""One support session as the broker sees it: two sockets, a phase, counters.
+
+The broker forwards ``pake`` and ``sealed`` bodies without opening them,
+records the consent receipt, and then moves binary frames between the two
+sockets without parsing, storing or logging them — it counts their bytes.
+Ending is idempotent and records exactly one closing event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from broker.registry import Engineer
+from broker.wire.messages import encode
+from broker.wire.states import Phase
+
+log = logging.getLogger("consentry.broker")
+
+# Human wording of each end reason, shown on the other side's screen.
+END_MESSAGES: dict[str, str] = {
+    "customer_ended": "The customer ended the session.",
+    "engineer_left": "The engineer left the session.",
+    "shell_exited": "The remote shell exited.",
+    "agent_quit": "The customer closed the support program.",
+    "wrong_code": "The code did not match. The customer has been warned and shown a new code.",
+    "denied": "The customer declined the request.",
+    "timeout": "The customer did not answer in time, so the request was declined.",
+    "idle_timeout": "The session was idle for too long and was ended.",
+    "max_duration": "The session reached its maximum duration and was ended.",
+    "agent_lost": "The connection to the customer's computer was lost.",
+    "console_lost": "The connection to the engineer was lost.",
+    "agent_unreachable": "The customer's computer did not answer the join request.",
+    "protocol_error": "A protocol error ended the session.",
+    "audit_unavailable": "The broker cannot record sessions right now, so none can start.",
+    "broker_shutdown": "The broker is shutting down.",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class AgentLink:
+    """A waiting agent's control connection and what it told us."""
+
+    conn_id: str
+    ws: ServerConnection
+    device_id: str
+    device_key: bytes
+    alias: str
+    ip: str
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    token: str
+    agent: AgentLink
+    console: ServerConnection
+    engineer: Engineer
+    wants: tuple[str, ...]
+    agent_ws: ServerConnection | None = None
+    phase: Phase = Phase.PAIRING
+    granted: tuple[str, ...] = ()
+    attached: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: str | None = None
+    created: float = field(default_factory=time.monotonic)
+    active_since: float | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    bytes_to_agent: int = 0
+    bytes_to_console: int = 0
+
+    def peer_of(self, ws: ServerConnection) -> ServerConnection | None:
+        return self.agent_ws if ws is self.console else self.console
+
+    async def forward_binary(self, src: ServerConnection, frame: bytes) -> None:
+        """Relay one opaque frame. Awaiting the peer's send is the backpressure:
+        while the peer's write buffer is full we stop reading from `src`."""
+        dst = self.peer_of(src)
+        if dst is None:
+            return
+        if src is self.console:
+            self.bytes_to_agent += len(frame)
+        else:
+            self.bytes_to_console += len(frame)
+        self.last_activity = time.monotonic()
+        await dst.send(frame)
+
+    def summary(self) -> dict[str, object]:
+        """The `session_ended` body: reason, duration, bytes — never content."""
+        now = time.monotonic()
+        return {
+            "reason": self.end_reason or "unknown",
+            "duration_s": round(now - (self.active_since or now), 3),
+            "bytes_to_agent": self.bytes_to_agent,
+            "bytes_to_console": self.bytes_to_console,
+            "granted": list(self.granted),
+        }
+
+
+async def send_quietly(ws: ServerConnection | None, frame: str) -> None:
+    """Send a control frame to a peer that may already be gone."""
+    if ws is None:
+        return
+    with contextlib.suppress(ConnectionClosed, RuntimeError):
+        await ws.send(frame)
+
+
+async def close_quietly(ws: ServerConnection | None, reason: str = "") -> None:
+    if ws is None:
+        return
+    with contextlib.suppress(ConnectionClosed, RuntimeError):
+        await ws.close(1000, reason[:100])
+
+
+def ended_frame(reason: str) -> str:
+    return encode("ended", reason=reason, message=END_MESSAGES.get(reason, reason))

@@ -1,0 +1,37 @@
+"""Errors of the shared protocol core.
+
+    WireError
+    ├── ProtocolError     a frame broke the protocol (bad JSON, unknown type,
+    │                     unknown or missing field, too big, wrong state)
+    ├── CodeError         a join code that cannot be parsed
+    └── PairingError      the end-to-end pairing failed (wrong code or tampering)
+
+Each program wraps these in its own exception root where it meets a person.
+"""
+
+from __future__ import annotations
+
+
+class WireError(Exception):
+    """Root of the protocol core's errors."""
+
+
+class ProtocolError(WireError):
+    """A peer sent something the protocol does not allow.
+
+    `code` is a stable machine-readable reason sent back in the `error`
+    message; the text is for the person reading the other side's screen.
+    """
+
+    def __init__(self, message: str, code: str = "protocol_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CodeError(WireError):
+    """A join code that does not have the NNN-NNN-NNN shape."""
+
+
+class PairingError(WireError):
+    """The PAKE key did not match: the code was wrong, or someone in between
+    tried to guess it."""

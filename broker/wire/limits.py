@@ -1,0 +1,54 @@
+"""Every limit of the protocol, named once, with the reason for its value.
+
+Agent, console and broker all import these, so a peer that follows them is
+never surprised by a close from the other side.
+"""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+
+# A control frame (JSON text) never needs more than a few hundred bytes; the
+# largest is a consent receipt. Anything bigger is a bug or an attack.
+MAX_CONTROL_FRAME = 16 * 1024
+
+# Binary frames carry SSH stream bytes. asyncssh writes packets of at most
+# ~35 KB; 64 KiB leaves room and keeps per-frame memory small.
+MAX_DATA_FRAME = 64 * 1024
+
+# WebSocket max_size: the larger of the two frame kinds.
+MAX_FRAME = max(MAX_CONTROL_FRAME, MAX_DATA_FRAME)
+
+# Frames buffered per connection before the reader stops reading the socket
+# (websockets' max_queue): this is what makes backpressure reach the sender.
+MAX_QUEUED_FRAMES = 16
+
+# Bytes buffered for writing before a sender awaits the drain (write_limit).
+WRITE_HIGH_WATER = 256 * 1024
+
+# Join codes: a short nameplate routed by the broker and a 6-digit secret
+# that never leaves the two ends. Codes are single-use and expire.
+SECRET_DIGITS = 6
+CODE_LIFETIME_SECONDS = 10 * 60
+MAX_NAMEPLATE_DIGITS = 8
+
+# Consent: no answer within this is a deny. The agent may choose another
+# value within these bounds; the broker cannot lengthen it.
+DEFAULT_CONSENT_TIMEOUT = 60.0
+MIN_CONSENT_TIMEOUT = 1.0
+MAX_CONSENT_TIMEOUT = 10 * 60.0
+
+# Login: attempts per engineer name and per source address in a window.
+LOGIN_WINDOW_SECONDS = 5 * 60
+MAX_LOGIN_ATTEMPTS_PER_USER = 10
+MAX_LOGIN_ATTEMPTS_PER_IP = 30
+
+# Time allowed to finish TLS + WebSocket opening + first message.
+OPEN_TIMEOUT = 10.0
+
+# Labels chosen by people (aliases, display names).
+MAX_LABEL = 64
+
+# Why a session ended, as each side may say it in an `end` message.
+AGENT_END_REASONS = frozenset({"customer_ended", "shell_exited", "agent_quit"})
+CONSOLE_END_REASONS = frozenset({"engineer_left"})

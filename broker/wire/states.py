@@ -1,0 +1,75 @@
+"""Which control messages each kind of connection may send, in which phase.
+
+One table, in one file (after ``h11/_state.py``): the broker consults it for
+every frame it receives, so a frame that is valid JSON but arrives at the
+wrong time is refused the same way as garbage.
+
+Connections:
+- ``agent``: the agent's long-lived control connection (/v1/agent)
+- ``agent_session``: one per join, opened by the agent (/v1/agent/session)
+- ``console``: one per join, opened by the console (/v1/console)
+
+Phases move forward only: login → ready → pairing → active → closed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from broker.wire.errors import ProtocolError
+
+__all__ = ["Conn", "Phase", "check_binary", "check_inbound"]
+
+
+class Conn(StrEnum):
+    AGENT = "agent"
+    AGENT_SESSION = "agent_session"
+    CONSOLE = "console"
+
+
+class Phase(StrEnum):
+    HELLO = "hello"  # first frame must introduce the peer
+    LOGIN = "login"  # console: challenge issued, proof awaited
+    READY = "ready"  # introduced; waiting for work
+    PAIRING = "pairing"  # PAKE, key exchange and consent in progress
+    ACTIVE = "active"  # consent recorded; binary frames flow
+    CLOSED = "closed"
+
+
+# (connection, phase) -> control types that connection may send in that phase.
+INBOUND: dict[tuple[Conn, Phase], frozenset[str]] = {
+    (Conn.AGENT, Phase.HELLO): frozenset({"hello"}),
+    (Conn.AGENT, Phase.READY): frozenset(),
+    (Conn.AGENT_SESSION, Phase.HELLO): frozenset({"attach"}),
+    (Conn.AGENT_SESSION, Phase.PAIRING): frozenset(
+        {"pake", "sealed", "pairing_failed", "consent", "end"}
+    ),
+    (Conn.AGENT_SESSION, Phase.ACTIVE): frozenset({"rights", "end"}),
+    (Conn.CONSOLE, Phase.HELLO): frozenset({"login"}),
+    (Conn.CONSOLE, Phase.LOGIN): frozenset({"login_proof"}),
+    (Conn.CONSOLE, Phase.READY): frozenset({"join"}),
+    (Conn.CONSOLE, Phase.PAIRING): frozenset({"pake", "sealed", "end"}),
+    (Conn.CONSOLE, Phase.ACTIVE): frozenset({"end"}),
+}
+
+# Phases in which a connection may send binary (relay) frames.
+BINARY: frozenset[tuple[Conn, Phase]] = frozenset(
+    {(Conn.AGENT_SESSION, Phase.ACTIVE), (Conn.CONSOLE, Phase.ACTIVE)}
+)
+
+
+def check_inbound(conn: Conn, phase: Phase, msg_type: str) -> None:
+    """Raise `ProtocolError` unless `conn` may send `msg_type` in `phase`."""
+    if msg_type not in INBOUND.get((conn, phase), frozenset()):
+        raise ProtocolError(
+            f"{msg_type!r} is not allowed from {conn.value} while {phase.value}",
+            "unexpected_message",
+        )
+
+
+def check_binary(conn: Conn, phase: Phase) -> None:
+    if (conn, phase) not in BINARY:
+        raise ProtocolError(
+            f"binary data is not allowed from {conn.value} while {phase.value}",
+            "unexpected_binary",
+        )

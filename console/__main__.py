@@ -1,0 +1,84 @@
+"""consentry-console: join a customer's computer with the code they read out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from broker.wire.code import parse_code
+from broker.wire.errors import CodeError
+from console.client import ConsoleClient
+from console.errors import ConsoleError, UsageError
+from console.identity import load_agent_identity, load_file_identity, tty_passphrase
+from console.terminal import ProgressPrinter, run_terminal_session, status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="consentry-console",
+        description="Join a customer's computer, with their consent, over an end-to-end "
+        "encrypted session.",
+    )
+    sub = p.add_subparsers(dest="command")
+    join = sub.add_parser("join", help="join with the code the customer reads to you")
+    join.add_argument("code", help="the code on the customer's screen, e.g. 482-193-775")
+    join.add_argument("--broker", default="wss://127.0.0.1:8443", help="broker URL (wss://)")
+    join.add_argument("--ca", type=Path, default=Path("certs/ca.crt"),
+                      help="CA certificate the broker must be signed by")
+    join.add_argument("--identity", type=Path, default=Path("~/.ssh/id_ed25519").expanduser(),
+                      help="your OpenSSH Ed25519 private key (default ~/.ssh/id_ed25519)")
+    join.add_argument("--ssh-agent", action="store_true",
+                      help="use the key held by ssh-agent instead of reading --identity")
+    join.add_argument("--user", default=os.environ.get("USER") or getpass.getuser(),
+                      help="your login name at the broker")
+    join.add_argument("--control", action="store_true",
+                      help="ask to type, not just view (the customer decides)")
+    return p
+
+
+async def _join(args: argparse.Namespace) -> int:
+    try:
+        code = parse_code(args.code)
+    except CodeError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.ssh_agent:
+        identity = await load_agent_identity(args.user, args.identity)
+    else:
+        prompt = tty_passphrase if sys.stdin.isatty() else None
+        identity = load_file_identity(args.user, args.identity.expanduser(), prompt)
+    client = ConsoleClient(args.broker, args.ca, identity)
+    wants = ("view", "control") if args.control else ("view",)
+    printer = ProgressPrinter()
+    try:
+        joined = await client.join(code, wants, printer)
+    finally:
+        printer.stop()
+    if args.control and not joined.control:
+        status("the customer granted view only: you can watch, not type.")
+    status(f"connected to {joined.alias}. Ctrl-] then q leaves.")
+    reason = await run_terminal_session(joined)
+    status(reason)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return asyncio.run(_join(args))
+    except ConsoleError as exc:
+        print(f"consentry-console: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

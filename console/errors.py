@@ -1,0 +1,42 @@
+"""The console's exception root.
+
+    ConsoleError              anything the console reports to the engineer
+    ├── UsageError            bad flags or a code that cannot be read
+    ├── IdentityError         the SSH key cannot be read (missing, passphrase)
+    ├── BrokerError           the broker is unreachable, untrusted or refused
+    └── JoinRefused           the join did not lead to a session
+        ├── WrongCode         the code did not match (it is now burned)
+        └── NotApproved       the customer declined or did not answer
+
+`exit_code` maps each branch to a process exit status in `console.__main__`.
+"""
+
+from __future__ import annotations
+
+
+class ConsoleError(Exception):
+    exit_code = 1
+
+
+class UsageError(ConsoleError):
+    exit_code = 2
+
+
+class IdentityError(ConsoleError):
+    exit_code = 3
+
+
+class BrokerError(ConsoleError):
+    exit_code = 4
+
+
+class JoinRefused(ConsoleError):
+    exit_code = 5
+
+
+class WrongCode(JoinRefused):
+    exit_code = 6
+
+
+class NotApproved(JoinRefused):
+    exit_code = 7
