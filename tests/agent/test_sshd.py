@@ -1,0 +1,121 @@
+"""The agent's SSH server enforces the consent itself: real asyncssh on both
+ends of a socket pair, a real shell in a real PTY."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from agent.sshd import Gate, serve_shell
+
+
+class Collect(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self.data.extend(data)
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+class Pair:
+    def __init__(
+        self, gate: Gate, conn: asyncssh.SSHClientConnection, server: asyncssh.SSHServerConnection
+    ) -> None:
+        self.gate, self.conn, self.server = gate, conn, server
+
+    async def shell(self) -> tuple[asyncssh.SSHClientChannel, Collect]:
+        chan, session = await self.conn.create_session(
+            Collect, term_type="xterm", term_size=(80, 24), encoding=None
+        )
+        await until(lambda: b"$ " in session.data)
+        return chan, session
+
+
+@pytest.fixture
+async def paired(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple]:
+    monkeypatch.setenv("PS1", "$ ")
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    engineer = asyncssh.generate_private_key("ssh-ed25519")
+    mirrored = bytearray()
+    gate = Gate(control=False, on_output=mirrored.extend)
+    ours, theirs = socket.socketpair()
+    server_task = asyncio.create_task(
+        serve_shell(
+            ours,
+            host_key=host_key,
+            engineer_key=engineer.export_public_key().decode().strip(),
+            shell="/bin/sh",
+            gate=gate,
+        )
+    )
+
+    async def connect(key: asyncssh.SSHKey) -> asyncssh.SSHClientConnection:
+        return await asyncssh.connect(
+            sock=theirs,
+            host="consentry-agent",
+            username="alice",
+            client_keys=[key],
+            agent_path=None,
+            config=None,
+            known_hosts=([host_key.convert_to_public()], [], []),
+            preferred_auth="publickey",
+        )
+
+    yield gate, mirrored, connect, engineer, server_task
+    server_task.cancel()
+    ours.close()
+    theirs.close()
+
+
+async def test_view_only_input_is_dropped_and_control_lets_it_through(
+    paired: tuple, tmp_path: Path
+) -> None:
+    gate, mirrored, connect, engineer, server_task = paired
+    conn = await connect(engineer)
+    server = await server_task
+    pair = Pair(gate, conn, server)
+    chan, session = await pair.shell()
+
+    typed = tmp_path / "typed"
+    chan.write(f"touch {typed}\r".encode())
+    await asyncio.sleep(1.0)
+    assert not typed.exists()
+    assert gate.dropped_bytes == len(f"touch {typed}\r")
+
+    gate.control = True  # the customer granted control
+    chan.write(f"echo ran-$((40+2)) && touch {typed}\r".encode())
+    await until(typed.exists)
+    await until(lambda: b"ran-42" in session.data)
+    assert b"ran-42" in mirrored  # the customer saw exactly what the engineer saw
+    conn.close()
+
+
+async def test_only_the_paired_key_gets_in(paired: tuple) -> None:
+    _gate, _mirrored, connect, _engineer, _server_task = paired
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect(stranger)
+
+
+async def test_no_exec_no_forwarding(paired: tuple) -> None:
+    gate, _mirrored, connect, engineer, server_task = paired
+    conn = await connect(engineer)
+    await server_task
+    with pytest.raises(asyncssh.ChannelOpenError):
+        await conn.run("id", check=False)  # exec is refused: a shell or nothing
+    with pytest.raises(asyncssh.ChannelOpenError):
+        await conn.create_connection(asyncssh.SSHTCPSession, "127.0.0.1", 22)
+    conn.close()
