@@ -111,7 +111,7 @@ async def test_only_the_paired_key_gets_in(paired: tuple) -> None:
 
 
 async def test_no_exec_no_forwarding(paired: tuple) -> None:
-    gate, _mirrored, connect, engineer, server_task = paired
+    _gate, _mirrored, connect, engineer, server_task = paired
     conn = await connect(engineer)
     await server_task
     with pytest.raises(asyncssh.ChannelOpenError):

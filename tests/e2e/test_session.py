@@ -151,3 +151,13 @@ def test_unregistered_engineer_cannot_log_in(running: Deployment) -> None:
     running.stop()
     assert running.audit_types().count("login_failed") == 2
     assert "join_requested" not in running.audit_types()
+
+
+def test_window_resizes_reach_the_remote_shell(running: Deployment) -> None:
+    _agent, console, _code = approve_session(running, "c", "--control")
+    console.send("stty size\r")
+    console.expect(r"\b24 80\b")
+    console.setwinsize(40, 132)
+    console.kill(28)  # SIGWINCH, as a terminal emulator sends on resize
+    console.send("stty size\r")
+    console.expect(r"\b40 132\b")
