@@ -26,6 +26,7 @@ import nacl.exceptions
 import nacl.secret
 import nacl.utils
 from spake2 import SPAKE2_A, SPAKE2_B
+from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
 from broker.wire.code import JoinCode
@@ -76,7 +77,7 @@ class Pairing:
             raise ProtocolError("a second pake message arrived")
         try:
             self._key = self._spake.finish(message)
-        except (SPAKEError, ValueError, AssertionError) as exc:
+        except (SPAKEError, NotOnCurve, ValueError, TypeError, AssertionError) as exc:
             # A malformed or wrong-side PAKE message is as good as a wrong code.
             raise PairingError("the pairing message from the other side is invalid") from exc
 
@@ -109,7 +110,7 @@ class Pairing:
             raise PairingError("the code did not match: pairing failed") from exc
         try:
             payload = json.loads(plaintext)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deep
             raise ProtocolError("sealed payload is not JSON") from exc
         if not isinstance(payload, dict):
             raise ProtocolError("sealed payload is not a JSON object")

@@ -135,16 +135,23 @@ def _check_field(msg_type: str, name: str, spec: Field, value: Any) -> None:
             raise ProtocolError(f"{where} must be an integer from 0 to {spec.max}")
         return
     if spec.kind == "rights":
+        # Membership first: it also rules out unhashable items before set().
         if (
             not isinstance(value, list)
             or not value
-            or len(value) != len(set(value))
             or any(r not in RIGHTS for r in value)
+            or len(value) != len(set(value))
         ):
             raise ProtocolError(f"{where} must be a non-empty list drawn from {list(RIGHTS)}")
         return
     if not isinstance(value, str):
         raise ProtocolError(f"{where} must be a string")
+    try:
+        # JSON may spell a lone surrogate ("\\ud800"); it could never be
+        # re-encoded as UTF-8 for the next hop.
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"{where} is not valid Unicode text") from exc
     if spec.kind == "b64":
         if len(value) > 4 * (spec.max // 3 + 1):
             raise ProtocolError(f"{where} is too long")
@@ -194,18 +201,25 @@ def decode(frame: str | bytes) -> Message:
     """Parse and validate one control frame; raise `ProtocolError` if unfit."""
     if isinstance(frame, bytes):
         raise ProtocolError("expected a text (JSON) control frame, got binary data")
-    if len(frame) > MAX_CONTROL_FRAME or len(frame.encode()) > MAX_CONTROL_FRAME:
+    try:
+        size = len(frame) if len(frame) > MAX_CONTROL_FRAME else len(frame.encode())
+    except UnicodeEncodeError as exc:
+        raise ProtocolError("control frame is not valid Unicode text", "bad_json") from exc
+    if size > MAX_CONTROL_FRAME:
         raise ProtocolError(f"control frame larger than {MAX_CONTROL_FRAME} bytes", "too_big")
     try:
         obj = json.loads(frame)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    # ValueError also covers integers longer than Python's int-string limit.
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError("control frame is not valid JSON", "bad_json") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("control frame must be a JSON object", "bad_json")
     version = obj.pop("v", None)
-    if version != PROTOCOL_VERSION:
+    # `type(...) is int`: true and 1.0 compare equal to 1 but are not versions.
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        shown = str(version)[:10] if isinstance(version, int | str) else type(version).__name__
         raise ProtocolError(
-            f"unsupported protocol version {str(version)[:10]!r}, expected {PROTOCOL_VERSION}",
+            f"unsupported protocol version {shown!r}, expected {PROTOCOL_VERSION}",
             "bad_version",
         )
     msg_type = obj.pop("type", None)

@@ -90,8 +90,11 @@ def verify_receipt(data: bytes, signature: bytes, device_key: bytes) -> Receipt:
             decision=str(fields["decision"]),
             time=str(fields["time"]),
         )
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    # ValueError covers bad JSON and bad UTF-8.
+    except (ValueError, RecursionError, KeyError, TypeError) as exc:
         raise ProtocolError("consent receipt is malformed", "bad_receipt") from exc
+    if not all(isinstance(r, str) for r in receipt.asked + receipt.granted):
+        raise ProtocolError("consent receipt rights must be strings", "bad_receipt")
     if receipt.canonical() != data:
         raise ProtocolError("consent receipt is not in canonical form", "bad_receipt")
     if receipt.decision not in DECISIONS:

@@ -1,0 +1,116 @@
+"""The consent decision and its prompt, without I/O (fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.consent import ConsentRequest, Decision, decide, prompt_lines, remaining
+from broker.wire.text import printable
+
+
+def request(wants: tuple[str, ...] = ("view", "control"), **override: str) -> ConsentRequest:
+    fields = dict(
+        session="s-1",
+        engineer_login="alice",
+        engineer_display="Alice Example",
+        engineer_role="engineer",
+        key_fingerprint="SHA256:AbCdEf",
+        sas="7F3A-91C2",
+    )
+    fields.update(override)
+    return ConsentRequest(wants=wants, **fields)
+
+
+FULL = request()
+VIEW = request(("view",))
+BOTH = Decision("granted", ("view", "control"))
+VIEW_ONLY = Decision("granted", ("view",))
+
+
+@pytest.mark.parametrize("key", ["c", "C"])
+def test_c_grants_control_when_asked_and_allowed(key: str) -> None:
+    assert decide(key, FULL, "control") == BOTH
+
+
+def test_c_does_nothing_when_not_asked() -> None:
+    assert decide("c", VIEW, "control") is None
+
+
+def test_c_does_nothing_when_agent_allows_view_only() -> None:
+    assert decide("c", FULL, "view") is None
+    assert decide("C", FULL, "view") is None
+
+
+@pytest.mark.parametrize("key", ["v", "V"])
+@pytest.mark.parametrize("max_rights", ["view", "control"])
+def test_v_grants_view(key: str, max_rights: str) -> None:
+    assert decide(key, FULL, max_rights) == VIEW_ONLY
+    assert decide(key, VIEW, max_rights) == VIEW_ONLY
+
+
+@pytest.mark.parametrize("key", ["n", "N", "\r", "\n"])
+def test_deny(key: str) -> None:
+    result = decide(key, FULL, "control")
+    assert result is not None
+    assert result.decision == "denied"
+    assert result.granted == ()
+
+
+@pytest.mark.parametrize("key", ["", "y", "Y", "x", " ", "q", "\x1b", "\t", "cv", "1", "\x03"])
+def test_other_keys_mean_nothing(key: str) -> None:
+    assert decide(key, FULL, "control") is None
+
+
+def test_remaining() -> None:
+    assert remaining(started=100.0, now=100.0, timeout=60.0) == 60.0
+    assert remaining(started=100.0, now=130.0, timeout=60.0) == 30.0
+    assert remaining(started=100.0, now=160.0, timeout=60.0) == 0.0
+    assert remaining(started=100.0, now=10_000.0, timeout=60.0) == 0.0
+    for now in range(100, 300, 7):
+        assert remaining(100.0, float(now), 60.0) >= 0.0
+
+
+def test_prompt_shows_network_strings_literally() -> None:
+    hostile = request(
+        engineer_display="Eve\x1b[31m\nAllowed by admin",
+        engineer_login="eve\r",
+        engineer_role="admin\x1b]0;pwned\x07",
+        key_fingerprint="SHA256:\u202eevil",
+    )
+    lines = prompt_lines(hostile, 30.0, "control")
+    for line in lines:
+        assert "\x1b" not in line
+        assert "\n" not in line and "\r" not in line
+        assert "\x07" not in line and "\u202e" not in line
+        assert printable(line, max_len=10_000) == line
+    text = "\n".join(lines)
+    assert "Eve\\x1b[31m\\x0aAllowed by admin" in text
+    assert "eve\\x0d" in text
+    assert "admin\\x1b]0;pwned\\x07" in text
+    assert "SHA256:\\u202eevil" in text
+
+
+def test_prompt_shows_who_and_what() -> None:
+    text = "\n".join(prompt_lines(FULL, 30.0, "control"))
+    for part in ("Alice Example", "alice", "engineer", "SHA256:AbCdEf", "7F3A-91C2"):
+        assert part in text
+    assert "view and control" in text
+
+
+@pytest.mark.parametrize(("left", "shown"), [(60.0, "60 s"), (41.2, "42 s"), (0.5, "1 s")])
+def test_prompt_countdown(left: float, shown: str) -> None:
+    assert prompt_lines(FULL, left, "control")[-1].endswith(f"No answer in {shown} means deny.")
+
+
+def test_prompt_offers_c_only_when_grantable() -> None:
+    assert "[c]" in "\n".join(prompt_lines(FULL, 30.0, "control"))
+    for req, max_rights in ((VIEW, "control"), (FULL, "view"), (VIEW, "view")):
+        text = "\n".join(prompt_lines(req, 30.0, max_rights))
+        assert "[c]" not in text
+        assert "[v]" in text and "[n/Enter]" in text
+
+
+def test_prompt_explains_a_view_only_agent() -> None:
+    text = "\n".join(prompt_lines(FULL, 30.0, "view"))
+    assert "control cannot be granted" in text
+    assert "control cannot be granted" not in "\n".join(prompt_lines(VIEW, 30.0, "view"))

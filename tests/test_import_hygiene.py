@@ -1,0 +1,158 @@
+"""The wire core is I/O-free, and the broker never holds the E2E code.
+
+Checked in fresh interpreters, so what the test process already imported
+does not hide a leak.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = ROOT / "broker"
+
+WIRE_MODULES = [
+    "broker.wire.messages",
+    "broker.wire.states",
+    "broker.wire.code",
+    "broker.wire.e2e",
+    "broker.wire.receipt",
+    "broker.wire.text",
+    "broker.wire.limits",
+    "broker.wire.login",
+]
+
+FORBIDDEN_IN_WIRE = [
+    "websockets",
+    "aiosqlite",
+    "asyncssh",
+    "sqlite3",
+    "broker.server",
+    "broker.session",
+    "broker.audit",
+    "broker.registry",
+    "broker.relay",
+    "ssl",
+    "socket",
+]
+
+
+def loaded_after(imports: list[str], names: list[str]) -> list[str]:
+    """Import `imports` in a fresh interpreter; return which `names` got loaded."""
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in imports)
+        + f"print('\\n'.join(n for n in {names!r} if n in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_probe_sees_what_is_loaded() -> None:
+    # Without this, a broken probe would make the real checks pass vacuously.
+    assert loaded_after(["json"], ["json", "sqlite3"]) == ["json"]
+    assert "asyncssh" in loaded_after(["broker.auth"], ["asyncssh"])
+
+
+def test_wire_core_is_io_free() -> None:
+    assert loaded_after(WIRE_MODULES, FORBIDDEN_IN_WIRE) == []
+
+
+def test_broker_entry_points_do_not_load_e2e() -> None:
+    assert loaded_after(["broker.server", "broker.cli"], ["broker.wire.e2e", "spake2"]) == []
+
+
+def _package_of(path: Path) -> str:
+    """The package a module file lives in (for resolving relative imports)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts.pop()  # the module itself, or "__init__" of the package
+    return ".".join(parts)
+
+
+def _is_e2e(name: str) -> bool:
+    return name == "broker.wire.e2e" or name.startswith("broker.wire.e2e.")
+
+
+def imports_e2e(source: str, package: str) -> bool:
+    """True if `source`, a module of `package`, imports broker.wire.e2e."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            if any(_is_e2e(a.name) for a in node.names):
+                return True
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            if _is_e2e(base):
+                return True
+            if base == "broker.wire" and any(a.name == "e2e" for a in node.names):
+                return True
+        elif isinstance(node, ast.Call) and node.args:
+            # importlib.import_module("broker.wire.e2e") / __import__(...)
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            arg = node.args[0]
+            if (
+                name in ("import_module", "__import__")
+                and isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+                and _is_e2e(arg.value)
+            ):
+                return True
+    return False
+
+
+def test_static_checker_detects_imports() -> None:
+    assert imports_e2e("import broker.wire.e2e", "broker")
+    assert imports_e2e("import broker.wire.e2e as e", "broker")
+    assert imports_e2e("from broker.wire.e2e import Pairing", "broker")
+    assert imports_e2e("from broker.wire import limits, e2e", "broker")
+    assert imports_e2e("from broker.wire import e2e as x", "broker.audit")
+    assert imports_e2e("from .wire import e2e", "broker")
+    assert imports_e2e("from .wire.e2e import Pairing", "broker")
+    assert imports_e2e("from ..wire import e2e", "broker.audit")
+    assert imports_e2e("from ..wire.e2e import Pairing", "broker.audit")
+    assert imports_e2e("def f():\n    from broker.wire import e2e\n", "broker")
+    assert imports_e2e("importlib.import_module('broker.wire.e2e')", "broker")
+    assert imports_e2e("__import__('broker.wire.e2e')", "broker")
+    assert not imports_e2e("from broker.wire import limits, messages", "broker")
+    assert not imports_e2e("import broker.wire.errors", "broker")
+    assert not imports_e2e("from .wire import text", "broker")
+    assert not imports_e2e("from . import e2e", "broker.audit")  # another e2e
+    assert not imports_e2e('"""The broker never imports broker.wire.e2e."""', "broker")
+
+
+def test_package_of() -> None:
+    assert _package_of(BROKER / "server.py") == "broker"
+    assert _package_of(BROKER / "__init__.py") == "broker"
+    assert _package_of(BROKER / "audit" / "store.py") == "broker.audit"
+    assert _package_of(BROKER / "audit" / "__init__.py") == "broker.audit"
+
+
+def test_broker_modules_never_import_e2e() -> None:
+    checked = []
+    for path in sorted(BROKER.rglob("*.py")):
+        rel = path.relative_to(BROKER)
+        if rel.parts[0] == "wire" or rel == Path("link.py"):
+            continue
+        source = path.read_text(encoding="utf-8")
+        assert not imports_e2e(source, _package_of(path)), rel
+        checked.append(rel.as_posix())
+    assert {"server.py", "cli.py", "auth.py", "pairing.py", "audit/store.py"} <= set(checked)
+
+
+def test_broker_package_init_is_empty() -> None:
+    assert (BROKER / "__init__.py").read_text(encoding="utf-8").strip() == ""

@@ -1,0 +1,91 @@
+"""The state table: which connection may send what, and when."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.wire.errors import ProtocolError
+from broker.wire.messages import SCHEMA
+from broker.wire.states import BINARY, INBOUND, Conn, Phase, check_binary, check_inbound
+
+A, S, C = Conn.AGENT, Conn.AGENT_SESSION, Conn.CONSOLE
+
+# The protocol as the design describes it, written out independently of the
+# table so that a change to the table has to be a change to this list too.
+ALLOWED = {
+    (A, Phase.HELLO): {"hello"},
+    (S, Phase.HELLO): {"attach"},
+    (S, Phase.PAIRING): {"pake", "sealed", "pairing_failed", "consent", "end"},
+    (S, Phase.ACTIVE): {"rights", "end"},
+    (C, Phase.HELLO): {"login"},
+    (C, Phase.LOGIN): {"login_proof"},
+    (C, Phase.READY): {"join"},
+    (C, Phase.PAIRING): {"pake", "sealed", "end"},
+    (C, Phase.ACTIVE): {"end"},
+}
+
+ALL = [(conn, phase, t) for conn in Conn for phase in Phase for t in sorted(SCHEMA)]
+
+
+@pytest.mark.parametrize(("conn", "phase", "msg_type"), ALL)
+def test_inbound_matches_the_protocol(conn: Conn, phase: Phase, msg_type: str) -> None:
+    if msg_type in ALLOWED.get((conn, phase), set()):
+        check_inbound(conn, phase, msg_type)
+    else:
+        with pytest.raises(ProtocolError) as info:
+            check_inbound(conn, phase, msg_type)
+        assert info.value.code == "unexpected_message"
+
+
+def test_table_names_only_real_message_types() -> None:
+    for types in INBOUND.values():
+        assert types <= set(SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("conn", "phase", "msg_type"),
+    [
+        (C, Phase.HELLO, "join"),  # join before login
+        (C, Phase.LOGIN, "join"),  # join before the proof
+        (C, Phase.HELLO, "login_proof"),
+        (C, Phase.READY, "login"),  # a second login
+        (C, Phase.ACTIVE, "pake"),  # re-pairing a live session
+        (C, Phase.PAIRING, "consent"),  # only the agent signs consent
+        (C, Phase.ACTIVE, "rights"),  # only the agent changes rights
+        (S, Phase.PAIRING, "join"),
+        (S, Phase.ACTIVE, "consent"),  # consent is recorded once
+        (A, Phase.READY, "hello"),
+        (A, Phase.READY, "end"),
+        (A, Phase.HELLO, "login"),
+    ],
+)
+def test_notable_refusals(conn: Conn, phase: Phase, msg_type: str) -> None:
+    with pytest.raises(ProtocolError):
+        check_inbound(conn, phase, msg_type)
+
+
+def test_closed_refuses_everything() -> None:
+    for conn in Conn:
+        for t in SCHEMA:
+            with pytest.raises(ProtocolError):
+                check_inbound(conn, Phase.CLOSED, t)
+        with pytest.raises(ProtocolError):
+            check_binary(conn, Phase.CLOSED)
+
+
+def test_unknown_type_refused_everywhere() -> None:
+    for conn in Conn:
+        for phase in Phase:
+            with pytest.raises(ProtocolError):
+                check_inbound(conn, phase, "shell_exec")
+
+
+@pytest.mark.parametrize(("conn", "phase"), [(c, p) for c in Conn for p in Phase])
+def test_binary_only_when_active_on_a_session(conn: Conn, phase: Phase) -> None:
+    if (conn, phase) in {(S, Phase.ACTIVE), (C, Phase.ACTIVE)}:
+        check_binary(conn, phase)
+    else:
+        with pytest.raises(ProtocolError) as info:
+            check_binary(conn, phase)
+        assert info.value.code == "unexpected_binary"
+    assert (A, Phase.ACTIVE) not in BINARY
