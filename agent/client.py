@@ -37,6 +37,11 @@ from broker.wire.text import printable
 log = logging.getLogger("consentry.agent")
 
 HANDSHAKE_TIMEOUT = 60.0
+# Link failures worth retrying once registered: the broker went away or is
+# temporarily unable to record sessions. Anything else (untrusted certificate,
+# protocol refusal) needs a person.
+_RETRY_CODES = frozenset({"closed", "unreachable", "timeout", "audit_unavailable"})
+_MAX_RETRY_DELAY = 30.0
 _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
 
 
@@ -67,14 +72,47 @@ class Agent:
         self.screen = screen
         self.codes: OrderedDict[str, JoinCode] = OrderedDict()
         self.sessions: dict[str, ActiveSession] = {}
+        self.registered = False  # once true, a lost broker is retried, not fatal
         screen.on_end_all = self.end_all
         screen.on_view_only = self.view_only
 
     async def run(self) -> None:
+        """Wait for engineers until the customer quits (Ctrl-C).
+
+        A broker that cannot be reached or trusted at start is an error. Once
+        registered, a lost connection is retried with backoff; sessions already
+        running have their own connections and carry on meanwhile.
+        """
         try:
-            control = await open_link(self.config.broker, "/v1/agent", self.config.ca)
-        except LinkError as exc:
-            raise BrokerLost(str(exc)) from exc
+            async with asyncio.TaskGroup() as sessions:
+                await self._stay_connected(sessions)
+        except* BrokerLost as group:
+            raise group.exceptions[0] from None
+
+    async def _stay_connected(self, sessions: asyncio.TaskGroup) -> None:
+        quit_task = asyncio.ensure_future(self.screen.quit.wait())
+        delay = 1.0
+        while not self.screen.quit.is_set():
+            try:
+                await self._wait_for_engineers(sessions, quit_task)
+                break  # the customer quit
+            except LinkError as exc:
+                if not self.registered or exc.code not in _RETRY_CODES:
+                    raise BrokerLost(str(exc)) from None
+                self.codes.clear()
+                self.screen.set_code(None, 0)
+                self.screen.notice(
+                    f"Lost the support service ({printable(exc, 120)}); retrying in "
+                    f"{delay:.0f} s. Ctrl-C quits."
+                )
+                await asyncio.wait([quit_task], timeout=delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+        quit_task.cancel()
+        await self._end_everything("agent_quit")
+
+    async def _wait_for_engineers(self, sessions: asyncio.TaskGroup,
+                                  quit_task: asyncio.Future[bool]) -> None:
+        control = await open_link(self.config.broker, "/v1/agent", self.config.ca)
         hello: dict[str, str] = {
             "device_id": self.identity.device_id,
             "device_key": b64encode(self.identity.public_key),
@@ -86,13 +124,13 @@ class Agent:
             hello["os_user"] = getpass.getuser()[:64]
         try:
             await control.send("hello", **hello)
-            async with asyncio.TaskGroup() as group:
-                listener = group.create_task(self._listen(control, group))
-                await self.screen.quit.wait()
+            self.registered = True
+            listener = asyncio.ensure_future(self._listen(control, sessions))
+            await asyncio.wait([listener, quit_task], return_when=asyncio.FIRST_COMPLETED)
+            if not listener.done():
                 listener.cancel()
-                await self._end_everything("agent_quit")
-        except* LinkError as group_exc:
-            raise BrokerLost(str(group_exc.exceptions[0])) from None
+                return
+            listener.result()  # raises the LinkError that ended it
         finally:
             await control.close()
 

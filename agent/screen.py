@@ -137,7 +137,7 @@ class CustomerScreen:
 
     # -- the idle screen: code and who is connected ----------------------------
 
-    def set_code(self, code: str, expires_in: int) -> None:
+    def set_code(self, code: str | None, expires_in: int) -> None:
         self._code = code
         self._code_expires = time.monotonic() + expires_in
         if not self._viewers and self._keys is None:

@@ -49,7 +49,6 @@ from broker.wire.login import NONCE_BYTES
 from broker.wire.messages import Message, b64decode, b64encode, decode, encode
 from broker.wire.receipt import verify_receipt
 from broker.wire.states import Conn, Phase, check_binary, check_inbound
-from broker.wire.text import printable
 
 log = logging.getLogger("consentry.broker")
 
@@ -110,7 +109,9 @@ class Broker:
         try:
             await route(ws)
         except ProtocolError as exc:
-            log.info("protocol error from %s: %s", _peer(ws), printable(exc))
+            # Operational log: the path and the reason code only — no addresses,
+            # names or payloads (those belong in the audit log, encrypted, or nowhere).
+            log.info("protocol error on %s: %s", ws.request.path, exc.code)
             await refuse(ws, exc.code, str(exc))
         except AuditWriteError as exc:
             log.error("audit log unavailable: %s", exc)
@@ -119,7 +120,7 @@ class Broker:
         except ConnectionClosed:
             pass
         except Exception:
-            log.exception("internal error on %s", _peer(ws))
+            log.exception("internal error on %s", ws.request.path)
             await refuse(ws, "internal_error", "internal broker error; the operator has details")
 
     # -- agents -----------------------------------------------------------
@@ -422,6 +423,10 @@ def _peer(ws: ServerConnection) -> str:
 
 async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then end every session cleanly."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     tls = server_tls(config.cert, config.key)
     audit = await AuditLog.open(config.data_dir)
     registry = Registry(config.registry_db)

@@ -73,10 +73,10 @@ class Deployment:
         assert result.returncode == 0, result.stderr
         return key
 
-    def start_broker(self) -> None:
-        out = self.broker_stdout.open("wb")
+    def start_broker(self, port: int = 0) -> None:
+        out = self.broker_stdout.open("wb")  # a restart starts a fresh transcript
         self.broker = subprocess.Popen(
-            [str(BIN / "consentry-broker"), "serve", "--listen", "127.0.0.1:0",
+            [str(BIN / "consentry-broker"), "serve", "--listen", f"127.0.0.1:{port}",
              "--data-dir", str(self.data_dir), "--cert", str(self.pki.cert),
              "--key", str(self.pki.key)],
             stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
@@ -119,6 +119,9 @@ class Deployment:
         for child in self.children:
             if child.isalive():
                 child.terminate(force=True)
+        self.stop_broker()
+
+    def stop_broker(self) -> None:
         if self.broker is not None and self.broker.poll() is None:
             self.broker.terminate()
             try:

@@ -161,3 +161,18 @@ def test_window_resizes_reach_the_remote_shell(running: Deployment) -> None:
     console.kill(28)  # SIGWINCH, as a terminal emulator sends on resize
     console.send("stty size\r")
     console.expect(r"\b40 132\b")
+
+
+def test_agent_reconnects_when_the_broker_comes_back(running: Deployment) -> None:
+    agent = running.agent()
+    old = read_code(agent)
+    running.stop_broker()
+    agent.expect("Lost the support service")
+    running.start_broker(port=running.port)
+    new = read_code(agent, timeout=60)
+    assert new != old
+    key = running.add_engineer("alice")
+    console = running.console(new, key, "alice")
+    agent.expect(r"\[n/Enter\] deny")
+    agent.send("n")
+    console.expect("declined")
