@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from agent.pty import PtyShell
-
-# aes128-gcm moves ~2x the bytes of chacha20 on this kind of machine.
-CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+from broker.wire.limits import SSH_CIPHERS
 
 
 @dataclass
@@ -173,7 +171,7 @@ async def serve_shell(
         agent_forwarding=False,
         sftp_factory=None,
         allow_scp=False,
-        encryption_algs=CIPHERS,
+        encryption_algs=list(SSH_CIPHERS),
         login_timeout=30,
         keepalive_interval=0,
     )

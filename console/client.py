@@ -18,12 +18,12 @@ from broker.link import BrokerLink, LinkError, bridge, open_link
 from broker.wire.code import JoinCode
 from broker.wire.e2e import Pairing
 from broker.wire.errors import PairingError, WireError
+from broker.wire.limits import SSH_CIPHERS
 from broker.wire.login import login_payload
 from broker.wire.messages import Message, b64decode, b64encode
 from console.errors import BrokerError, JoinRefused, NotApproved, WrongCode
 from console.identity import Identity
 
-CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
 HANDSHAKE_TIMEOUT = 60.0
 # Generous bound on the customer's answer: the agent decides the real timeout
 # and tells us; this only guards against an agent that never answers.
@@ -73,7 +73,7 @@ class JoinedSession:
                 sock=sock, host="consentry-agent", username=self.identity.user,
                 client_keys=[self.identity.keypair], agent_path=None, config=None,
                 known_hosts=([self.host_key], [], []), preferred_auth="publickey",
-                encryption_algs=CIPHERS, keepalive_interval=0, connect_timeout=30,
+                encryption_algs=list(SSH_CIPHERS), keepalive_interval=0, connect_timeout=30,
             )
         except (OSError, asyncssh.Error) as exc:
             pump.cancel()

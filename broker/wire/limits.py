@@ -52,3 +52,7 @@ MAX_LABEL = 64
 # Why a session ended, as each side may say it in an `end` message.
 AGENT_END_REASONS = frozenset({"customer_ended", "shell_exited", "agent_quit"})
 CONSOLE_END_REASONS = frozenset({"engineer_left"})
+
+# SSH ciphers, in order of preference, for both ends of a session:
+# aes128-gcm moves ~2x the bytes of chacha20 on this kind of machine.
+SSH_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
