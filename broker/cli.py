@@ -5,7 +5,8 @@
     consentry-broker engineer add NAME --key FILE.pub [--role R] [--display TEXT]
     consentry-broker engineer list [--json]
     consentry-broker engineer remove NAME
-    consentry-broker audit list   [--json] [--session ID] [--type T] [--limit N]
+    consentry-broker audit list   [--json] [--since T] [--until T] [--engineer NAME]
+                                  [--subject ALIAS] [--type T] [--session ID] [--limit N]
     consentry-broker dev-setup    [--certs DIR] [--listen HOST:PORT]
 
 Every sub-command takes --data-dir DIR (default var/). Errors the operator
@@ -30,6 +31,8 @@ from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
 from broker.registry import ROLES, Registry
+from broker.wire.errors import ProtocolError
+from broker.wire.messages import parse_time
 from broker.wire.text import printable
 
 __all__ = ["main"]
@@ -186,10 +189,46 @@ def _event_json(event: AuditEvent) -> str:
     }, ensure_ascii=True, sort_keys=True)
 
 
+# Events fetched per query while listing: the same keyset-paged query as the
+# console's audit browser, so a long log is never read in one piece.
+_LIST_PAGE = 500
+
+
+def _parse_time(flag: str, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ProtocolError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+async def _matching(audit: AuditLog, args: argparse.Namespace) -> list[AuditEvent]:
+    """The newest `--limit` events matching the filters, oldest first."""
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError("--limit must not be negative")
+    since = _parse_time("--since", args.since)
+    until = _parse_time("--until", args.until)
+    events: list[AuditEvent] = []
+    before: int | None = None
+    while args.limit is None or len(events) < args.limit:
+        want = _LIST_PAGE if args.limit is None else min(_LIST_PAGE, args.limit - len(events))
+        page, more = await audit.query(
+            since=since, until=until, actor=args.engineer, alias=args.subject,
+            type=args.type, session=args.session, before_seq=before, limit=want,
+        )
+        events += page
+        if not more:
+            break
+        before = page[-1].seq
+    events.reverse()
+    return events
+
+
 async def _audit_list(args: argparse.Namespace) -> None:
     audit = await AuditLog.open(args.data_dir)
     try:
-        events = await audit.events(session=args.session, type=args.type, limit=args.limit)
+        events = await _matching(audit, args)
         for event in events:
             print(_event_json(event) if args.json else format_event(event))
         if not events and not args.json:
@@ -198,8 +237,14 @@ async def _audit_list(args: argparse.Namespace) -> None:
         # Every read of the log is itself an event; recorded after the listing
         # so a failure to write is reported, not hidden behind the output.
         body: dict[str, object] = {"command": "list"}
-        filters = {k: v for k, v in (("session", args.session), ("type", args.type),
-                                     ("limit", args.limit)) if v is not None}
+        filters: dict[str, object] = {
+            k: v for k, v in (("since", args.since), ("until", args.until),
+                              ("engineer", args.engineer), ("session", args.session),
+                              ("type", args.type), ("limit", args.limit)) if v is not None
+        }
+        if args.subject is not None:
+            # An alias is personal data: the log keeps that one was searched for.
+            filters["subject"] = True
         if filters:
             body["filters"] = filters
         await audit.append("audit_read", now=_now(), actor=_cli_actor(), body=body)
@@ -310,8 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     p = audit_sub.add_parser("list", parents=[common], help="list events (this read is logged)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--since", metavar="TIME",
+                   help="events at or after TIME (ISO 8601, e.g. 2025-03-01T09:00Z; UTC if "
+                        "no offset)")
+    p.add_argument("--until", metavar="TIME", help="events before TIME")
+    p.add_argument("--engineer", metavar="NAME", help="events by this engineer or admin")
+    p.add_argument("--subject", metavar="ALIAS",
+                   help="events of the device(s) with this alias (exact, any case)")
+    p.add_argument("--type", metavar="TYPE", help="events of this type, e.g. consent_granted")
     p.add_argument("--session", metavar="ID")
-    p.add_argument("--type", metavar="TYPE")
     p.add_argument("--limit", type=int, metavar="N", help="only the newest N events")
     p.set_defaults(func=cmd_audit_list)
 

@@ -7,8 +7,14 @@ HKDF-SHA256 and a purpose label, so no key is ever used for two things:
 
     pseudonym key  = HKDF(master, info=b"consentry audit pseudonym v1")
     wrapping key   = HKDF(master, info=b"consentry audit subject-key wrap v1")
+    alias index key = HKDF(master, info=b"consentry audit alias index v1")
 
     pseudonym(device_id) = HMAC-SHA256(pseudonym key, utf8(device_id))[:16].hex()
+    alias_tag(alias)     = HMAC-SHA256(alias index key, utf8(casefold(NFC(alias))))
+
+The alias tag is a blind index: it lets an admin find a device by the alias
+the customer chose without the alias being stored in clear or the database
+being searchable by anyone who lacks the master key.
 
 Each data subject (pseudonym) has a random 32-byte key, stored in the database
 only wrapped (SecretBox) by the wrapping key. Personal fields of an event are
@@ -26,6 +32,7 @@ import json
 import os
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +58,7 @@ MASTER_KEY_SIZE = 32
 MAX_PERSONAL_BYTES = 4 * 1024
 _PSEUDONYM_PURPOSE = b"consentry audit pseudonym v1"
 _WRAP_PURPOSE = b"consentry audit subject-key wrap v1"
+_ALIAS_INDEX_PURPOSE = b"consentry audit alias index v1"
 
 
 def load_or_create_master_key(path: Path) -> bytes:
@@ -121,11 +129,18 @@ class AuditKeys:
             raise AuditError(f"the audit master key must be {MASTER_KEY_SIZE} bytes")
         self._pseudonym_key = _derive(master, _PSEUDONYM_PURPOSE)
         self._wrap_box = nacl.secret.SecretBox(_derive(master, _WRAP_PURPOSE))
+        self._alias_key = _derive(master, _ALIAS_INDEX_PURPOSE)
 
     def pseudonym(self, subject_id: str) -> str:
         """Stable 32-hex-digit pseudonym for a device id (or other subject id)."""
         mac = hmac.new(self._pseudonym_key, subject_id.encode("utf-8"), hashlib.sha256)
         return mac.digest()[:16].hex()
+
+    def alias_tag(self, alias: str) -> bytes:
+        """The blind-index tag of an alias: equal for aliases that differ only
+        in case (or Unicode normal form), so a search is case-insensitive."""
+        folded = unicodedata.normalize("NFC", alias).casefold()
+        return hmac.new(self._alias_key, folded.encode("utf-8"), hashlib.sha256).digest()
 
     def new_wrapped_subject_key(self) -> bytes:
         """A fresh random subject key, wrapped for storage in the database."""

@@ -12,6 +12,12 @@ and any failure to write raises `AuditWriteError`: callers must treat that as
 Events cannot be changed in place: triggers abort any UPDATE or DELETE on the
 events table. Personal fields live in a separate table, encrypted with a key
 per data subject, so they can be destroyed without touching the chain.
+
+A personal row that holds an alias also holds its blind-index tag
+(`AuditKeys.alias_tag`), so admins can find a device by alias without the
+alias being stored in clear. Erasing a subject must clear those tags along
+with its key (a tag confirms a guessed alias); `query` ignores the tags of
+erased subjects, and a subject re-keyed after erasure has its old tags cleared.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from broker.errors import AuditError, AuditWriteError
 
 __all__ = ["AuditEvent", "AuditLog"]
 
-SCHEMA_VERSION = 1
+# 1: events, subjects, personal. 2: personal.alias_tag (blind index) and
+# indexes for the admin queries (`_V2_STATEMENTS`).
+SCHEMA_VERSION = 2
 # How long an append waits for another process (the admin CLI, say) holding
 # the write lock before it gives up and fails closed.
 DEFAULT_BUSY_TIMEOUT = 10.0
@@ -74,11 +82,20 @@ CREATE TABLE IF NOT EXISTS personal (
     seq        INTEGER PRIMARY KEY REFERENCES events(seq),
     pseudonym  TEXT NOT NULL REFERENCES subjects(pseudonym),
     created    TEXT NOT NULL,
-    ciphertext BLOB NOT NULL
+    ciphertext BLOB NOT NULL,
+    alias_tag  BLOB
 );
 CREATE INDEX IF NOT EXISTS personal_pseudonym ON personal(pseudonym);
 CREATE INDEX IF NOT EXISTS personal_created ON personal(created);
 """
+
+# Run one by one inside the migration's transaction, after `alias_tag` exists
+# (a version-1 database gets it from ALTER TABLE first).
+_V2_STATEMENTS = (
+    "CREATE INDEX IF NOT EXISTS events_actor ON events(actor)",
+    "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
+    "CREATE INDEX IF NOT EXISTS personal_alias_tag ON personal(alias_tag)",
+)
 
 _SELECT_EVENTS = """
 SELECT e.seq, e.time, e.type, e.session, e.actor, e.subject, e.body, e.prev_hash, e.hash,
@@ -87,6 +104,46 @@ FROM (
     SELECT * FROM events
     WHERE (:session IS NULL OR session = :session) AND (:type IS NULL OR type = :type)
     ORDER BY seq DESC LIMIT :limit
+) AS e
+LEFT JOIN personal AS p ON p.seq = e.seq
+LEFT JOIN subjects AS s ON s.pseudonym = p.pseudonym
+ORDER BY e.seq ASC
+"""
+
+# The admin query: newest first, keyset-paged on seq. `{where}` is joined from
+# the constant fragments in `_QUERY_CLAUSES` only, never from caller text.
+_SELECT_PAGE = """
+SELECT e.seq, e.time, e.type, e.session, e.actor, e.subject, e.body, e.prev_hash, e.hash,
+       p.ciphertext, s.wrapped_key
+FROM (
+    SELECT * FROM events WHERE {where} ORDER BY seq DESC LIMIT :limit
+) AS e
+LEFT JOIN personal AS p ON p.seq = e.seq
+LEFT JOIN subjects AS s ON s.pseudonym = p.pseudonym
+ORDER BY e.seq DESC
+"""
+
+_QUERY_CLAUSES = {
+    "since": "time >= :since",
+    "until": "time < :until",
+    "actor": "actor = :actor",
+    "type": "type = :type",
+    "session": "session = :session",
+    "before_seq": "seq < :before_seq",
+    # Every event of a device that used the alias, in data still held: the
+    # subject's key must not be erased.
+    "alias": (
+        "subject IN (SELECT p.pseudonym FROM personal AS p "
+        "JOIN subjects AS s ON s.pseudonym = p.pseudonym "
+        "WHERE p.alias_tag = :alias AND s.wrapped_key IS NOT NULL)"
+    ),
+}
+
+_SELECT_SESSION = """
+SELECT e.seq, e.time, e.type, e.session, e.actor, e.subject, e.body, e.prev_hash, e.hash,
+       p.ciphertext, s.wrapped_key
+FROM (
+    SELECT * FROM events WHERE session = :session ORDER BY seq ASC LIMIT :limit
 ) AS e
 LEFT JOIN personal AS p ON p.seq = e.seq
 LEFT JOIN subjects AS s ON s.pseudonym = p.pseudonym
@@ -168,14 +225,14 @@ class AuditLog:
         except (OSError, sqlite3.Error) as exc:
             raise AuditError(f"cannot open the audit log {db_path}: {exc}") from exc
         try:
-            await cls._initialise(db, db_path)
+            await cls._initialise(db, db_path, keys)
         except BaseException:
             await db.close()
             raise
         return cls(db, keys, db_path)
 
     @staticmethod
-    async def _initialise(db: aiosqlite.Connection, db_path: Path) -> None:
+    async def _initialise(db: aiosqlite.Connection, db_path: Path, keys: AuditKeys) -> None:
         try:
             row = await (await db.execute("PRAGMA user_version")).fetchone()
             if row is not None and row[0] > SCHEMA_VERSION:
@@ -190,12 +247,45 @@ class AuditLog:
             await db.execute("PRAGMA foreign_keys=ON")
             # One transaction inside the script (executescript would commit any
             # transaction opened outside it): the schema appears whole or not at all.
-            await db.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-            )
+            await db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+            await AuditLog._migrate(db, keys)
         except sqlite3.Error as exc:
             await AuditLog._rollback(db)
             raise AuditError(f"cannot initialise the audit log {db_path}: {exc}") from exc
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection, keys: AuditKeys) -> None:
+        """Bring a version-1 database to version 2, in one transaction.
+
+        Statement by statement, not a script, so the column check runs under
+        the same write lock as the ALTER: two processes opening an old file at
+        once cannot both add the column. Aliases already stored get their tag,
+        so the alias search also finds devices recorded before the upgrade.
+        """
+        await db.execute("BEGIN IMMEDIATE")
+        rows = await (await db.execute("PRAGMA table_info(personal)")).fetchall()
+        if "alias_tag" not in {row[1] for row in rows}:
+            await db.execute("ALTER TABLE personal ADD COLUMN alias_tag BLOB")
+            await AuditLog._backfill_alias_tags(db, keys)
+        for statement in _V2_STATEMENTS:
+            await db.execute(statement)
+        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await db.commit()
+
+    @staticmethod
+    async def _backfill_alias_tags(db: aiosqlite.Connection, keys: AuditKeys) -> None:
+        rows = await (await db.execute(
+            "SELECT p.seq, p.ciphertext, s.wrapped_key FROM personal AS p "
+            "JOIN subjects AS s ON s.pseudonym = p.pseudonym WHERE s.wrapped_key IS NOT NULL"
+        )).fetchall()
+        subject_keys: dict[bytes, bytes] = {}
+        for seq, ciphertext, wrapped in rows:
+            if wrapped not in subject_keys:
+                subject_keys[wrapped] = keys.unwrap(wrapped)
+            fields = keys.open_personal(subject_keys[wrapped], seq, ciphertext)
+            if fields and fields.get("alias"):
+                await db.execute("UPDATE personal SET alias_tag = ? WHERE seq = ?",
+                                 (keys.alias_tag(fields["alias"]), seq))
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -278,11 +368,13 @@ class AuditLog:
                 if pseudonym is not None:
                     subject_key = await self._subject_key(db, pseudonym, time)
                     if personal is not None:
+                        alias = personal.get("alias")
                         await db.execute(
-                            "INSERT INTO personal (seq, pseudonym, created, ciphertext) "
-                            "VALUES (?, ?, ?, ?)",
+                            "INSERT INTO personal (seq, pseudonym, created, ciphertext, "
+                            "alias_tag) VALUES (?, ?, ?, ?, ?)",
                             (seq, pseudonym, time,
-                             self._keys.seal_personal(subject_key, seq, personal)),
+                             self._keys.seal_personal(subject_key, seq, personal),
+                             self._keys.alias_tag(alias) if alias else None),
                         )
                 await db.commit()
             except Exception as exc:
@@ -301,6 +393,11 @@ class AuditLog:
         ).fetchone()
         if row is not None and row[0] is not None:
             return self._keys.unwrap(row[0])
+        if row is not None:
+            # Erased before: its old rows stay shredded, and their alias tags
+            # must not make the old aliases findable again under the new key.
+            await db.execute("UPDATE personal SET alias_tag = NULL WHERE pseudonym = ?",
+                             (pseudonym,))
         wrapped = self._keys.new_wrapped_subject_key()
         await db.execute(
             "INSERT INTO subjects (pseudonym, wrapped_key, created) VALUES (?, ?, ?) "
@@ -332,7 +429,56 @@ class AuditLog:
         if limit is not None and limit < 0:
             raise AuditError("limit must not be negative")
         params = {"session": session, "type": type, "limit": -1 if limit is None else limit}
-        rows = await self._fetch(_SELECT_EVENTS, params)
+        return self._decrypted(await self._fetch(_SELECT_EVENTS, params))
+
+    async def query(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        actor: str | None = None,
+        alias: str | None = None,
+        type: str | None = None,
+        session: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[AuditEvent], bool]:
+        """One page of events matching every given filter, newest first, and
+        whether older matching events remain.
+
+        `since` is inclusive and `until` exclusive. `alias` matches every event
+        of a device that reported that alias (exactly, ignoring case) in
+        personal data still held; it is looked up by its blind index, never
+        compared in clear. Page on with ``before_seq`` = the last (smallest)
+        seq of the previous page: keyset paging, as fast deep in the log as
+        at its head.
+        """
+        if not isinstance(limit, int) or limit < 1:
+            raise AuditError("limit must be a positive integer")
+        params: dict[str, Any] = {
+            "since": None if since is None else format_time(since),
+            "until": None if until is None else format_time(until),
+            "actor": actor, "type": type, "session": session, "before_seq": before_seq,
+            "alias": None if alias is None else self._keys.alias_tag(alias),
+        }
+        params = {k: v for k, v in params.items() if v is not None}
+        where = " AND ".join(_QUERY_CLAUSES[name] for name in params) or "1"
+        # One more than asked, to learn whether there is a next page.
+        params["limit"] = limit + 1
+        sql = _SELECT_PAGE.format(where=where)  # `where`: constant fragments only
+        events = self._decrypted(await self._fetch(sql, params))
+        return events[:limit], len(events) > limit
+
+    async def session_events(self, session: str, *, limit: int | None = None) -> list[AuditEvent]:
+        """Every event of one session, oldest first (the first `limit`, if given)."""
+        if limit is not None and limit < 0:
+            raise AuditError("limit must not be negative")
+        params = {"session": session, "limit": -1 if limit is None else limit}
+        return self._decrypted(await self._fetch(_SELECT_SESSION, params))
+
+    def _decrypted(self, rows: list[Any]) -> list[AuditEvent]:
+        """Rows of the event + personal + subject join as events, personal
+        fields opened (None where erased or not openable)."""
         keys: dict[bytes, bytes] = {}
         result = []
         for (seq, time, type_, session_, actor, subject, body, prev_hash, digest,

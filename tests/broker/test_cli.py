@@ -203,3 +203,41 @@ def test_main_in_process_maps_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
         "consentry-broker: error: no engineer named 'nobody' is registered\n"
     )
     assert main(["--help"]) == 0
+
+
+def test_audit_list_filters(tmp_path: Path) -> None:
+    t0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
+
+    async def seed() -> None:
+        audit = await AuditLog.open(tmp_path / "var")
+        try:
+            await audit.append("agent_connected", now=t0, subject="dev-1",
+                               personal={"alias": "Front Desk"})
+            await audit.append("agent_connected", now=t0, subject="dev-2",
+                               personal={"alias": "Back Office"})
+            for minute, (actor, device) in enumerate([("alice", "dev-1"), ("bob", "dev-2"),
+                                                      ("alice", "dev-2")], start=1):
+                await audit.append("join_requested", now=t0 + dt.timedelta(minutes=minute),
+                                   session=f"s{minute}", actor=actor, subject=device)
+        finally:
+            await audit.close()
+
+    asyncio.run(seed())
+
+    def seqs(*flags: str) -> list[int]:
+        result = run(tmp_path, "audit", "list", "--json", *flags)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+
+    assert seqs("--engineer", "alice") == [3, 5]
+    assert seqs("--subject", "FRONT DESK") == [1, 3]
+    assert seqs("--since", "2025-03-01T09:02Z", "--type", "join_requested") == [4, 5]
+    assert seqs("--until", "2025-03-01T09:02:00+00:00", "--type", "join_requested") == [3]
+    assert seqs("--session", "s2") == [4]
+    assert seqs("--type", "join_requested", "--limit", "2") == [4, 5]
+    # Each listing above was logged; the alias searched for was not.
+    listing = run(tmp_path, "audit", "list", "--type", "audit_read")
+    assert listing.stdout.count(" audit_read ") == 6
+    assert '"subject":true' in listing.stdout
+    assert "FRONT DESK" not in listing.stdout
+    assert_clean_error(run(tmp_path, "audit", "list", "--since", "last week"), 2, "--since")
