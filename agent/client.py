@@ -5,6 +5,12 @@ connection and runs: SPAKE2 pairing with the local secret, the key exchange
 under the PAKE key, the customer's decision, a signed receipt, and — only if
 granted and only after the broker confirms it recorded the receipt — an SSH
 server over the relay whose output is mirrored on the customer's terminal.
+
+During a view-only session the engineer may ask for control: the broker
+forwards `control_request`, which means only "ask the customer". The
+customer is asked again (or, on a computer that allows view only, the
+request is refused at once), a new receipt is signed, kept and sent, and the
+engineer's keystrokes pass only once the broker confirms it recorded a grant.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import getpass
 import logging
 import platform
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import asyncssh
+from websockets.exceptions import ConnectionClosed
 
 from agent.config import AgentConfig
-from agent.consent import ConsentRequest, Decision
+from agent.consent import DENY, ConsentRequest, Decision
 from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
 from agent.screen import CustomerScreen, Viewer
@@ -45,15 +52,28 @@ _MAX_RETRY_DELAY = 30.0
 _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
 
 
+# What a request for control asks for (and what its receipt says was asked).
+_UPGRADE = ("view", "control")
+
+
 @dataclass(eq=False)
 class ActiveSession:
     id: str
     link: BrokerLink
     viewer: Viewer
     gate: Gate
+    request: ConsentRequest  # what the customer approved, for asking again
     conn: asyncssh.SSHServerConnection | None = None
     ended_by: str | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # A request for control is being answered (the prompt, then the broker).
+    asking: bool = False
+    # Set while a granted upgrade awaits the broker's `control_result`.
+    confirm: asyncio.Future[tuple[str, ...]] | None = None
+    # Bumped when the customer takes control back: a grant still waiting for
+    # the broker's confirmation then never opens the gate.
+    epoch: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def _same_key(a: str, b: str) -> bool:
@@ -165,7 +185,7 @@ class Agent:
             if paired is None:
                 return
             pairing, host_key = paired
-            decision = await self._consent(link, request, pairing)
+            ask, decision = await self._consent(link, request, pairing)
             if decision.decision != "granted":
                 what = "did not answer in time" if decision.decision == "timeout" else "declined"
                 self.screen.notice(
@@ -173,7 +193,7 @@ class Agent:
                 )
                 return
             await link.expect("relay_open", timeout=HANDSHAKE_TIMEOUT)
-            await self._serve(link, request, host_key, decision)
+            await self._serve(link, request, host_key, ask, decision)
         except (LinkError, WireError) as exc:
             self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
         finally:
@@ -218,39 +238,54 @@ class Agent:
         await link.send("sealed", body=b64encode(pairing.seal(offer)))
         return pairing, host_key
 
-    async def _consent(self, link: BrokerLink, request: Message, pairing: Pairing) -> Decision:
+    async def _consent(self, link: BrokerLink, request: Message,
+                       pairing: Pairing) -> tuple[ConsentRequest, Decision]:
         """Ask the customer, sign the receipt, keep a copy, send it."""
-        wants = tuple(request["wants"])
         fingerprint = asyncssh.import_public_key(request["engineer_key"]).get_fingerprint("sha256")
         ask = ConsentRequest(
             session=request["session"], engineer_login=request["engineer_login"],
             engineer_display=request["engineer_display"], engineer_role=request["engineer_role"],
-            key_fingerprint=fingerprint, wants=wants, sas=pairing.sas,
+            key_fingerprint=fingerprint, wants=tuple(request["wants"]), sas=pairing.sas,
         )
         decision = await self.screen.ask_consent(
             ask, self.config.consent_timeout, self.config.max_rights
         )
+        await self._send_receipt(link, ask, decision)
+        return ask, decision
+
+    async def _send_receipt(self, link: BrokerLink, ask: ConsentRequest,
+                            decision: Decision) -> None:
         receipt = Receipt.make(
             session=ask.session, device_id=self.identity.device_id,
-            engineer=ask.engineer_login, key_fingerprint=fingerprint, asked=wants,
+            engineer=ask.engineer_login, key_fingerprint=ask.key_fingerprint, asked=ask.wants,
             granted=decision.granted, decision=decision.decision, now=_now(),
         )
         data, signature = sign_receipt(receipt, self.identity.key)
         self.identity.keep_receipt(data, signature)
         await link.send("consent", receipt=b64encode(data), signature=b64encode(signature))
-        return decision
 
     async def _serve(self, link: BrokerLink, request: Message, host_key: asyncssh.SSHKey,
-                     decision: Decision) -> None:
+                     ask: ConsentRequest, decision: Decision) -> None:
         """Run the shell for the engineer until someone ends it."""
         session_id = request["session"]
         viewer = Viewer(display=request["engineer_display"], login=request["engineer_login"],
                         control="control" in decision.granted)
         gate = Gate(control=viewer.control, on_output=self.screen.mirror)
-        active = ActiveSession(session_id, link, viewer, gate)
+        active = ActiveSession(session_id, link, viewer, gate, ask)
 
         async def on_control(msg: Message) -> None:
-            if msg.type == "ended":
+            if msg.type == "control_request":
+                # The reader must keep reading (the broker's confirmation comes
+                # through it), so the customer is asked in a task of its own.
+                if not active.asking and not active.ended.is_set():
+                    active.asking = True
+                    task = asyncio.get_running_loop().create_task(self._ask_for_control(active))
+                    active.tasks.add(task)
+                    task.add_done_callback(active.tasks.discard)
+            elif msg.type == "control_result":
+                if active.confirm is not None and not active.confirm.done():
+                    active.confirm.set_result(tuple(msg["granted"]))
+            elif msg.type == "ended":
                 active.ended_by = active.ended_by or msg["reason"]
                 active.ended.set()
             elif msg.type == "error":
@@ -277,11 +312,55 @@ class Agent:
             log.info("ssh session ended: %s", exc)
         finally:
             self.sessions.pop(session_id, None)
+            for task in list(active.tasks):
+                task.cancel()  # an open prompt for this session closes with it
             if active.conn is not None:
                 active.conn.close()
             pump.cancel()
             sock.close()
             self.screen.session_ended(session_id, _ended_text(active.ended_by, viewer))
+
+    async def _ask_for_control(self, active: ActiveSession) -> None:
+        """Answer the engineer's request for control with a signed receipt,
+        and open the gate only once the broker has recorded a grant."""
+        ask = replace(active.request, wants=_UPGRADE, upgrade=True)
+        who = printable(ask.engineer_display, 40)
+        try:
+            if self.config.max_rights != "control":
+                # The customer's own rule answers: no prompt to click through.
+                decision = DENY
+                self.screen.flash(f"{who} asked for control; this computer allows view only, "
+                                  "so the request was declined.")
+            else:
+                decision = await self.screen.ask_consent(
+                    ask, self.config.consent_timeout, self.config.max_rights)
+            if active.ended.is_set():
+                return
+            epoch = active.epoch
+            granted = decision.decision == "granted"
+            if granted:
+                active.confirm = asyncio.get_running_loop().create_future()
+            await self._send_receipt(active.link, ask, decision)
+            if not granted:
+                if self.config.max_rights == "control":
+                    what = "did not answer" if decision.decision == "timeout" else "said no"
+                    self.screen.flash(f"You {what}: {who} can still only watch.")
+                return
+            assert active.confirm is not None
+            try:
+                rights = await asyncio.wait_for(active.confirm, HANDSHAKE_TIMEOUT)
+            except TimeoutError:
+                self.screen.flash(f"The support service did not confirm the change, so {who} "
+                                  "can still only watch.")
+                return
+            if "control" in rights and active.epoch == epoch and not active.ended.is_set():
+                active.gate.control = True
+                self.screen.set_control(active.id, True)
+        except (LinkError, WireError, ConnectionClosed) as exc:
+            log.info("request for control not answered: %s", exc)
+        finally:
+            active.asking = False
+            active.confirm = None
 
     # -- the customer's controls ---------------------------------------------
 
@@ -290,7 +369,10 @@ class Agent:
 
     def view_only(self) -> None:
         for active in list(self.sessions.values()):
-            if active.gate.control:
+            if active.gate.control or active.confirm is not None:
+                # Also a grant the broker has not confirmed yet: it must not
+                # open the gate once it is, and the broker narrows it again.
+                active.epoch += 1
                 active.gate.control = False
                 self.screen.set_control(active.id, False)
                 asyncio.get_running_loop().create_task(

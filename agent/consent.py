@@ -5,6 +5,10 @@ Default deny: Enter, `n`, any unexpected key held long enough for the timer
 to run out, or a request for more than this agent allows — all end in no
 access. Only an explicit `c` or `v` grants anything, and never more than
 was asked or than the agent's own `max_rights`.
+
+An engineer already watching may ask for control (an *upgrade*). The same
+rules hold; only `c` grants it, and `v` keeps the session as it is (view
+only), which is recorded as a refusal of the request.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class ConsentRequest:
     key_fingerprint: str
     wants: tuple[str, ...]
     sas: str
+    # True when the engineer is already connected (viewing) and asks for control.
+    upgrade: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,9 @@ def decide(key: str, request: ConsentRequest, max_rights: str) -> Decision | Non
     if key in ("n", "\r", "\n"):
         return DENY
     if key == "v":
-        return Decision("granted", ("view",))
+        # In an upgrade, "view only" is what the customer has already granted:
+        # keeping it is a no to the request.
+        return DENY if request.upgrade else Decision("granted", ("view",))
     if key == "c" and "control" in offer(request, max_rights):
         return Decision("granted", ("view", "control"))
     return None
@@ -67,6 +75,8 @@ def _rights_text(rights: tuple[str, ...]) -> str:
 
 def prompt_lines(request: ConsentRequest, seconds_left: float, max_rights: str) -> list[str]:
     """The prompt, line by line, with every network string shown literally."""
+    if request.upgrade:
+        return _upgrade_lines(request, seconds_left, max_rights)
     can_control = "control" in offer(request, max_rights)
     lines = [
         "A support engineer asks to connect to this computer.",
@@ -84,4 +94,25 @@ def prompt_lines(request: ConsentRequest, seconds_left: float, max_rights: str) 
     keys += ["[v] view only", "[n/Enter] deny"]
     lines.append("  " + "   ".join(keys))
     lines.append(f"  No answer in {int(seconds_left + 0.999)} s means deny.")
+    return lines
+
+
+def _upgrade_lines(request: ConsentRequest, seconds_left: float, max_rights: str) -> list[str]:
+    can_control = "control" in offer(request, max_rights)
+    lines = [
+        "The support engineer watching this computer now asks for control.",
+        "",
+        f"  Engineer:  {printable(request.engineer_display)} "
+        f"({printable(request.engineer_login)}, {printable(request.engineer_role)})",
+        f"  Key:       {printable(request.key_fingerprint)}",
+        f"  Pairing:   {request.sas}",
+        "  Asks for:  control (to type in the session you are watching)",
+        "",
+    ]
+    if can_control:
+        lines.append("  [c] allow control   [n/v/Enter] no, keep view only")
+    else:
+        lines.append("  This computer allows view only, so control cannot be granted.")
+        lines.append("  [n/v/Enter] keep view only")
+    lines.append(f"  No answer in {int(seconds_left + 0.999)} s means no.")
     return lines

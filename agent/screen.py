@@ -5,6 +5,10 @@ The terminal is in raw mode while the agent runs, so every key reaches us:
 Ctrl-] opens the options (``e`` ends every session at once, ``v`` takes
 control back), Ctrl-C ends everything and quits. Everything that came from
 the network is passed through `printable` before it is drawn.
+
+A consent prompt can open while a session is mirrored (an engineer asks for
+control, or a second engineer joins). The session's output is then held back
+and shown when the prompt closes, so the prompt stays readable.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 import termios
 import time
 import tty
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +36,14 @@ ESC = 0x1B
 CLEAR = "\x1b[r\x1b[H\x1b[2J"
 SAVE, RESTORE = "\x1b7", "\x1b8"
 REVERSE, BOLD, RESET = "\x1b[7m", "\x1b[1m", "\x1b[0m"
+
+# Mirrored output held back while a prompt is open. Bounded, so a chatty shell
+# cannot grow the agent's memory while the customer reads; past the bound the
+# oldest output goes first, since the newest is what the screen would show.
+MAX_HELD_OUTPUT = 256 * 1024
+# How long a passing notice replaces the banner's list of who is connected:
+# that list is the customer's privacy indicator, so it must come back.
+FLASH_SECONDS = 8.0
 
 
 @dataclass
@@ -61,6 +74,10 @@ class CustomerScreen:
         self._keys: asyncio.Queue[str] | None = None
         self._prompt_lock = asyncio.Lock()
         self._banner_timer: asyncio.TimerHandle | None = None
+        self._flash_timer: asyncio.TimerHandle | None = None
+        self._held: deque[bytes] = deque()
+        self._held_bytes = 0
+        self._held_dropped = 0
 
     # -- terminal setup -------------------------------------------------------
 
@@ -150,6 +167,23 @@ class CustomerScreen:
         elif self._viewers:
             self.draw_banner()
 
+    def flash(self, text: str, seconds: float = FLASH_SECONDS) -> None:
+        """A notice that, during a session, shows in the banner for `seconds`
+        and then gives way to who is connected again."""
+        self.notice(text)
+        if self._flash_timer is not None:
+            self._flash_timer.cancel()
+            self._flash_timer = None
+        if self._viewers:
+            self._flash_timer = asyncio.get_running_loop().call_later(
+                seconds, self._end_flash, text)
+
+    def _end_flash(self, text: str) -> None:
+        self._flash_timer = None
+        if self._notice == text and self._viewers:
+            self._notice = ""
+            self.draw_banner()
+
     def _code_lines(self) -> list[str]:
         minutes = max(0, math.ceil((self._code_expires - time.monotonic()) / 60))
         lines = [f"{BOLD}consentry remote support{RESET}", ""]
@@ -201,7 +235,37 @@ class CustomerScreen:
                         return decision
             finally:
                 self._keys = None
-                self.redraw()
+                self._close_prompt()
+
+    def _close_prompt(self) -> None:
+        if not self._viewers:
+            self.redraw()
+            self._discard_held()
+            return
+        # Clear what the prompt drew, then replay the output held meanwhile.
+        self._emit("\x1b[2;1H\x1b[J")
+        self._set_region()
+        if self._held_dropped:
+            self._emit(f"[consentry: {self._held_dropped // 1024 + 1} KiB of earlier output "
+                       "was not kept while you were asked]\r\n")
+        held = b"".join(self._held)
+        self._discard_held()
+        if held:
+            self.mirror(held)
+
+    def _discard_held(self) -> None:
+        self._held.clear()
+        self._held_bytes = self._held_dropped = 0
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_bytes += len(data)
+        # Whole chunks go, so what is replayed starts where a write of the
+        # shell started, not in the middle of one.
+        while self._held_bytes > MAX_HELD_OUTPUT and len(self._held) > 1:
+            dropped = self._held.popleft()
+            self._held_bytes -= len(dropped)
+            self._held_dropped += len(dropped)
 
     def _draw_prompt(self, request: ConsentRequest, left: float, max_rights: str) -> None:
         prompt = prompt_lines(request, left, max_rights)
@@ -236,7 +300,12 @@ class CustomerScreen:
             self.draw_banner()
 
     def mirror(self, data: bytes) -> None:
-        """Show the session's output as the engineer sees it."""
+        """Show the session's output as the engineer sees it (held back while
+        a prompt is open: pausing the drawing, not the shell, keeps the prompt
+        readable and still shows the customer everything afterwards)."""
+        if self._keys is not None:
+            self._hold(data)
+            return
         self._write(data)
         # Redraw the banner once output pauses, so we never split an escape
         # sequence of the shell's with one of ours.

@@ -57,10 +57,15 @@ def client_tls(ca_file: Path) -> ssl.SSLContext:
 
 
 class BrokerLink:
-    """One WebSocket to the broker, speaking validated control messages."""
+    """One WebSocket to the broker, speaking validated control messages.
 
-    def __init__(self, ws: ClientConnection) -> None:
+    `max_size` is the largest frame this link accepts (its WebSocket
+    max_size); control frames are also held to their type's own limit.
+    """
+
+    def __init__(self, ws: ClientConnection, max_size: int = limits.MAX_FRAME) -> None:
         self.ws = ws
+        self.max_size = max_size
 
     async def send(self, msg_type: str, **fields: object) -> None:
         await self.ws.send(encode(msg_type, **fields))
@@ -73,7 +78,7 @@ class BrokerLink:
             raise LinkError("the broker did not answer in time", "timeout") from exc
         except ConnectionClosed as exc:
             raise LinkError(_closed_text(exc), "closed") from exc
-        msg = decode(frame)
+        msg = decode(frame, limit=self.max_size)
         if msg.type == "error":
             raise LinkError(f"the broker refused: {msg['message']}", msg["code"])
         return msg
@@ -96,8 +101,15 @@ def _closed_text(exc: ConnectionClosed) -> str:
     return f"the broker closed the connection{': ' + reason if reason else ''}"
 
 
-async def open_link(url: str, path: str, ca_file: Path) -> BrokerLink:
-    """Connect to ``url`` + ``path`` over TLS verified against `ca_file`."""
+async def open_link(
+    url: str, path: str, ca_file: Path, *, max_size: int = limits.MAX_FRAME
+) -> BrokerLink:
+    """Connect to ``url`` + ``path`` over TLS verified against `ca_file`.
+
+    `max_size` bounds every frame received. Keep the default (the largest
+    relay or control frame) unless this link reads the admin audit API,
+    whose replies may reach `limits.MAX_ADMIN_FRAME`.
+    """
     parts = urlsplit(url)
     if parts.scheme != "wss":
         raise LinkError(f"the broker URL must start with wss:// (got {url!r}); "
@@ -108,7 +120,7 @@ async def open_link(url: str, path: str, ca_file: Path) -> BrokerLink:
         ws = await connect(
             target, ssl=tls,
             compression=None,  # ciphertext does not compress; deflate costs CPU and memory
-            max_size=limits.MAX_FRAME, max_queue=limits.MAX_QUEUED_FRAMES,
+            max_size=max_size, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER, open_timeout=limits.OPEN_TIMEOUT,
             user_agent_header=None,
         )
@@ -125,7 +137,7 @@ async def open_link(url: str, path: str, ca_file: Path) -> BrokerLink:
     except (InvalidHandshake, InvalidURI) as exc:
         raise LinkError(f"the broker at {parts.netloc} did not accept the connection: {exc}",
                         "handshake") from exc
-    return BrokerLink(ws)
+    return BrokerLink(ws, max_size)
 
 
 async def bridge(
@@ -152,7 +164,7 @@ async def bridge(
                 writer.write(frame)
                 await writer.drain()
             else:
-                await on_control(decode(frame))
+                await on_control(decode(frame, limit=link.max_size))
 
     async def run() -> None:
         try:

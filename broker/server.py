@@ -7,6 +7,12 @@ checked against the schema and the state table; a bad one closes that
 connection with a clear `error` message. Every event that matters is written
 to the audit log *before* the broker acts on it; if that write fails, the
 broker refuses rather than proceed unrecorded.
+
+A logged-in console either joins (one join per connection) or, for admins,
+reads the audit log through `broker.admin_api` as many times as it likes
+first. In an active session the engineer may ask for control: the broker
+forwards the request, records the customer's new signed receipt, and only
+then tells both ends the outcome.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from broker.admin_api import answer_audit_request
 from broker.audit.store import AuditLog
 from broker.auth import AttemptLimiter, verify_login
 from broker.config import BrokerConfig
@@ -47,7 +54,7 @@ from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.login import NONCE_BYTES
 from broker.wire.messages import Message, b64decode, b64encode, decode, encode
-from broker.wire.receipt import verify_receipt
+from broker.wire.receipt import Receipt, verify_receipt
 from broker.wire.states import Conn, Phase, check_binary, check_inbound
 
 log = logging.getLogger("consentry.broker")
@@ -56,6 +63,8 @@ PATHS = ("/v1/agent", "/v1/agent/session", "/v1/console")
 
 # Consent decisions and the reason a refused session ends with.
 _REFUSAL_REASON = {"denied": "denied", "timeout": "timeout"}
+# What a request for control asks for, and so what its receipt must say was asked.
+_UPGRADE = ("view", "control")
 
 
 def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
@@ -186,7 +195,17 @@ class Broker:
 
     async def console(self, ws: ServerConnection) -> None:
         engineer = await self.login(ws)
-        join = await recv_control(ws, Conn.CONSOLE, Phase.READY, self.config.timeouts.handshake)
+        # An admin's connection stays here across audit reads; one that sits
+        # idle for the handshake timeout is closed, and the console reconnects.
+        while True:
+            msg = await recv_control(ws, Conn.CONSOLE, Phase.READY,
+                                     self.config.timeouts.handshake)
+            if msg.type == "join":
+                await self.join(ws, engineer, msg)
+                return
+            await answer_audit_request(self.audit, ws, engineer, msg)
+
+    async def join(self, ws: ServerConnection, engineer: Engineer, join: Message) -> None:
         wants = ("view", "control") if "control" in join["wants"] else ("view",)
         owner = self.book.claim(join["nameplate"], time.monotonic())
         link = self.agents.get(owner) if owner else None
@@ -302,7 +321,12 @@ class Broker:
             )
             await self.end(session, "wrong_code")
         elif msg.type == "consent":
-            await self.record_consent(session, msg)
+            if session.phase is Phase.ACTIVE:
+                await self.record_upgrade(session, msg)
+            else:
+                await self.record_consent(session, msg)
+        elif msg.type == "request_control":
+            await self.request_control(session)
         elif msg.type == "rights":
             granted = tuple(msg["granted"])
             if "view" not in granted or not set(granted) <= set(session.granted):
@@ -315,7 +339,9 @@ class Broker:
             )
             await send_quietly(session.console, encode("rights", granted=list(granted)))
 
-    async def record_consent(self, session: Session, msg: Message) -> None:
+    def check_receipt(self, session: Session, msg: Message,
+                      asked: tuple[str, ...]) -> tuple[Receipt, dict[str, object]]:
+        """Verify a consent receipt for this session; return it and its audit body."""
         data, signature = b64decode(msg["receipt"]), b64decode(msg["signature"])
         receipt = verify_receipt(data, signature, session.agent.device_key)
         if (
@@ -323,15 +349,26 @@ class Broker:
             or receipt.device_id != session.agent.device_id
             or receipt.engineer != session.engineer.name
             or receipt.key_fingerprint != session.engineer.fingerprint
-            or set(receipt.asked) != set(session.wants)
+            or len(receipt.asked) != len(asked)
+            or set(receipt.asked) != set(asked)
         ):
             raise ProtocolError("the consent receipt does not match this session", "bad_receipt")
-        body = {
+        digest = hashlib.sha256(data).hexdigest()
+        # Each answer is signed afresh (its time differs): an old receipt sent
+        # again is not a new answer from the customer.
+        if digest in session.receipts:
+            raise ProtocolError("this consent receipt was already used", "bad_receipt")
+        session.receipts.add(digest)
+        body: dict[str, object] = {
             "engineer": receipt.engineer, "key_fingerprint": receipt.key_fingerprint,
             "asked": list(receipt.asked), "granted": list(receipt.granted),
             "decision": receipt.decision, "receipt_time": receipt.time,
-            "receipt_sha256": hashlib.sha256(data).hexdigest(),
+            "receipt_sha256": digest,
         }
+        return receipt, body
+
+    async def record_consent(self, session: Session, msg: Message) -> None:
+        receipt, body = self.check_receipt(session, msg, session.wants)
         # The signed receipt names the device, so it is kept with the subject's
         # encrypted personal data; the body keeps what was allowed.
         await self.audit.append(
@@ -355,6 +392,53 @@ class Broker:
         session.active_since = session.last_activity = time.monotonic()
         await send_quietly(session.console, result)
         await send_quietly(session.agent_ws, encode("relay_open"))
+
+    async def request_control(self, session: Session) -> None:
+        """Forward the engineer's request for control to the customer.
+
+        Nothing to ask (control already granted, or a request already with the
+        customer) is answered `unchanged` at once, without bothering anyone.
+        """
+        if "control" in session.granted or session.control_pending:
+            await send_quietly(session.console, encode(
+                "control_result", decision="unchanged", granted=list(session.granted)))
+            return
+        await self.audit.append(
+            "control_requested", now=utcnow(), session=session.id,
+            actor=session.engineer.name, subject=session.agent.device_id,
+            body={"asked": list(_UPGRADE)},
+        )
+        session.control_pending = True
+        await send_quietly(session.agent_ws, encode("control_request"))
+
+    async def record_upgrade(self, session: Session, msg: Message) -> None:
+        """Record the customer's answer to a request for control, then tell both
+        ends; the agent lets the engineer type only once it hears back."""
+        if not session.control_pending:
+            raise ProtocolError("no request for control is waiting for an answer",
+                                "unexpected_message")
+        receipt, body = self.check_receipt(session, msg, _UPGRADE)
+        if receipt.decision == "granted" and set(receipt.granted) != set(_UPGRADE):
+            raise ProtocolError("a granted request for control must grant control",
+                                "bad_receipt")
+        await self.audit.append(
+            f"consent_{receipt.decision}", now=utcnow(), session=session.id,
+            actor=session.engineer.name, subject=session.agent.device_id,
+            body={**body, "upgrade": True},
+            personal={"receipt": msg["receipt"], "receipt_signature": msg["signature"]},
+        )
+        session.control_pending = False
+        if receipt.decision == "granted":
+            await self.audit.append(
+                "rights_changed", now=utcnow(), session=session.id,
+                actor=session.engineer.name, subject=session.agent.device_id,
+                body={"granted": list(_UPGRADE), "by": "customer", "upgrade": True},
+            )
+            session.granted = _UPGRADE
+        result = encode("control_result", decision=receipt.decision,
+                        granted=list(session.granted))
+        await send_quietly(session.console, result)
+        await send_quietly(session.agent_ws, result)
 
     async def watch(self, session: Session) -> None:
         """End sessions that idle too long, last too long, or never finish pairing."""

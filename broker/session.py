@@ -71,6 +71,10 @@ class Session:
     agent_ws: ServerConnection | None = None
     phase: Phase = Phase.PAIRING
     granted: tuple[str, ...] = ()
+    # A request for control is with the customer; a second one is not forwarded.
+    control_pending: bool = False
+    # SHA-256 of every consent receipt recorded for this session.
+    receipts: set[str] = field(default_factory=set)
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str | None = None

@@ -1,33 +1,50 @@
 """The console's broker client: log in, join with a code, pair, wait for
-consent, and hand back a session ready for SSH. No UI in here: progress is
-reported through a callback, so the plain terminal and the TUI share it.
+consent, and hand back a session ready for SSH; ask for control during a
+session; and, for admins, read the audit log. No UI in here: progress is
+reported through callbacks, so the plain terminal and the TUI share it.
+
+Everything a broker or customer sent (aliases, names, audit events) is
+untrusted text: pass it through `broker.wire.text.printable` before showing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncssh
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from broker.link import BrokerLink, LinkError, bridge, open_link
+from broker.wire import limits
 from broker.wire.code import JoinCode
 from broker.wire.e2e import Pairing
-from broker.wire.errors import PairingError, WireError
+from broker.wire.errors import PairingError, ProtocolError, WireError
 from broker.wire.limits import SSH_CIPHERS
 from broker.wire.login import login_payload
-from broker.wire.messages import Message, b64decode, b64encode
-from console.errors import BrokerError, JoinRefused, NotApproved, WrongCode
+from broker.wire.messages import AUDIT_FILTERS, Message, b64decode, b64encode, validate
+from console.errors import BrokerError, JoinRefused, NotApproved, UsageError, WrongCode
 from console.identity import Identity
 
 HANDSHAKE_TIMEOUT = 60.0
 # Generous bound on the customer's answer: the agent decides the real timeout
 # and tells us; this only guards against an agent that never answers.
 MAX_CONSENT_WAIT = 11 * 60.0
+# An audit page from a large log is still one indexed query on the broker.
+AUDIT_TIMEOUT = 60.0
+DEFAULT_AUDIT_LIMIT = 50
+
+
+class Forbidden(BrokerError):
+    """The broker refused a request this engineer's role does not allow
+    (the audit log is for admins only). The broker has closed the link."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,10 @@ class JoinedSession:
         return "control" in self.granted
 
     async def _dispatch(self, msg: Message) -> None:
-        if msg.type == "rights":
+        # `control_result` carries the rights in force after a request for
+        # control ("granted", "denied", "timeout" by the customer, or
+        # "unchanged" when there was nothing to ask), `rights` a narrowing.
+        if msg.type in ("rights", "control_result"):
             self.granted = tuple(msg["granted"])
         elif msg.type in ("ended", "error"):
             self.ended = msg
@@ -81,6 +101,20 @@ class JoinedSession:
             raise BrokerError(f"the secure shell to the customer failed: {exc}") from exc
         return conn, pump
 
+    async def request_control(self) -> None:
+        """Ask the customer to let the engineer type.
+
+        Returns once the request is sent; the answer arrives later as a
+        `control_result` message to the `on_control` handlers (after
+        `granted` is updated), so call this only once `open_ssh` runs the
+        relay. Asking while control is granted or a request is pending is
+        answered "unchanged" by the broker.
+        """
+        try:
+            await self.link.send("request_control")
+        except ConnectionClosed as exc:
+            raise BrokerError("the session has ended, so control cannot be requested") from exc
+
     async def leave(self) -> None:
         with contextlib.suppress(Exception):
             await self.link.send("end", reason="engineer_left")
@@ -96,11 +130,16 @@ class ConsoleClient:
         self.identity = identity
         self.display = identity.user
         self.role = ""
+        # One logged-in link for login checks and audit reads, reused across
+        # queries (the broker keeps it open between them) and reopened when
+        # the broker has closed it; the lock keeps one request on it at a time.
+        self._admin: BrokerLink | None = None
+        self._admin_lock = asyncio.Lock()
 
-    async def connect(self) -> BrokerLink:
+    async def connect(self, *, max_size: int = limits.MAX_FRAME) -> BrokerLink:
         """A new logged-in connection (each join has its own)."""
         try:
-            link = await open_link(self.broker_url, "/v1/console", self.ca)
+            link = await open_link(self.broker_url, "/v1/console", self.ca, max_size=max_size)
         except LinkError as exc:
             raise BrokerError(str(exc)) from exc
         try:
@@ -181,3 +220,114 @@ class ConsoleClient:
         )
 
 
+
+    # -- login check and the admin audit API ----------------------------------
+
+    async def login_check(self) -> tuple[str, str]:
+        """Log in and return (display name, role) as the broker knows them.
+
+        For an admin the link stays open for the audit reads that follow;
+        anyone else's is closed. Raises `BrokerError` if the broker cannot be
+        reached or trusted, or refuses the login.
+        """
+        async with self._admin_lock:
+            await self._close_admin()  # a fresh login, not a kept link's old answer
+            await self._admin_link()
+            if self.role != "admin":
+                await self._close_admin()
+        return self.display, self.role
+
+    async def audit_query(self, **filters: Any) -> tuple[list[dict[str, Any]], bool]:
+        """One page of audit events, newest first, and whether more remain.
+
+        Filters (all optional): ``since`` / ``until`` (ISO 8601 text or an
+        aware datetime; since inclusive, until exclusive), ``engineer``,
+        ``alias`` (the device alias, exact but case-insensitive: every event
+        of the matching devices), ``type`` (or ``event_type``), ``session``,
+        ``before_seq`` (the smallest seq of the previous page, to page on),
+        ``limit`` (1..200, default 50). Each event is a dict with seq, time,
+        type, session, actor, subject (a pseudonym), alias, ip, body.
+        Admins only: anyone else gets `Forbidden` (and the broker logs it).
+        """
+        fields = _audit_fields(filters)
+        reply = await self._admin_request("audit_query", "audit_page", fields)
+        return list(reply["events"]), bool(reply["more"])
+
+    async def audit_session(self, session: str) -> list[dict[str, Any]]:
+        """Every event of one session, oldest first; consent events carry the
+        customer's signed receipt as ``receipt`` (a dict) while it is held.
+
+        A session with more events than one reply holds (500) returns the
+        first ones. Admins only, like `audit_query`.
+        """
+        reply = await self._admin_request("audit_session_query", "audit_session",
+                                          {"session": session})
+        return list(reply["events"])
+
+    async def close(self) -> None:
+        """Close the link kept for audit reads, if any."""
+        async with self._admin_lock:
+            await self._close_admin()
+
+    async def _admin_link(self) -> BrokerLink:
+        link = self._admin
+        if link is None or link.ws.state is not State.OPEN:
+            await self._close_admin()
+            link = self._admin = await self.connect(max_size=limits.MAX_ADMIN_FRAME)
+        return link
+
+    async def _close_admin(self) -> None:
+        link, self._admin = self._admin, None
+        if link is not None:
+            await link.close()
+
+    async def _admin_request(self, msg_type: str, reply_type: str,
+                             fields: dict[str, Any]) -> Message:
+        async with self._admin_lock:
+            for attempt in range(2):
+                fresh = self._admin is None
+                link = await self._admin_link()
+                try:
+                    await link.send(msg_type, **fields)
+                    return await link.expect(reply_type, timeout=AUDIT_TIMEOUT)
+                except ProtocolError as exc:
+                    await self._close_admin()
+                    raise BrokerError(f"the broker sent something unexpected: {exc}") from exc
+                except (LinkError, ConnectionClosed) as exc:
+                    await self._close_admin()
+                    code = exc.code if isinstance(exc, LinkError) else "closed"
+                    if code == "forbidden":
+                        raise Forbidden(str(exc)) from exc
+                    # A kept link the broker closed while idle: once more, afresh.
+                    if attempt == 0 and not fresh and code in ("closed", "timeout"):
+                        continue
+                    raise BrokerError(str(exc)) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _audit_fields(filters: dict[str, Any]) -> dict[str, Any]:
+    """An `audit_query`'s fields from the keyword filters, checked here so a
+    mistake is a `UsageError` naming the filter rather than a broker refusal."""
+    filters = dict(filters)
+    if "type" in filters:
+        # The frame's own `type` is its message type, so the wire says event_type.
+        if "event_type" in filters:
+            raise UsageError("give the event type as type or event_type, not both")
+        filters["event_type"] = filters.pop("type")
+    unknown = set(filters) - set(AUDIT_FILTERS) - {"limit"}
+    if unknown:
+        raise UsageError(f"unknown audit filter(s): {', '.join(sorted(unknown))}; known: "
+                         "since, until, engineer, alias, type, session, before_seq, limit")
+    fields = {k: v for k, v in filters.items() if v is not None and v != ""}
+    for name in ("since", "until"):
+        value = fields.get(name)
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None:
+                raise UsageError(f"{name} must be a timezone-aware time (UTC is fine)")
+            fields[name] = value.astimezone(dt.UTC).isoformat()
+    fields.setdefault("limit", DEFAULT_AUDIT_LIMIT)
+    try:
+        validate("audit_query", fields)
+    except ProtocolError as exc:
+        raise UsageError(str(exc).replace("audit_query.", "audit filter ")) from exc
+    return fields

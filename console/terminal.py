@@ -1,8 +1,9 @@
 """The plain-terminal join: the remote shell on your own terminal.
 
-Raw mode while the session runs; ``Ctrl-]`` then ``q`` leaves (``Ctrl-]``
-twice sends one ``Ctrl-]``). In view-only mode keystrokes are not sent and
-a one-line notice says so. Window resizes are sent to the agent.
+Raw mode while the session runs; ``Ctrl-]`` then ``q`` leaves, ``Ctrl-]``
+then ``c`` asks the customer for control (``Ctrl-]`` twice sends one
+``Ctrl-]``). In view-only mode keystrokes are not sent and a one-line notice
+says so. Window resizes are sent to the agent.
 """
 
 from __future__ import annotations
@@ -21,8 +22,18 @@ import asyncssh
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
+from console.errors import ConsoleError
 
 CTRL_RBRACKET = 0x1D
+
+# What the engineer is told about the answer to Ctrl-] c.
+CONTROL_RESULT_TEXT = {
+    "granted": "the customer granted control: you can type now",
+    "denied": "the customer declined control: you can still watch",
+    "timeout": "the customer did not answer the request for control: you can still watch",
+    "unchanged": "nothing to ask: you already have control, or the customer is still "
+                 "deciding on your request",
+}
 
 
 def status(text: str) -> None:
@@ -86,6 +97,8 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             notices.append("the customer changed your rights to: "
                            + ("view and control" if "control" in msg["granted"] else "view only"))
             status(notices[-1])
+        elif msg.type == "control_result":
+            status(CONTROL_RESULT_TEXT.get(msg["decision"], printable(msg["decision"], 40)))
         elif msg.type in ("ended", "error"):
             done.set()
 
@@ -101,6 +114,15 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     escape = False
     warned_view_only = False
+    requests: set[asyncio.Task[None]] = set()
+
+    async def ask_for_control() -> None:
+        try:
+            await joined.request_control()
+        except ConsoleError as exc:
+            status(str(exc))
+            return
+        status("asking the customer for control...")
 
     def on_key() -> None:
         nonlocal escape, warned_view_only
@@ -115,6 +137,11 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                 if byte in (ord("q"), ord("Q")):
                     done.set()
                     return
+                if byte in (ord("c"), ord("C")):
+                    task = loop.create_task(ask_for_control())
+                    requests.add(task)
+                    task.add_done_callback(requests.discard)
+                    continue
                 if byte == CTRL_RBRACKET:
                     out.append(byte)
                 continue
@@ -128,7 +155,8 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             chan.write(bytes(out))
         elif not warned_view_only:
             warned_view_only = True
-            status("view only: your keystrokes are not sent (Ctrl-] then q leaves)")
+            status("view only: your keystrokes are not sent "
+                   "(Ctrl-] then c asks for control, Ctrl-] then q leaves)")
 
     def on_resize() -> None:
         chan.change_terminal_size(*_size())

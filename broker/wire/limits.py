@@ -19,6 +19,22 @@ MAX_DATA_FRAME = 64 * 1024
 # WebSocket max_size: the larger of the two frame kinds.
 MAX_FRAME = max(MAX_CONTROL_FRAME, MAX_DATA_FRAME)
 
+# The two replies of the admin audit API (`audit_page`, `audit_session`) carry
+# many events and may be this large. Only those two types get the larger
+# ceiling (see `broker.wire.messages.FRAME_LIMITS`), and only a console opens
+# its connection with this WebSocket max_size: the broker never accepts such
+# a frame, and agents keep the small limit.
+MAX_ADMIN_FRAME = 1024 * 1024
+
+# Events in one `audit_page` (the `limit` of an `audit_query`), and in one
+# `audit_session` reply. A reply that would still exceed MAX_ADMIN_FRAME is
+# cut short by the broker, with `more` set.
+MAX_AUDIT_PAGE = 200
+MAX_SESSION_EVENTS = 500
+
+# Sequence numbers of the audit log (SQLite's largest integer).
+MAX_AUDIT_SEQ = 2**63 - 1
+
 # Frames buffered per connection before the reader stops reading the socket
 # (websockets' max_queue): this is what makes backpressure reach the sender.
 MAX_QUEUED_FRAMES = 16

@@ -5,6 +5,10 @@ type has a fixed set of fields; an unknown type, an unknown or missing
 field, a value of the wrong kind or size, or a frame over the limit is a
 `ProtocolError` — never silently accepted, never a traceback for the peer.
 
+Most control frames are small (`MAX_CONTROL_FRAME`); the replies of the
+admin audit API may be larger (`FRAME_LIMITS`), and a reader that expects
+them says so with `decode(frame, limit=...)`.
+
 Binary frames are not described here: they are opaque relay bytes.
 """
 
@@ -12,16 +16,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from broker.wire.errors import ProtocolError
-from broker.wire.limits import MAX_CONTROL_FRAME, MAX_LABEL, PROTOCOL_VERSION
+from broker.wire.limits import (
+    MAX_ADMIN_FRAME,
+    MAX_AUDIT_PAGE,
+    MAX_AUDIT_SEQ,
+    MAX_CONTROL_FRAME,
+    MAX_LABEL,
+    MAX_SESSION_EVENTS,
+    PROTOCOL_VERSION,
+)
 
 __all__ = [
+    "AUDIT_FILTERS",
+    "CONTROL_DECISIONS",
+    "FRAME_LIMITS",
     "RIGHTS",
     "Field",
     "Message",
@@ -29,20 +45,44 @@ __all__ = [
     "b64encode",
     "decode",
     "encode",
+    "parse_time",
 ]
 
 # What an engineer may ask for and a customer may grant. `view` is implied
 # by any session; `control` lets the engineer type.
 RIGHTS = ("view", "control")
 
+# The answers to a `request_control`: the customer's three (as signed in the
+# receipt), and "unchanged" — the broker's own answer when there was nothing
+# to ask (control is already granted, or a request is already with the
+# customer). "unchanged" never comes from the customer and grants nothing.
+CONTROL_DECISIONS = ("granted", "denied", "timeout", "unchanged")
+
+# The optional filters of an `audit_query` (its `limit` is required). The
+# event type filter is `event_type`: `type` is the frame's own message type.
+AUDIT_FILTERS = ("since", "until", "engineer", "alias", "event_type", "session", "before_seq")
+
+# Types allowed past MAX_CONTROL_FRAME, and how far. Everything else is small.
+FRAME_LIMITS: dict[str, int] = {"audit_page": MAX_ADMIN_FRAME, "audit_session": MAX_ADMIN_FRAME}
+
+ItemCheck = Callable[[str, dict[str, Any]], None]
+
 
 @dataclass(frozen=True)
 class Field:
-    """One field of a message: its kind and the bound on its size."""
+    """One field of a message: its kind and the bounds on its value.
 
-    kind: str  # "str" | "int" | "b64" | "rights" | "digits" | "token"
+    Kinds: "str", "int" (`min`..`max`), "bool", "b64" (decoded length), "rights",
+    "digits", "token", "choice" (one of `choices`), "time" (ISO 8601 text), and
+    "objects" (a list of at most `max` JSON objects, each checked by `item`).
+    """
+
+    kind: str
     max: int = MAX_LABEL
     required: bool = True
+    min: int = 0
+    choices: tuple[str, ...] = ()
+    item: ItemCheck | None = None
 
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -50,6 +90,65 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ID = Field("token")
 _LABEL = Field("str", MAX_LABEL)
 _REASON = Field("str", 200)
+_MAX_TIME_CHARS = 40
+# Event strings (type, session, actor, pseudonym, alias, ip, time) are short;
+# the audit store allows at most 256 characters for each.
+_MAX_EVENT_STR = 256
+
+# One event object of an `audit_page` / `audit_session` reply: key -> the
+# JSON types allowed for it. `receipt` only appears on consent events, and
+# only while the customer's signed receipt is still held (not erased).
+_EVENT_KEYS: dict[str, tuple[type, ...]] = {
+    "seq": (int,),
+    "time": (str,),
+    "type": (str,),
+    "session": (str, type(None)),
+    "actor": (str, type(None)),
+    "subject": (str, type(None)),
+    "alias": (str, type(None)),
+    "ip": (str, type(None)),
+    "body": (dict,),
+}
+_OPTIONAL_EVENT_KEYS: dict[str, tuple[type, ...]] = {"receipt": (dict,)}
+
+
+def check_event(where: str, obj: dict[str, Any]) -> None:
+    """Check the shape of one audit event object (see `_EVENT_KEYS`)."""
+    unknown = set(obj) - set(_EVENT_KEYS) - set(_OPTIONAL_EVENT_KEYS)
+    if unknown:
+        names = ", ".join(sorted(str(n)[:40] for n in unknown)[:5])
+        raise ProtocolError(f"{where} has unknown key(s): {names}", "unknown_field")
+    for key, kinds in (*_EVENT_KEYS.items(), *_OPTIONAL_EVENT_KEYS.items()):
+        if key not in obj:
+            if key in _EVENT_KEYS:
+                raise ProtocolError(f"{where} lacks {key!r}", "missing_field")
+            continue
+        value = obj[key]
+        # `type(...) in`: a JSON true is not an integer sequence number.
+        if type(value) not in kinds:
+            raise ProtocolError(f"{where}.{key} has the wrong type")
+        if isinstance(value, str) and len(value) > _MAX_EVENT_STR:
+            raise ProtocolError(f"{where}.{key} is longer than {_MAX_EVENT_STR} characters")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 time as an aware UTC datetime; a time without an offset is UTC.
+
+    Accepts a date alone (``2025-03-01``, meaning its midnight UTC) and ``Z``.
+    """
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ProtocolError(
+            f"{text[:_MAX_TIME_CHARS]!r} is not an ISO 8601 time such as 2025-03-01T09:30:00Z"
+        ) from exc
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00
+        raise ProtocolError(f"{text[:_MAX_TIME_CHARS]!r} is out of range") from exc
+
 
 # type -> fields. Which side may send which type, and when, is the business
 # of the state tables (`broker.wire.states`), not of the codec.
@@ -92,6 +191,38 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "receipt": Field("b64", 4096),
         "signature": Field("b64", 64),
     },
+    # -- an active view-only session: the engineer asks for control
+    # console -> broker; the broker forwards it to the agent session as
+    # `control_request`, which asks the customer and proves nothing else.
+    # The agent answers with a new signed `consent` (asked = view + control);
+    # once that is recorded the broker sends `control_result` to the console
+    # and to the agent (whose gate opens only on that confirmation).
+    "request_control": {},
+    "control_request": {},
+    "control_result": {
+        "decision": Field("choice", choices=CONTROL_DECISIONS),
+        "granted": Field("rights"),  # the rights now in force
+    },
+    # -- admin audit API (console connection, after login; admins only)
+    "audit_query": {
+        "since": Field("time", _MAX_TIME_CHARS, required=False),  # inclusive
+        "until": Field("time", _MAX_TIME_CHARS, required=False),  # exclusive
+        "engineer": Field("str", MAX_LABEL, required=False),
+        "alias": Field("str", MAX_LABEL, required=False),
+        "event_type": Field("token", required=False),
+        "session": Field("token", required=False),
+        "before_seq": Field("int", MAX_AUDIT_SEQ, min=1, required=False),
+        "limit": Field("int", MAX_AUDIT_PAGE, min=1),
+    },
+    "audit_page": {  # newest first; page on with before_seq = the last seq
+        "events": Field("objects", MAX_AUDIT_PAGE, item=check_event),
+        "more": Field("bool"),
+    },
+    "audit_session_query": {"session": _ID},
+    "audit_session": {  # oldest first; `more`: cut short, the session has more
+        "events": Field("objects", MAX_SESSION_EVENTS, item=check_event),
+        "more": Field("bool"),
+    },
     # -- forwarded end to end, opaque to the broker
     "pake": {"body": Field("b64", 256)},
     "sealed": {"body": Field("b64", 4096)},
@@ -131,8 +262,21 @@ def b64decode(text: str) -> bytes:
 def _check_field(msg_type: str, name: str, spec: Field, value: Any) -> None:
     where = f"{msg_type}.{name}"
     if spec.kind == "int":
-        if type(value) is not int or not 0 <= value <= spec.max:
-            raise ProtocolError(f"{where} must be an integer from 0 to {spec.max}")
+        if type(value) is not int or not spec.min <= value <= spec.max:
+            raise ProtocolError(f"{where} must be an integer from {spec.min} to {spec.max}")
+        return
+    if spec.kind == "bool":
+        if type(value) is not bool:
+            raise ProtocolError(f"{where} must be true or false")
+        return
+    if spec.kind == "objects":
+        if not isinstance(value, list) or len(value) > spec.max:
+            raise ProtocolError(f"{where} must be a list of at most {spec.max} objects")
+        for index, obj in enumerate(value):
+            if not isinstance(obj, dict):
+                raise ProtocolError(f"{where}[{index}] must be a JSON object")
+            if spec.item is not None:
+                spec.item(f"{where}[{index}]", obj)
         return
     if spec.kind == "rights":
         # Membership first: it also rules out unhashable items before set().
@@ -163,6 +307,13 @@ def _check_field(msg_type: str, name: str, spec: Field, value: Any) -> None:
     elif spec.kind == "token":
         if not _TOKEN_RE.match(value):
             raise ProtocolError(f"{where} must be 1-64 letters, digits, '-' or '_'")
+    elif spec.kind == "choice":
+        if value not in spec.choices:
+            raise ProtocolError(f"{where} must be one of {', '.join(spec.choices)}")
+    elif spec.kind == "time":
+        if len(value) > spec.max:
+            raise ProtocolError(f"{where} is longer than {spec.max} characters")
+        parse_time(value)
     elif len(value) > spec.max:
         raise ProtocolError(f"{where} is longer than {spec.max} characters")
 
@@ -192,21 +343,27 @@ def encode(msg_type: str, **fields: Any) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    if len(frame.encode()) > MAX_CONTROL_FRAME:
-        raise ProtocolError(f"{msg_type} frame would exceed {MAX_CONTROL_FRAME} bytes")
+    limit = FRAME_LIMITS.get(msg_type, MAX_CONTROL_FRAME)
+    if len(frame.encode()) > limit:
+        raise ProtocolError(f"{msg_type} frame would exceed {limit} bytes", "too_big")
     return frame
 
 
-def decode(frame: str | bytes) -> Message:
-    """Parse and validate one control frame; raise `ProtocolError` if unfit."""
+def decode(frame: str | bytes, *, limit: int = MAX_CONTROL_FRAME) -> Message:
+    """Parse and validate one control frame; raise `ProtocolError` if unfit.
+
+    `limit` bounds what is parsed at all: a reader that expects the large
+    admin replies passes `MAX_ADMIN_FRAME`. Whatever the limit, each type
+    must still fit its own bound (`FRAME_LIMITS`, else MAX_CONTROL_FRAME).
+    """
     if isinstance(frame, bytes):
         raise ProtocolError("expected a text (JSON) control frame, got binary data")
     try:
-        size = len(frame) if len(frame) > MAX_CONTROL_FRAME else len(frame.encode())
+        size = len(frame) if len(frame) > limit else len(frame.encode())
     except UnicodeEncodeError as exc:
         raise ProtocolError("control frame is not valid Unicode text", "bad_json") from exc
-    if size > MAX_CONTROL_FRAME:
-        raise ProtocolError(f"control frame larger than {MAX_CONTROL_FRAME} bytes", "too_big")
+    if size > limit:
+        raise ProtocolError(f"control frame larger than {limit} bytes", "too_big")
     try:
         obj = json.loads(frame)
     # ValueError also covers integers longer than Python's int-string limit.
@@ -225,4 +382,9 @@ def decode(frame: str | bytes) -> Message:
     msg_type = obj.pop("type", None)
     if not isinstance(msg_type, str):
         raise ProtocolError("control frame lacks a string 'type'", "bad_json")
+    type_limit = FRAME_LIMITS.get(msg_type, MAX_CONTROL_FRAME)
+    if size > type_limit:
+        raise ProtocolError(
+            f"{msg_type[:40]} frame larger than {type_limit} bytes", "too_big"
+        )
     return validate(msg_type, obj)

@@ -10,6 +10,9 @@ Connections:
 - ``console``: one per join, opened by the console (/v1/console)
 
 Phases move forward only: login → ready → pairing → active → closed.
+A console stays ready while it reads the audit log (admins only: the role is
+the broker's business, not the table's), so one connection can run several
+queries; a `join` moves it on.
 """
 
 from __future__ import annotations
@@ -44,12 +47,13 @@ INBOUND: dict[tuple[Conn, Phase], frozenset[str]] = {
     (Conn.AGENT_SESSION, Phase.PAIRING): frozenset(
         {"pake", "sealed", "pairing_failed", "consent", "end"}
     ),
-    (Conn.AGENT_SESSION, Phase.ACTIVE): frozenset({"rights", "end"}),
+    # `consent` again: the customer's answer to the engineer's request for control.
+    (Conn.AGENT_SESSION, Phase.ACTIVE): frozenset({"rights", "consent", "end"}),
     (Conn.CONSOLE, Phase.HELLO): frozenset({"login"}),
     (Conn.CONSOLE, Phase.LOGIN): frozenset({"login_proof"}),
-    (Conn.CONSOLE, Phase.READY): frozenset({"join"}),
+    (Conn.CONSOLE, Phase.READY): frozenset({"join", "audit_query", "audit_session_query"}),
     (Conn.CONSOLE, Phase.PAIRING): frozenset({"pake", "sealed", "end"}),
-    (Conn.CONSOLE, Phase.ACTIVE): frozenset({"end"}),
+    (Conn.CONSOLE, Phase.ACTIVE): frozenset({"request_control", "end"}),
 }
 
 # Phases in which a connection may send binary (relay) frames.

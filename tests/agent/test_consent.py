@@ -114,3 +114,53 @@ def test_prompt_explains_a_view_only_agent() -> None:
     text = "\n".join(prompt_lines(FULL, 30.0, "view"))
     assert "control cannot be granted" in text
     assert "control cannot be granted" not in "\n".join(prompt_lines(VIEW, 30.0, "view"))
+
+
+# -- an engineer already watching asks for control ---------------------------
+
+UPGRADE = ConsentRequest(
+    session="s-1", engineer_login="alice", engineer_display="Alice Example",
+    engineer_role="engineer", key_fingerprint="SHA256:AbCdEf", sas="7F3A-91C2",
+    wants=("view", "control"), upgrade=True,
+)
+DENIED = Decision("denied")
+
+
+@pytest.mark.parametrize("key", ["c", "C"])
+def test_upgrade_c_grants_control(key: str) -> None:
+    assert decide(key, UPGRADE, "control") == BOTH
+
+
+@pytest.mark.parametrize("key", ["v", "V", "n", "\r", "\n"])
+def test_upgrade_anything_else_that_answers_is_a_no(key: str) -> None:
+    assert decide(key, UPGRADE, "control") == DENIED
+
+
+@pytest.mark.parametrize("key", ["x", " ", "\x1d", "y"])
+def test_upgrade_other_keys_mean_nothing(key: str) -> None:
+    assert decide(key, UPGRADE, "control") is None
+
+
+def test_upgrade_cannot_be_granted_on_a_view_only_computer() -> None:
+    assert decide("c", UPGRADE, "view") is None
+    assert "cannot be granted" in "\n".join(prompt_lines(UPGRADE, 10, "view"))
+
+
+def test_upgrade_prompt_says_what_changes() -> None:
+    text = "\n".join(prompt_lines(UPGRADE, 59.2, "control"))
+    assert "now asks for control" in text
+    assert "[c] allow control" in text
+    assert "keep view only" in text
+    assert "No answer in 60 s means no." in text
+    assert "Alice Example (alice, engineer)" in text
+
+
+def test_upgrade_prompt_shows_network_strings_literally() -> None:
+    evil = ConsentRequest(
+        session="s-1", engineer_login="a\x1b[2J", engineer_display="\x1b]0;pwned\x07Eve",
+        engineer_role="engineer", key_fingerprint="SHA256:x", sas="7F3A-91C2",
+        wants=("view", "control"), upgrade=True,
+    )
+    text = "\n".join(prompt_lines(evil, 10, "control"))
+    assert "\x1b" not in text and "\x07" not in text
+    assert printable("\x1b]0;pwned\x07Eve") in text

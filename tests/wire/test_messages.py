@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 
 from broker.wire.errors import ProtocolError
-from broker.wire.limits import MAX_CONTROL_FRAME, MAX_LABEL, PROTOCOL_VERSION
+from broker.wire.limits import (
+    MAX_ADMIN_FRAME,
+    MAX_AUDIT_PAGE,
+    MAX_CONTROL_FRAME,
+    MAX_LABEL,
+    PROTOCOL_VERSION,
+)
 from broker.wire.messages import (
+    AUDIT_FILTERS,
+    CONTROL_DECISIONS,
     RIGHTS,
     SCHEMA,
     Message,
@@ -18,6 +26,7 @@ from broker.wire.messages import (
     b64encode,
     decode,
     encode,
+    parse_time,
     validate,
 )
 
@@ -66,7 +75,44 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "end": {"reason": "engineer_left"},
     "ended": {"reason": "customer_ended", "message": "The customer ended the session."},
     "error": {"code": "unexpected_message", "message": "not now"},
+    "request_control": {},
+    "control_request": {},
+    "control_result": {"decision": "unchanged", "granted": ["view"]},
+    "audit_query": {
+        "since": "2025-03-01T00:00:00Z",
+        "until": "2025-03-02",
+        "engineer": "alice",
+        "alias": "Kim's laptop",
+        "event_type": "consent_granted",
+        "session": "s-1",
+        "before_seq": 1200,
+        "limit": 50,
+    },
+    "audit_page": {
+        "events": [
+            {
+                "seq": 7, "time": "2025-03-01T12:00:00.000000Z", "type": "agent_connected",
+                "session": None, "actor": None, "subject": "ab" * 16, "alias": "Kim ✓",
+                "ip": "192.0.2.7", "body": {"shared": []},
+            },
+        ],
+        "more": True,
+    },
+    "audit_session_query": {"session": "s-1"},
+    "audit_session": {
+        "events": [
+            {
+                "seq": 9, "time": "2025-03-01T12:00:01.000000Z", "type": "consent_granted",
+                "session": "s-1", "actor": "alice", "subject": "ab" * 16, "alias": None,
+                "ip": None, "body": {"upgrade": True},
+                "receipt": {"decision": "granted", "asked": ["view", "control"]},
+            },
+        ],
+        "more": False,
+    },
 }
+
+EVENT = SAMPLES["audit_page"]["events"][0]
 
 
 def frame(msg_type: Any = "login", *, v: Any = PROTOCOL_VERSION, **fields: Any) -> str:
@@ -335,3 +381,122 @@ def test_validate_keeps_a_copy() -> None:
     msg = validate("login", fields)
     fields["user"] = "mallory"
     assert msg["user"] == "alice"
+
+
+# -- control requests -----------------------------------------------------
+
+
+def test_control_result_decisions() -> None:
+    for decision in CONTROL_DECISIONS:
+        msg = decode(encode("control_result", decision=decision, granted=["view"]))
+        assert msg["decision"] == decision
+    assert set(CONTROL_DECISIONS) == {"granted", "denied", "timeout", "unchanged"}
+    for value in ("maybe", "GRANTED", "", 1, None):
+        field_refused("control_result", decision=value)
+
+
+# -- the admin audit API --------------------------------------------------
+
+
+def test_audit_filters_are_the_optional_query_fields() -> None:
+    schema = SCHEMA["audit_query"]
+    assert set(AUDIT_FILTERS) == {name for name, spec in schema.items() if not spec.required}
+    assert set(schema) - set(AUDIT_FILTERS) == {"limit"}
+
+
+@pytest.mark.parametrize("value", [0, MAX_AUDIT_PAGE + 1, -1, True, "50", 1.0])
+def test_audit_limit_bounds(value: Any) -> None:
+    field_refused("audit_query", limit=value)
+
+
+def test_audit_limit_and_filters_accepted() -> None:
+    for limit in (1, MAX_AUDIT_PAGE):
+        assert decode(encode("audit_query", limit=limit))["limit"] == limit
+    field_refused("audit_query", before_seq=0)
+
+
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2025-13-01", "", "1" * 41, 5, None, "0001-01-01T00:00:00+01:00"]
+)
+def test_bad_times(value: Any) -> None:
+    field_refused("audit_query", since=value)
+
+
+def test_parse_time_defaults_to_utc() -> None:
+    import datetime as dt
+
+    assert parse_time("2025-03-01") == dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    assert parse_time("2025-03-01T12:00:00Z") == dt.datetime(2025, 3, 1, 12, tzinfo=dt.UTC)
+    paris = parse_time("2025-03-01T13:00:00+01:00")
+    assert paris == dt.datetime(2025, 3, 1, 12, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "events",
+        {"seq": 1},
+        [1],
+        [None],
+        [[EVENT]],
+        [EVENT] * (MAX_AUDIT_PAGE + 1),
+        [{**EVENT, "seq": "7"}],
+        [{**EVENT, "seq": True}],
+        [{**EVENT, "body": "text"}],
+        [{**EVENT, "alias": 5}],
+        [{**EVENT, "ip": "x" * 257}],
+        [{**EVENT, "receipt": "not an object"}],
+    ],
+)
+def test_bad_event_lists(value: Any) -> None:
+    fields = {**SAMPLES["audit_page"], "events": value}
+    with pytest.raises(ProtocolError):
+        decode(frame("audit_page", **fields), limit=MAX_ADMIN_FRAME)
+    with pytest.raises(ProtocolError):
+        encode("audit_page", **fields)
+
+
+def test_event_objects_have_exactly_the_documented_keys() -> None:
+    extra = {**EVENT, "personal": {"alias": "x"}}
+    refused(frame("audit_page", events=[extra], more=False), "unknown_field")
+    lacking = {k: v for k, v in EVENT.items() if k != "subject"}
+    refused(frame("audit_page", events=[lacking], more=False), "missing_field")
+
+
+@pytest.mark.parametrize("value", ["true", 1, 0, None])
+def test_bad_bool(value: Any) -> None:
+    field_refused("audit_page", more=value)
+
+
+def _big_page(count: int) -> str:
+    event = {**EVENT, "body": {"pad": "p" * 4000}}
+    return frame("audit_page", events=[event] * count, more=False)
+
+
+def test_admin_replies_may_exceed_the_control_limit_when_the_reader_allows() -> None:
+    raw = _big_page(20)
+    assert MAX_CONTROL_FRAME < len(raw) < MAX_ADMIN_FRAME
+    refused(raw, "too_big")  # the default reader keeps the small limit
+    assert len(decode(raw, limit=MAX_ADMIN_FRAME)["events"]) == 20
+    assert encode("audit_page", events=[{**EVENT, "body": {"pad": "p" * 4000}}] * 20,
+                  more=False)
+
+
+def test_the_larger_limit_is_only_for_the_admin_replies() -> None:
+    raw = frame("login", user="a" * (2 * MAX_CONTROL_FRAME))
+    refused(raw, "too_big")
+    with pytest.raises(ProtocolError) as info:
+        decode(raw, limit=MAX_ADMIN_FRAME)
+    assert info.value.code == "too_big"
+
+
+def test_admin_replies_have_a_ceiling_too() -> None:
+    raw = _big_page(MAX_AUDIT_PAGE).replace("p" * 4000, "p" * 6000)
+    assert len(raw) > MAX_ADMIN_FRAME
+    with pytest.raises(ProtocolError) as info:
+        decode(raw, limit=4 * MAX_ADMIN_FRAME)
+    assert info.value.code == "too_big"
+    event = {**EVENT, "body": {"pad": "p" * 6000}}
+    with pytest.raises(ProtocolError) as info:
+        encode("audit_page", events=[event] * MAX_AUDIT_PAGE, more=False)
+    assert info.value.code == "too_big"

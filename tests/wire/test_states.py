@@ -16,12 +16,12 @@ ALLOWED = {
     (A, Phase.HELLO): {"hello"},
     (S, Phase.HELLO): {"attach"},
     (S, Phase.PAIRING): {"pake", "sealed", "pairing_failed", "consent", "end"},
-    (S, Phase.ACTIVE): {"rights", "end"},
+    (S, Phase.ACTIVE): {"rights", "consent", "end"},  # consent: answering request_control
     (C, Phase.HELLO): {"login"},
     (C, Phase.LOGIN): {"login_proof"},
-    (C, Phase.READY): {"join"},
+    (C, Phase.READY): {"join", "audit_query", "audit_session_query"},
     (C, Phase.PAIRING): {"pake", "sealed", "end"},
-    (C, Phase.ACTIVE): {"end"},
+    (C, Phase.ACTIVE): {"request_control", "end"},
 }
 
 ALL = [(conn, phase, t) for conn in Conn for phase in Phase for t in sorted(SCHEMA)]
@@ -53,7 +53,15 @@ def test_table_names_only_real_message_types() -> None:
         (C, Phase.PAIRING, "consent"),  # only the agent signs consent
         (C, Phase.ACTIVE, "rights"),  # only the agent changes rights
         (S, Phase.PAIRING, "join"),
-        (S, Phase.ACTIVE, "consent"),  # consent is recorded once
+        (S, Phase.PAIRING, "request_control"),  # only the engineer asks for control
+        (C, Phase.PAIRING, "request_control"),  # nothing to upgrade before consent
+        (C, Phase.READY, "request_control"),
+        (C, Phase.ACTIVE, "audit_query"),  # the audit API is not for live sessions
+        (C, Phase.HELLO, "audit_query"),  # nor before login
+        (C, Phase.LOGIN, "audit_session_query"),
+        (S, Phase.ACTIVE, "control_result"),  # the broker's answer, never the agent's
+        (C, Phase.ACTIVE, "control_result"),
+        (C, Phase.READY, "audit_page"),  # replies only flow outwards
         (A, Phase.READY, "hello"),
         (A, Phase.READY, "end"),
         (A, Phase.HELLO, "login"),

@@ -1,0 +1,121 @@
+"""The admin audit API, on a logged-in console connection.
+
+An admin's console sends `audit_query` (a filtered, keyset-paged listing,
+newest first) or `audit_session_query` (one session's events, oldest first,
+with the customer's signed consent receipts) while its connection is READY,
+as often as it likes. Every read is itself an event: `audit_read` is appended
+after the page is produced — so a page never contains its own read — and
+before it is sent, so a read that cannot be logged is never served (the
+append fails closed). An engineer who is not an admin is refused, and the
+refusal is logged as `audit_read_refused`.
+
+What leaves here is metadata plus the two personal fields an admin reviews
+(the device alias and IP address), decrypted only while the data subject's
+key still exists.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+from broker.audit.store import AuditEvent, AuditLog
+from broker.registry import Engineer
+from broker.session import utcnow
+from broker.wire.errors import ProtocolError
+from broker.wire.limits import MAX_SESSION_EVENTS
+from broker.wire.messages import AUDIT_FILTERS, Message, b64decode, encode, parse_time
+
+__all__ = ["answer_audit_request", "event_object"]
+
+# The store allows event fields of up to 256 characters, and so does the
+# schema of an event object; personal values are bounded here the same way.
+_MAX_VALUE = 256
+
+
+def _capped(value: str | None) -> str | None:
+    return None if value is None else value[:_MAX_VALUE]
+
+
+def event_object(event: AuditEvent, *, with_receipt: bool = False) -> dict[str, Any]:
+    """The wire form of one event (see `broker.wire.messages.check_event`)."""
+    personal = event.personal or {}
+    obj: dict[str, Any] = {
+        "seq": event.seq, "time": event.time, "type": event.type,
+        "session": event.session, "actor": event.actor, "subject": event.subject,
+        "alias": _capped(personal.get("alias")), "ip": _capped(personal.get("ip")),
+        "body": event.body,
+    }
+    if with_receipt and "receipt" in personal:
+        try:
+            receipt = json.loads(b64decode(personal["receipt"]))
+        except (ProtocolError, ValueError):
+            receipt = None  # we wrote it after verifying it; never fail a read over it
+        if isinstance(receipt, dict):
+            obj["receipt"] = receipt
+    return obj
+
+
+def _fit(msg_type: str, events: list[dict[str, Any]], more: bool) -> tuple[str, int]:
+    """Encode a reply, cutting it short (and setting `more`) until it fits
+    MAX_ADMIN_FRAME; return the frame and how many events it holds."""
+    while True:
+        try:
+            return encode(msg_type, events=events, more=more), len(events)
+        except ProtocolError as exc:
+            if exc.code != "too_big" or not events:
+                raise
+            # Keep the head: newest first for a page, oldest first for a
+            # session, and either way the reader continues after the last one.
+            events, more = events[: len(events) // 2], True
+
+
+async def _page(audit: AuditLog, msg: Message) -> tuple[str, int, dict[str, Any]]:
+    filters = {name: msg.get(name) for name in AUDIT_FILTERS if msg.get(name) is not None}
+    since, until = filters.get("since"), filters.get("until")
+    events, more = await audit.query(
+        since=None if since is None else parse_time(since),
+        until=None if until is None else parse_time(until),
+        actor=filters.get("engineer"), alias=filters.get("alias"),
+        type=filters.get("event_type"), session=filters.get("session"),
+        before_seq=filters.get("before_seq"), limit=msg["limit"],
+    )
+    frame, returned = _fit("audit_page", [event_object(e) for e in events], more)
+    used: dict[str, Any] = {**filters, "limit": msg["limit"]}
+    if "alias" in used:
+        # The alias a customer chose is personal data: the event skeleton
+        # records only that an alias search was made, never which alias.
+        used["alias"] = True
+    return frame, returned, used
+
+
+async def _session(audit: AuditLog, msg: Message) -> tuple[str, int, dict[str, Any]]:
+    # One more than fits a reply, to learn whether the session has more.
+    events = await audit.session_events(msg["session"], limit=MAX_SESSION_EVENTS + 1)
+    more = len(events) > MAX_SESSION_EVENTS
+    objects = [event_object(e, with_receipt=True) for e in events[:MAX_SESSION_EVENTS]]
+    frame, returned = _fit("audit_session", objects, more)
+    return frame, returned, {"session": msg["session"]}
+
+
+async def answer_audit_request(
+    audit: AuditLog, ws: ServerConnection, engineer: Engineer, msg: Message
+) -> None:
+    """Serve one `audit_query` or `audit_session_query`, or refuse it.
+
+    Raises `ProtocolError` (code ``forbidden``) for a non-admin, after the
+    refusal is recorded; the caller sends the error and closes.
+    """
+    if engineer.role != "admin":
+        await audit.append("audit_read_refused", now=utcnow(), actor=engineer.name,
+                           body={"request": msg.type, "role": engineer.role})
+        raise ProtocolError("the audit log is for admins only", "forbidden")
+    if msg.type == "audit_query":
+        frame, returned, used = await _page(audit, msg)
+    else:
+        frame, returned, used = await _session(audit, msg)
+    await audit.append("audit_read", now=utcnow(), actor=engineer.name,
+                       body={"request": msg.type, "query": used, "returned": returned})
+    await ws.send(frame)
