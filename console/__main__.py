@@ -17,24 +17,47 @@ from console.identity import load_agent_identity, load_file_identity, tty_passph
 from console.terminal import ProgressPrinter, run_terminal_session, status
 
 
+def add_connection_flags(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """The same flags before or after `join`. A sub-command's defaults would
+    overwrite values given before it, so there they are suppressed."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if sub else value
+
+    p.add_argument("--broker", default=default("wss://127.0.0.1:8443"),
+                   help="broker URL (wss://)")
+    p.add_argument("--ca", type=Path, default=default(Path("certs/ca.crt")),
+                   help="CA certificate the broker must be signed by")
+    p.add_argument("--identity", type=Path,
+                   default=default(Path("~/.ssh/id_ed25519").expanduser()),
+                   help="your OpenSSH Ed25519 private key (default ~/.ssh/id_ed25519)")
+    p.add_argument("--user", default=default(os.environ.get("USER") or getpass.getuser()),
+                   help="your login name at the broker")
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    from console.app import ConsoleApp
+    from console.backend import BrokerBackend, Settings
+
+    settings = Settings(broker=args.broker, ca=args.ca, identity=args.identity, user=args.user)
+    ConsoleApp(BrokerBackend, settings).run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="consentry-console",
         description="Join a customer's computer, with their consent, over an end-to-end "
         "encrypted session.",
     )
-    sub = p.add_subparsers(dest="command")
+    add_connection_flags(p)
+    sub = p.add_subparsers(dest="command", metavar="{join}",
+                           description="without a command, the full-screen console starts")
     join = sub.add_parser("join", help="join with the code the customer reads to you")
     join.add_argument("code", help="the code on the customer's screen, e.g. 482-193-775")
-    join.add_argument("--broker", default="wss://127.0.0.1:8443", help="broker URL (wss://)")
-    join.add_argument("--ca", type=Path, default=Path("certs/ca.crt"),
-                      help="CA certificate the broker must be signed by")
-    join.add_argument("--identity", type=Path, default=Path("~/.ssh/id_ed25519").expanduser(),
-                      help="your OpenSSH Ed25519 private key (default ~/.ssh/id_ed25519)")
+    add_connection_flags(join, sub=True)
     join.add_argument("--ssh-agent", action="store_true",
                       help="use the key held by ssh-agent instead of reading --identity")
-    join.add_argument("--user", default=os.environ.get("USER") or getpass.getuser(),
-                      help="your login name at the broker")
     join.add_argument("--control", action="store_true",
                       help="ask to type, not just view (the customer decides)")
     return p
@@ -69,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
+        return run_tui(args)
     try:
         return asyncio.run(_join(args))
     except ConsoleError as exc:

@@ -17,6 +17,10 @@ from console.errors import IdentityError
 PassphrasePrompt = Callable[[Path], str]
 
 
+class PassphraseNeeded(IdentityError):
+    """The key is encrypted and no passphrase was supplied."""
+
+
 def tty_passphrase(path: Path) -> str:
     return getpass.getpass(f"Passphrase for {path}: ")
 
@@ -51,8 +55,10 @@ def load_file_identity(user: str, path: Path, prompt: PassphrasePrompt | None) -
     try:
         keypairs = asyncssh.load_keypairs([str(path)], ignore_encrypted=False)
     except asyncssh.KeyImportError as exc:
-        if "passphrase" not in str(exc).lower() or prompt is None:
+        if "passphrase" not in str(exc).lower():
             raise IdentityError(f"cannot read the SSH key {path}: {exc}") from exc
+        if prompt is None:
+            raise PassphraseNeeded(f"the SSH key {path} needs its passphrase") from exc
         try:
             keypairs = asyncssh.load_keypairs([str(path)], passphrase=prompt(path))
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc2:

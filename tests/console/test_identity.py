@@ -10,7 +10,7 @@ import pytest
 from broker.auth import verify_login
 from broker.wire.login import login_payload
 from console.errors import IdentityError
-from console.identity import load_file_identity
+from console.identity import PassphraseNeeded, load_file_identity
 
 
 def _write(tmp_path: Path, alg: str = "ssh-ed25519", passphrase: str | None = None) -> Path:
@@ -51,7 +51,7 @@ def test_wrong_passphrase_is_named(tmp_path: Path) -> None:
 
 def test_encrypted_key_without_a_terminal_is_a_clear_error(tmp_path: Path) -> None:
     path = _write(tmp_path, passphrase="correct horse")
-    with pytest.raises(IdentityError, match="cannot read the SSH key"):
+    with pytest.raises(PassphraseNeeded, match="needs its passphrase"):
         load_file_identity("alice", path, prompt=None)
 
 

@@ -1,0 +1,244 @@
+"""What the TUI needs from the network, as an interface the app receives.
+
+`ConsoleApp` is handed a `BackendFactory`; the real one (`BrokerBackend`)
+talks to a broker through `console.client`, tests hand in a fake. Widgets
+never touch sockets: they call these methods and get callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncssh
+
+from broker.wire.code import parse_code
+from broker.wire.errors import CodeError
+from broker.wire.messages import Message
+from console.client import ConsoleClient, JoinedSession, Progress
+from console.errors import UsageError
+from console.identity import load_file_identity
+
+__all__ = [
+    "Backend",
+    "BackendFactory",
+    "BrokerBackend",
+    "LiveSession",
+    "Profile",
+    "Progress",
+    "SessionEvent",
+    "Settings",
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the connect screen collects (prefilled from flags)."""
+
+    broker: str
+    ca: Path
+    identity: Path
+    user: str
+    passphrase: str | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    user: str
+    display: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """Something the broker or customer did to a running session."""
+
+    kind: str  # "rights" | "control_result" | "ended"
+    text: str
+    granted: tuple[str, ...] = ()
+
+
+OutputHandler = Callable[[bytes], None]
+EventHandler = Callable[[SessionEvent], None]
+
+
+class LiveSession(Protocol):
+    session_id: str
+    alias: str
+    sas: str
+    bytes_in: int
+    bytes_out: int
+
+    @property
+    def granted(self) -> tuple[str, ...]: ...
+
+    async def start(self, cols: int, rows: int, on_output: OutputHandler,
+                    on_event: EventHandler) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+    async def request_control(self) -> None: ...
+    async def leave(self) -> None: ...
+
+
+class Backend(Protocol):
+    async def login(self) -> Profile: ...
+    async def join(self, code: str, control: bool,
+                   on_progress: Callable[[Progress], None]) -> LiveSession: ...
+    async def audit_query(self, **filters: Any) -> tuple[list[dict[str, Any]], bool]: ...
+    async def audit_session(self, session: str) -> list[dict[str, Any]]: ...
+    async def close(self) -> None: ...
+
+
+BackendFactory = Callable[[Settings], Backend]
+
+
+_RESULT_TEXT = {
+    "granted": "The customer granted control: you can type.",
+    "denied": "The customer declined control: you can still watch.",
+    "timeout": "The customer did not answer the control request.",
+    "unchanged": "Nothing changed: you already have those rights or a request is pending.",
+}
+
+
+class _Sink(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    def __init__(self, owner: RelaySession) -> None:
+        self._owner = owner
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        self._owner.bytes_in += len(data)
+        self._owner.on_output(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner.closed()
+
+
+class RelaySession:
+    """A consented session carried over the broker's relay (real network)."""
+
+    def __init__(self, joined: JoinedSession) -> None:
+        self._joined = joined
+        self.session_id = joined.session
+        self.alias = joined.alias
+        self.sas = joined.sas
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.on_output: OutputHandler = lambda _d: None
+        self._on_event: EventHandler = lambda _e: None
+        self._chan: asyncssh.SSHClientChannel | None = None  # type: ignore[type-arg]
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._ended = False
+
+    @property
+    def granted(self) -> tuple[str, ...]:
+        return self._joined.granted
+
+    async def start(self, cols: int, rows: int, on_output: OutputHandler,
+                    on_event: EventHandler) -> None:
+        self.on_output, self._on_event = on_output, on_event
+        self._joined.on_control.append(self._control)
+        self._conn, self._pump = await self._joined.open_ssh()
+        self._chan, _ = await self._conn.create_session(
+            lambda: _Sink(self), term_type="xterm-256color", term_size=(cols, rows),
+            encoding=None,
+        )
+
+    async def _control(self, msg: Message) -> None:
+        if msg.type == "rights":
+            self._on_event(SessionEvent(
+                "rights", "The customer changed your rights to "
+                + ("view and control." if "control" in msg["granted"] else "view only."),
+                tuple(msg["granted"])))
+        elif msg.type == "control_result":
+            self._on_event(SessionEvent(
+                "control_result", _RESULT_TEXT.get(msg["decision"], msg["decision"]),
+                tuple(msg["granted"])))
+        elif msg.type in ("ended", "error"):
+            self._finish(msg["message"])
+
+    def closed(self) -> None:
+        ended = self._joined.ended
+        self._finish(ended["message"] if ended is not None else "The session ended.")
+
+    def _finish(self, text: str) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_event(SessionEvent("ended", text))
+
+    def write(self, data: bytes) -> None:
+        if self._chan is not None and "control" in self.granted and not self._ended:
+            self._chan.write(data)
+            self.bytes_out += len(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self._chan is not None and not self._ended:
+            self._chan.change_terminal_size(cols, rows)
+
+    async def request_control(self) -> None:
+        await self._joined.request_control()
+
+    async def leave(self) -> None:
+        self._ended = True
+        if self._conn is not None:
+            self._conn.close()
+        await self._joined.leave()
+        if self._pump is not None:
+            self._pump.cancel()
+
+
+class BrokerBackend:
+    """The real backend: one engineer at one broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: ConsoleClient | None = None
+        self._sessions: list[RelaySession] = []
+
+    def _require_client(self) -> ConsoleClient:
+        if self._client is None:
+            raise UsageError("not logged in")
+        return self._client
+
+    async def login(self) -> Profile:
+        s = self.settings
+        passphrase = s.passphrase
+        identity = load_file_identity(
+            s.user, s.identity.expanduser(), (lambda _p: passphrase) if passphrase else None
+        )
+        client = ConsoleClient(s.broker, s.ca.expanduser(), identity)
+        display, role = await client.login_check()
+        self._client = client
+        return Profile(identity.user, display, role)
+
+    async def join(self, code: str, control: bool,
+                   on_progress: Callable[[Progress], None]) -> LiveSession:
+        try:
+            parsed = parse_code(code)
+        except CodeError as exc:
+            raise UsageError(str(exc)) from exc
+        wants = ("view", "control") if control else ("view",)
+        joined = await self._require_client().join(parsed, wants, on_progress)
+        session = RelaySession(joined)
+        self._sessions.append(session)
+        return session
+
+    async def audit_query(self, **filters: Any) -> tuple[list[dict[str, Any]], bool]:
+        return await self._require_client().audit_query(**filters)
+
+    async def audit_session(self, session: str) -> list[dict[str, Any]]:
+        return await self._require_client().audit_session(session)
+
+    async def close(self) -> None:
+        for session in self._sessions:
+            with contextlib.suppress(Exception):
+                await session.leave()
+        if self._client is not None:
+            await self._client.close()

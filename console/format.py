@@ -1,0 +1,36 @@
+"""Small, pure formatting for the TUI. Every string that came from the
+network becomes a `rich.text.Text` here — never a markup string — after
+`printable` has made control characters visible."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from broker.wire.text import printable
+
+
+def literal(value: object, max_len: int = 200, style: str = "") -> Text:
+    """A network string, shown exactly as received: no markup, no escapes acting."""
+    return Text(printable("" if value is None else value, max_len), style=style)
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def rights(granted: tuple[str, ...] | list[str]) -> str:
+    if not granted:
+        return "-"
+    return "view + control" if "control" in granted else "view only"

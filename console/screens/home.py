@@ -1,0 +1,92 @@
+"""Home: join with a code, and the list of your own sessions."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, DataTable, Input, Label, Static, Switch
+
+from console.format import clock, literal, rights
+from console.sessions import SessionRecord
+
+STATE_STYLE = {
+    "active": "bold green", "waiting": "yellow", "pairing": "yellow", "joining": "yellow",
+    "ended": "dim", "wrong code": "bold red", "declined": "red", "timed out": "red",
+    "refused": "red", "failed": "red",
+}
+
+
+class HomePane(Vertical):
+    class JoinRequested(Message):
+        def __init__(self, code: str, wants_control: bool) -> None:
+            super().__init__()
+            self.code = code
+            self.wants_control = wants_control
+
+    class SessionChosen(Message):
+        def __init__(self, key: str) -> None:
+            super().__init__()
+            self.key = key
+
+    def compose(self) -> ComposeResult:
+        yield Static("Join a customer's computer", classes="section-title")
+        with Horizontal(id="join-row"):
+            yield Input(id="code", placeholder="code the customer reads out, e.g. 482-193-775")
+            yield Label("ask for control", id="control-label")
+            yield Switch(id="control", value=False)
+            yield Button("Join", id="join", variant="primary")
+        yield Static("", id="join-status")
+        yield Static("Your sessions", classes="section-title")
+        yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#sessions", DataTable)
+        for label, key in (("Device", "device"), ("State", "state"), ("Rights", "rights"),
+                           ("Elapsed", "elapsed"), ("Code", "code"), ("Details", "detail")):
+            table.add_column(label, key=key)
+
+    @on(Button.Pressed, "#join")
+    @on(Input.Submitted, "#code")
+    def _join(self) -> None:
+        code_input = self.query_one("#code", Input)
+        code = code_input.value.strip()
+        if not code:
+            self.show_status("Type the code the customer reads to you.", error=True)
+            code_input.focus()
+            return
+        code_input.value = ""
+        self.post_message(self.JoinRequested(code, self.query_one("#control", Switch).value))
+
+    def show_status(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#join-status", Static)
+        status.update(literal(text, 400))
+        status.set_class(error, "error")
+
+    def refresh_sessions(self, records: list[SessionRecord], now: float) -> None:
+        """Redraw the table in place (rows keyed by session, newest first)."""
+        table = self.query_one("#sessions", DataTable)
+        wanted = [r.key for r in reversed(records)]
+        for key in [str(k.value) for k in table.rows]:
+            if key not in wanted:
+                table.remove_row(key)
+        for record in reversed(records):
+            cells = {
+                "device": literal(record.alias or "-", 40),
+                "state": literal(record.state, 20, STATE_STYLE.get(record.state, "")),
+                "rights": literal(rights(record.granted)),
+                "elapsed": literal(clock(record.elapsed(now))),
+                "code": literal(record.code, 20),
+                "detail": literal(record.status_text(now), 120),
+            }
+            if record.key in table.rows:
+                for column, value in cells.items():
+                    table.update_cell(record.key, column, value)
+            else:
+                table.add_row(*cells.values(), key=record.key)
+
+    @on(DataTable.RowSelected, "#sessions")
+    def _chosen(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.post_message(self.SessionChosen(str(event.row_key.value)))

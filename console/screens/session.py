@@ -1,0 +1,78 @@
+"""One live session: the remote terminal and a status bar."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static
+
+from console.backend import SessionEvent
+from console.format import clock, literal, rights, size
+from console.sessions import SessionRecord
+from console.widgets.terminal import TerminalView
+
+
+class SessionPane(Vertical):
+    """Shows `record.live`; the app starts it once the terminal has a size."""
+
+    def __init__(self, record: SessionRecord, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="session-pane")
+        self.record = record
+        self.notice = ""
+
+    def compose(self) -> ComposeResult:
+        yield TerminalView(self._input, self._resize, id=f"term-{self.record.key}")
+        yield Static("", classes="session-status")
+
+    @property
+    def terminal(self) -> TerminalView:
+        return self.query_one(TerminalView)
+
+    def terminal_text(self) -> str:
+        return "\n".join(self.terminal.text_lines)
+
+    def _input(self, data: bytes) -> None:
+        live = self.record.live
+        if live is not None and self.record.state == "active" and "control" in live.granted:
+            live.write(data)
+
+    def on_terminal_view_input_dropped(self) -> None:
+        if self.record.state == "active":
+            self.set_notice("View only: your keys are not sent. F7 asks the customer for control.")
+
+    def _resize(self, cols: int, rows: int) -> None:
+        live = self.record.live
+        if live is not None and self.record.state == "active":
+            live.resize(cols, rows)
+
+    def session_event(self, event: SessionEvent) -> None:
+        if event.kind in ("rights", "control_result") and event.granted:
+            self.record.granted = event.granted
+            self.terminal.set_read_only("control" not in event.granted)
+        if event.kind == "ended":
+            self.record.end(event.text, time.monotonic())
+            self.terminal.set_read_only(True)
+        self.set_notice(event.text)
+
+    def set_notice(self, text: str) -> None:
+        self.notice = text
+        self.refresh_status(time.monotonic())
+
+    def refresh_status(self, now: float) -> None:
+        record, live = self.record, self.record.live
+        parts: list[Text | str] = [literal(record.alias or "-", 40, "bold")]
+        if live is not None:
+            parts += [
+                rights(record.granted),
+                f"pairing {live.sas}",
+                clock(record.elapsed(now)),
+                f"in {size(live.bytes_in)} / out {size(live.bytes_out)}",
+            ]
+        parts.append("customer is watching" if record.state == "active" else record.state)
+        line = Text(" | ").join(Text(p) if isinstance(p, str) else p for p in parts)
+        if self.notice:
+            line = Text.assemble(line, "\n", literal(self.notice, 200, "italic"))
+        self.query_one(".session-status", Static).update(line)

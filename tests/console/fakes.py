@@ -1,0 +1,148 @@
+"""A fake backend for Pilot tests: same interface as `BrokerBackend`, no network.
+It behaves like the real thing where the UI can tell: progress steps, errors
+of the real classes, a shell that echoes, events from the customer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from console.backend import EventHandler, OutputHandler, Profile, Progress, SessionEvent, Settings
+from console.errors import BrokerError, NotApproved, WrongCode
+
+WRONG_CODE = "111-111-111"
+DECLINED = "222-222-222"
+VIEW_ONLY = "333-333-333"
+
+
+@dataclass
+class FakeLive:
+    alias: str
+    granted_rights: tuple[str, ...]
+    session_id: str = "sessA1"
+    sas: str = "7F3A-91C2"
+    bytes_in: int = 0
+    bytes_out: int = 0
+    written: bytearray = field(default_factory=bytearray)
+    resizes: list[tuple[int, int]] = field(default_factory=list)
+    control_requests: int = 0
+    grant_on_request: bool = True
+    left: bool = False
+    on_output: OutputHandler | None = None
+    on_event: EventHandler | None = None
+
+    @property
+    def granted(self) -> tuple[str, ...]:
+        return self.granted_rights
+
+    async def start(self, cols: int, rows: int, on_output: OutputHandler,
+                    on_event: EventHandler) -> None:
+        self.on_output, self.on_event = on_output, on_event
+        self.resizes.append((cols, rows))
+        self.emit(b"\x1b[32mcustomer@desk\x1b[0m:~$ ")
+
+    def emit(self, data: bytes) -> None:
+        assert self.on_output is not None
+        self.bytes_in += len(data)
+        self.on_output(data)
+
+    def write(self, data: bytes) -> None:
+        self.written.extend(data)
+        self.bytes_out += len(data)
+        self.emit(data)  # a shell echoes what you type
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.resizes.append((cols, rows))
+
+    async def request_control(self) -> None:
+        self.control_requests += 1
+        if self.grant_on_request:
+            self.granted_rights = ("view", "control")
+            assert self.on_event is not None
+            self.on_event(SessionEvent("control_result", "The customer granted control: you "
+                                       "can type.", self.granted_rights))
+
+    async def leave(self) -> None:
+        self.left = True
+
+    def customer_ends(self) -> None:
+        assert self.on_event is not None
+        self.on_event(SessionEvent("ended", "The customer ended the session."))
+
+
+def make_events(count: int) -> list[dict[str, Any]]:
+    events = []
+    for seq in range(1, count + 1):
+        kind = ("agent_connected", "engineer_login", "join_requested", "consent_granted",
+                "session_started", "session_ended")[seq % 6]
+        events.append({
+            "seq": seq, "time": f"2026-11-{1 + seq % 20:02d}T10:00:{seq % 60:02d}.000000Z",
+            "type": kind, "session": f"sess{seq // 6}" if kind != "engineer_login" else None,
+            "actor": "alice", "subject": "9f31eea66f3e6dba", "alias": "front desk",
+            "ip": "127.0.0.1", "body": {"reason": "customer_ended"} if kind == "session_ended"
+            else {},
+        })
+    return events
+
+
+class FakeBackend:
+    def __init__(self, settings: Settings, *, role: str = "engineer",
+                 login_error: Exception | None = None, alias: str = "front desk",
+                 events: int = 120) -> None:
+        self.settings = settings
+        self.role = role
+        self.login_error = login_error
+        self.alias = alias
+        self.sessions: list[FakeLive] = []
+        self.queries: list[dict[str, Any]] = []
+        self.events = make_events(events)
+        self.closed = False
+        self.consent_delay = 0.05
+
+    async def login(self) -> Profile:
+        if self.login_error is not None:
+            raise self.login_error
+        return Profile(self.settings.user, "Alice Example", self.role)
+
+    async def join(self, code: str, control: bool, on_progress) -> FakeLive:  # type: ignore[no-untyped-def]
+        on_progress(Progress("connecting", "Connecting to the broker..."))
+        await asyncio.sleep(0)
+        on_progress(Progress("pairing", "Pairing with the customer's computer..."))
+        if code == WRONG_CODE:
+            raise WrongCode("the code did not match. It is now used up")
+        on_progress(Progress("waiting", "Waiting for the customer to approve...",
+                             deadline=time.monotonic() + 60))
+        await asyncio.sleep(self.consent_delay)
+        if code == DECLINED:
+            raise NotApproved("the customer declined the request")
+        if code == "999-999-999":
+            raise BrokerError("cannot reach the broker at 127.0.0.1:9: Connection refused")
+        granted = ("view", "control") if control and code != VIEW_ONLY else ("view",)
+        live = FakeLive(self.alias, granted)
+        self.sessions.append(live)
+        return live
+
+    async def audit_query(self, **filters: Any) -> tuple[list[dict[str, Any]], bool]:
+        self.queries.append(filters)
+        if self.role != "admin":
+            raise BrokerError("the broker refused: the audit log is for admins only")
+        rows = [e for e in reversed(self.events)
+                if (not filters.get("type") or e["type"] == filters["type"])
+                and (filters.get("before_seq") is None or e["seq"] < filters["before_seq"])]
+        limit = int(filters.get("limit", 50))
+        return rows[:limit], len(rows) > limit
+
+    async def audit_session(self, session: str) -> list[dict[str, Any]]:
+        found = []
+        for event in self.events:
+            if event["session"] == session:
+                event = dict(event)
+                if event["type"] == "consent_granted":
+                    event["receipt"] = {"decision": "granted", "granted": ["view", "control"]}
+                found.append(event)
+        return found
+
+    async def close(self) -> None:
+        self.closed = True
