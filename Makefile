@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:8443
 DATA ?= var
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean screenshots
 
 venv: $(STAMP)
 
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+screenshots: $(STAMP)
+	PYTHONPATH=. $(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) $(DATA)

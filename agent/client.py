@@ -95,6 +95,7 @@ class Agent:
         self.registered = False  # once true, a lost broker is retried, not fatal
         screen.on_end_all = self.end_all
         screen.on_view_only = self.view_only
+        screen.on_customer_input = self.customer_typed
 
     async def run(self) -> None:
         """Wait for engineers until the customer quits (Ctrl-C).
@@ -366,6 +367,13 @@ class Agent:
 
     def end_all(self) -> None:
         asyncio.get_running_loop().create_task(self._end_everything("customer_ended"))
+
+    def customer_typed(self, data: bytes) -> None:
+        """The customer's keys go to the newest session's shell (theirs to use)."""
+        for active in reversed(list(self.sessions.values())):
+            if active.gate.local_input is not None:
+                active.gate.local_input(data)
+                return
 
     def view_only(self) -> None:
         for active in list(self.sessions.values()):

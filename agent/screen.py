@@ -3,7 +3,10 @@ mirrored session under a one-line banner.
 
 The terminal is in raw mode while the agent runs, so every key reaches us:
 Ctrl-] opens the options (``e`` ends every session at once, ``v`` takes
-control back), Ctrl-C ends everything and quits. Everything that came from
+control back, ``q`` ends everything and quits). While a session runs, the
+customer's other keys go to the shared shell — it is their machine, and
+showing the engineer something is half of a support call; with no session,
+Ctrl-C quits. Everything that came from
 the network is passed through `printable` before it is drawn.
 
 A consent prompt can open while a session is mirrored (an engineer asks for
@@ -65,6 +68,7 @@ class CustomerScreen:
         self.quit = asyncio.Event()
         self.on_end_all: Callable[[], None] = lambda: None
         self.on_view_only: Callable[[], None] = lambda: None
+        self.on_customer_input: Callable[[bytes], None] = lambda _data: None
         self._saved_tty: list | None = None  # type: ignore[type-arg]
         self._code: str | None = None
         self._code_expires = 0.0
@@ -132,11 +136,25 @@ class CustomerScreen:
         if not data:  # stdin closed: nobody can answer prompts or end sessions
             asyncio.get_running_loop().remove_reader(self.in_fd)
             return
+        self._on_keys(data)
+
+    def _on_keys(self, data: bytes) -> None:
+        """Route a chunk of keys: prompt, menu, or the shared shell."""
+        typed = bytearray()
         for byte in data:
+            if (self._viewers and self._keys is None and not self._menu
+                    and byte != CTRL_RBRACKET):
+                typed.append(byte)
+                continue
+            if typed:
+                self.on_customer_input(bytes(typed))
+                typed.clear()
             self._key(byte)
+        if typed:
+            self.on_customer_input(bytes(typed))
 
     def _key(self, byte: int) -> None:
-        if byte == CTRL_C:
+        if byte == CTRL_C and not self._viewers:
             self.quit.set()
         elif self._keys is not None:
             with contextlib.suppress(asyncio.QueueFull):
@@ -147,6 +165,8 @@ class CustomerScreen:
                 self.on_end_all()
             elif byte in (ord("v"), ord("V")):
                 self.on_view_only()
+            elif byte in (ord("q"), ord("Q")):
+                self.quit.set()
             self.draw_banner()
         elif byte == CTRL_RBRACKET and self._viewers:
             self._menu = True
@@ -316,7 +336,7 @@ class CustomerScreen:
     def _banner_text(self) -> str:
         if self._menu:
             return ("Options:  [e] end the session now   [v] view only (take back control)   "
-                    "[any other key] back")
+                    "[q] end and quit   [any other key] back")
         if self._notice and self._viewers:
             return printable(self._notice, 120)
         who = "; ".join(v.describe() for v in self._viewers.values())

@@ -31,6 +31,8 @@ class Gate:
     on_output: Callable[[bytes], None] = lambda _data: None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     exit_status: int | None = None
+    # Set once the shell runs: the customer's own keys go straight to it.
+    local_input: Callable[[bytes], None] | None = None
 
 
 class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
@@ -76,6 +78,7 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         assert self._shell is not None and self._chan is not None
         try:
             await self._shell.start()
+            self._gate.local_input = self._shell.write
         except OSError as exc:
             self._chan.write(f"consentry: cannot start {self._shell_path}: {exc}\r\n".encode())
             self._chan.exit(127)

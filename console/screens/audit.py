@@ -16,14 +16,21 @@ from console.errors import ConsoleError
 from console.format import literal
 
 PAGE_SIZE = 50
-FILTERS = (
-    ("since", "since (UTC, e.g. 2026-11-01)"),
-    ("until", "until (UTC)"),
+FILTERS = (  # (query field, placeholder: short enough for 80 columns)
+    ("since", "since"),
+    ("until", "until"),
     ("engineer", "engineer"),
-    ("alias", "device alias"),
-    ("type", "event type"),
-    ("session", "session id"),
+    ("alias", "device"),
+    ("type", "type"),
+    ("session", "session"),
 )
+
+
+def _short_time(value: object) -> str:
+    """``2026-11-18T10:00:57.123Z`` -> ``11-18 10:00:57``: the year and the
+    fraction cost columns an 80-wide terminal does not have."""
+    text = str(value or "")
+    return f"{text[5:10]} {text[11:19]}" if len(text) >= 19 else text
 
 
 def _body_text(event: dict[str, Any]) -> Text:
@@ -38,6 +45,7 @@ class AuditPane(Vertical):
         Binding("n", "older", "Older"),
         Binding("p", "newer", "Newer"),
         Binding("r", "reload", "Reload"),
+        Binding("escape", "close_detail", "Close detail", show=False),
     ]
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -49,7 +57,12 @@ class AuditPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="audit-filters"):
             for name, placeholder in FILTERS:
-                yield Input(id=f"f-{name}", placeholder=placeholder, classes="audit-filter")
+                field = Input(id=f"f-{name}", placeholder=placeholder, classes="audit-filter")
+                field.tooltip = {"since": "UTC date or time, e.g. 2026-11-01 or 2026-11-01T09:00",
+                                 "until": "UTC date or time (exclusive)",
+                                 "alias": "the device alias, exact (case does not matter)",
+                                 }.get(name, placeholder)
+                yield field
             yield Button("Apply", id="apply", variant="primary")
         yield Static("", id="audit-info")
         with Horizontal(id="audit-body"):
@@ -59,7 +72,7 @@ class AuditPane(Vertical):
 
     def on_mount(self) -> None:
         table = self.query_one("#events", DataTable)
-        for label in ("Seq", "Time (UTC)", "Type", "Session", "Engineer", "Device", "Details"):
+        for label in ("Seq", "UTC", "Type", "Session", "Engineer", "Device", "Details"):
             table.add_column(label, key=label.lower())
         self.reload()
 
@@ -110,7 +123,7 @@ class AuditPane(Vertical):
         table.clear()
         for event in events:
             table.add_row(
-                literal(event.get("seq")), literal(str(event.get("time", ""))[:19]),
+                literal(event.get("seq")), literal(_short_time(event.get("time"))),
                 literal(event.get("type"), 30), literal(event.get("session") or "-", 16),
                 literal(event.get("actor") or "-", 32), literal(event.get("alias") or "-", 32),
                 _body_text(event),
@@ -124,8 +137,12 @@ class AuditPane(Vertical):
             300,
         ))
 
+    def action_close_detail(self) -> None:
+        self.query_one("#audit-detail-box").remove_class("-open")
+
     @on(DataTable.RowSelected, "#events")
     def _selected(self, event: DataTable.RowSelected) -> None:
+        self.query_one("#audit-detail-box").add_class("-open")
         row = event.data_table.get_row(event.row_key)
         session = str(row[3])
         if session and session != "-":

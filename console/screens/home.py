@@ -82,7 +82,7 @@ class HomePane(Vertical):
             }
             if record.key in table.rows:
                 for column, value in cells.items():
-                    table.update_cell(record.key, column, value)
+                    table.update_cell(record.key, column, value, update_width=True)
             else:
                 table.add_row(*cells.values(), key=record.key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -101,6 +102,12 @@ class MainScreen(Screen[None]):
         terminal = pane.terminal
         terminal.set_read_only("control" not in live.granted)
         terminal.focus()
+        # Start the shell at the size the engineer will actually see, so the
+        # first screenful is drawn for it rather than reflowed afterwards.
+        for _ in range(100):
+            if terminal.size.height > 0:
+                break
+            await asyncio.sleep(0.02)
         cols, rows = terminal.size_cells
         try:
             await live.start(cols, rows, terminal.feed, pane.session_event)

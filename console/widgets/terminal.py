@@ -504,6 +504,8 @@ class TerminalView(Widget, can_focus=True):
         if (cols, rows) != (screen.columns, screen.lines):
             # In the alternate screen only the visible grid is resized; the
             # hidden main one is trimmed when the program leaves it.
+            if rows < screen.lines:
+                self._shrink_rows(rows)
             screen.resize(lines=rows, columns=cols)
             # pyte leaves the cursor where it was; xterm keeps it on screen
             # (x == columns is pyte's "wrap pending" state, still valid).
@@ -515,6 +517,22 @@ class TerminalView(Widget, can_focus=True):
         if (cols, rows) != self._reported_size:
             self._reported_size = (cols, rows)
             self._on_resize(cols, rows)
+
+    def _shrink_rows(self, rows: int) -> None:
+        """Lose as few lines as xterm does when the window gets shorter.
+
+        pyte always deletes rows from the top and leaves the cursor where it
+        was, so a prompt on the first row vanished and the cursor ended up
+        below its text. xterm drops rows from the top only as far as needed to
+        keep the cursor on screen, and the blank rows below it otherwise.
+        """
+        screen = self._screen
+        top = max(0, screen.cursor.y + 1 - rows)
+        kept = {y - top: line for y, line in screen.buffer.items() if top <= y < top + rows}
+        screen.buffer.clear()
+        screen.buffer.update(kept)
+        screen.cursor.y -= top
+        screen.lines = rows  # so pyte's resize has no rows left to delete
 
     # -- rendering -------------------------------------------------------------
 

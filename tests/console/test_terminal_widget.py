@@ -446,3 +446,23 @@ async def test_private_queries_pyte_cannot_take_do_not_lose_output(pilot: Pilot[
 async def test_hostile_parameters_do_not_break_the_widget(pilot: Pilot[None]) -> None:
     term = await feed(pilot, b"\x1b[1;2;3;4Hlost", b"\r\nkept\x1b[38;2;999;0;0mz\x1b[38;5;300my")
     assert lines(term)[1] == "keptzy"
+
+
+async def test_shrinking_keeps_a_prompt_at_the_top(pilot: Pilot[None]) -> None:
+    """pyte alone deletes rows from the top on shrink; xterm keeps the cursor's
+    text and drops blank rows below it."""
+    term = await feed(pilot, b"prompt$ ")
+    await pilot.resize_terminal(40, 6)
+    await pilot.pause()
+    assert lines(term)[0] == "prompt$"
+    assert (term.terminal_screen.cursor.y, term.terminal_screen.cursor.x) == (0, 8)
+
+
+async def test_shrinking_with_a_full_screen_keeps_the_cursor_on_its_text(
+    pilot: Pilot[None],
+) -> None:
+    term = await feed(pilot, b"\r\n".join(b"l%d" % i for i in range(10)))
+    await pilot.resize_terminal(40, 4)
+    await pilot.pause()
+    assert lines(term) == ["l6", "l7", "l8", "l9"]
+    assert term.terminal_screen.cursor.y == 3

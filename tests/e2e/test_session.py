@@ -176,3 +176,12 @@ def test_agent_reconnects_when_the_broker_comes_back(running: Deployment) -> Non
     agent.expect(r"\[n/Enter\] deny")
     agent.send("n")
     console.expect("declined")
+
+
+def test_customer_types_in_the_shared_shell_and_the_engineer_sees_it(
+    running: Deployment,
+) -> None:
+    agent, console, _code = approve_session(running, "v", "--control")
+    agent.send("echo CUST$((3+4))\r")
+    agent.expect("CUST7")
+    console.expect("CUST7")

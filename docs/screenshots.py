@@ -1,0 +1,105 @@
+"""Regenerate the console screenshots in docs/: `make screenshots`.
+
+Drives the real app with the test suite's fake backend, so the pictures are
+reproducible and need no broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from textual.widgets import DataTable, Input, TabbedContent  # noqa: E402
+
+from console.app import ConsoleApp  # noqa: E402
+from console.backend import Settings  # noqa: E402
+from console.screens.main import MainScreen  # noqa: E402
+from console.screens.session import SessionPane  # noqa: E402
+from tests.console.fakes import DECLINED, FakeBackend  # noqa: E402
+
+SETTINGS = Settings(broker="wss://support.example.com:8443", ca=Path("certs/ca.crt"),
+                    identity=Path("~/.ssh/id_ed25519"), user="alice")
+SIZE = (100, 30)
+
+LISTING = (
+    b"ls -l /var/log/app\r\n"
+    b"total 12\r\n"
+    b"-rw-r----- 1 app app 4096 Nov 22 09:14 \x1b[1;32maccess.log\x1b[0m\r\n"
+    b"-rw-r----- 1 app app 1873 Nov 22 09:15 \x1b[1;31merror.log\x1b[0m\r\n"
+    b"drwxr-x--- 2 app app 4096 Nov 21 18:02 \x1b[1;34marchive\x1b[0m\r\n"
+    b"\x1b[32mcustomer@desk\x1b[0m:~$ tail -3 /var/log/app/error.log\r\n"
+    b"09:15:02 \x1b[33mWARN\x1b[0m disk usage at 91%\r\n"
+    b"09:15:07 \x1b[31mERROR\x1b[0m could not write cache: No space left on device\r\n"
+    b"09:15:07 \x1b[31mERROR\x1b[0m request 4711 failed\r\n"
+    b"\x1b[32mcustomer@desk\x1b[0m:~$ "
+)
+
+
+async def _wait(pilot, predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the app did not reach the state to photograph")
+        await pilot.pause(0.05)
+
+
+async def take(outdir: Path) -> list[Path]:
+    outdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a script, not a server
+    written: list[Path] = []
+
+    def make(settings: Settings) -> FakeBackend:
+        return FakeBackend(settings, role="admin", events=240)
+
+    app = ConsoleApp(make, SETTINGS)
+    async with app.run_test(size=SIZE) as pilot:
+        written.append(Path(app.save_screenshot("console-connect.svg", str(outdir))))
+        await pilot.click("#connect")
+        await _wait(pilot, lambda: isinstance(app.screen, MainScreen))
+        backend = app.backend
+        assert isinstance(backend, FakeBackend)
+
+        # A declined join and a live one, so the list shows both.
+        app.screen.query_one("#code", Input).value = DECLINED
+        await pilot.click("#join")
+        await _wait(pilot, lambda: any(r.state == "declined"
+                                       for r in app.screen.records.values()))
+        app.screen.query_one("#code", Input).value = "482-193-775"
+        await pilot.click("#control")
+        await pilot.click("#join")
+        await _wait(pilot, lambda: app.screen.query(SessionPane))
+        live = backend.sessions[-1]
+        await _wait(pilot, lambda: live.on_output is not None)
+        live.emit(LISTING)
+        await pilot.pause(1.2)
+        written.append(Path(app.save_screenshot("console-session.svg", str(outdir))))
+
+        tabs = app.screen.query_one("#tabs", TabbedContent)
+        tabs.active = "home"
+        backend.consent_delay = 30.0
+        app.screen.query_one("#code", Input).value = "730-555-018"
+        await pilot.pause(0.3)
+        await pilot.click("#join")
+        await pilot.pause(2.2)
+        written.append(Path(app.save_screenshot("console-home.svg", str(outdir))))
+
+        tabs.active = "audit"
+        table = app.screen.query_one("#events", DataTable)
+        await _wait(pilot, lambda: table.row_count > 0)
+        table.focus()
+        table.move_cursor(row=3)
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        written.append(Path(app.save_screenshot("console-audit.svg", str(outdir))))
+        for worker in list(app.workers):
+            worker.cancel()
+    return written
+
+
+if __name__ == "__main__":
+    for path in asyncio.run(take(ROOT / "docs")):
+        print(f"wrote {path.relative_to(ROOT)}")

@@ -1,0 +1,56 @@
+"""The Textual console against a real broker and agent on loopback: log in,
+join, watch a marker the customer types appear in the embedded terminal,
+leave."""
+
+from __future__ import annotations
+
+import time
+
+import pexpect
+from textual.widgets import Input
+
+from console.app import ConsoleApp
+from console.backend import BrokerBackend, Settings
+from console.screens.main import MainScreen
+from console.screens.session import SessionPane
+from tests.e2e.conftest import Deployment, read_code
+
+
+async def until(pilot, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met")
+        await pilot.pause(0.05)
+
+
+async def test_tui_joins_a_real_agent_sees_the_customer_and_leaves(
+    running: Deployment,
+) -> None:
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk")
+    code = read_code(agent)
+    settings = Settings(broker=running.url, ca=running.pki.ca_cert, identity=key, user="alice")
+    app = ConsoleApp(BrokerBackend, settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.click("#connect")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        app.screen.query_one("#code", Input).value = code
+        await pilot.click("#join")
+        agent.expect(r"\[n/Enter\] deny", timeout=20)
+        agent.send("v")
+        await until(pilot, lambda: app.screen.query(SessionPane))
+        pane = app.screen.query_one(SessionPane)
+        await until(pilot, lambda: "$" in pane.terminal_text())
+
+        agent.send("echo TUI$((2+3))MARK\r")  # the customer types on their machine
+        await until(pilot, lambda: "TUI5MARK" in pane.terminal_text())
+        status = str(pane.query_one(".session-status").render())
+        assert "front desk" in status and "view only" in status
+
+        await pilot.press("f8")
+        agent.expect("Alice Example left the session.", timeout=20)
+        await until(pilot, lambda: not app.screen.query(SessionPane))
+        await app.backend.close()  # type: ignore[union-attr]
+    agent.sendcontrol("c")
+    agent.expect(pexpect.EOF)
