@@ -128,13 +128,23 @@ class MainScreen(Screen[None]):
         ids = [pane.id for pane in tabs.query(TabPane) if pane.id]
         if ids:
             index = ids.index(tabs.active) if tabs.active in ids else -1
-            tabs.active = ids[(index + 1) % len(ids)]
+            self.show_tab(ids[(index + 1) % len(ids)])
+
+    def show_tab(self, pane_id: str) -> None:
+        """Switch tabs and focus what you work with there. Focus must move
+        too: left on a widget in a hidden pane, Textual would hand it to a
+        neighbour there and switch straight back."""
+        tabs = self.query_one("#tabs", TabbedContent)
+        tabs.active = pane_id
+        target = {"home": "#code", "audit": "#events"}.get(pane_id, f"#term-{pane_id}")
+        for widget in self.query(target):
+            widget.focus()
 
     @on(HomePane.SessionChosen)
     def _open(self, message: HomePane.SessionChosen) -> None:
         record = self.records.get(message.key)
-        if record is not None and record.live is not None:
-            self.query_one("#tabs", TabbedContent).active = record.key
+        if record is not None and record.live is not None and record.state == "active":
+            self.show_tab(record.key)
 
     @work(group="actions")
     async def action_ask_control(self) -> None:
@@ -159,6 +169,7 @@ class MainScreen(Screen[None]):
             await record.live.leave()
             record.end("You left the session.", time.monotonic())
         await self.query_one("#tabs", TabbedContent).remove_pane(record.key)
+        self.show_tab("home")
         self.tick()
 
     @work(group="actions")

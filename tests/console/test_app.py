@@ -208,11 +208,12 @@ async def test_several_sessions_switch_with_f6_and_leave_with_f8() -> None:
                         == f"s{n}")
         tabs = harness.app.screen.query_one("#tabs", TabbedContent)
         tabs.active = "home"
-        await pilot.pause()
+        harness.app.screen.query_one("#code", Input).focus()
+        await pilot.pause(0.2)
         await pilot.press("f6")
-        assert tabs.active == "s1"
+        await until(pilot, lambda: tabs.active == "s1")
         await pilot.press("f6")
-        assert tabs.active == "s2"
+        await until(pilot, lambda: tabs.active == "s2")
         await pilot.press("f8")
         await until(pilot, lambda: harness.backend.sessions[1].left)
         await until(pilot, lambda: len(harness.app.screen.query(SessionPane)) == 1)
