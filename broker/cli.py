@@ -18,46 +18,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import os
-import pwd
 import sys
 from pathlib import Path
 
-from broker.audit.store import AuditEvent, AuditLog
+from broker import audit_cli
+from broker.audit_cli.common import log_admin_action, now
 from broker.certs import DEFAULT_NAMES, PkiPaths, cert_names, init_dev_pki
 from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
 from broker.registry import ROLES, Registry
-from broker.wire.errors import ProtocolError
-from broker.wire.messages import parse_time
 from broker.wire.text import printable
 
 __all__ = ["main"]
 
 PROG = "consentry-broker"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _cli_actor() -> str:
-    # The effective uid's name, not $USER: the environment is the caller's to set.
-    try:
-        return "cli:" + pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return f"cli:uid{os.geteuid()}"
-
-
-async def _log_admin_action(data_dir: Path, type: str, body: dict[str, object]) -> None:
-    audit = await AuditLog.open(data_dir)
-    try:
-        await audit.append(type, now=_now(), actor=_cli_actor(), body=body)
-    finally:
-        await audit.close()
 
 
 # -- serve --------------------------------------------------------------------
@@ -110,9 +86,9 @@ def cmd_engineer_add(args: argparse.Namespace) -> int:
     key_text = _read_key_file(args.key)
     registry = Registry(args.data_dir / "registry.db")
     engineer = registry.add(args.name, key_text, role=args.role, display=args.display,
-                            now=_now())
+                            now=now())
     try:
-        asyncio.run(_log_admin_action(args.data_dir, "engineer_added", {
+        asyncio.run(log_admin_action(args.data_dir, "engineer_added", {
             "name": engineer.name, "role": engineer.role, "key": engineer.fingerprint,
         }))
     except BaseException:
@@ -150,110 +126,10 @@ def cmd_engineer_remove(args: argparse.Namespace) -> int:
     engineer = registry.get(args.name)
     if engineer is None or not registry.remove(args.name):
         raise RegistryError(f"no engineer named {printable(args.name)!r} is registered")
-    asyncio.run(_log_admin_action(args.data_dir, "engineer_removed", {
+    asyncio.run(log_admin_action(args.data_dir, "engineer_removed", {
         "name": engineer.name, "role": engineer.role, "key": engineer.fingerprint,
     }))
     print(f"removed {engineer.role} {engineer.name!r}")
-    return 0
-
-
-# -- audit --------------------------------------------------------------------
-
-
-def _short(value: str | None, length: int) -> str:
-    return "-" if value is None else printable(value[:length])
-
-
-def format_event(event: AuditEvent) -> str:
-    """One line for a terminal: everything from the network made inert."""
-    body = json.dumps(event.body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    parts = [
-        f"{event.seq:>6}", event.time, printable(event.type),
-        f"session={_short(event.session, 8)}",
-        f"actor={_short(event.actor, 64)}",
-        f"subject={_short(event.subject, 64)}",
-        printable(body, max_len=10_000),
-    ]
-    for key, value in sorted((event.personal or {}).items()):
-        parts.append(f"{printable(key)}={printable(json.dumps(value, ensure_ascii=False))}")
-    return " ".join(parts)
-
-
-def _event_json(event: AuditEvent) -> str:
-    # ensure_ascii: every control or non-ASCII character becomes a \u escape,
-    # so the line is inert on a terminal and still exact for a program.
-    return json.dumps({
-        "seq": event.seq, "time": event.time, "type": event.type, "session": event.session,
-        "actor": event.actor, "subject": event.subject, "body": event.body,
-        "personal": event.personal, "prev_hash": event.prev_hash, "hash": event.hash,
-    }, ensure_ascii=True, sort_keys=True)
-
-
-# Events fetched per query while listing: the same keyset-paged query as the
-# console's audit browser, so a long log is never read in one piece.
-_LIST_PAGE = 500
-
-
-def _parse_time(flag: str, value: str | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ProtocolError as exc:
-        raise ConfigError(f"{flag}: {exc}") from None
-
-
-async def _matching(audit: AuditLog, args: argparse.Namespace) -> list[AuditEvent]:
-    """The newest `--limit` events matching the filters, oldest first."""
-    if args.limit is not None and args.limit < 0:
-        raise ConfigError("--limit must not be negative")
-    since = _parse_time("--since", args.since)
-    until = _parse_time("--until", args.until)
-    events: list[AuditEvent] = []
-    before: int | None = None
-    while args.limit is None or len(events) < args.limit:
-        want = _LIST_PAGE if args.limit is None else min(_LIST_PAGE, args.limit - len(events))
-        page, more = await audit.query(
-            since=since, until=until, actor=args.engineer, alias=args.subject,
-            type=args.type, session=args.session, before_seq=before, limit=want,
-        )
-        events += page
-        if not more:
-            break
-        before = page[-1].seq
-    events.reverse()
-    return events
-
-
-async def _audit_list(args: argparse.Namespace) -> None:
-    audit = await AuditLog.open(args.data_dir)
-    try:
-        events = await _matching(audit, args)
-        for event in events:
-            print(_event_json(event) if args.json else format_event(event))
-        if not events and not args.json:
-            print("no audit events", file=sys.stderr)
-        sys.stdout.flush()
-        # Every read of the log is itself an event; recorded after the listing
-        # so a failure to write is reported, not hidden behind the output.
-        body: dict[str, object] = {"command": "list"}
-        filters: dict[str, object] = {
-            k: v for k, v in (("since", args.since), ("until", args.until),
-                              ("engineer", args.engineer), ("session", args.session),
-                              ("type", args.type), ("limit", args.limit)) if v is not None
-        }
-        if args.subject is not None:
-            # An alias is personal data: the log keeps that one was searched for.
-            filters["subject"] = True
-        if filters:
-            body["filters"] = filters
-        await audit.append("audit_read", now=_now(), actor=_cli_actor(), body=body)
-    finally:
-        await audit.close()
-
-
-def cmd_audit_list(args: argparse.Namespace) -> int:
-    asyncio.run(_audit_list(args))
     return 0
 
 
@@ -276,9 +152,9 @@ def _program(name: str) -> str:
 
 def cmd_dev_setup(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
-    result = dev_setup(args.certs, args.data_dir, host, now=_now())
+    result = dev_setup(args.certs, args.data_dir, host, now=now())
     if result.registered is not None:
-        asyncio.run(_log_admin_action(args.data_dir, "engineer_added", {
+        asyncio.run(log_admin_action(args.data_dir, "engineer_added", {
             "name": result.registered.name, "role": result.registered.role,
             "key": result.registered.fingerprint,
         }))
@@ -353,19 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    p = audit_sub.add_parser("list", parents=[common], help="list events (this read is logged)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--since", metavar="TIME",
-                   help="events at or after TIME (ISO 8601, e.g. 2025-03-01T09:00Z; UTC if "
-                        "no offset)")
-    p.add_argument("--until", metavar="TIME", help="events before TIME")
-    p.add_argument("--engineer", metavar="NAME", help="events by this engineer or admin")
-    p.add_argument("--subject", metavar="ALIAS",
-                   help="events of the device(s) with this alias (exact, any case)")
-    p.add_argument("--type", metavar="TYPE", help="events of this type, e.g. consent_granted")
-    p.add_argument("--session", metavar="ID")
-    p.add_argument("--limit", type=int, metavar="N", help="only the newest N events")
-    p.set_defaults(func=cmd_audit_list)
+    audit_cli.register(audit_sub, common)
 
     p = sub.add_parser("dev-setup", parents=[common],
                        help="certificates, a dev admin key and how to start (make run)")

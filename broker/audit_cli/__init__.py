@@ -1,0 +1,14 @@
+"""`consentry-broker audit ...`: one module per concern, each registering its
+own sub-commands, so they grow without stepping on each other."""
+
+from __future__ import annotations
+
+import argparse
+
+from broker.audit_cli import listing
+
+
+def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+             common: argparse.ArgumentParser) -> None:
+    for module in (listing,):
+        module.register(sub, common)
