@@ -22,6 +22,9 @@ READ_CHUNK = 64 * 1024
 # Keystrokes held for a shell that is not reading (a big paste into a busy
 # program); beyond this they are dropped rather than grow without bound.
 MAX_PENDING_INPUT = 256 * 1024
+# After the shell exits, output still arriving keeps the session open; this
+# long with nothing read (while not flow-controlled) means it is over.
+_EXIT_DRAIN_QUIET = 0.5
 
 
 def _make_controlling_tty() -> None:  # pragma: no cover - runs in the child
@@ -54,6 +57,9 @@ class PtyShell:
         self._reading = False
         self._writing = False
         self._pending = bytearray()
+        self._closed = False
+        self._eof = False
+        self._read_count = 0
 
     async def start(self) -> None:
         master, slave = pty.openpty()
@@ -69,13 +75,25 @@ class PtyShell:
         os.set_blocking(master, False)
         self._master = master
         self.resume_reading()
+        self._flush()  # typeahead that arrived while the shell was starting
         asyncio.get_running_loop().create_task(self._wait_exit())
 
     async def _wait_exit(self) -> None:
         assert self._proc is not None
         status = await self._proc.wait()
-        # Drain what the shell wrote just before exiting.
-        await asyncio.sleep(0.05)
+        # Everything the shell wrote must reach the engineer before the exit
+        # does, even if flow control has paused us: read on to end-of-file.
+        # A background job may keep the terminal open after the shell is gone,
+        # so stop waiting once nothing has come for a while with reading on.
+        quiet_since = asyncio.get_running_loop().time()
+        last_seen = self._read_count
+        while not self._eof and self._master >= 0:
+            await asyncio.sleep(0.05)
+            now = asyncio.get_running_loop().time()
+            if self._read_count != last_seen or not self._reading:
+                last_seen, quiet_since = self._read_count, now
+            elif now - quiet_since > _EXIT_DRAIN_QUIET:
+                break
         self.pause_reading()
         self._on_exit(status)
 
@@ -87,8 +105,10 @@ class PtyShell:
                 return
             data = b""  # EIO: the shell side closed
         if not data:
+            self._eof = True
             self.pause_reading()
             return
+        self._read_count += 1
         self._on_output(data)
 
     def pause_reading(self) -> None:
@@ -102,13 +122,15 @@ class PtyShell:
             self._reading = True
 
     def write(self, data: bytes) -> None:
-        """Queue input for the shell; never blocks the event loop. Input beyond
+        """Queue input for the shell; never blocks the event loop. Keys typed
+        before the shell has started are kept for it (typeahead); input beyond
         `MAX_PENDING_INPUT` while the shell is not reading is dropped."""
-        if self._master < 0:
+        if self._closed:
             return
         room = MAX_PENDING_INPUT - len(self._pending)
         self._pending += data[: max(0, room)]
-        self._flush()
+        if self._master >= 0:
+            self._flush()
 
     def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -137,6 +159,8 @@ class PtyShell:
 
     def close(self) -> None:
         """Hang up the shell (SIGHUP to its process group) and free the PTY."""
+        self._closed = True
+        self._pending.clear()
         self.pause_reading()
         if self._writing:
             asyncio.get_running_loop().remove_writer(self._master)

@@ -119,3 +119,19 @@ async def test_no_exec_no_forwarding(paired: tuple) -> None:
     with pytest.raises(asyncssh.ChannelOpenError):
         await conn.create_connection(asyncssh.SSHTCPSession, "127.0.0.1", 22)
     conn.close()
+
+
+async def test_keys_typed_before_the_shell_starts_are_kept(
+    paired: tuple, tmp_path: Path
+) -> None:
+    gate, _mirrored, connect, engineer, server_task = paired
+    gate.control = True
+    conn = await connect(engineer)
+    await server_task
+    chan, _session = await conn.create_session(
+        Collect, term_type="xterm", term_size=(80, 24), encoding=None)
+    typed = tmp_path / "early"
+    chan.write(f"touch {typed}\r".encode())  # at once, before any prompt
+    await until(typed.exists)
+    conn.close()
+

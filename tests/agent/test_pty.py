@@ -1,0 +1,38 @@
+"""The PTY shell driver: a real shell in a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from agent.pty import PtyShell
+
+
+async def run_shell(argv: list[str], *, pause_first: float = 0.0,
+                    before_start: bytes = b"") -> tuple[bytes, int]:
+    output = bytearray()
+    # What had been delivered when the exit was reported: nothing may come after.
+    done: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+    shell = PtyShell(argv, cols=80, rows=24, env=dict(os.environ), on_output=output.extend,
+                     on_exit=lambda status: done.set_result((status, bytes(output))))
+    if before_start:
+        shell.write(before_start)
+    await shell.start()
+    if pause_first:
+        shell.pause_reading()  # as SSH flow control does when the engineer lags
+        await asyncio.sleep(pause_first)
+        shell.resume_reading()
+    status, delivered = await asyncio.wait_for(done, 10)
+    shell.close()
+    return delivered, status
+
+
+async def test_output_buffered_when_the_shell_exits_is_not_lost() -> None:
+    out, status = await run_shell(["/bin/sh", "-c", "echo TAIL-MARK; exit 3"], pause_first=0.5)
+    assert b"TAIL-MARK" in out
+    assert status == 3
+
+
+async def test_typeahead_before_start_reaches_the_shell() -> None:
+    out, _status = await run_shell(["/bin/sh"], before_start=b"echo EARLY-$((20+1)); exit\r")
+    assert b"EARLY-21" in out
