@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:8443
 DATA ?= var
 
-.PHONY: run test lint venv clean screenshots
+.PHONY: run test lint venv clean screenshots bench bench-smoke
 
 venv: $(STAMP)
 
@@ -26,6 +26,15 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The benchmark harness (bench/README.md). socat is the CPU baseline; it comes
+# from the system's packages.
+bench: $(STAMP)
+	command -v socat >/dev/null || apt-get install -y -q socat || echo "bench: no socat; that row is skipped"
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --smoke --out $${BENCH_OUT:-bench/results}
 
 screenshots: $(STAMP)
 	PYTHONPATH=. $(BIN)/python docs/screenshots.py

@@ -1,0 +1,1 @@
+"""consentry's performance harness: `make bench` (full) or `make bench-smoke`."""

@@ -1,0 +1,103 @@
+"""Agents for the harness, in one process: `python -m bench.agents ...`.
+
+`--sessions N` runs N real `agent.client.Agent`s whose screen is the
+harness's own: consent is answered "view and control" the moment it is
+asked. That is a hook of the harness, not a flag of the agent: the agent
+program itself always asks a person. Each new join code is printed as a JSON
+line, so the harness can join.
+
+`--idle N` opens N agent control connections (TLS, hello, keepalive pings)
+and holds them, for measuring what an idle agent costs the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from agent.client import Agent
+from agent.config import AgentConfig
+from agent.consent import ConsentRequest, Decision
+from agent.identity import load_identity
+from bench.procs import raise_fd_limit
+from broker.link import open_link
+from broker.wire.messages import b64encode
+
+
+def emit(record: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+class HarnessScreen:
+    """Stands where the customer's terminal would: approves at once."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.quit = asyncio.Event()
+        self.on_end_all = lambda: None
+        self.on_view_only = lambda: None
+        self.on_customer_input = lambda _data: None
+
+    def set_code(self, code: str | None, expires_in: int) -> None:
+        if code:
+            emit({"agent": self.index, "code": code})
+
+    async def ask_consent(self, request: ConsentRequest, timeout: float,
+                          max_rights: str) -> Decision:
+        return Decision("granted", ("view", "control"))
+
+    def notice(self, text: str) -> None: ...
+    def flash(self, text: str, seconds: float = 0) -> None: ...
+    def session_started(self, session: str, viewer: object) -> None: ...
+    def session_ended(self, session: str, message: str) -> None: ...
+    def set_control(self, session: str, control: bool) -> None: ...
+    def mirror(self, data: bytes) -> None: ...
+
+
+async def run_sessions(args: argparse.Namespace) -> None:
+    state = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    agents = []
+    for i in range(args.sessions):
+        config = AgentConfig(broker=args.broker, ca=args.ca, alias=f"bench-{i}",
+                             state_dir=state / str(i), shell=args.shell)
+        agents.append(Agent(config, load_identity(config.state_dir),
+                            HarnessScreen(i)))  # type: ignore[arg-type]
+    async with asyncio.TaskGroup() as group:
+        for agent in agents:
+            group.create_task(agent.run())
+
+
+async def run_idle(args: argparse.Namespace) -> None:
+    links = []
+    for i in range(args.idle):
+        link = await open_link(args.broker, "/v1/agent", args.ca)
+        await link.send("hello", device_id=f"idle{i:06d}", device_key=b64encode(bytes(32)),
+                        alias=f"idle-{i}")
+        await link.expect("nameplate", timeout=60)
+        links.append(link)
+        if (i + 1) % 500 == 0 or i + 1 == args.idle:
+            emit({"connected": i + 1})
+    await asyncio.Event().wait()  # hold them until the harness stops us
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--broker", required=True)
+    p.add_argument("--ca", type=Path, required=True)
+    p.add_argument("--sessions", type=int, default=0)
+    p.add_argument("--idle", type=int, default=0)
+    p.add_argument("--shell", default="/bin/cat")
+    args = p.parse_args()
+    raise_fd_limit()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_idle(args) if args.idle else run_sessions(args))
+
+
+if __name__ == "__main__":
+    main()

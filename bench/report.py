@@ -1,0 +1,53 @@
+"""The results table, as Markdown for people and JSON for tools."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.cases import Mode, Row
+
+HOW_TO_READ = """\
+How to read this: every ratio compares consentry with a baseline measured in
+the same run, repetition by repetition (the machine is shared and noisy, so
+absolute numbers move between runs; ratios much less). Figures are medians,
+with (min-max, n=repetitions). "met" compares the median with the target.
+"""
+
+
+def write(rows: list[Row], mode: Mode, out: Path, seconds: float) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    name = "smoke" if mode.smoke else "latest"
+    lines = [
+        f"# consentry benchmark ({'smoke' if mode.smoke else 'full'} run, {stamp})",
+        "",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, "
+        f"{_cores()} cores; run took {seconds:.0f} s.",
+        "",
+        HOW_TO_READ,
+        "| what | baseline (same run) | target | result | met |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        met = {True: "yes", False: "**no**", None: "-"}[row.met]
+        lines.append(f"| {row.what} | {row.baseline} | {row.target} | {row.result} | {met} |")
+    notes = [row for row in rows if row.note]
+    if notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- **{row.what}**: {row.note}" for row in notes]
+    md = out / f"{name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    js = out / f"{name}.json"
+    js.write_text(json.dumps({"when": stamp, "mode": asdict(mode), "seconds": seconds,
+                              "rows": [asdict(r) for r in rows]}, indent=2, default=str))
+    return md, js
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
