@@ -47,6 +47,12 @@ class BrokerConfig:
     cert: Path = Path("certs/broker.crt")
     key: Path = Path("certs/broker.key")
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # Retention (broker.audit.retention), applied at start-up and then every
+    # `retention_interval` seconds: personal data (alias, IP, receipts) is
+    # kept this many days, the event skeleton this many (whole UTC days).
+    pii_retention_days: int = 14
+    event_retention_days: int = 365
+    retention_interval: float = 60 * 60.0
 
     @property
     def audit_db(self) -> Path:

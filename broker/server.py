@@ -35,6 +35,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from broker.admin_api import answer_audit_request
+from broker.audit.retention import check_retention, retention_loop
+from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
 from broker.auth import AttemptLimiter, verify_login
 from broker.config import BrokerConfig
@@ -512,6 +514,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
     tls = server_tls(config.cert, config.key)
+    check_retention(config.pii_retention_days, config.event_retention_days)
     audit = await AuditLog.open(config.data_dir)
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
@@ -519,6 +522,13 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Retention runs now and then hourly, beside the sessions; its events go
+    # through the same log (and checkpoints) as theirs.
+    retention = asyncio.create_task(retention_loop(
+        audit, signing_key=load_or_create_signing_key(config.data_dir),
+        pii_days=config.pii_retention_days, event_days=config.event_retention_days,
+        interval=config.retention_interval,
+    ))
     try:
         async with serve(
             broker.handle, config.host, config.port, ssl=tls,
@@ -539,4 +549,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
             print("consentry-broker: shutting down", flush=True)
             await broker.shutdown()
     finally:
+        retention.cancel()  # a purge already started finishes first
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
         await audit.close()

@@ -10,8 +10,10 @@ and any failure to write raises `AuditWriteError`: callers must treat that as
 "do not proceed" — no session starts without its audit trail.
 
 Events cannot be changed in place: triggers abort any UPDATE or DELETE on the
-events table. Personal fields live in a separate table, encrypted with a key
-per data subject, so they can be destroyed without touching the chain.
+events table, except the retention purge's removal of the oldest whole days
+(`_NO_DELETE_TRIGGER`). Personal fields live in a separate table, encrypted
+with a key per data subject, so they can be destroyed without touching the
+chain; `maintenance()` is the transaction retention and erasure work in.
 
 A personal row that holds an alias also holds its blind-index tag
 (`AuditKeys.alias_tag`), so admins can find a device by alias without the
@@ -23,12 +25,13 @@ erased subjects, and a subject re-keyed after erasure has its old tags cleared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from broker.audit.chain import GENESIS_HASH, check_body, event_hash, format_time
 from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
 from broker.errors import AuditError, AuditWriteError
 
-__all__ = ["AuditEvent", "AuditLog"]
+__all__ = ["AuditEvent", "AuditLog", "Maintenance"]
 
 # 1: events, subjects, personal. 2: personal.alias_tag (blind index) and
 # indexes for the admin queries (`_V2_STATEMENTS`).
@@ -68,8 +71,9 @@ CREATE INDEX IF NOT EXISTS events_type ON events(type);
 CREATE INDEX IF NOT EXISTS events_subject ON events(subject);
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+-- The delete guard (`_NO_DELETE_TRIGGER`) is made by `_migrate`, which also
+-- replaces the unconditional one of older files.
+CREATE TABLE IF NOT EXISTS purge_gate (through_seq INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS subjects (
     pseudonym   TEXT PRIMARY KEY,
@@ -96,6 +100,19 @@ _V2_STATEMENTS = (
     "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
     "CREATE INDEX IF NOT EXISTS personal_alias_tag ON personal(alias_tag)",
 )
+
+# Events are deleted only by the retention purge (`broker.audit.retention`),
+# which inserts a `purge_gate` row naming the last seq it may remove and
+# deletes it again in the same transaction, so no other connection ever sees
+# the gate open. This guards against mistakes (a stray DELETE, a buggy tool),
+# not against someone with write access to the file, who can drop triggers:
+# the hash chain, the signed checkpoints and the signed `events_purged`
+# record are what make such a deletion detectable.
+_NO_DELETE_TRIGGER = """
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+WHEN NOT EXISTS (SELECT 1 FROM purge_gate WHERE OLD.seq <= purge_gate.through_seq)
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END
+"""
 
 _SELECT_EVENTS = """
 SELECT e.seq, e.time, e.type, e.session, e.actor, e.subject, e.body, e.prev_hash, e.hash,
@@ -178,6 +195,58 @@ def _prepare_file(path: Path) -> None:
     # files copy the database file's mode, so 0600 here covers all three.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     os.close(fd)
+
+
+class Maintenance:
+    """One transaction on the audit log, held by `AuditLog.maintenance()`.
+
+    For the privacy lifecycle (`broker.audit.retention`, `broker.audit.subjects`):
+    `db` runs statements inside the transaction, `keys` opens personal data,
+    and `append` chains events into the same transaction, so a change and the
+    record of it are committed together or not at all.
+    """
+
+    def __init__(self, log: AuditLog, db: aiosqlite.Connection, write: bool) -> None:
+        self.db = db
+        self.keys = log._keys
+        self._log = log
+        self._write = write
+        self.appended: list[tuple[int, str]] = []
+
+    async def append(
+        self,
+        type: str,
+        *,
+        now: dt.datetime,
+        session: str | None = None,
+        actor: str | None = None,
+        pseudonym: str | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append an event without personal data; `pseudonym` is stored as is
+        (the subject is already pseudonymous here, unlike `AuditLog.append`)."""
+        if not self._write:
+            raise AuditError("cannot append in a read-only audit transaction")
+        if not isinstance(type, str) or not _TYPE_RE.fullmatch(type):
+            raise AuditError(f"invalid audit event type {type!r}")
+        _check_field("session", session)
+        _check_field("actor", actor)
+        _check_field("subject", pseudonym)
+        body_dict, body_bytes = check_body(body)
+        seq, digest = await self._log._insert_event(
+            self.db, type, format_time(now), session, actor, pseudonym, body_dict,
+            body_bytes.decode(), None,
+        )
+        self.appended.append((seq, digest))
+        return seq
+
+    async def require_secure_delete(self) -> None:
+        """Refuse to shred on a connection that would leave deleted bytes in
+        free pages (the pragma is per connection; `AuditLog.open` sets it)."""
+        row = await (await self.db.execute("PRAGMA secure_delete")).fetchone()
+        if row is None or int(row[0]) != 1:
+            raise AuditError("the audit log connection does not have secure_delete on; "
+                             "deleted personal data could stay readable in the file")
 
 
 class AuditLog:
@@ -269,6 +338,14 @@ class AuditLog:
             await AuditLog._backfill_alias_tags(db, keys)
         for statement in _V2_STATEMENTS:
             await db.execute(statement)
+        # Checked, not versioned: the gated trigger works with older readers,
+        # and rewriting the schema on every open would disturb other connections.
+        row = await (await db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'"
+        )).fetchone()
+        if row is None or "purge_gate" not in str(row[0]):
+            await db.execute("DROP TRIGGER IF EXISTS events_no_delete")
+            await db.execute(_NO_DELETE_TRIGGER)
         await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         await db.commit()
 
@@ -296,6 +373,47 @@ class AuditLog:
     def pseudonym(self, device_id: str) -> str:
         """The stable pseudonym under which `device_id` appears in the log."""
         return self._keys.pseudonym(device_id)
+
+    @contextlib.asynccontextmanager
+    async def maintenance(self, *, write: bool = True) -> AsyncIterator[Maintenance]:
+        """Hold the log for one transaction: IMMEDIATE (the write lock, taken
+        at once) with `write`, else a consistent read. Committed when the block
+        ends, rolled back if it raises; SQLite errors become AuditWriteError
+        (AuditError for a read)."""
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise AuditWriteError("audit log could not be written: it is closed")
+            work = Maintenance(self, db, write)
+            try:
+                await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield work
+                await db.commit()
+            except sqlite3.Error as exc:
+                await self._rollback(db)
+                if write:
+                    raise AuditWriteError(f"audit log could not be written: {exc}") from exc
+                raise AuditError(f"cannot read the audit log: {exc}") from exc
+            except BaseException:
+                await self._rollback(db)
+                raise
+
+    async def truncate_wal(self) -> bool:
+        """Copy the WAL into the database and cut it to zero bytes.
+
+        After a purge or erasure the database pages hold zeros where the data
+        was (secure_delete), but older copies of those pages stay in the WAL
+        until it is truncated. False if another connection's open read kept
+        part of the WAL in use: run it again later.
+        """
+        async with self._lock:
+            if self._db is None:
+                raise AuditError("the audit log is closed")
+            try:
+                row = await (await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")).fetchone()
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot truncate the audit log's WAL: {exc}") from exc
+        return row is not None and int(row[0]) == 0
 
     async def append(
         self,
@@ -355,32 +473,52 @@ class AuditLog:
                 # still the last row when ours is inserted, even with another
                 # process (the admin CLI) appending to the same file.
                 await db.execute("BEGIN IMMEDIATE")
-                row = await (
-                    await db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                ).fetchone()
-                seq, prev_hash = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
-                digest = event_hash(prev_hash, seq, time, type, session, actor, pseudonym, body)
-                await db.execute(
-                    "INSERT INTO events (seq, time, type, session, actor, subject, body, "
-                    "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, time, type, session, actor, pseudonym, body_text, prev_hash, digest),
+                seq, _ = await self._insert_event(
+                    db, type, time, session, actor, pseudonym, body, body_text, personal
                 )
-                if pseudonym is not None:
-                    subject_key = await self._subject_key(db, pseudonym, time)
-                    if personal is not None:
-                        alias = personal.get("alias")
-                        await db.execute(
-                            "INSERT INTO personal (seq, pseudonym, created, ciphertext, "
-                            "alias_tag) VALUES (?, ?, ?, ?, ?)",
-                            (seq, pseudonym, time,
-                             self._keys.seal_personal(subject_key, seq, personal),
-                             self._keys.alias_tag(alias) if alias else None),
-                        )
                 await db.commit()
             except Exception as exc:
                 await self._rollback(db)
                 raise AuditWriteError(f"audit log could not be written: {exc}") from exc
             return seq
+
+    async def _insert_event(
+        self,
+        db: aiosqlite.Connection,
+        type: str,
+        time: str,
+        session: str | None,
+        actor: str | None,
+        pseudonym: str | None,
+        body: dict[str, Any],
+        body_text: str,
+        personal: dict[str, str] | None,
+    ) -> tuple[int, str]:
+        """Chain one event onto the last one, inside the caller's IMMEDIATE
+        transaction; return its seq and hash."""
+        row = await (
+            await db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        ).fetchone()
+        seq, prev_hash = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
+        digest = event_hash(prev_hash, seq, time, type, session, actor, pseudonym, body)
+        await db.execute(
+            "INSERT INTO events (seq, time, type, session, actor, subject, body, "
+            "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, time, type, session, actor, pseudonym, body_text, prev_hash, digest),
+        )
+        # A key only when there is something to encrypt: an event that merely
+        # names a subject (its erasure record, say) must not re-key it.
+        if pseudonym is not None and personal is not None:
+            subject_key = await self._subject_key(db, pseudonym, time)
+            alias = personal.get("alias")
+            await db.execute(
+                "INSERT INTO personal (seq, pseudonym, created, ciphertext, "
+                "alias_tag) VALUES (?, ?, ?, ?, ?)",
+                (seq, pseudonym, time,
+                 self._keys.seal_personal(subject_key, seq, personal),
+                 self._keys.alias_tag(alias) if alias else None),
+            )
+        return seq, digest
 
     async def _subject_key(self, db: aiosqlite.Connection, pseudonym: str, time: str) -> bytes:
         """The subject's key, creating it; a new one if the old was erased.
