@@ -1,6 +1,7 @@
 """`consentry-broker`: run the broker and administer its files.
 
     consentry-broker serve        [--listen HOST:PORT] [--cert F] [--key F]
+                                  [--checkpoint-file F]
                                   [--pii-retention-days N] [--event-retention-days N]
     consentry-broker certs init   [--dir certs] [--name HOST ...] [--force]
     consentry-broker engineer add NAME --key FILE.pub [--role R] [--display TEXT]
@@ -8,6 +9,8 @@
     consentry-broker engineer remove NAME
     consentry-broker audit list   [--json] [--since T] [--until T] [--engineer NAME]
                                   [--subject ALIAS] [--type T] [--session ID] [--limit N]
+    consentry-broker audit verify [--pubkey F] [--checkpoint-file F] [--json]
+    consentry-broker audit pubkey
     consentry-broker audit purge  [--pii-retention-days N] [--event-retention-days N]
     consentry-broker audit erase  --subject ALIAS [--device P] [--yes]
     consentry-broker dev-setup    [--certs DIR] [--listen HOST:PORT]
@@ -48,7 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ConfigError(f"no {what} at {path} — run `{PROG} certs init` first")
     config = BrokerConfig(host=host, port=port, data_dir=args.data_dir, cert=args.cert,
-                          key=args.key, pii_retention_days=args.pii_retention_days,
+                          key=args.key, checkpoint_file=args.checkpoint_file,
+                          pii_retention_days=args.pii_retention_days,
                           event_retention_days=args.event_retention_days)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
@@ -202,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
     p.add_argument("--cert", type=Path, default=Path("certs/broker.crt"), metavar="FILE")
     p.add_argument("--key", type=Path, default=Path("certs/broker.key"), metavar="FILE")
+    p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
+                   help="where signed audit checkpoints are appended (default: "
+                        "DIR/checkpoints.jsonl; another disk is stronger)")
     p.add_argument("--pii-retention-days", type=int, default=14, metavar="N",
                    help="keep personal data (alias, IP, receipts) N days (default 14)")
     p.add_argument("--event-retention-days", type=int, default=365, metavar="N",

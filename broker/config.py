@@ -47,6 +47,12 @@ class BrokerConfig:
     cert: Path = Path("certs/broker.crt")
     key: Path = Path("certs/broker.key")
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # Signed audit checkpoints (broker.audit.checkpoints): every N events or T
+    # seconds, appended to a file outside the database — None means
+    # data_dir/checkpoints.jsonl; another disk or a shipped copy is stronger.
+    checkpoint_file: Path | None = None
+    checkpoint_every_events: int = 100
+    checkpoint_every_seconds: float = 60.0
     # Retention (broker.audit.retention), applied at start-up and then every
     # `retention_interval` seconds: personal data (alias, IP, receipts) is
     # kept this many days, the event skeleton this many (whole UTC days).

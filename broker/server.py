@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from broker.admin_api import answer_audit_request
+from broker.audit.checkpoints import Checkpointer
 from broker.audit.retention import check_retention, retention_loop
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
@@ -516,6 +517,18 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     tls = server_tls(config.cert, config.key)
     check_retention(config.pii_retention_days, config.event_retention_days)
     audit = await AuditLog.open(config.data_dir)
+    try:
+        # Refuses to start on a log that no longer holds what its newest
+        # signed checkpoint covers (cut short, or an older copy restored).
+        checkpointer = Checkpointer(
+            audit, config.data_dir, checkpoint_file=config.checkpoint_file,
+            every_events=config.checkpoint_every_events,
+            every_seconds=config.checkpoint_every_seconds,
+        )
+        await checkpointer.start()
+    except BaseException:
+        await audit.close()
+        raise
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
     stop = asyncio.Event()
@@ -552,4 +565,5 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         retention.cancel()  # a purge already started finishes first
         with contextlib.suppress(asyncio.CancelledError):
             await retention
+        await checkpointer.stop()  # after the last session_ended: a final checkpoint
         await audit.close()

@@ -28,10 +28,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_k
 from broker.errors import AuditError, AuditWriteError
 
 __all__ = ["AuditEvent", "AuditLog", "Maintenance"]
+
+_log = logging.getLogger("consentry.audit")
 
 # 1: events, subjects, personal. 2: personal.alias_tag (blind index) and
 # indexes for the admin queries (`_V2_STATEMENTS`).
@@ -260,6 +263,27 @@ class AuditLog:
         # chain (seq, prev_hash read and insert as one unit), and a read must
         # never run inside another call's open transaction.
         self._lock = asyncio.Lock()
+        # Told (seq, hash) of each event once it is durable; the checkpointer
+        # counts events with this instead of polling the database.
+        self._append_listeners: list[Callable[[int, str], None]] = []
+
+    def add_append_listener(self, listener: Callable[[int, str], None]) -> None:
+        """Call `listener(seq, hash)` after each committed append; it must be quick."""
+        self._append_listeners.append(listener)
+
+    def remove_append_listener(self, listener: Callable[[int, str], None]) -> None:
+        if listener in self._append_listeners:
+            self._append_listeners.remove(listener)
+
+    def _tell_listeners(self, appended: list[tuple[int, str]]) -> None:
+        # Only after the commit, and outside its try: a listener's bug must not
+        # make a durable event look unwritten (the caller would fail closed).
+        for seq, digest in appended:
+            for listener in list(self._append_listeners):
+                try:
+                    listener(seq, digest)
+                except Exception:
+                    _log.exception("audit append listener failed")
 
     @classmethod
     async def open(
@@ -397,6 +421,7 @@ class AuditLog:
             except BaseException:
                 await self._rollback(db)
                 raise
+            self._tell_listeners(work.appended)
 
     async def truncate_wal(self) -> bool:
         """Copy the WAL into the database and cut it to zero bytes.
@@ -473,13 +498,14 @@ class AuditLog:
                 # still the last row when ours is inserted, even with another
                 # process (the admin CLI) appending to the same file.
                 await db.execute("BEGIN IMMEDIATE")
-                seq, _ = await self._insert_event(
+                seq, digest = await self._insert_event(
                     db, type, time, session, actor, pseudonym, body, body_text, personal
                 )
                 await db.commit()
             except Exception as exc:
                 await self._rollback(db)
                 raise AuditWriteError(f"audit log could not be written: {exc}") from exc
+            self._tell_listeners([(seq, digest)])
             return seq
 
     async def _insert_event(
