@@ -252,9 +252,11 @@ def _short(digest: str) -> str:
 
 @dataclass(frozen=True)
 class _Anchor:
-    """A validly signed checkpoint to hold the events against."""
+    """What a validly signed checkpoint says, to hold the events against."""
 
-    checkpoint: Checkpoint
+    seq: int
+    hash: str
+    time: str
     where: str  # "checkpoint line 4" or "database checkpoint #4"
     line: int | None
 
@@ -443,11 +445,15 @@ class _CheckpointScan:
                 raw = handle.readline()
                 if number in self.forged:
                     continue
+                # Checked in the first pass; what is read now is only what it says
+                # (a line that no longer parses was changed meanwhile: skipped).
                 try:
-                    checkpoint = parse_checkpoint(raw)
-                except AuditError:
+                    payload = json.loads(raw)["payload"]
+                    anchor = _Anchor(int(payload["seq"]), str(payload["hash"]),
+                                     str(payload["time"]), f"checkpoint line {number}", number)
+                except (ValueError, TypeError, KeyError):
                     continue
-                yield _Anchor(checkpoint, f"checkpoint line {number}", number)
+                yield anchor
 
     def finish(self) -> list[_Anchor]:
         """Report lines and rows that did not pair up; the validly signed rows
@@ -481,7 +487,8 @@ class _CheckpointScan:
                     f"database checkpoint #{row_id} (seq {checkpoint.seq}, {checkpoint.time}) "
                     f"is not in the checkpoint file {self.path}: lines there were edited or "
                     "removed, or the file was rolled back"))
-            extra.append(_Anchor(checkpoint, f"database checkpoint #{row_id}", None))
+            extra.append(_Anchor(checkpoint.seq, checkpoint.hash, checkpoint.time,
+                                 f"database checkpoint #{row_id}", None))
         return extra
 
     def _catch_up(self) -> None:
@@ -596,8 +603,8 @@ class _EventScan:
             low, high = rows[0][0], rows[-1][0]
             contiguous = high - low + 1 == len(rows)
             by_seq: dict[int, _Row] | None = None
-            while waiting is not None and waiting.checkpoint.seq <= high:
-                seq = waiting.checkpoint.seq
+            while waiting is not None and waiting.seq <= high:
+                seq = waiting.seq
                 if seq < low:
                     self.hold(waiting, None)
                 elif contiguous:
@@ -646,7 +653,7 @@ class _EventScan:
     def hold(self, anchor: _Anchor, stored: str | None) -> None:
         """Compare one checkpoint with the event it covers (`stored`: its hash,
         if at hand; else it is looked up)."""
-        cp, report = anchor.checkpoint, self.report
+        cp, report = anchor, self.report
         if cp.seq == 0:
             if cp.hash != GENESIS_HASH:
                 report.add("checkpoints", Problem(
@@ -665,7 +672,7 @@ class _EventScan:
             return
         if stored is None:
             if report.last_seq is None or cp.seq > report.last_seq:
-                if self.beyond is None or cp.seq >= self.beyond.checkpoint.seq:
+                if self.beyond is None or cp.seq >= self.beyond.seq:
                     self.beyond = anchor
                 return
             row = self.conn.execute("SELECT hash FROM events WHERE seq = ?",
@@ -691,7 +698,7 @@ class _EventScan:
     def finish(self) -> None:
         self._check_start()
         if self.beyond is not None:
-            cp, last = self.beyond.checkpoint, self.report.last_seq
+            cp, last = self.beyond, self.report.last_seq
             end = "log is empty" if last is None else f"log ends at seq {last}"
             self.report.add("truncation", Problem(
                 f"{end} but checkpoint of {cp.time} covers seq {cp.seq}: events were deleted "
