@@ -58,7 +58,11 @@ def _public_key(args: argparse.Namespace) -> tuple[nacl.signing.VerifyKey | None
             raise ConfigError(f"cannot read the public key file {args.pubkey}: {exc}") from exc
         key = parse_public_key(text)
         notes = []
-        if key_path.exists() and _signing_key(args.data_dir).verify_key != key:
+        try:
+            replaced = key_path.exists() and _signing_key(args.data_dir).verify_key != key
+        except AuditError:
+            replaced = False  # unreadable here; the check itself does not need it
+        if replaced:
             notes.append(f"{key_path} is not the key in {args.pubkey}: the broker's audit key "
                          "was replaced, so what it signed since will not verify")
         return key, notes
@@ -95,9 +99,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     except AuditError as exc:
         if db_path.is_file():
             # A check that could not run is still a read of the log.
-            asyncio.run(log_admin_action(data_dir, "audit_verified", {
-                "ok": False, "first_bad_seq": None, "independent_key": independent,
-                "error": str(exc)[:200]}))
+            try:
+                asyncio.run(log_admin_action(data_dir, "audit_verified", {
+                    "ok": False, "first_bad_seq": None, "independent_key": independent,
+                    "error": str(exc)[:200]}))
+            except AuditError as log_exc:
+                print(f"consentry-broker: error: could not record this check in the log: "
+                      f"{log_exc}", file=sys.stderr)
         raise
     _print_report(report, notes, args.json)
     sys.stdout.flush()
