@@ -122,9 +122,12 @@ class Agent:
                     raise BrokerLost(str(exc)) from None
                 self.codes.clear()
                 self.screen.set_code(None, 0)
+                # Reachable but unable to record sessions is not "lost": say
+                # which, and give the broker's whole sentence.
+                what = ("The support service cannot start sessions right now"
+                        if exc.code == "audit_unavailable" else "Lost the support service")
                 self.screen.notice(
-                    f"Lost the support service ({printable(exc, 120)}); retrying in "
-                    f"{delay:.0f} s. Ctrl-C quits."
+                    f"{what} ({printable(exc, 240)}); retrying in {delay:.0f} s. Ctrl-C quits."
                 )
                 await asyncio.wait([quit_task], timeout=delay)
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
@@ -145,7 +148,6 @@ class Agent:
             hello["os_user"] = getpass.getuser()[:64]
         try:
             await control.send("hello", **hello)
-            self.registered = True
             listener = asyncio.ensure_future(self._listen(control, sessions))
             await asyncio.wait([listener, quit_task], return_when=asyncio.FIRST_COMPLETED)
             if not listener.done():
@@ -159,6 +161,11 @@ class Agent:
         while True:
             msg = await control.recv()
             if msg.type == "nameplate":
+                # Registered only once the broker has accepted us (recorded the
+                # connection, issued a code): a refusal of the very first hello
+                # (a broker that cannot record sessions, say) ends the program
+                # with the broker's reason, as an unreachable broker at start does.
+                self.registered = True
                 code = JoinCode(msg["nameplate"], draw_secret())
                 self.codes[code.nameplate] = code
                 while len(self.codes) > _KEEP_CODES:

@@ -9,6 +9,11 @@ before it is sent, so a read that cannot be logged is never served (the
 append fails closed). An engineer who is not an admin is refused, and the
 refusal is logged as `audit_read_refused`.
 
+`audit_verify` runs the whole-log check of `broker.audit.verify` (chain,
+signed checkpoints, purge records) in a thread — it reads every event — and
+answers `audit_verify_result`; it is logged as `audit_verified`, like the
+`audit verify` command.
+
 What leaves here is metadata plus the two personal fields an admin reviews
 (the device alias and IP address), decrypted only while the data subject's
 key still exists.
@@ -16,12 +21,16 @@ key still exists.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
+from broker.audit.review import check_receipt
 from broker.audit.store import AuditEvent, AuditLog
+from broker.errors import AuditError
 from broker.registry import Engineer
 from broker.session import utcnow
 from broker.wire.errors import ProtocolError
@@ -33,6 +42,8 @@ __all__ = ["answer_audit_request", "event_object"]
 # The store allows event fields of up to 256 characters, and so does the
 # schema of an event object; personal values are bounded here the same way.
 _MAX_VALUE = 256
+# `audit_verify_result.summary` (see broker.wire.messages).
+_MAX_SUMMARY = 1000
 
 
 def _capped(value: str | None) -> str | None:
@@ -55,6 +66,13 @@ def event_object(event: AuditEvent, *, with_receipt: bool = False) -> dict[str, 
             receipt = None  # we wrote it after verifying it; never fail a read over it
         if isinstance(receipt, dict):
             obj["receipt"] = receipt
+        # Checked again now, not taken from when it was recorded: signature
+        # (device key), hash in the chained body, and agreement with the body.
+        checked = check_receipt(event)
+        if checked is not None and checked["signature_valid"] is not None:
+            obj["receipt_verified"] = (checked["signature_valid"] is True
+                                       and checked["matches_log"] is True
+                                       and checked["matches_event"] is True)
     return obj
 
 
@@ -100,10 +118,55 @@ async def _session(audit: AuditLog, msg: Message) -> tuple[str, int, dict[str, A
     return frame, returned, {"session": msg["session"]}
 
 
+def _run_verify(db_path: Path, checkpoint_file: Path | None) -> tuple[bool, str, int | None]:
+    """The whole-log check of `broker.audit.verify`, when this build has it;
+    blocking (run it in a thread). Returns (ok, summary, first bad seq)."""
+    try:
+        from broker.audit.checkpoints import CHECKPOINT_FILE
+        from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
+        from broker.audit.verify import verify_log
+    except ImportError:
+        return False, "verify is not available on this broker", None
+    data_dir = db_path.parent
+    try:
+        # The broker's own key: a copy kept away from the broker (`audit
+        # verify --pubkey`) is stronger, and the summary says so.
+        key = (load_or_create_signing_key(data_dir).verify_key
+               if (data_dir / AUDIT_KEY_FILE).exists() else None)
+        report = verify_log(db_path, public_key=key,
+                            checkpoint_file=checkpoint_file or data_dir / CHECKPOINT_FILE)
+    except (AuditError, OSError) as exc:
+        return False, f"the check could not run: {exc}"[:_MAX_SUMMARY], None
+    summary = report.summary()
+    problems = report.ordered_problems()
+    if problems:
+        summary += f"; first problem: {problems[0].message}"
+    elif key is not None:
+        summary += " (checked with this broker's own audit key)"
+    return report.ok, summary[:_MAX_SUMMARY], report.first_bad_seq
+
+
+async def _verify(audit: AuditLog, engineer: Engineer,
+                  checkpoint_file: Path | None) -> str:
+    ok, summary, first_bad = await asyncio.to_thread(_run_verify, audit.path, checkpoint_file)
+    fields: dict[str, Any] = {"ok": ok, "summary": summary}
+    if first_bad is not None:
+        fields["first_bad_seq"] = first_bad
+    # Recorded as `audit verify` records itself, and before the answer is
+    # sent: a check that cannot be logged is not reported.
+    await audit.append("audit_verified", now=utcnow(), actor=engineer.name, body={
+        "ok": ok, "first_bad_seq": first_bad, "independent_key": False,
+        "request": "audit_verify"})
+    return encode("audit_verify_result", **fields)
+
+
 async def answer_audit_request(
-    audit: AuditLog, ws: ServerConnection, engineer: Engineer, msg: Message
+    audit: AuditLog, ws: ServerConnection, engineer: Engineer, msg: Message,
+    *, checkpoint_file: Path | None = None,
 ) -> None:
-    """Serve one `audit_query` or `audit_session_query`, or refuse it.
+    """Serve one `audit_query`, `audit_session_query` or `audit_verify`, or
+    refuse it. `checkpoint_file` is where the broker appends its signed
+    checkpoints (None: the default in the data directory).
 
     Raises `ProtocolError` (code ``forbidden``) for a non-admin, after the
     refusal is recorded; the caller sends the error and closes.
@@ -112,6 +175,9 @@ async def answer_audit_request(
         await audit.append("audit_read_refused", now=utcnow(), actor=engineer.name,
                            body={"request": msg.type, "role": engineer.role})
         raise ProtocolError("the audit log is for admins only", "forbidden")
+    if msg.type == "audit_verify":
+        await ws.send(await _verify(audit, engineer, checkpoint_file))
+        return
     if msg.type == "audit_query":
         frame, returned, used = await _page(audit, msg)
     else:

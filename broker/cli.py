@@ -1,7 +1,7 @@
 """`consentry-broker`: run the broker and administer its files.
 
     consentry-broker serve        [--listen HOST:PORT] [--cert F] [--key F]
-                                  [--checkpoint-file F]
+                                  [--checkpoint-file F] [--audit-max-mb N]
                                   [--pii-retention-days N] [--event-retention-days N]
     consentry-broker certs init   [--dir certs] [--name HOST ...] [--force]
     consentry-broker engineer add NAME --key FILE.pub [--role R] [--display TEXT]
@@ -9,6 +9,9 @@
     consentry-broker engineer remove NAME
     consentry-broker audit list   [--json] [--since T] [--until T] [--engineer NAME]
                                   [--subject ALIAS] [--type T] [--session ID] [--limit N]
+    consentry-broker audit show   SESSION [--json]
+    consentry-broker audit export [--format jsonl|csv] [--output F] [filters as list]
+    consentry-broker audit export --subject ALIAS [--device PSEUDONYM] [--output F]
     consentry-broker audit verify [--pubkey F] [--checkpoint-file F] [--json]
     consentry-broker audit pubkey
     consentry-broker audit purge  [--pii-retention-days N] [--event-retention-days N]
@@ -45,6 +48,16 @@ PROG = "consentry-broker"
 # -- serve --------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     for path, what in ((args.cert, "TLS certificate"), (args.key, "TLS private key")):
@@ -52,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"no {what} at {path} — run `{PROG} certs init` first")
     config = BrokerConfig(host=host, port=port, data_dir=args.data_dir, cert=args.cert,
                           key=args.key, checkpoint_file=args.checkpoint_file,
+                          audit_max_mb=args.audit_max_mb,
                           pii_retention_days=args.pii_retention_days,
                           event_retention_days=args.event_retention_days)
     # Imported here so the admin sub-commands work without the server stack.
@@ -209,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
                    help="where signed audit checkpoints are appended (default: "
                         "DIR/checkpoints.jsonl; another disk is stronger)")
+    p.add_argument("--audit-max-mb", type=_positive_int, metavar="N",
+                   help="cap the audit database at N MiB: once full, no new session starts "
+                        "(agents and consoles are told why) until the cap is raised or "
+                        "space is freed (`audit purge`)")
     p.add_argument("--pii-retention-days", type=int, default=14, metavar="N",
                    help="keep personal data (alias, IP, receipts) N days (default 14)")
     p.add_argument("--event-retention-days", type=int, default=365, metavar="N",

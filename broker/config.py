@@ -53,6 +53,11 @@ class BrokerConfig:
     checkpoint_file: Path | None = None
     checkpoint_every_events: int = 100
     checkpoint_every_seconds: float = 60.0
+    # Operator quota on the audit database, in MiB (None: no cap but the
+    # disk). At the cap appends fail like on a full disk, so the broker
+    # refuses new sessions and says why (fail closed) instead of filling a
+    # disk other services share.
+    audit_max_mb: int | None = None
     # Retention (broker.audit.retention), applied at start-up and then every
     # `retention_interval` seconds: personal data (alias, IP, receipts) is
     # kept this many days, the event skeleton this many (whole UTC days).

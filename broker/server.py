@@ -68,6 +68,10 @@ PATHS = ("/v1/agent", "/v1/agent/session", "/v1/console")
 _REFUSAL_REASON = {"denied": "denied", "timeout": "timeout"}
 # What a request for control asks for, and so what its receipt must say was asked.
 _UPGRADE = ("view", "control")
+# Fail closed: what an agent or console is told when the audit log cannot be
+# written (disk full, the operator's --audit-max-mb reached, database error).
+AUDIT_UNAVAILABLE = ("the broker cannot record sessions right now, so no session can start; "
+                     "ask the operator to check the audit log's disk space or quota")
 
 
 def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
@@ -127,8 +131,7 @@ class Broker:
             await refuse(ws, exc.code, str(exc))
         except AuditWriteError as exc:
             log.error("audit log unavailable: %s", exc)
-            await refuse(ws, "audit_unavailable", "the broker cannot record sessions right now, "
-                         "so no session can start; ask the operator to check its disk")
+            await refuse(ws, "audit_unavailable", AUDIT_UNAVAILABLE)
         except ConnectionClosed:
             pass
         except Exception:
@@ -206,7 +209,8 @@ class Broker:
             if msg.type == "join":
                 await self.join(ws, engineer, msg)
                 return
-            await answer_audit_request(self.audit, ws, engineer, msg)
+            await answer_audit_request(self.audit, ws, engineer, msg,
+                                       checkpoint_file=self.config.checkpoint_file)
 
     async def join(self, ws: ServerConnection, engineer: Engineer, join: Message) -> None:
         wants = ("view", "control") if "control" in join["wants"] else ("view",)
@@ -227,10 +231,19 @@ class Broker:
         self.sessions[session.id] = session
         watchdog = asyncio.create_task(self.watch(session))
         try:
-            await self.audit.append(
-                "join_requested", now=utcnow(), session=session.id, actor=engineer.name,
-                subject=link.device_id, body={"wants": list(wants)},
-            )
+            try:
+                await self.audit.append(
+                    "join_requested", now=utcnow(), session=session.id, actor=engineer.name,
+                    subject=link.device_id, body={"wants": list(wants)},
+                )
+            except AuditWriteError:
+                # Fail closed, and both ends hear why: the console's join ends
+                # with the reason; the agent, whose code this join spent, is
+                # refused too, and on reconnecting (which must be recorded
+                # again) is either told the same or given a fresh code.
+                await self.end(session, "audit_unavailable")
+                await refuse(link.ws, "audit_unavailable", AUDIT_UNAVAILABLE)
+                raise
             try:
                 await link.ws.send(encode(
                     "join_request", nameplate=join["nameplate"], session=session.id,
@@ -300,7 +313,13 @@ class Broker:
                 continue
             msg = decode(frame)
             check_inbound(conn, session.phase, msg.type)
-            await self.on_control(session, conn, msg)
+            try:
+                await self.on_control(session, conn, msg)
+            except AuditWriteError:
+                # Nothing goes on unrecorded (a consent, a change of rights):
+                # the session ends here and both ends are told why.
+                await self.end(session, "audit_unavailable")
+                raise
             if session.done.is_set():
                 return
 
@@ -377,7 +396,7 @@ class Broker:
         await self.audit.append(
             f"consent_{receipt.decision}", now=utcnow(), session=session.id,
             actor=session.engineer.name, subject=session.agent.device_id, body=body,
-            personal={"receipt": msg["receipt"], "receipt_signature": msg["signature"]},
+            personal=receipt_personal(session, msg),
         )
         result = encode("consent_result", decision=receipt.decision,
                         granted=list(receipt.granted) or ["view"],
@@ -428,7 +447,7 @@ class Broker:
             f"consent_{receipt.decision}", now=utcnow(), session=session.id,
             actor=session.engineer.name, subject=session.agent.device_id,
             body={**body, "upgrade": True},
-            personal={"receipt": msg["receipt"], "receipt_signature": msg["signature"]},
+            personal=receipt_personal(session, msg),
         )
         session.control_pending = False
         if receipt.decision == "granted":
@@ -503,6 +522,15 @@ async def refuse(ws: ServerConnection, code: str, message: str) -> None:
         await ws.close(1008, code[:100])
 
 
+def receipt_personal(session: Session, msg: Message) -> dict[str, str]:
+    """What a consent event keeps encrypted: the signed receipt, and the device
+    key it was verified with — beside it, so `audit show` can check the
+    signature again later from this one event (personal data, as a device's
+    key identifies it; erased with the receipt it verifies)."""
+    return {"receipt": msg["receipt"], "receipt_signature": msg["signature"],
+            "device_key": b64encode(session.agent.device_key)}
+
+
 def _peer(ws: ServerConnection) -> str:
     addr = ws.remote_address
     return str(addr[0]) if addr else "unknown"
@@ -516,7 +544,10 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     logging.getLogger("websockets").setLevel(logging.WARNING)
     tls = server_tls(config.cert, config.key)
     check_retention(config.pii_retention_days, config.event_retention_days)
-    audit = await AuditLog.open(config.data_dir)
+    audit = await AuditLog.open(
+        config.data_dir,
+        max_bytes=None if config.audit_max_mb is None else config.audit_max_mb * 1024 * 1024,
+    )
     try:
         # Refuses to start on a log that no longer holds what its newest
         # signed checkpoint covers (cut short, or an older copy restored).

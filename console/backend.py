@@ -94,6 +94,7 @@ class Backend(Protocol):
                    on_progress: Callable[[Progress], None]) -> LiveSession: ...
     async def audit_query(self, **filters: Any) -> tuple[list[dict[str, Any]], bool]: ...
     async def audit_session(self, session: str) -> list[dict[str, Any]]: ...
+    async def audit_verify(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
 
@@ -235,6 +236,9 @@ class BrokerBackend:
 
     async def audit_session(self, session: str) -> list[dict[str, Any]]:
         return await self._require_client().audit_session(session)
+
+    async def audit_verify(self) -> dict[str, Any]:
+        return await self._require_client().audit_verify()
 
     async def close(self) -> None:
         for session in self._sessions:

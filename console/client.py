@@ -39,6 +39,8 @@ HANDSHAKE_TIMEOUT = 60.0
 MAX_CONSENT_WAIT = 11 * 60.0
 # An audit page from a large log is still one indexed query on the broker.
 AUDIT_TIMEOUT = 60.0
+# A verify reads the whole log (a million events take a minute or so).
+VERIFY_TIMEOUT = 15 * 60.0
 DEFAULT_AUDIT_LIMIT = 50
 
 
@@ -264,6 +266,17 @@ class ConsoleClient:
                                           {"session": session})
         return list(reply["events"])
 
+    async def audit_verify(self) -> dict[str, Any]:
+        """Have the broker check the whole log (hash chain, signed checkpoints,
+        purge records): ``{"ok": bool, "summary": str, "first_bad_seq": int |
+        None}``. The check reads every event, so allow it minutes on a long
+        log. Admins only, like `audit_query`; the broker logs each run.
+        """
+        reply = await self._admin_request("audit_verify", "audit_verify_result", {},
+                                          timeout=VERIFY_TIMEOUT)
+        return {"ok": bool(reply["ok"]), "summary": str(reply["summary"]),
+                "first_bad_seq": reply.get("first_bad_seq")}
+
     async def close(self) -> None:
         """Close the link kept for audit reads, if any."""
         async with self._admin_lock:
@@ -282,14 +295,15 @@ class ConsoleClient:
             await link.close()
 
     async def _admin_request(self, msg_type: str, reply_type: str,
-                             fields: dict[str, Any]) -> Message:
+                             fields: dict[str, Any], *,
+                             timeout: float = AUDIT_TIMEOUT) -> Message:
         async with self._admin_lock:
             for attempt in range(2):
                 fresh = self._admin is None
                 link = await self._admin_link()
                 try:
                     await link.send(msg_type, **fields)
-                    return await link.expect(reply_type, timeout=AUDIT_TIMEOUT)
+                    return await link.expect(reply_type, timeout=timeout)
                 except ProtocolError as exc:
                     await self._close_admin()
                     raise BrokerError(f"the broker sent something unexpected: {exc}") from exc

@@ -150,6 +150,7 @@ _QUERY_CLAUSES = {
     "type": "type = :type",
     "session": "session = :session",
     "before_seq": "seq < :before_seq",
+    "subject": "subject = :subject",  # a pseudonym
     # Every event of a device that used the alias, in data still held: the
     # subject's key must not be erased.
     "alias": (
@@ -158,6 +159,24 @@ _QUERY_CLAUSES = {
         "WHERE p.alias_tag = :alias AND s.wrapped_key IS NOT NULL)"
     ),
 }
+
+# `AuditLog.scan` (oldest first, for exports). The unary `+` keeps SQLite off
+# the time index, which would make it sort the whole time range for every
+# page; walking the primary key from `after_seq` keeps each page bounded.
+_SCAN_CLAUSES = {
+    "after_seq": "seq > :after_seq",
+    "through_seq": "seq <= :through_seq",
+    "since": "+time >= :since",
+    "until": "+time < :until",
+    "actor": "actor = :actor",
+    "type": "type = :type",
+    "session": "session = :session",
+}
+# Personal data is not read: the two NULLs stand for its columns.
+_SELECT_SCAN = """
+SELECT seq, time, type, session, actor, subject, body, prev_hash, hash, NULL, NULL
+FROM events WHERE {where} ORDER BY seq ASC LIMIT :limit
+"""
 
 _SELECT_SESSION = """
 SELECT e.seq, e.time, e.type, e.session, e.actor, e.subject, e.body, e.prev_hash, e.hash,
@@ -198,6 +217,33 @@ def _prepare_file(path: Path) -> None:
     # files copy the database file's mode, so 0600 here covers all three.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     os.close(fd)
+
+
+async def _cap_size(db: aiosqlite.Connection, db_path: Path, max_bytes: int) -> None:
+    """The operator's quota (`serve --audit-max-mb`), as SQLite's own limit.
+
+    ``max_page_count`` makes a write that needs a page past the cap fail with
+    SQLITE_FULL — the same error as a full disk, taking the same fail-closed
+    path, so the quota is also how that path is tested for real. SQLite never
+    lowers the limit below the current size: a file already past the cap can
+    still fill the free space of its pages, and grows no further. The limit
+    is this connection's (other tools may still write, e.g. the admin CLI
+    recording its reads) and covers the database file, not its WAL (which
+    SQLite checkpoints back at about 4 MB).
+    """
+    if not isinstance(max_bytes, int) or max_bytes < 1:
+        raise AuditError("the audit log size limit must be a positive number of bytes")
+    try:
+        async with db.execute("PRAGMA page_size") as cursor:
+            row = await cursor.fetchone()
+        pages = max(1, max_bytes // int(row[0] if row else 4096))
+        # Read to the end and closed: a pragma statement left open would hold
+        # a read snapshot, and the next append would fail as "locked" once
+        # another connection (the checkpointer) had written.
+        async with db.execute(f"PRAGMA max_page_count = {pages}") as cursor:
+            await cursor.fetchall()
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot set the size limit of {db_path}: {exc}") from exc
 
 
 class Maintenance:
@@ -292,11 +338,14 @@ class AuditLog:
         *,
         master_key: Path | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        max_bytes: int | None = None,
     ) -> AuditLog:
         """Open (creating if needed) the audit store in `data_dir`.
 
         `master_key` defaults to ``data_dir/master.key``; a deployment may keep
-        it elsewhere (another disk, a secrets mount).
+        it elsewhere (another disk, a secrets mount). `max_bytes` caps the
+        database file this connection may grow (`_cap_size`): past it, every
+        append fails with `AuditWriteError`, so the broker refuses sessions.
         """
         data_dir = Path(data_dir)
         db_path = data_dir / "audit.db"
@@ -319,6 +368,8 @@ class AuditLog:
             raise AuditError(f"cannot open the audit log {db_path}: {exc}") from exc
         try:
             await cls._initialise(db, db_path, keys)
+            if max_bytes is not None:
+                await _cap_size(db, db_path, max_bytes)
         except BaseException:
             await db.close()
             raise
@@ -606,6 +657,7 @@ class AuditLog:
         session: str | None = None,
         before_seq: int | None = None,
         limit: int = 50,
+        subject: str | None = None,
     ) -> tuple[list[AuditEvent], bool]:
         """One page of events matching every given filter, newest first, and
         whether older matching events remain.
@@ -615,7 +667,7 @@ class AuditLog:
         personal data still held; it is looked up by its blind index, never
         compared in clear. Page on with ``before_seq`` = the last (smallest)
         seq of the previous page: keyset paging, as fast deep in the log as
-        at its head.
+        at its head. `subject` is a pseudonym as stored (``AuditEvent.subject``).
         """
         if not isinstance(limit, int) or limit < 1:
             raise AuditError("limit must be a positive integer")
@@ -624,6 +676,7 @@ class AuditLog:
             "until": None if until is None else format_time(until),
             "actor": actor, "type": type, "session": session, "before_seq": before_seq,
             "alias": None if alias is None else self._keys.alias_tag(alias),
+            "subject": subject,
         }
         params = {k: v for k, v in params.items() if v is not None}
         where = " AND ".join(_QUERY_CLAUSES[name] for name in params) or "1"
@@ -639,6 +692,41 @@ class AuditLog:
             raise AuditError("limit must not be negative")
         params = {"session": session, "limit": -1 if limit is None else limit}
         return self._decrypted(await self._fetch(_SELECT_SESSION, params))
+
+    async def scan(
+        self,
+        *,
+        after_seq: int = 0,
+        through_seq: int | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        actor: str | None = None,
+        type: str | None = None,
+        session: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEvent]:
+        """Up to `limit` events with ``after_seq < seq <= through_seq`` that
+        match every filter, *oldest* first, without personal fields
+        (``personal`` is None: nothing is decrypted).
+
+        For exports that stream a whole log: page on with ``after_seq`` = the
+        last seq returned until a page comes back empty. Each page is one
+        bounded read that starts where the previous one stopped, so an export
+        costs one pass over the log however long it is.
+        """
+        if not isinstance(limit, int) or limit < 1:
+            raise AuditError("limit must be a positive integer")
+        params: dict[str, Any] = {
+            "after_seq": after_seq, "through_seq": through_seq,
+            "since": None if since is None else format_time(since),
+            "until": None if until is None else format_time(until),
+            "actor": actor, "type": type, "session": session,
+        }
+        params = {k: v for k, v in params.items() if v is not None}
+        where = " AND ".join(_SCAN_CLAUSES[name] for name in params)
+        params["limit"] = limit
+        sql = _SELECT_SCAN.format(where=where)  # `where`: constant fragments only
+        return self._decrypted(await self._fetch(sql, params))
 
     def _decrypted(self, rows: list[Any]) -> list[AuditEvent]:
         """Rows of the event + personal + subject join as events, personal

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from broker.audit_cli import integrity, listing, privacy
+from broker.audit_cli import export, integrity, listing, privacy, review
 
 
 def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
              common: argparse.ArgumentParser) -> None:
-    for module in (listing, integrity, privacy):
+    for module in (listing, review, export, integrity, privacy):
         module.register(sub, common)

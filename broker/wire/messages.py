@@ -109,7 +109,11 @@ _EVENT_KEYS: dict[str, tuple[type, ...]] = {
     "ip": (str, type(None)),
     "body": (dict,),
 }
-_OPTIONAL_EVENT_KEYS: dict[str, tuple[type, ...]] = {"receipt": (dict,)}
+# `receipt_verified`: the receipt was checked as it is read (device key
+# signature, its hash in the chained body, agreement with the body); absent
+# when it cannot be checked (not held, or recorded without the device key).
+_OPTIONAL_EVENT_KEYS: dict[str, tuple[type, ...]] = {"receipt": (dict,),
+                                                     "receipt_verified": (bool,)}
 
 
 def check_event(where: str, obj: dict[str, Any]) -> None:
@@ -222,6 +226,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "audit_session": {  # oldest first; `more`: cut short, the session has more
         "events": Field("objects", MAX_SESSION_EVENTS, item=check_event),
         "more": Field("bool"),
+    },
+    # The whole-log integrity check (broker.audit.verify), run by the broker.
+    # `ok` false with no `first_bad_seq`: a problem not tied to one event
+    # (the checkpoint file), or the check could not run — `summary` says which.
+    "audit_verify": {},
+    "audit_verify_result": {
+        "ok": Field("bool"),
+        "summary": Field("str", 1000),
+        "first_bad_seq": Field("int", MAX_AUDIT_SEQ, min=0, required=False),
     },
     # -- forwarded end to end, opaque to the broker
     "pake": {"body": Field("b64", 256)},

@@ -51,7 +51,9 @@ INBOUND: dict[tuple[Conn, Phase], frozenset[str]] = {
     (Conn.AGENT_SESSION, Phase.ACTIVE): frozenset({"rights", "consent", "end"}),
     (Conn.CONSOLE, Phase.HELLO): frozenset({"login"}),
     (Conn.CONSOLE, Phase.LOGIN): frozenset({"login_proof"}),
-    (Conn.CONSOLE, Phase.READY): frozenset({"join", "audit_query", "audit_session_query"}),
+    (Conn.CONSOLE, Phase.READY): frozenset(
+        {"join", "audit_query", "audit_session_query", "audit_verify"}
+    ),
     (Conn.CONSOLE, Phase.PAIRING): frozenset({"pake", "sealed", "end"}),
     (Conn.CONSOLE, Phase.ACTIVE): frozenset({"request_control", "end"}),
 }

@@ -1,8 +1,14 @@
-"""The audit browser, for admins: filter, page, and open one session."""
+"""The audit browser, for admins: filter, page, open one session, save its
+timeline to a file, and have the broker verify the whole log."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -12,6 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Static
 
+from broker.wire.text import printable
 from console.errors import ConsoleError
 from console.format import literal
 
@@ -45,6 +52,8 @@ class AuditPane(Vertical):
         Binding("n", "older", "Older"),
         Binding("p", "newer", "Newer"),
         Binding("r", "reload", "Reload"),
+        Binding("v", "verify", "Verify log"),
+        Binding("e", "export_session", "Export session"),
         Binding("escape", "close_detail", "Close detail", show=False),
     ]
 
@@ -53,6 +62,9 @@ class AuditPane(Vertical):
         self._pages: list[int | None] = [None]  # before_seq of each page seen
         self._more = False
         self._filters: dict[str, str] = {}
+        # The events of the page shown, by row key (their seq): the table
+        # holds display text, cut to fit, and an export needs the real id.
+        self._shown: dict[str, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="audit-filters"):
@@ -119,6 +131,7 @@ class AuditPane(Vertical):
             info.update(literal(f"Could not read the audit log: {exc}", 300, "bold red"))
             return
         self._more = more
+        self._shown = {str(event.get("seq")): event for event in events}
         table = self.query_one("#events", DataTable)
         table.clear()
         for event in events:
@@ -136,6 +149,58 @@ class AuditPane(Vertical):
             f"{'n: older' if more else 'no older events'}{' · p: newer' if page > 1 else ''}",
             300,
         ))
+
+    def action_verify(self) -> None:
+        self._verify()
+
+    @work(exclusive=True, group="audit-verify")
+    async def _verify(self) -> None:
+        detail = self.query_one("#audit-detail", Static)
+        self.query_one("#audit-detail-box").add_class("-open")
+        detail.update("Verifying the whole log on the broker (chain and signed "
+                      "checkpoints); on a long log this takes a while ...")
+        try:
+            result = await self.app.backend.audit_verify()  # type: ignore[attr-defined]
+        except ConsoleError as exc:
+            text = f"Could not verify the log: {exc}"
+            detail.update(literal(text, 400, "bold red"))
+            self.app.notify(text[:200], severity="error", markup=False)
+            return
+        detail.update(verify_text(result))
+        ok = result.get("ok") is True
+        self.app.notify(
+            "Audit log verified: intact." if ok else
+            "Audit log verification FAILED: see the detail pane.",
+            severity="information" if ok else "error", timeout=10, markup=False)
+
+    def action_export_session(self) -> None:
+        table = self.query_one("#events", DataTable)
+        if table.row_count == 0:
+            self.app.notify("No event to export.", severity="warning", markup=False)
+            return
+        row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        event = self._shown.get(str(row_key.value), {})
+        session = event.get("session")
+        if not isinstance(session, str) or not session:
+            self.app.notify("The selected event belongs to no session: select one that does.",
+                            severity="warning", markup=False)
+            return
+        self._export(session)
+
+    @work(exclusive=True, group="audit-export")
+    async def _export(self, session: str) -> None:
+        try:
+            events = await self.app.backend.audit_session(session)  # type: ignore[attr-defined]
+            path = await asyncio.to_thread(save_session, Path.cwd(), session, events,
+                                           dt.datetime.now(dt.UTC))
+        except (ConsoleError, OSError) as exc:
+            self.app.notify(printable(f"Could not export the session: {exc}", 300),
+                            severity="error",
+                            markup=False)
+            return
+        self.app.notify(f"Saved the timeline of session {printable(session, 64)} "
+                        f"({len(events)} events) to {printable(path, 300)}",
+                        timeout=10, markup=False)
 
     def action_close_detail(self) -> None:
         self.query_one("#audit-detail-box").remove_class("-open")
@@ -184,9 +249,58 @@ def session_timeline(session: str, events: list[dict[str, Any]]) -> Text:
             out.append_text(literal(event["alias"], 60))
         receipt = event.get("receipt")
         if receipt:
-            out.append("\n    signed consent receipt:\n")
+            verified = event.get("receipt_verified")
+            out.append("\n    signed consent receipt ")
+            out.append(*{True: ("(signature valid)", "green"),
+                         False: ("(DOES NOT VERIFY)", "bold red")}.get(
+                             verified, ("(signature not checkable)", "dim")))
+            out.append(":\n")
             out.append_text(literal(json.dumps(receipt, sort_keys=True, indent=None), 600,
                                     "italic"))
     if not events:
         out.append("\n(no events)")
     return out
+
+
+def verify_text(result: dict[str, Any]) -> Text:
+    """The broker's verification result for the detail pane."""
+    ok = result.get("ok") is True
+    out = Text()
+    out.append("Log verification\n", style="bold")
+    out.append("intact" if ok else "FAILED", style="bold green" if ok else "bold red")
+    first = result.get("first_bad_seq")
+    if isinstance(first, int):
+        out.append_text(literal(f" · first bad seq {first}", 40, "bold red"))
+    out.append("\n")
+    out.append_text(literal(result.get("summary", ""), 1000))
+    return out
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def save_session(directory: Path, session: str, events: list[dict[str, Any]],
+                 now: dt.datetime) -> Path:
+    """Write one session's timeline as JSON in `directory`; return its path.
+
+    A new file every time (never overwriting), mode 0600: it holds the
+    device's alias and IP address. The session id comes from the broker, so
+    only its safe characters make it into the file name.
+    """
+    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = f"consentry-session-{_UNSAFE_NAME.sub('_', session)[:64]}-{stamp}"
+    data = json.dumps({
+        "format": "consentry-session-export/1", "session": session,
+        "exported_at": now.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "events": events,
+    }, ensure_ascii=True, indent=2, sort_keys=True) + "\n"
+    for attempt in range(100):
+        path = directory / (base + (f"-{attempt}" if attempt else "") + ".json")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(data)
+        return path
+    raise FileExistsError(f"too many exports of session {session} in {directory} this second")

@@ -100,6 +100,10 @@ class FakeBackend:
         self.events = make_events(events)
         self.closed = False
         self.consent_delay = 0.05
+        self.verifies = 0
+        self.verify_result: dict[str, Any] = {
+            "ok": True, "summary": "audit log intact: 120 events (seq 1-120), 2 checkpoints",
+            "first_bad_seq": None}
 
     async def login(self) -> Profile:
         if self.login_error is not None:
@@ -143,6 +147,12 @@ class FakeBackend:
                     event["receipt"] = {"decision": "granted", "granted": ["view", "control"]}
                 found.append(event)
         return found
+
+    async def audit_verify(self) -> dict[str, Any]:
+        self.verifies += 1
+        if self.role != "admin":
+            raise BrokerError("the broker refused: the audit log is for admins only")
+        return dict(self.verify_result)
 
     async def close(self) -> None:
         self.closed = True

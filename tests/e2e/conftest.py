@@ -73,12 +73,13 @@ class Deployment:
         assert result.returncode == 0, result.stderr
         return key
 
-    def start_broker(self, port: int = 0) -> None:
+    def start_broker(self, port: int = 0, *extra: str) -> None:
+        """Start `consentry-broker serve`; `extra` flags are added (e.g. a quota)."""
         out = self.broker_stdout.open("wb")  # a restart starts a fresh transcript
         self.broker = subprocess.Popen(
             [str(BIN / "consentry-broker"), "serve", "--listen", f"127.0.0.1:{port}",
              "--data-dir", str(self.data_dir), "--cert", str(self.pki.cert),
-             "--key", str(self.pki.key)],
+             "--key", str(self.pki.key), *extra],
             stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
         )
         deadline = time.monotonic() + 20

@@ -106,10 +106,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
                 "session": "s-1", "actor": "alice", "subject": "ab" * 16, "alias": None,
                 "ip": None, "body": {"upgrade": True},
                 "receipt": {"decision": "granted", "asked": ["view", "control"]},
+                "receipt_verified": True,
             },
         ],
         "more": False,
     },
+    "audit_verify": {},
+    "audit_verify_result": {"ok": False, "summary": "audit log NOT intact", "first_bad_seq": 7},
 }
 
 EVENT = SAMPLES["audit_page"]["events"][0]

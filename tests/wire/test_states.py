@@ -19,7 +19,7 @@ ALLOWED = {
     (S, Phase.ACTIVE): {"rights", "consent", "end"},  # consent: answering request_control
     (C, Phase.HELLO): {"login"},
     (C, Phase.LOGIN): {"login_proof"},
-    (C, Phase.READY): {"join", "audit_query", "audit_session_query"},
+    (C, Phase.READY): {"join", "audit_query", "audit_session_query", "audit_verify"},
     (C, Phase.PAIRING): {"pake", "sealed", "end"},
     (C, Phase.ACTIVE): {"request_control", "end"},
 }
@@ -62,6 +62,8 @@ def test_table_names_only_real_message_types() -> None:
         (S, Phase.ACTIVE, "control_result"),  # the broker's answer, never the agent's
         (C, Phase.ACTIVE, "control_result"),
         (C, Phase.READY, "audit_page"),  # replies only flow outwards
+        (C, Phase.READY, "audit_verify_result"),
+        (C, Phase.ACTIVE, "audit_verify"),
         (A, Phase.READY, "hello"),
         (A, Phase.READY, "end"),
         (A, Phase.HELLO, "login"),

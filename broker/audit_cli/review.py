@@ -1,0 +1,174 @@
+"""Reviewing one session: `audit show SESSION` (a timeline with its consent
+receipts, human or --json). The read is itself logged (`audit_read`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from broker.audit.review import session_report
+from broker.audit.store import AuditEvent, AuditLog
+from broker.audit_cli.common import add_parser, cli_actor, now
+from broker.errors import AuditError
+from broker.wire.text import printable
+
+# Body keys shown on a timeline line, in this order; the rest is in --json.
+_DETAIL_KEYS = ("wants", "decision", "asked", "granted", "by", "upgrade", "reason",
+                "duration_s", "bytes_to_agent", "bytes_to_console", "key_fingerprint")
+
+
+async def load_session(audit: AuditLog, session: str) -> dict[str, Any]:
+    """The session's report (`broker.audit.review.session_report`) plus its
+    timeline: every event, oldest first, without personal fields."""
+    events = await audit.session_events(session)
+    device: AuditEvent | None = None
+    if events and events[0].subject is not None:
+        # The device's own words about itself (alias, IP) were recorded when
+        # it connected, before the join: its latest such event names it.
+        found, _ = await audit.query(subject=events[0].subject, type="agent_connected",
+                                     before_seq=events[0].seq, limit=1)
+        device = found[0] if found else None
+    report = session_report(session, events, device)
+    report["timeline"] = [{
+        "seq": e.seq, "time": e.time, "type": e.type, "actor": e.actor, "subject": e.subject,
+        "body": e.body, "hash": e.hash,
+    } for e in events]
+    return report
+
+
+def _words(values: object) -> str:
+    if not isinstance(values, list) or not values:
+        return "nothing"
+    return ", ".join(printable(v, 20) for v in values)
+
+
+def _bytes(count: object) -> str:
+    if not isinstance(count, int):
+        return "?"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _yes_no(value: object, yes: str, no: str, unknown: str) -> str:
+    return yes if value is True else no if value is False else unknown
+
+
+def _consent_lines(consent: dict[str, Any]) -> list[str]:
+    what = "control request" if consent["upgrade"] else "consent"
+    lines = [
+        f"  {what:<15} {printable(consent['decision'], 20)} at {printable(consent['time'])}"
+        f" (seq {consent['seq']}): asked {_words(consent['asked'])}; granted "
+        f"{_words(consent['granted'])}",
+        f"  {'':<15} engineer {printable(consent['engineer'], 64)}, key "
+        f"{printable(consent['key_fingerprint'], 80)}",
+    ]
+    if consent.get("held"):
+        lines.append(
+            f"  {'':<15} receipt: signature "
+            + _yes_no(consent["signature_valid"], "VALID (device key)", "INVALID",
+                      "not checkable")
+            + ", " + _yes_no(consent["matches_log"], "matches the hash in the log",
+                             "DOES NOT match the hash in the log", "hash not compared")
+            + ", " + _yes_no(consent["matches_event"], "agrees with the event",
+                             "DISAGREES with the event", "not compared"))
+    if consent.get("problem"):
+        lines.append(f"  {'':<15} note: {printable(consent['problem'], 200)}")
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report for a terminal; everything recorded from the network made inert."""
+    lines = [f"Session {printable(report['session'], 64)}"]
+    device = report.get("device")
+    if device:
+        named = ", ".join(f"{key} {printable(json.dumps(device[key], ensure_ascii=False), 80)}"
+                          for key in ("alias", "ip", "hostname", "os_user") if key in device)
+        if device.get("erased"):
+            named = "personal data erased or expired"
+        lines.append(f"  {'device':<15} {named} (connected {printable(device['connected'])})")
+    lines.append(f"  {'subject':<15} {printable(report['subject'] or '-', 64)}")
+    lines.append(f"  {'engineer':<15} {printable(report['engineer'] or '-', 64)}")
+    # The story in the order it happened.
+    consents = {consent["seq"]: consent for consent in report["consents"]}
+    for event in report["timeline"]:
+        body, when = event["body"], printable(event["time"])
+        if event["type"] == "join_requested":
+            lines.append(f"  {'requested':<15} {when}: {_words(body.get('wants'))}")
+        elif event["seq"] in consents:
+            lines += _consent_lines(consents[event["seq"]])
+        elif event["type"] == "session_started":
+            lines.append(f"  {'started':<15} {when} with {_words(body.get('granted'))}")
+        elif event["type"] == "rights_changed":
+            lines.append(f"  {'rights':<15} {when}: now {_words(body.get('granted'))} "
+                         f"(by {printable(body.get('by') or '?', 20)})")
+        elif event["type"] in ("session_ended", "join_abandoned", "pairing_failed"):
+            line = f"  {'ended':<15} {when}: {printable(body.get('reason') or '?', 40)}"
+            if "duration_s" in body:
+                line += (f", after {printable(body['duration_s'], 20)} s; "
+                         f"{_bytes(body.get('bytes_to_agent'))} to the agent, "
+                         f"{_bytes(body.get('bytes_to_console'))} to the console")
+            lines.append(line)
+    lines.append(f"  {'outcome':<15} {printable(report['outcome'], 40)}")
+    lines.append("")
+    lines.append("Timeline (oldest first)")
+    for event in report["timeline"]:
+        details = " ".join(
+            f"{key}={printable(json.dumps(event['body'][key], ensure_ascii=False), 80)}"
+            for key in _DETAIL_KEYS if key in event["body"])
+        lines.append(f"  {event['seq']:>6} {printable(event['time'])} "
+                     f"{printable(event['type'], 40):<20} {details}".rstrip())
+    for consent in report["consents"]:
+        if consent.get("receipt") is not None:
+            lines.append("")
+            lines.append(f"Signed consent receipt (seq {consent['seq']}):")
+            lines.append("  " + printable(json.dumps(consent["receipt"], sort_keys=True,
+                                                     ensure_ascii=False), 2000))
+    return "\n".join(lines)
+
+
+async def _audit_show(args: argparse.Namespace) -> None:
+    audit = await AuditLog.open(args.data_dir)
+    try:
+        report = await load_session(audit, args.session)
+        if report["events"]:
+            try:
+                if args.json:
+                    print(json.dumps(report, ensure_ascii=True, sort_keys=True))
+                else:
+                    print(format_report(report))
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # `| head`: the reader had enough. The read still happened.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Recorded after the output, as `audit list` does, and also when
+        # nothing was found: looking is a read too.
+        await audit.append("audit_read", now=now(), actor=cli_actor(), body={
+            "command": "show", "session": args.session[:128], "returned": report["events"],
+        })
+    finally:
+        await audit.close()
+    if not report["events"]:
+        raise AuditError(f"no audit events for session {printable(args.session, 64)!r}")
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    asyncio.run(_audit_show(args))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+             common: argparse.ArgumentParser) -> None:
+    p = add_parser(sub, common, "show",
+                   "one session: its timeline, consent receipts (signature checked), rights, "
+                   "end, duration and bytes (this read is logged)")
+    p.add_argument("session", metavar="SESSION", help="the session id, as in `audit list`")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_audit_show)

@@ -1,0 +1,103 @@
+"""The audit browser's actions, with Pilot and the fake backend: `v` has the
+broker verify the log, `e` saves the selected session's timeline to a file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Static, TabbedContent
+
+from console.screens.audit import save_session
+from tests.console.test_app import Harness, connect, text_of, until
+
+
+async def open_audit(pilot, harness: Harness) -> DataTable:  # type: ignore[no-untyped-def]
+    await connect(pilot, harness.app)
+    harness.app.screen.query_one("#tabs", TabbedContent).active = "audit"
+    table = harness.app.screen.query_one("#events", DataTable)
+    await until(pilot, lambda: table.row_count == 50)
+    table.focus()
+    return table
+
+
+def notices(harness: Harness) -> list[str]:
+    return [str(n.message) for n in harness.app._notifications]
+
+
+async def test_v_verifies_and_shows_an_intact_log() -> None:
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(120, 34)) as pilot:
+        await open_audit(pilot, harness)
+        await pilot.press("v")
+        detail = harness.app.screen.query_one("#audit-detail", Static)
+        await until(pilot, lambda: "intact" in text_of(detail))
+        assert harness.backend.verifies == 1
+        assert "120 events (seq 1-120)" in text_of(detail)
+        await until(pilot, lambda: any("verified: intact" in n for n in notices(harness)))
+
+
+async def test_v_shows_a_failed_verification_with_the_first_bad_seq() -> None:
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(80, 24)) as pilot:
+        await open_audit(pilot, harness)
+        harness.backend.verify_result = {
+            "ok": False, "first_bad_seq": 42,
+            "summary": "audit log NOT intact: 1 problem, first bad seq 42; first problem: "
+                       "seq 42: [red]hash[/] does not match\x1b[2J"}
+        await pilot.press("v")
+        detail = harness.app.screen.query_one("#audit-detail", Static)
+        await until(pilot, lambda: "FAILED" in text_of(detail))
+        shown = text_of(detail)
+        assert "first bad seq 42" in shown
+        # The summary is shown literally: no markup, no escape sequence acting.
+        assert "[red]hash[/]" in shown and "\\x1b[2J" in shown
+        await until(pilot, lambda: any("FAILED" in n for n in notices(harness)))
+
+
+async def test_e_saves_the_selected_sessions_timeline(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(120, 34)) as pilot:
+        table = await open_audit(pilot, harness)
+        # Row 0 is seq 120, a `session_ended` of sess20 (see fakes.make_events).
+        table.move_cursor(row=0)
+        await pilot.press("e")
+        await until(pilot, lambda: list(tmp_path.glob("consentry-session-*.json")))
+        (path,) = tmp_path.glob("consentry-session-*.json")
+        assert path.name.startswith("consentry-session-sess20-")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        saved = json.loads(path.read_text())
+        assert saved["session"] == "sess20"
+        assert [e["seq"] for e in saved["events"]] == [
+            e["seq"] for e in harness.backend.events if e["session"] == "sess20"]
+        await until(pilot, lambda: any(str(path) in n for n in notices(harness)))
+
+
+async def test_e_on_an_event_without_a_session_says_so(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(120, 34)) as pilot:
+        table = await open_audit(pilot, harness)
+        row = next(i for i in range(table.row_count)
+                   if "engineer_login" in str(table.get_row_at(i)[2]))
+        table.move_cursor(row=row)
+        await pilot.press("e")
+        await until(pilot, lambda: any("belongs to no session" in n
+                                       for n in notices(harness)))
+        assert not list(tmp_path.iterdir())
+
+
+def test_save_session_never_overwrites_and_sanitises_the_name(tmp_path: Path) -> None:
+    now = dt.datetime(2026, 11, 18, 10, 0, tzinfo=dt.UTC)
+    first = save_session(tmp_path, "../../etc/passwd", [], now)
+    second = save_session(tmp_path, "../../etc/passwd", [{"seq": 1}], now)
+    assert first.parent == second.parent == tmp_path
+    assert first != second
+    assert first.name == "consentry-session-______etc_passwd-20261118T100000Z.json"
+    assert json.loads(second.read_text())["events"] == [{"seq": 1}]
