@@ -33,7 +33,7 @@ from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
 from agent.screen import CustomerScreen, Viewer
 from agent.sshd import Gate, serve_shell
-from broker.link import BrokerLink, LinkError, bridge, open_link
+from broker.link import BrokerLink, LinkError, SSHRelay, open_link
 from broker.wire.code import JoinCode, draw_secret
 from broker.wire.e2e import Pairing
 from broker.wire.errors import PairingError, WireError
@@ -49,6 +49,8 @@ HANDSHAKE_TIMEOUT = 60.0
 # protocol refusal) needs a person.
 _RETRY_CODES = frozenset({"closed", "unreachable", "timeout", "audit_unavailable"})
 _MAX_RETRY_DELAY = 30.0
+# How long to wait for the broker to say why, when the engineer's SSH closes.
+_ENDED_GRACE = 5.0
 _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
 
 
@@ -300,12 +302,13 @@ class Agent:
                 active.ended_by = active.ended_by or "error"
                 active.ended.set()
 
-        sock, pump = await bridge(link, on_control)
+        relay = SSHRelay(link, on_control)
+        pump = relay.task  # ends when the link closes
         self.sessions[session_id] = active
         self.screen.session_started(session_id, viewer)
         try:
             active.conn = await serve_shell(
-                sock, host_key=host_key, engineer_key=request["engineer_key"],
+                tunnel=relay, host_key=host_key, engineer_key=request["engineer_key"],
                 shell=self.config.shell, gate=gate,
             )
             waiters = [asyncio.ensure_future(w) for w in
@@ -313,6 +316,11 @@ class Agent:
             await asyncio.wait([*waiters, pump], return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+            if active.ended_by is None and gate.exit_status is None and gate.closed.is_set():
+                # The engineer's side closed SSH; the broker's `ended`, with
+                # the real reason, is on its way - do not claim it was us.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(active.ended.wait(), _ENDED_GRACE)
             if active.ended_by is None:
                 await self._end(active, "shell_exited" if gate.exit_status is not None
                                 else "customer_ended")
@@ -325,7 +333,6 @@ class Agent:
             if active.conn is not None:
                 active.conn.close()
             pump.cancel()
-            sock.close()
             self.screen.session_ended(session_id, _ended_text(active.ended_by, viewer))
 
     async def _ask_for_control(self, active: ActiveSession) -> None:
@@ -401,10 +408,13 @@ class Agent:
     async def _end(self, active: ActiveSession, reason: str) -> None:
         if active.ended_by is None:
             active.ended_by = reason
-        # Stop the shell first so not one more keystroke lands, then tell the broker.
+        # Not one more keystroke lands from here on; the broker hears why
+        # before the SSH connection drops, so the engineer is told the reason
+        # rather than just seeing the connection close.
+        active.gate.control = False
+        await _quietly(active.link.send("end", reason=reason))
         if active.conn is not None:
             active.conn.close()
-        await _quietly(active.link.send("end", reason=reason))
         active.ended.set()
 
 
@@ -423,7 +433,7 @@ def _ended_text(reason: str | None, viewer: Viewer) -> str:
         "idle_timeout": f"The session with {who} was idle too long and ended.",
         "max_duration": f"The session with {who} reached its time limit.",
         "console_lost": f"The connection to {who} was lost.",
-    }.get(reason or "", f"The session with {who} ended.")
+    }.get(reason or "", f"The session with {who} ended ({printable(reason or 'unknown', 40)}).")
 
 
 def _now() -> datetime:

@@ -43,6 +43,7 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._term = "xterm-256color"
         self._size = (80, 24)
         self._shell: PtyShell | None = None
+        self._hung_up = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
         self._chan = chan
@@ -89,6 +90,8 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._gate.on_output(data)
 
     def _exited(self, status: int) -> None:
+        if self._hung_up:
+            return  # we hung it up because the engineer's side went away
         self._gate.exit_status = status
         if self._chan is not None:
             self._chan.exit(max(0, status))
@@ -116,6 +119,7 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._shell.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._hung_up = True
         if self._shell is not None:
             self._shell.close()
         self._gate.closed.set()
@@ -153,17 +157,24 @@ class PairedServer(asyncssh.SSHServer):
 
 
 async def serve_shell(
-    sock: socket.socket,
+    sock: socket.socket | None = None,
     *,
+    tunnel: object | None = None,
     host_key: asyncssh.SSHKey,
     engineer_key: str,
     shell: str,
     gate: Gate,
 ) -> asyncssh.SSHServerConnection:
-    """Run the SSH server on `sock` until the engineer is authenticated."""
+    """Run the SSH server until the engineer is authenticated: over a
+    connected socket, or over the relay (`tunnel`, a `broker.link.SSHRelay`,
+    which asyncssh asks for the connection through its `tunnel` option)."""
+    if (sock is None) == (tunnel is None):
+        raise ValueError("serve_shell needs exactly one of sock or tunnel")
+    extra: dict[str, object] = {"tunnel": tunnel} if tunnel is not None else {}
     return await asyncssh.run_server(
-        sock,
+        sock,  # type: ignore[arg-type]
         config=None,
+        **extra,
         server_host_keys=[host_key],
         authorized_client_keys=asyncssh.import_authorized_keys(engineer_key + "\n"),
         server_factory=lambda: PairedServer(shell, gate),

@@ -27,25 +27,52 @@ def verify_login(public_key_line: str, user: str, nonce: bytes, signature: bytes
 
 
 class AttemptLimiter:
-    """At most `limit` attempts per key within a sliding window.
+    """At most `limit` failed attempts per key within a sliding window.
 
-    Bounded in memory: each key keeps at most `limit` timestamps, and keys
-    whose window has passed are dropped when `prune` runs.
+    Only failures count: an engineer who joins twenty customers in a morning
+    logs in twenty times and must never be locked out for it, while guessing
+    keys or names is slowed to `limit` tries per window.
+
+    Bounded in memory: each key keeps at most `limit` timestamps, and at most
+    `max_keys` keys are tracked (stale ones pruned first, then the oldest), so
+    a flood of made-up user names cannot grow it without end.
     """
 
-    def __init__(self, limit: int, window: float = LOGIN_WINDOW_SECONDS) -> None:
+    def __init__(self, limit: int, window: float = LOGIN_WINDOW_SECONDS,
+                 max_keys: int = 10_000) -> None:
         self.limit = limit
         self.window = window
+        self.max_keys = max_keys
         self._seen: dict[Hashable, deque[float]] = {}
+
+    def _recent(self, key: Hashable, now: float) -> deque[float] | None:
+        stamps = self._seen.get(key)
+        if stamps is not None:
+            while stamps and now - stamps[0] >= self.window:
+                stamps.popleft()
+        return stamps
+
+    def blocked(self, key: Hashable, now: float) -> bool:
+        """True while `key` has used up its failures for this window."""
+        stamps = self._recent(key, now)
+        return stamps is not None and len(stamps) >= self.limit
+
+    def record(self, key: Hashable, now: float) -> None:
+        """Count one failed attempt for `key`."""
+        stamps = self._recent(key, now)
+        if stamps is None:
+            if len(self._seen) >= self.max_keys:
+                self.prune(now)
+                while len(self._seen) >= self.max_keys:
+                    del self._seen[next(iter(self._seen))]  # oldest first
+            stamps = self._seen[key] = deque(maxlen=self.limit)
+        stamps.append(now)
 
     def allow(self, key: Hashable, now: float) -> bool:
         """Record an attempt for `key` and say whether it is within the limit."""
-        stamps = self._seen.setdefault(key, deque(maxlen=self.limit))
-        while stamps and now - stamps[0] >= self.window:
-            stamps.popleft()
-        if len(stamps) >= self.limit:
+        if self.blocked(key, now):
             return False
-        stamps.append(now)
+        self.record(key, now)
         return True
 
     def prune(self, now: float) -> None:

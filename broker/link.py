@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from broker.framepath import FastClientConnection
 from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.messages import Message, decode, encode
@@ -26,7 +26,7 @@ from broker.wire.messages import Message, decode, encode
 __all__ = [
     "BrokerLink",
     "LinkError",
-    "bridge",
+    "SSHRelay",
     "client_tls",
     "open_link",
 ]
@@ -61,11 +61,32 @@ class BrokerLink:
 
     `max_size` is the largest frame this link accepts (its WebSocket
     max_size); control frames are also held to their type's own limit.
+
+    Binary (relay) frames never wait in websockets' message queue: from the
+    moment the link opens they are held here, in order, until an `SSHRelay`
+    takes them over. Holding is bounded; a peer that sends more before the
+    relay exists is cut off.
     """
 
     def __init__(self, ws: ClientConnection, max_size: int = limits.MAX_FRAME) -> None:
         self.ws = ws
         self.max_size = max_size
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        if isinstance(ws, FastClientConnection):
+            ws.binary_sink = self._hold
+
+    def _hold(self, data: bytes) -> None:
+        self._held_bytes += len(data)
+        if self._held_bytes > _MAX_HELD_BYTES:
+            self._held.clear()
+            asyncio.get_running_loop().create_task(self.ws.close(1008, "too much early data"))
+            return
+        self._held.append(data)
+
+    def take_held(self) -> list[bytes]:
+        held, self._held, self._held_bytes = self._held, [], 0
+        return held
 
     async def send(self, msg_type: str, **fields: object) -> None:
         await self.ws.send(encode(msg_type, **fields))
@@ -96,6 +117,11 @@ class BrokerLink:
             await self.ws.close()
 
 
+# Relay bytes that may arrive before SSH is attached: the peer's banner and
+# key exchange, a few KiB. Far more than that is not an SSH handshake.
+_MAX_HELD_BYTES = 256 * 1024
+
+
 def _closed_text(exc: ConnectionClosed) -> str:
     reason = exc.rcvd.reason if exc.rcvd else ""
     return f"the broker closed the connection{': ' + reason if reason else ''}"
@@ -122,7 +148,7 @@ async def open_link(
             compression=None,  # ciphertext does not compress; deflate costs CPU and memory
             max_size=max_size, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER, open_timeout=limits.OPEN_TIMEOUT,
-            user_agent_header=None,
+            user_agent_header=None, create_connection=FastClientConnection,
         )
     except ssl.SSLCertVerificationError as exc:
         raise LinkError(
@@ -140,43 +166,105 @@ async def open_link(
     return BrokerLink(ws, max_size)
 
 
-async def bridge(
-    link: BrokerLink,
-    on_control: Callable[[Message], Awaitable[None]],
-) -> tuple[socket.socket, asyncio.Task[None]]:
-    """Carry a byte stream over the relay.
+class _LinkTransport(asyncio.Transport):
+    """What asyncssh writes to: each write becomes binary frames at once."""
 
-    Returns one end of a socket pair for asyncssh (``connect(sock=...)`` or
-    ``run_server(sock)``) and the task that moves bytes between the other end
-    and the WebSocket. Control frames that arrive meanwhile go to
-    `on_control`. The task ends when either side closes.
+    def __init__(self, ws: FastClientConnection, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self._ws = ws
+        self._on_close = on_close
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        view = memoryview(data)
+        step = limits.MAX_DATA_FRAME
+        for start in range(0, len(view), step):
+            if not self._ws.send_binary_now(bytes(view[start:start + step])):
+                return
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        # Closing SSH does not close the link: the session's owner says `end`.
+        if not self._closing:
+            self._closing = True
+            asyncio.get_running_loop().call_soon(self._on_close)
+
+    def abort(self) -> None:
+        self.close()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        transport = self._ws.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("consentry-relay", 0) if name in ("peername", "sockname") else default
+
+
+class SSHRelay:
+    """Carries one SSH connection over a link, as asyncssh's `tunnel=`.
+
+    Binary frames go straight into the SSH connection from the websockets
+    protocol callback, and SSH writes go straight out as frames: no socket
+    pair, no pump task, one copy. Control (text) frames that arrive meanwhile
+    are read by `task` and given to `on_control`; `task` ends when the link
+    closes.
     """
-    ours, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=ours)
 
-    async def upstream() -> None:
-        while data := await reader.read(limits.MAX_DATA_FRAME):
-            await link.ws.send(data)
+    def __init__(self, link: BrokerLink,
+                 on_control: Callable[[Message], Awaitable[None]]) -> None:
+        ws = link.ws
+        if not isinstance(ws, FastClientConnection):
+            raise TypeError("SSHRelay needs a link opened by open_link()")
+        self._link = link
+        self._ws: FastClientConnection = ws
+        self._on_control = on_control
+        self._conn: asyncio.Protocol | None = None
+        self._lost = False
+        self.task: asyncio.Task[None] = asyncio.create_task(self._control())
 
-    async def downstream() -> None:
-        async for frame in link.ws:
-            if isinstance(frame, bytes):
-                writer.write(frame)
-                await writer.drain()
-            else:
-                await on_control(decode(frame, limit=link.max_size))
+    async def create_connection(self, session_factory: Callable[[], asyncio.Protocol],
+                                host: str, port: int,
+                                ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """Called by asyncssh (client `connect` or server `run_server`)."""
+        if self._conn is not None:
+            raise LinkError("this relay already carries a connection")
+        conn = session_factory()
+        self._conn = conn
+        transport = _LinkTransport(self._ws, self._connection_lost)
+        # The link's buffer filling up is SSH's signal to stop writing.
+        self._ws.on_pause_writing = conn.pause_writing
+        self._ws.on_resume_writing = conn.resume_writing
+        conn.connection_made(transport)
+        # Frames held since the link opened (the peer's banner can come before
+        # asyncssh asks for the connection) go first; then the fast path.
+        # Both happen in this one synchronous step, so order is kept.
+        for frame in self._link.take_held():
+            conn.data_received(frame)
+        self._ws.binary_sink = conn.data_received
+        return transport, conn
 
-    async def run() -> None:
+    def _connection_lost(self, exc: Exception | None = None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._ws.binary_sink = self._link._hold
+        self._ws.on_pause_writing = self._ws.on_resume_writing = None
+        if self._conn is not None:
+            self._conn.connection_lost(exc)
+
+    async def _control(self) -> None:
         try:
-            async with asyncio.TaskGroup() as group:
-                up = group.create_task(upstream())
-                down = group.create_task(downstream())
-                await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-                up.cancel()
-                down.cancel()
-        except* (ConnectionClosed, ConnectionError):
+            async for frame in self._ws:  # binary frames never get here (see BrokerLink)
+                if isinstance(frame, str):
+                    await self._on_control(decode(frame))
+        except ConnectionClosed:
             pass
         finally:
-            writer.close()
-
-    return theirs, asyncio.create_task(run())
+            self._connection_lost(None)

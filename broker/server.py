@@ -42,6 +42,7 @@ from broker.audit.store import AuditLog
 from broker.auth import AttemptLimiter, verify_login
 from broker.config import BrokerConfig
 from broker.errors import AuditError, AuditWriteError, ConfigError
+from broker.framepath import FastServerConnection
 from broker.limits import session_over
 from broker.pairing import NameplateBook
 from broker.registry import Engineer, Registry
@@ -273,9 +274,9 @@ class Broker:
         hello = await recv_control(ws, Conn.CONSOLE, Phase.HELLO, limits.OPEN_TIMEOUT)
         user = hello["user"]
         now = time.monotonic()
-        if not (self.ip_attempts.allow(_peer(ws), now) and self.user_attempts.allow(user, now)):
+        if self.ip_attempts.blocked(_peer(ws), now) or self.user_attempts.blocked(user, now):
             await self.record_login_failure(ws, user, "rate_limited")
-            raise ProtocolError("too many login attempts; wait a few minutes", "rate_limited")
+            raise ProtocolError("too many failed logins; wait a few minutes", "rate_limited")
         nonce = os.urandom(NONCE_BYTES)
         await ws.send(encode("challenge", nonce=b64encode(nonce)))
         proof = await recv_control(ws, Conn.CONSOLE, Phase.LOGIN, limits.OPEN_TIMEOUT)
@@ -283,6 +284,9 @@ class Broker:
         signature = b64decode(proof["signature"])
         # One message for unknown user and wrong key: no probing the registry.
         if engineer is None or not verify_login(engineer.public_key, user, nonce, signature):
+            failed_at = time.monotonic()
+            self.ip_attempts.record(_peer(ws), failed_at)
+            self.user_attempts.record(user, failed_at)
             await self.record_login_failure(ws, user, "unknown_user_or_key")
             raise ProtocolError(
                 "login refused: this user is not registered with the broker, or the key "
@@ -307,6 +311,10 @@ class Broker:
     async def pump(self, session: Session, ws: ServerConnection, conn: Conn) -> None:
         """Read one side until it closes: relay binary, act on control."""
         async for frame in ws:
+            if session.phase is Phase.CLOSED:
+                # Teardown: the ends are still flushing (an SSH disconnect, a
+                # last keystroke). Nothing more is relayed, and it is no error.
+                continue
             if isinstance(frame, bytes):
                 check_binary(conn, session.phase)
                 await session.forward_binary(ws, frame)
@@ -411,6 +419,7 @@ class Broker:
         )
         session.granted = receipt.granted
         session.phase = Phase.ACTIVE
+        session.start_fast_relay()
         session.active_since = session.last_activity = time.monotonic()
         await send_quietly(session.console, result)
         await send_quietly(session.agent_ws, encode("relay_open"))
@@ -481,10 +490,23 @@ class Broker:
                     await self.end(session, reason)
 
     async def end(self, session: Session, reason: str) -> None:
-        """End a session once: record why, tell both sides, close both."""
+        """End a session once: record why, tell both sides, close both.
+
+        A second caller waits until the first has told both ends: returning
+        from a connection handler closes that socket, and it must not close
+        before its peer's `ended` (with the reason) went out.
+        """
         if session.done.is_set():
+            await session.finished.wait()
             return
         session.done.set()
+        try:
+            await self._finish(session, reason)
+        finally:
+            session.finished.set()
+
+    async def _finish(self, session: Session, reason: str) -> None:
+        session.stop_fast_relay()
         session.end_reason = reason
         if session.phase is Phase.ACTIVE:
             await self.audit_quietly("session_ended", session=session.id,
@@ -496,8 +518,10 @@ class Broker:
                                      subject=session.agent.device_id, body={"reason": reason})
         session.phase = Phase.CLOSED
         frame = ended_frame(reason)
-        for ws in (session.console, session.agent_ws):
+        peers = (session.console, session.agent_ws)
+        for ws in peers:  # both hear why before either is closed
             await send_quietly(ws, frame)
+        for ws in peers:
             await close_quietly(ws, reason)
 
     async def audit_quietly(self, event: str, **fields: object) -> None:
@@ -577,6 +601,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         async with serve(
             broker.handle, config.host, config.port, ssl=tls,
             process_request=broker.check_path,
+            create_connection=FastServerConnection,  # binary frames skip the queue
             compression=None,  # ciphertext does not compress; deflate costs ~14x CPU
             max_size=limits.MAX_FRAME, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER,

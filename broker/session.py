@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from broker.framepath import FramePath
 from broker.registry import Engineer
 from broker.wire.messages import encode
 from broker.wire.states import Phase
@@ -77,6 +78,7 @@ class Session:
     receipts: set[str] = field(default_factory=set)
     attached: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # both ends told
     end_reason: str | None = None
     created: float = field(default_factory=time.monotonic)
     active_since: float | None = None
@@ -98,7 +100,46 @@ class Session:
         else:
             self.bytes_to_console += len(frame)
         self.last_activity = time.monotonic()
-        await dst.send(frame)
+        try:
+            await dst.send(frame)
+        except ConnectionClosed:
+            pass  # the other end is gone; the session is ending and says why
+
+    def start_fast_relay(self) -> None:
+        """From now on, binary frames go from one socket's protocol straight
+        into the other's (see `broker.framepath`): no queue, no task switch,
+        no await per frame. Backpressure is kept at the transport level: when
+        one side cannot write fast enough, the other side's socket stops being
+        read until it drains. Nothing is parsed, stored or logged."""
+        agent, console = self.agent_ws, self.console
+        if not (isinstance(agent, FramePath) and isinstance(console, FramePath)):
+            return  # plain connections (tests): the pump's forward_binary path
+        agent.binary_sink = lambda data: self._relay(data, console, to_agent=False)
+        console.binary_sink = lambda data: self._relay(data, agent, to_agent=True)
+        for sink, source in ((console, agent), (agent, console)):
+            transport = source.transport
+            sink.on_pause_writing = transport.pause_reading
+            sink.on_resume_writing = transport.resume_reading
+
+    def stop_fast_relay(self) -> None:
+        """Back to the slow path for teardown, and let both sockets be read
+        again so their closing handshakes get through."""
+        for ws in (self.agent_ws, self.console):
+            if isinstance(ws, FramePath):
+                ws.binary_sink = None
+                ws.on_pause_writing = ws.on_resume_writing = None
+                transport = ws.transport
+                if transport is not None and not transport.is_closing():
+                    with contextlib.suppress(RuntimeError):
+                        transport.resume_reading()
+
+    def _relay(self, data: bytes, dst: FramePath, *, to_agent: bool) -> None:
+        if to_agent:
+            self.bytes_to_agent += len(data)
+        else:
+            self.bytes_to_console += len(data)
+        self.last_activity = time.monotonic()
+        dst.send_binary_now(data)
 
     def summary(self) -> dict[str, object]:
         """The `session_ended` body: reason, duration, bytes — never content."""

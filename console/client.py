@@ -22,7 +22,7 @@ import asyncssh
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from broker.link import BrokerLink, LinkError, bridge, open_link
+from broker.link import BrokerLink, LinkError, SSHRelay, open_link
 from broker.wire import limits
 from broker.wire.code import JoinCode
 from broker.wire.e2e import Pairing
@@ -89,19 +89,18 @@ class JoinedSession:
 
     async def open_ssh(self) -> tuple[asyncssh.SSHClientConnection, asyncio.Task[None]]:
         """SSH to the agent over the relay, its host key pinned from pairing."""
-        sock, pump = await bridge(self.link, self._dispatch)
+        relay = SSHRelay(self.link, self._dispatch)
         try:
             conn = await asyncssh.connect(
-                sock=sock, host="consentry-agent", username=self.identity.user,
+                host="consentry-agent", tunnel=relay, username=self.identity.user,
                 client_keys=[self.identity.keypair], agent_path=None, config=None,
                 known_hosts=([self.host_key], [], []), preferred_auth="publickey",
                 encryption_algs=list(SSH_CIPHERS), keepalive_interval=0, connect_timeout=30,
             )
         except (OSError, asyncssh.Error) as exc:
-            pump.cancel()
-            sock.close()
+            relay.task.cancel()
             raise BrokerError(f"the secure shell to the customer failed: {exc}") from exc
-        return conn, pump
+        return conn, relay.task
 
     async def request_control(self) -> None:
         """Ask the customer to let the engineer type.

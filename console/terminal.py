@@ -25,6 +25,7 @@ from console.client import JoinedSession, Progress
 from console.errors import ConsoleError
 
 CTRL_RBRACKET = 0x1D
+_ENDED_GRACE_STEPS = 60  # x 50 ms: how long to wait for the broker to say why
 
 # What the engineer is told about the answer to Ctrl-] c.
 CONTROL_RESULT_TEXT = {
@@ -113,6 +114,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     escape = False
+    leaving = False  # the engineer chose to leave (Ctrl-] q)
     warned_view_only = False
     requests: set[asyncio.Task[None]] = set()
 
@@ -125,7 +127,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         status("asking the customer for control...")
 
     def on_key() -> None:
-        nonlocal escape, warned_view_only
+        nonlocal escape, warned_view_only, leaving
         data = os.read(stdin, 4096)
         if not data:
             loop.remove_reader(stdin)
@@ -135,6 +137,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             if escape:
                 escape = False
                 if byte in (ord("q"), ord("Q")):
+                    leaving = True
                     done.set()
                     return
                 if byte in (ord("c"), ord("C")):
@@ -175,6 +178,13 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         conn.close()
+        if joined.ended is None and not leaving:
+            # The shell's connection closed under us: the broker's `ended`,
+            # with the reason, normally follows within moments.
+            for _ in range(_ENDED_GRACE_STEPS):
+                if joined.ended is not None or pump.done():
+                    break
+                await asyncio.sleep(0.05)
         if joined.ended is None:
             await joined.leave()
         pump.cancel()

@@ -145,3 +145,21 @@ def test_prune_drops_old_keys() -> None:
     assert limiter._seen == {}
     # A pruned key starts afresh.
     assert limiter.allow("old", 111.0) is True
+
+
+def test_only_failures_count_and_success_never_locks_out() -> None:
+    limiter = AttemptLimiter(3, window=60)
+    for second in range(100):  # a busy engineer: a hundred good logins
+        assert not limiter.blocked("alice", float(second))
+    for second in range(3):
+        limiter.record("mallory", float(second))
+    assert limiter.blocked("mallory", 3.0)
+    assert not limiter.blocked("mallory", 61.0)  # the window passed
+
+
+def test_made_up_names_cannot_grow_the_limiter_without_bound() -> None:
+    limiter = AttemptLimiter(3, window=60, max_keys=100)
+    for i in range(10_000):
+        limiter.record(f"name{i}", 0.0)
+    assert len(limiter._seen) <= 100
+    assert limiter.blocked("name9999", 0.0) is False  # one failure so far
