@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from agent.config import AgentConfig, default_state_dir
 from agent.errors import AgentError
 from agent.identity import load_identity
 from agent.screen import CustomerScreen
+from broker import eventloop
 from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT
 
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             share_hostname=args.share_hostname, share_user=args.share_user,
             state_dir=args.state_dir, **kwargs,
         )
-        asyncio.run(_run(config))
+        eventloop.run(_run(config))
     except AgentError as exc:
         print(f"consentry-agent: {exc}", file=sys.stderr)
         return exc.exit_code

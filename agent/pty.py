@@ -27,8 +27,20 @@ MAX_PENDING_INPUT = 256 * 1024
 _EXIT_DRAIN_QUIET = 0.5
 
 
-def _make_controlling_tty() -> None:  # pragma: no cover - runs in the child
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _controlling_tty(slave: int) -> Callable[[], None]:
+    """Child setup: lead a new session and take the PTY as its terminal.
+
+    Uses the PTY's own descriptor and calls setsid itself, so it does not
+    depend on whether the event loop wires stdin or starts the session
+    before or after this runs (the stdlib loop and uvloop differ).
+    """
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        if os.getsid(0) != os.getpid():
+            os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    return setup
 
 
 def set_winsize(fd: int, cols: int, rows: int) -> None:
@@ -68,7 +80,7 @@ class PtyShell:
             self._proc = await asyncio.create_subprocess_exec(
                 *self._argv, stdin=slave, stdout=slave, stderr=slave,
                 env=self._env, cwd=self._env.get("HOME") or None,
-                start_new_session=True, preexec_fn=_make_controlling_tty,
+                preexec_fn=_controlling_tty(slave),
             )
         finally:
             os.close(slave)

@@ -4,7 +4,6 @@ bench/results/latest.md + .json (smoke.md + .json for --smoke)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 import traceback
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from bench import cases, report
 from bench.fixture import Deployment
 from bench.procs import raise_fd_limit
+from broker import eventloop
 
 CASES = ("interactive", "join", "sessions", "idle", "audit")
 
@@ -67,7 +67,7 @@ def main() -> None:
     raise_fd_limit()
     mode = cases.Mode.quick() if args.smoke else cases.Mode.full()
     began = time.monotonic()
-    rows = asyncio.run(run(mode, set(args.only)))
+    rows = eventloop.run(run(mode, set(args.only)))
     md, js = report.write(rows, mode, args.out, time.monotonic() - began)
     print(md.read_text())
     print(f"bench: wrote {md} and {js}")

@@ -25,6 +25,7 @@ from agent.config import AgentConfig
 from agent.consent import ConsentRequest, Decision
 from agent.identity import load_identity
 from bench.procs import raise_fd_limit
+from broker import eventloop
 from broker.link import open_link
 from broker.wire.messages import b64encode
 
@@ -96,7 +97,7 @@ def main() -> None:
     args = p.parse_args()
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_idle(args) if args.idle else run_sessions(args))
+        eventloop.run(run_idle(args) if args.idle else run_sessions(args))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 import asyncssh
 
 from agent.sshd import Gate, serve_shell
+from broker import eventloop
 
 
 async def serve(client_key: str, shell: str) -> None:
@@ -47,7 +48,7 @@ def main() -> None:
     args = p.parse_args()
     key = open(args.client_key).read().strip()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(key, args.shell))
+        eventloop.run(serve(key, args.shell))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import json
 import sys
 from pathlib import Path
 
-from broker import audit_cli
+from broker import audit_cli, eventloop
 from broker.audit_cli.common import log_admin_action, now
 from broker.certs import DEFAULT_NAMES, PkiPaths, cert_names, init_dev_pki
 from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
 
-    asyncio.run(server.run_broker(config))
+    eventloop.run(server.run_broker(config))
     return 0
 
 

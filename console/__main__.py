@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
 from pathlib import Path
 
+from broker import eventloop
 from broker.wire.code import parse_code
 from broker.wire.errors import CodeError
 from console.client import ConsoleClient
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         return run_tui(args)
     try:
-        return asyncio.run(_join(args))
+        return eventloop.run(_join(args))
     except ConsoleError as exc:
         print(f"consentry-console: {exc}", file=sys.stderr)
         return exc.exit_code
