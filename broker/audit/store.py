@@ -309,6 +309,8 @@ class AuditLog:
         # chain (seq, prev_hash read and insert as one unit), and a read must
         # never run inside another call's open transaction.
         self._lock = asyncio.Lock()
+        # Appends waiting for the next group commit (see `_append_locked`).
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[int]]] = []
         # Told (seq, hash) of each event once it is durable; the checkpointer
         # counts events with this instead of polling the database.
         self._append_listeners: list[Callable[[int, str], None]] = []
@@ -540,24 +542,43 @@ class AuditLog:
         body_text: str,
         personal: dict[str, str] | None,
     ) -> int:
+        """Group commit: appends that arrive while a commit is running wait
+        for it, then go in together in the next transaction - one fsync for
+        the batch instead of one per event. Every caller still returns only
+        once its own event is committed."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append(
+            ((type, time, session, actor, pseudonym, body, body_text, personal), waiter))
         async with self._lock:
-            db = self._db
+            if not waiter.done():
+                batch, self._pending = self._pending, []
+                await self._commit_batch(batch)
+        return await waiter
+
+    async def _commit_batch(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[int]]],
+                            ) -> None:
+        db = self._db
+        try:
             if db is None:
-                raise AuditWriteError("audit log could not be written: it is closed")
-            try:
-                # IMMEDIATE takes the write lock now, so the last row read below is
-                # still the last row when ours is inserted, even with another
-                # process (the admin CLI) appending to the same file.
-                await db.execute("BEGIN IMMEDIATE")
-                seq, digest = await self._insert_event(
-                    db, type, time, session, actor, pseudonym, body, body_text, personal
-                )
-                await db.commit()
-            except Exception as exc:
+                raise AuditError("it is closed")
+            # IMMEDIATE takes the write lock now, so the last row read below is
+            # still the last row when ours is inserted, even with another
+            # process (the admin CLI) appending to the same file.
+            await db.execute("BEGIN IMMEDIATE")
+            written = [await self._insert_event(db, *args) for args, _ in batch]
+            await db.commit()
+        except Exception as exc:
+            if db is not None:
                 await self._rollback(db)
-                raise AuditWriteError(f"audit log could not be written: {exc}") from exc
-            self._tell_listeners([(seq, digest)])
-            return seq
+            failure = AuditWriteError(f"audit log could not be written: {exc}")
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(failure)
+            return
+        self._tell_listeners(written)
+        for (_, waiter), (seq, _digest) in zip(batch, written, strict=True):
+            if not waiter.done():
+                waiter.set_result(seq)
 
     async def _insert_event(
         self,

@@ -316,3 +316,24 @@ async def test_pragmas(log: AuditLog, tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+async def test_concurrent_appends_are_group_committed_and_chain(tmp_path: Path) -> None:
+    """Many writers at once: every append returns its own seq only once it is
+    durable, and the chain they form verifies."""
+    import asyncio as _asyncio
+    import datetime as _dt
+
+    log = await AuditLog.open(tmp_path)
+    try:
+        seqs = await _asyncio.gather(*(
+            log.append("session_ended", now=_dt.datetime.now(_dt.UTC), actor="alice",
+                       subject=f"device{i % 3}", body={"n": i},
+                       personal={"alias": f"desk {i}"} if i % 2 else None)
+            for i in range(60)))
+        assert sorted(seqs) == list(range(1, 61))
+        assert await log.verify_chain() is None
+        events = await log.events()
+        assert {e.body["n"] for e in events} == set(range(60))
+    finally:
+        await log.close()
