@@ -148,6 +148,7 @@ async def open_link(
             compression=None,  # ciphertext does not compress; deflate costs CPU and memory
             max_size=max_size, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER, open_timeout=limits.OPEN_TIMEOUT,
+            ping_interval=limits.CLIENT_PING_INTERVAL, ping_timeout=limits.CLIENT_PING_TIMEOUT,
             user_agent_header=None, create_connection=FastClientConnection,
         )
     except ssl.SSLCertVerificationError as exc:
