@@ -204,6 +204,17 @@ class AuditEvent:
     hash: str
 
 
+def _check_event(type: str, session: str | None, actor: str | None, subject: str | None,
+                 body: Mapping[str, Any] | None) -> tuple[dict[str, Any], bytes]:
+    """Validate an event's fields; return its body and the body's canonical bytes."""
+    if not isinstance(type, str) or not _TYPE_RE.fullmatch(type):
+        raise AuditError(f"invalid audit event type {type!r}")
+    _check_field("session", session)
+    _check_field("actor", actor)
+    _check_field("subject", subject)
+    return check_body(body)
+
+
 def _check_field(name: str, value: str | None) -> None:
     if value is None:
         return
@@ -276,12 +287,7 @@ class Maintenance:
         (the subject is already pseudonymous here, unlike `AuditLog.append`)."""
         if not self._write:
             raise AuditError("cannot append in a read-only audit transaction")
-        if not isinstance(type, str) or not _TYPE_RE.fullmatch(type):
-            raise AuditError(f"invalid audit event type {type!r}")
-        _check_field("session", session)
-        _check_field("actor", actor)
-        _check_field("subject", pseudonym)
-        body_dict, body_bytes = check_body(body)
+        body_dict, body_bytes = _check_event(type, session, actor, pseudonym, body)
         seq, digest = await self._log._insert_event(
             self.db, type, format_time(now), session, actor, pseudonym, body_dict,
             body_bytes.decode(), None,
@@ -512,12 +518,7 @@ class AuditLog:
         subject, so it can be erased with it. Raises AuditError for invalid
         input and AuditWriteError if the event could not be made durable.
         """
-        if not isinstance(type, str) or not _TYPE_RE.fullmatch(type):
-            raise AuditError(f"invalid audit event type {type!r}")
-        _check_field("session", session)
-        _check_field("actor", actor)
-        _check_field("subject", subject)
-        body_dict, body_bytes = check_body(body)
+        body_dict, body_bytes = _check_event(type, session, actor, subject, body)
         fields = check_personal(personal)
         if fields is not None and subject is None:
             raise AuditError("personal fields need a subject, so they can be erased with it")
