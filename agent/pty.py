@@ -110,18 +110,31 @@ class PtyShell:
         self._on_exit(status)
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self._master, READ_CHUNK)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return
-            data = b""  # EIO: the shell side closed
-        if not data:
+        # The terminal hands over at most ~4 KiB per read, yet a busy program
+        # usually has more waiting: read on until it runs dry (or READ_CHUNK)
+        # so bulk output leaves as one SSH write instead of sixteen. An idle
+        # echo costs one extra read that finds nothing.
+        chunks: list[bytes] = []
+        total = 0
+        eof = False
+        while total < READ_CHUNK:
+            try:
+                data = os.read(self._master, READ_CHUNK - total)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    break
+                data = b""  # EIO: the shell side closed
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            total += len(data)
+        if chunks:
+            self._read_count += 1
+            self._on_output(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if eof:
             self._eof = True
             self.pause_reading()
-            return
-        self._read_count += 1
-        self._on_output(data)
 
     def pause_reading(self) -> None:
         if self._reading and self._master >= 0:

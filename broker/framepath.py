@@ -17,6 +17,8 @@ no server logic.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
@@ -41,17 +43,63 @@ class FramePath:
             return
         super().process_event(event)  # type: ignore[misc]
 
-    def send_binary_now(self, data: bytes) -> bool:
-        """Frame and write `data` at once; False if the connection is closing.
+    _flush_handle: asyncio.Handle | None = None
+
+    def send_binary_now(self, *frames: bytes) -> bool:
+        """Frame and write each of `frames` at once, in one transport write;
+        False if the connection is closing.
 
         Synchronous, for callbacks: the caller watches `on_pause_writing`
         rather than awaiting a drain.
         """
         if self.protocol.state is not State.OPEN:  # type: ignore[attr-defined]
             return False
-        self.protocol.send_binary(data)  # type: ignore[attr-defined]
-        self.send_data()  # type: ignore[attr-defined]
+        for data in frames:
+            self.protocol.send_binary(data)  # type: ignore[attr-defined]
+        self.send_data()
         return True
+
+    def send_binary_soon(self, data: bytes) -> bool:
+        """Queue `data` as a binary frame, written at the end of this turn of
+        the event loop together with whatever else is queued by then: frames
+        that arrived together leave together, in one TLS pass and one system
+        call, and nothing waits longer than the current turn."""
+        if self.protocol.state is not State.OPEN:  # type: ignore[attr-defined]
+            return False
+        self.protocol.send_binary(data)  # type: ignore[attr-defined]
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+        return True
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        self.send_data()
+
+    def send_data(self) -> None:
+        """websockets' `send_data`, with everything queued joined into one
+        transport write (it writes frame by frame: a TLS record flush and a
+        system call each)."""
+        pending: list[bytes] = []
+        for data in self.protocol.data_to_send():  # type: ignore[attr-defined]
+            if data:
+                pending.append(data)
+                continue
+            # End of stream: flush what came before it, then half-close or
+            # close as websockets does (half-close is not possible over TLS).
+            self._write_joined(pending)
+            pending = []
+            transport = self.transport  # type: ignore[attr-defined]
+            if transport.can_write_eof():
+                with contextlib.suppress(Exception):  # uvloop may raise RuntimeError
+                    transport.write_eof()
+            else:
+                transport.close()
+        self._write_joined(pending)
+
+    def _write_joined(self, chunks: list[bytes]) -> None:
+        if chunks:
+            self.transport.write(  # type: ignore[attr-defined]
+                chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]

@@ -139,7 +139,7 @@ class Session:
         else:
             self.bytes_to_console += len(data)
         self.last_activity = time.monotonic()
-        dst.send_binary_now(data)
+        dst.send_binary_soon(data)
 
     def summary(self) -> dict[str, object]:
         """The `session_ended` body: reason, duration, bytes — never content."""

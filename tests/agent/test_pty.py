@@ -36,3 +36,21 @@ async def test_output_buffered_when_the_shell_exits_is_not_lost() -> None:
 async def test_typeahead_before_start_reaches_the_shell() -> None:
     out, _status = await run_shell(["/bin/sh"], before_start=b"echo EARLY-$((20+1)); exit\r")
     assert b"EARLY-21" in out
+
+
+async def test_output_that_piled_up_leaves_in_large_chunks_and_whole() -> None:
+    """A terminal read gives at most ~4 KiB; output already waiting is read on
+    and delivered as one chunk, so bulk output is not cut into slivers."""
+    chunks: list[bytes] = []
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    shell = PtyShell(["/bin/sh", "-c", "stty raw -echo; head -c 30000 /dev/zero | tr '\\0' x"],
+                     cols=80, rows=24, env=dict(os.environ), on_output=chunks.append,
+                     on_exit=done.set_result)
+    await shell.start()
+    shell.pause_reading()
+    await asyncio.sleep(0.5)  # the whole output waits in the terminal
+    shell.resume_reading()
+    await asyncio.wait_for(done, 10)
+    shell.close()
+    assert b"".join(chunks).count(b"x") == 30000
+    assert max(len(chunk) for chunk in chunks) > 8192
