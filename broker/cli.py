@@ -71,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
 
+    eventloop.keep_connection_buffers_mapped()
     eventloop.run(server.run_broker(config))
     return 0
 

@@ -20,3 +20,33 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+# glibc's mallopt parameter for the size above which an allocation gets its
+# own mapping; setting it also turns off glibc's habit of raising it.
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_connection_buffers_mapped(threshold: int = 128 * 1024) -> bool:
+    """Give every allocation of `threshold` bytes or more its own mapping.
+
+    uvloop gives each TLS connection a 256 KiB read buffer of which an idle
+    connection touches a page or two. glibc serves such sizes with a mapping
+    at first, where untouched pages cost nothing - until the first one is
+    freed, when it raises its threshold and later buffers are carved from
+    the heap, where they keep pages that earlier data touched resident. For
+    a broker holding thousands of idle agents that is ~20 KiB per
+    connection (measured: 57 KiB -> 37 KiB per idle TLS WebSocket).
+
+    A no-op (False) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
 __all__ = ["FastClientConnection", "FastServerConnection", "FramePath"]
@@ -44,6 +44,58 @@ class FramePath:
         super().process_event(event)  # type: ignore[misc]
 
     _flush_handle: asyncio.Handle | None = None
+
+    # When anything last arrived from the peer (event-loop time).
+    last_heard: float = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = self.loop.time()  # type: ignore[attr-defined]
+        super().data_received(data)  # type: ignore[misc]
+
+    async def keepalive(self) -> None:
+        """websockets' keepalive task, except that a ping goes out only
+        after `ping_interval` of silence from the peer: anything it sends
+        (data, or its own ping) already shows it is alive. Clients use it;
+        the broker, holding thousands of connections, runs one
+        `broker.keepalive` sweep for all of them instead of a task each."""
+        interval: float = self.ping_interval  # type: ignore[attr-defined]
+        timeout: float = self.ping_timeout or interval  # type: ignore[attr-defined]
+        loop = self.loop  # type: ignore[attr-defined]
+        try:
+            while True:
+                if not self.keepalive_tick(loop.time(), interval, timeout):
+                    return
+                await asyncio.sleep(min(interval, timeout) / 4)
+        except Exception:  # as websockets does: a keepalive failure is logged, not raised
+            self.logger.error("keepalive ping failed", exc_info=True)  # type: ignore[attr-defined]
+
+    # When the unanswered keepalive ping went out (event-loop time), or 0.
+    _ping_sent_at: float = 0.0
+
+    def keepalive_tick(self, now: float, interval: float, timeout: float) -> bool:
+        """One keepalive step at time `now`: ping a peer silent for
+        `interval`; fail one that has not answered a ping for `timeout`.
+        Anything heard after the ping counts as the answer. False once the
+        connection is no longer open."""
+        if self.protocol.state is not State.OPEN:  # type: ignore[attr-defined]
+            return False
+        heard = self.last_heard or now
+        if self._ping_sent_at:
+            if heard > self._ping_sent_at:
+                self._ping_sent_at = 0.0
+            elif now - self._ping_sent_at >= timeout:
+                self.protocol.fail(  # type: ignore[attr-defined]
+                    CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                self.send_data()
+                self.transport.abort()  # type: ignore[attr-defined] # the peer is not reading
+                return False
+            else:
+                return True
+        if now - heard >= interval:
+            self.protocol.send_ping(b"")  # type: ignore[attr-defined]
+            self.send_data()
+            self._ping_sent_at = now
+        return True
 
     def send_binary_now(self, *frames: bytes) -> bool:
         """Frame and write each of `frames` at once, in one transport write;

@@ -43,6 +43,7 @@ from broker.auth import AttemptLimiter, verify_login
 from broker.config import BrokerConfig
 from broker.errors import AuditError, AuditWriteError, ConfigError
 from broker.framepath import FastServerConnection
+from broker.keepalive import sweep_forever
 from broker.limits import session_over
 from broker.pairing import NameplateBook
 from broker.registry import Engineer, Registry
@@ -118,6 +119,11 @@ class Broker:
 
     async def handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
+        # Nothing reads the handshake's headers again; an idle agent should
+        # not keep a few KiB of them alive for as long as it stays connected.
+        ws.request.headers.clear()
+        if ws.response is not None:
+            ws.response.headers.clear()
         route = {
             "/v1/agent": self.agent_control,
             "/v1/agent/session": self.agent_session,
@@ -163,7 +169,9 @@ class Broker:
                 plate = self.book.current(link.conn_id)
                 wait = max(0.0, plate.expires_at - time.monotonic()) if plate else None
                 try:
-                    frame = await asyncio.wait_for(ws.recv(), wait)
+                    # asyncio.timeout, not wait_for: no extra task per idle agent.
+                    async with asyncio.timeout(wait):
+                        frame = await ws.recv()
                 except TimeoutError:
                     current = self.book.current(link.conn_id)
                     if current is None or current.expires_at <= time.monotonic():
@@ -605,10 +613,12 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
             compression=None,  # ciphertext does not compress; deflate costs ~14x CPU
             max_size=limits.MAX_FRAME, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER,
-            ping_interval=config.timeouts.ping_interval,
-            ping_timeout=config.timeouts.ping_timeout,
+            ping_interval=None,  # one sweep for all connections, below
             open_timeout=limits.OPEN_TIMEOUT, server_header=None,
         ) as server:
+            keepalive = asyncio.create_task(sweep_forever(
+                lambda: server.connections, interval=config.timeouts.ping_interval,
+                timeout=config.timeouts.ping_timeout))
             port = next(iter(server.sockets)).getsockname()[1]
             print(f"consentry-broker: listening on wss://{config.host}:{port} "
                   f"(data in {config.data_dir})", flush=True)
@@ -616,6 +626,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
                 ready(port)
             await stop.wait()
             print("consentry-broker: shutting down", flush=True)
+            keepalive.cancel()
             await broker.shutdown()
     finally:
         retention.cancel()  # a purge already started finishes first

@@ -1,0 +1,84 @@
+"""The broker's keepalive sweep, on real websockets connections over
+loopback, with the sweep's clock given explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import serve
+from websockets.protocol import State
+
+from broker.framepath import FastServerConnection
+from broker.keepalive import sweep
+
+INTERVAL, TIMEOUT = 20.0, 10.0
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[FastServerConnection, ClientConnection]]:
+    accepted: asyncio.Future[FastServerConnection] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: FastServerConnection) -> None:
+        accepted.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=FastServerConnection,
+                     ping_interval=None, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", ping_interval=None,
+                           compression=None) as client:
+            yield await asyncio.wait_for(accepted, 5), client
+
+
+async def heard_after(ws: FastServerConnection, moment: float) -> None:
+    for _ in range(500):
+        if ws.last_heard > moment:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing came back from the peer")
+
+
+async def test_a_silent_peer_is_pinged_and_an_answer_keeps_it(pair) -> None:  # type: ignore[no-untyped-def]
+    server, _client = pair
+    heard = server.last_heard
+    assert heard > 0  # the handshake itself was heard
+
+    sweep([server], heard + INTERVAL - 1, interval=INTERVAL, timeout=TIMEOUT)
+    assert server._ping_sent_at == 0  # not silent long enough: no ping
+
+    sent = heard + INTERVAL
+    sweep([server], sent, interval=INTERVAL, timeout=TIMEOUT)
+    assert server._ping_sent_at == sent
+    await heard_after(server, heard)  # the client's pong
+    server.last_heard = sent + 0.5  # as if it came half a second later on the sweep's clock
+
+    sweep([server], sent + TIMEOUT + 1, interval=INTERVAL, timeout=TIMEOUT)
+    assert server.state is State.OPEN
+    assert server._ping_sent_at == 0
+
+
+async def test_a_peer_that_does_not_answer_is_dropped(pair) -> None:  # type: ignore[no-untyped-def]
+    server, client = pair
+    client.transport.pause_reading()  # alive on the network, but not reading: no pong
+    sent = server.last_heard + INTERVAL
+    sweep([server], sent, interval=INTERVAL, timeout=TIMEOUT)
+    sweep([server], sent + TIMEOUT - 1, interval=INTERVAL, timeout=TIMEOUT)
+    assert server.state is State.OPEN  # still within the timeout
+
+    sweep([server], sent + TIMEOUT, interval=INTERVAL, timeout=TIMEOUT)
+    await asyncio.wait_for(server.wait_closed(), 5)
+    assert server.protocol.close_sent is not None
+    assert server.protocol.close_sent.code == 1011  # internal error: keepalive ping timeout
+    client.transport.resume_reading()
+    await asyncio.wait_for(client.wait_closed(), 5)
+
+
+async def test_a_closed_connection_is_left_alone(pair) -> None:  # type: ignore[no-untyped-def]
+    server, client = pair
+    await client.close()
+    await asyncio.wait_for(server.wait_closed(), 5)
+    sweep([server], server.last_heard + 10 * INTERVAL, interval=INTERVAL, timeout=TIMEOUT)
+    assert server._ping_sent_at == 0
