@@ -41,6 +41,10 @@ async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
                 single_p99 = row.detail["relay_ms"]["median"]
         await case("join", lambda: cases.join_to_prompt(dep, mode))
         await case("sessions", lambda: cases.concurrent_sessions(dep, mode, single_p99))
+        # The same at a quarter of the load: shows whether the relay or the
+        # machine gives out first.
+        await case("sessions", lambda: cases.concurrent_sessions(
+            dep, mode, single_p99, count=max(1, mode.sessions // 4)))
     finally:
         dep.stop()
     # A fresh broker, so earlier sessions do not count in its memory.

@@ -4,7 +4,9 @@ keystroke round trips through a PTY, bulk output, echo under load."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
+from collections.abc import Callable
 
 import asyncssh
 
@@ -26,9 +28,12 @@ class Tap(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.closed = asyncio.Event()
         self.marked = False  # READY seen; `after_mark` counts the bytes after it
         self.after_mark = 0
+        self.on_received: Callable[[int], None] | None = None
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.received += len(data)
+        if self.on_received is not None:
+            self.on_received(self.received)
         if self.marked:
             self.after_mark += len(data)
         else:
@@ -43,6 +48,8 @@ class Tap(asyncssh.SSHClientSession):  # type: ignore[type-arg]
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
         self.changed.set()
+        if self.on_received is not None:
+            self.on_received(self.received)
 
     async def until(self, predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
@@ -101,44 +108,70 @@ async def bulk(conn: asyncssh.SSHClientConnection, size: int) -> float:
 
 
 async def steady_echo(conn: asyncssh.SSHClientConnection, *, rate: int, chunk: int,
-                      seconds: float, start: asyncio.Event) -> list[float]:
-    """Send `rate` bytes/s in `chunk`s for `seconds`; return each chunk's round trip."""
+                      seconds: float, start: asyncio.Event, phase: float = 0.0,
+                      ) -> list[float]:
+    """Send `rate` bytes/s in `chunk`s for `seconds`; return each chunk's round trip.
+
+    `phase` (0 to 1) shifts this session's sends within the interval: many
+    sessions started together would otherwise all send at the same instant,
+    and the last chunk of each such burst would measure the burst, not the
+    relay.
+
+    Timers send and the data callback times the echoes, so a session costs
+    the harness no task wake-up per chunk: with 200 sessions in one process
+    the harness must not be what is measured.
+    """
     chan, tap = await make_echo(conn)
     await start.wait()
+    loop = asyncio.get_running_loop()
     interval = chunk / rate
-    sent = 0
-    pending: list[tuple[int, float]] = []
-    samples: list[float] = []
-    deadline = time.monotonic() + seconds
-    next_send = time.monotonic()
     payload = b"y" * chunk
-    while time.monotonic() < deadline or pending:
-        now = time.monotonic()
-        if now >= next_send and now < deadline:
-            chan.write(payload)
-            sent += chunk
-            pending.append((sent, time.perf_counter()))
-            next_send += interval
-        while pending and tap.received >= pending[0][0]:
-            samples.append(time.perf_counter() - pending.pop(0)[1])
+    pending: collections.deque[tuple[int, float]] = collections.deque()
+    samples: list[float] = []
+    done: asyncio.Future[None] = loop.create_future()
+    began = loop.time() + phase * interval
+    deadline = began + seconds
+    sent = 0
+
+    def finish(exc: Exception | None = None) -> None:
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+    def arrived(received: int) -> None:
+        now = time.perf_counter()
+        while pending and received >= pending[0][0]:
+            samples.append(now - pending.popleft()[1])
         if tap.closed.is_set():
-            raise RuntimeError("a session was dropped under load")
-        wait = max(0.0, min(next_send - time.monotonic(), 0.05)) if now < deadline else 0.05
-        tap.changed.clear()
-        with _quiet_timeout():
-            await asyncio.wait_for(tap.changed.wait(), wait)
-        if time.monotonic() > deadline + 30:
-            raise RuntimeError("echo did not come back within 30 s")
+            finish(RuntimeError("a session was dropped under load"))
+        elif not pending and loop.time() >= deadline:
+            finish()
+
+    def send(n: int) -> None:
+        nonlocal sent
+        if done.done():
+            return
+        if loop.time() >= deadline:
+            if not pending:
+                finish()
+            return
+        chan.write(payload)
+        sent += chunk
+        pending.append((sent, time.perf_counter()))
+        loop.call_at(began + (n + 1) * interval, send, n + 1)  # on schedule, not after
+
+    tap.on_received = arrived
+    loop.call_at(began, send, 0)
+    try:
+        await asyncio.wait_for(done, seconds + 30)
+    except TimeoutError:
+        raise RuntimeError("echo did not come back within 30 s") from None
+    finally:
+        tap.on_received = None
     chan.close()
     return samples
-
-
-class _quiet_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return exc_type is TimeoutError
 
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:

@@ -15,6 +15,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its live descendants (an agent's shells)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        todo += children.get(current, [])
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent working: user, nice, system, irq and
+    softirq (not idle, I/O wait, or time the hypervisor gave to others)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / _TICKS
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * _PAGE

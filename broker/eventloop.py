@@ -8,6 +8,7 @@ of the relay costs less. The stdlib loop otherwise, with the same behaviour.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -50,3 +51,26 @@ def keep_connection_buffers_mapped(threshold: int = 128 * 1024) -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+
+
+# One TLS record holds at most 16 KiB, so a read never needs more than this.
+_TLS_READ_MAX = 64 * 1024
+
+
+class _BoundedReadSSLObject(ssl.SSLObject):
+    """uvloop asks each TLS read for up to 256 KiB (and once more to learn
+    there is nothing left): Python allocates the full size each time and
+    shrinks it after. With `keep_connection_buffers_mapped` that is a fresh
+    mapping and page faults per read; bounded to 64 KiB, the buffer comes
+    from the heap, and a record still fits."""
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        if buffer is None:
+            len = min(len, _TLS_READ_MAX)
+        return super().read(len, buffer)
+
+
+def bounded_tls_reads(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Make the TLS connections of `ctx` read at most 64 KiB at a time."""
+    ctx.sslobject_class = _BoundedReadSSLObject
+    return ctx

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from broker import eventloop
 from broker.framepath import FastClientConnection
 from broker.wire import limits
 from broker.wire.errors import ProtocolError
@@ -53,7 +54,7 @@ def client_tls(ca_file: Path) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=str(ca_file))
     except (ssl.SSLError, OSError) as exc:
         raise LinkError(f"cannot read the CA certificate {ca_file}: {exc}") from exc
-    return ctx
+    return eventloop.bounded_tls_reads(ctx)
 
 
 class BrokerLink:

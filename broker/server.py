@@ -34,6 +34,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from broker import eventloop
 from broker.admin_api import answer_audit_request
 from broker.audit.checkpoints import Checkpointer
 from broker.audit.retention import check_retention, retention_loop
@@ -83,7 +84,7 @@ def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from exc
-    return ctx
+    return eventloop.bounded_tls_reads(ctx)
 
 
 async def recv_control(
