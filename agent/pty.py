@@ -22,6 +22,8 @@ READ_CHUNK = 64 * 1024
 # Keystrokes held for a shell that is not reading (a big paste into a busy
 # program); beyond this they are dropped rather than grow without bound.
 MAX_PENDING_INPUT = 256 * 1024
+# A read shorter than this emptied the terminal's buffer.
+_SMALL_READ = 1024
 # After the shell exits, output still arriving keeps the session open; this
 # long with nothing read (while not flow-controlled) means it is over.
 _EXIT_DRAIN_QUIET = 0.5
@@ -111,9 +113,10 @@ class PtyShell:
 
     def _readable(self) -> None:
         # The terminal hands over at most ~4 KiB per read, yet a busy program
-        # usually has more waiting: read on until it runs dry (or READ_CHUNK)
-        # so bulk output leaves as one SSH write instead of sixteen. An idle
-        # echo costs one extra read that finds nothing.
+        # usually has more waiting: after a large read, read on until it runs
+        # dry (or READ_CHUNK) so bulk output leaves as one SSH write instead
+        # of sixteen. A small read (an echoed keystroke) drained it: no second
+        # read, as system calls are what an interactive round trip pays for.
         chunks: list[bytes] = []
         total = 0
         eof = False
@@ -129,6 +132,8 @@ class PtyShell:
                 break
             chunks.append(data)
             total += len(data)
+            if len(data) < _SMALL_READ:
+                break
         if chunks:
             self._read_count += 1
             self._on_output(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -158,7 +163,6 @@ class PtyShell:
             self._flush()
 
     def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._pending and self._master >= 0:
             try:
                 sent = os.write(self._master, self._pending)
@@ -168,11 +172,13 @@ class PtyShell:
                 self._pending.clear()
                 break
             del self._pending[:sent]
+        # Only when the writer must be (un)registered: on Python 3.11,
+        # asyncio.get_running_loop() costs a getpid() system call.
         if self._pending and not self._writing:
-            loop.add_writer(self._master, self._flush)
+            asyncio.get_running_loop().add_writer(self._master, self._flush)
             self._writing = True
         elif not self._pending and self._writing:
-            loop.remove_writer(self._master)
+            asyncio.get_running_loop().remove_writer(self._master)
             self._writing = False
 
     def resize(self, cols: int, rows: int) -> None:

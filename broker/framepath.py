@@ -120,7 +120,9 @@ class FramePath:
             return False
         self.protocol.send_binary(data)  # type: ignore[attr-defined]
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+            # The connection's own loop: on Python 3.11 get_running_loop()
+            # makes a getpid() system call, per frame here.
+            self._flush_handle = self.loop.call_soon(self._flush_soon)  # type: ignore[attr-defined]
         return True
 
     def _flush_soon(self) -> None:

@@ -186,7 +186,7 @@ class _LinkTransport(asyncio.Transport):
             return
         self._pending += data
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self._ws.loop.call_soon(self._flush)  # no getpid() per write
 
     def _flush(self) -> None:
         self._flush_handle = None
