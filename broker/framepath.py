@@ -45,11 +45,16 @@ class FramePath:
 
     _flush_handle: asyncio.Handle | None = None
 
-    # When anything last arrived from the peer (event-loop time).
+    # When anything last arrived from the peer (event-loop time), and how
+    # many times anything has: the count, not the time, tells whether the
+    # peer answered a ping (uvloop's clock ticks in milliseconds, and a pong
+    # over loopback can come back within the tick that sent the ping).
     last_heard: float = 0.0
+    heard_count: int = 0
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = self.loop.time()  # type: ignore[attr-defined]
+        self.heard_count += 1
         super().data_received(data)  # type: ignore[misc]
 
     async def keepalive(self) -> None:
@@ -69,19 +74,21 @@ class FramePath:
         except Exception:  # as websockets does: a keepalive failure is logged, not raised
             self.logger.error("keepalive ping failed", exc_info=True)  # type: ignore[attr-defined]
 
-    # When the unanswered keepalive ping went out (event-loop time), or 0.
+    # When the unanswered keepalive ping went out (event-loop time), or 0,
+    # and `heard_count` at that moment.
     _ping_sent_at: float = 0.0
+    _heard_at_ping: int = 0
 
     def keepalive_tick(self, now: float, interval: float, timeout: float) -> bool:
         """One keepalive step at time `now`: ping a peer silent for
         `interval`; fail one that has not answered a ping for `timeout`.
-        Anything heard after the ping counts as the answer. False once the
+        Anything received after the ping counts as the answer. False once the
         connection is no longer open."""
         if self.protocol.state is not State.OPEN:  # type: ignore[attr-defined]
             return False
         heard = self.last_heard or now
         if self._ping_sent_at:
-            if heard > self._ping_sent_at:
+            if self.heard_count > self._heard_at_ping:
                 self._ping_sent_at = 0.0
             elif now - self._ping_sent_at >= timeout:
                 self.protocol.fail(  # type: ignore[attr-defined]
@@ -94,7 +101,7 @@ class FramePath:
         if now - heard >= interval:
             self.protocol.send_ping(b"")  # type: ignore[attr-defined]
             self.send_data()
-            self._ping_sent_at = now
+            self._ping_sent_at, self._heard_at_ping = now, self.heard_count
         return True
 
     def send_binary_now(self, *frames: bytes) -> bool:
