@@ -15,6 +15,7 @@ How to read this: every ratio compares consentry with a baseline measured in
 the same run, repetition by repetition (the machine is shared and noisy, so
 absolute numbers move between runs; ratios much less). Figures are medians,
 with (min-max, n=repetitions). "met" compares the median with the target.
+Why an unmet target is unmet, from profiles: README.md, "Performance".
 """
 
 
