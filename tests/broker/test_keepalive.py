@@ -11,7 +11,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import serve
 from websockets.protocol import State
 
-from broker.framepath import FastServerConnection
+from broker.framepath import FastClientConnection, FastServerConnection
 from broker.keepalive import sweep
 
 INTERVAL, TIMEOUT = 20.0, 10.0
@@ -33,7 +33,8 @@ async def pair() -> AsyncIterator[tuple[FastServerConnection, ClientConnection]]
             yield await asyncio.wait_for(accepted, 5), client
 
 
-async def heard_more_than(ws: FastServerConnection, count: int) -> None:
+async def heard_more_than(ws: FastServerConnection | FastClientConnection,
+                          count: int) -> None:
     for _ in range(500):
         if ws.heard_count > count:
             return
@@ -88,3 +89,29 @@ async def test_a_closed_connection_is_left_alone(pair) -> None:  # type: ignore[
     await asyncio.wait_for(server.wait_closed(), 5)
     sweep([server], server.last_heard + 10 * INTERVAL, interval=INTERVAL, timeout=TIMEOUT)
     assert server._ping_sent_at == 0
+
+
+async def test_a_client_pings_a_silent_server_and_drops_it_when_it_does_not_answer() -> None:
+    """The clients' keepalive task (agent, console) on a real connection:
+    short intervals stand in for the real 60 s / 30 s."""
+    held: asyncio.Future[FastServerConnection] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: FastServerConnection) -> None:
+        held.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=FastServerConnection,
+                     ping_interval=None, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = await connect(f"ws://127.0.0.1:{port}", create_connection=FastClientConnection,
+                               ping_interval=0.1, ping_timeout=0.2, compression=None)
+        peer = await asyncio.wait_for(held, 5)
+        answered = client.heard_count
+        await heard_more_than(client, answered)  # silent server: pinged, and it answered
+        assert client.state is State.OPEN
+
+        peer.transport.pause_reading()  # now it stops answering
+        await asyncio.wait_for(client.wait_closed(), 5)
+        assert client.protocol.close_sent is not None
+        assert client.protocol.close_sent.code == 1011
+        peer.transport.resume_reading()
