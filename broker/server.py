@@ -12,14 +12,13 @@ A logged-in console either joins (one join per connection) or, for admins,
 reads the audit log through `broker.admin_api` as many times as it likes
 first. In an active session the engineer may ask for control: the broker
 forwards the request, records the customer's new signed receipt, and only
-then tells both ends the outcome.
+then tells both ends the outcome (`broker.consents`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 import os
@@ -42,6 +41,7 @@ from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
 from broker.auth import AttemptLimiter, verify_login
 from broker.config import BrokerConfig
+from broker.consents import Consents
 from broker.errors import AuditError, AuditWriteError, ConfigError
 from broker.framepath import FastServerConnection
 from broker.keepalive import sweep_forever
@@ -60,17 +60,12 @@ from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.login import NONCE_BYTES
 from broker.wire.messages import Message, b64decode, b64encode, decode, encode
-from broker.wire.receipt import Receipt, verify_receipt
 from broker.wire.states import Conn, Phase, check_binary, check_inbound
 
 log = logging.getLogger("consentry.broker")
 
 PATHS = ("/v1/agent", "/v1/agent/session", "/v1/console")
 
-# Consent decisions and the reason a refused session ends with.
-_REFUSAL_REASON = {"denied": "denied", "timeout": "timeout"}
-# What a request for control asks for, and so what its receipt must say was asked.
-_UPGRADE = ("view", "control")
 # Fail closed: what an agent or console is told when the audit log cannot be
 # written (disk full, the operator's --audit-max-mb reached, database error).
 AUDIT_UNAVAILABLE = ("the broker cannot record sessions right now, so no session can start; "
@@ -110,6 +105,7 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.user_attempts = AttemptLimiter(limits.MAX_LOGIN_ATTEMPTS_PER_USER)
         self.ip_attempts = AttemptLimiter(limits.MAX_LOGIN_ATTEMPTS_PER_IP)
+        self.consents = Consents(audit, self.end)
 
     # -- routing and error handling ---------------------------------------
 
@@ -360,12 +356,9 @@ class Broker:
             )
             await self.end(session, "wrong_code")
         elif msg.type == "consent":
-            if session.phase is Phase.ACTIVE:
-                await self.record_upgrade(session, msg)
-            else:
-                await self.record_consent(session, msg)
+            await self.consents.record(session, msg)
         elif msg.type == "request_control":
-            await self.request_control(session)
+            await self.consents.request_control(session)
         elif msg.type == "rights":
             granted = tuple(msg["granted"])
             if "view" not in granted or not set(granted) <= set(session.granted):
@@ -377,108 +370,6 @@ class Broker:
                 body={"granted": list(granted), "by": "customer"},
             )
             await send_quietly(session.console, encode("rights", granted=list(granted)))
-
-    def check_receipt(self, session: Session, msg: Message,
-                      asked: tuple[str, ...]) -> tuple[Receipt, dict[str, object]]:
-        """Verify a consent receipt for this session; return it and its audit body."""
-        data, signature = b64decode(msg["receipt"]), b64decode(msg["signature"])
-        receipt = verify_receipt(data, signature, session.agent.device_key)
-        if (
-            receipt.session != session.id
-            or receipt.device_id != session.agent.device_id
-            or receipt.engineer != session.engineer.name
-            or receipt.key_fingerprint != session.engineer.fingerprint
-            or len(receipt.asked) != len(asked)
-            or set(receipt.asked) != set(asked)
-        ):
-            raise ProtocolError("the consent receipt does not match this session", "bad_receipt")
-        digest = hashlib.sha256(data).hexdigest()
-        # Each answer is signed afresh (its time differs): an old receipt sent
-        # again is not a new answer from the customer.
-        if digest in session.receipts:
-            raise ProtocolError("this consent receipt was already used", "bad_receipt")
-        session.receipts.add(digest)
-        body: dict[str, object] = {
-            "engineer": receipt.engineer, "key_fingerprint": receipt.key_fingerprint,
-            "asked": list(receipt.asked), "granted": list(receipt.granted),
-            "decision": receipt.decision, "receipt_time": receipt.time,
-            "receipt_sha256": digest,
-        }
-        return receipt, body
-
-    async def record_consent(self, session: Session, msg: Message) -> None:
-        receipt, body = self.check_receipt(session, msg, session.wants)
-        # The signed receipt names the device, so it is kept with the subject's
-        # encrypted personal data; the body keeps what was allowed.
-        await self.audit.append(
-            f"consent_{receipt.decision}", now=utcnow(), session=session.id,
-            actor=session.engineer.name, subject=session.agent.device_id, body=body,
-            personal=receipt_personal(session, msg),
-        )
-        result = encode("consent_result", decision=receipt.decision,
-                        granted=list(receipt.granted) or ["view"],
-                        receipt=msg["receipt"], signature=msg["signature"])
-        if receipt.decision != "granted":
-            await send_quietly(session.console, result)
-            await self.end(session, _REFUSAL_REASON[receipt.decision])
-            return
-        await self.audit.append(
-            "session_started", now=utcnow(), session=session.id, actor=session.engineer.name,
-            subject=session.agent.device_id, body={"granted": list(receipt.granted)},
-        )
-        session.granted = receipt.granted
-        session.phase = Phase.ACTIVE
-        session.start_fast_relay()
-        session.active_since = session.last_activity = time.monotonic()
-        await send_quietly(session.console, result)
-        await send_quietly(session.agent_ws, encode("relay_open"))
-
-    async def request_control(self, session: Session) -> None:
-        """Forward the engineer's request for control to the customer.
-
-        Nothing to ask (control already granted, or a request already with the
-        customer) is answered `unchanged` at once, without bothering anyone.
-        """
-        if "control" in session.granted or session.control_pending:
-            await send_quietly(session.console, encode(
-                "control_result", decision="unchanged", granted=list(session.granted)))
-            return
-        await self.audit.append(
-            "control_requested", now=utcnow(), session=session.id,
-            actor=session.engineer.name, subject=session.agent.device_id,
-            body={"asked": list(_UPGRADE)},
-        )
-        session.control_pending = True
-        await send_quietly(session.agent_ws, encode("control_request"))
-
-    async def record_upgrade(self, session: Session, msg: Message) -> None:
-        """Record the customer's answer to a request for control, then tell both
-        ends; the agent lets the engineer type only once it hears back."""
-        if not session.control_pending:
-            raise ProtocolError("no request for control is waiting for an answer",
-                                "unexpected_message")
-        receipt, body = self.check_receipt(session, msg, _UPGRADE)
-        if receipt.decision == "granted" and set(receipt.granted) != set(_UPGRADE):
-            raise ProtocolError("a granted request for control must grant control",
-                                "bad_receipt")
-        await self.audit.append(
-            f"consent_{receipt.decision}", now=utcnow(), session=session.id,
-            actor=session.engineer.name, subject=session.agent.device_id,
-            body={**body, "upgrade": True},
-            personal=receipt_personal(session, msg),
-        )
-        session.control_pending = False
-        if receipt.decision == "granted":
-            await self.audit.append(
-                "rights_changed", now=utcnow(), session=session.id,
-                actor=session.engineer.name, subject=session.agent.device_id,
-                body={"granted": list(_UPGRADE), "by": "customer", "upgrade": True},
-            )
-            session.granted = _UPGRADE
-        result = encode("control_result", decision=receipt.decision,
-                        granted=list(session.granted))
-        await send_quietly(session.console, result)
-        await send_quietly(session.agent_ws, result)
 
     async def watch(self, session: Session) -> None:
         """End sessions that idle too long, last too long, or never finish pairing."""
@@ -553,15 +444,6 @@ async def refuse(ws: ServerConnection, code: str, message: str) -> None:
     await send_quietly(ws, encode("error", code=code[:64], message=message[:200]))
     with contextlib.suppress(ConnectionClosed, RuntimeError):
         await ws.close(1008, code[:100])
-
-
-def receipt_personal(session: Session, msg: Message) -> dict[str, str]:
-    """What a consent event keeps encrypted: the signed receipt, and the device
-    key it was verified with — beside it, so `audit show` can check the
-    signature again later from this one event (personal data, as a device's
-    key identifies it; erased with the receipt it verifies)."""
-    return {"receipt": msg["receipt"], "receipt_signature": msg["signature"],
-            "device_key": b64encode(session.agent.device_key)}
 
 
 def _peer(ws: ServerConnection) -> str:

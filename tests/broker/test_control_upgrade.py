@@ -89,11 +89,11 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
 
 
 async def test_a_request_is_recorded_then_forwarded_once(setup: Setup) -> None:
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     assert setup.agent.types() == ["control_request"]
     assert await setup.event_types() == ["control_requested"]
     # Already with the customer: answered "unchanged", nobody is asked twice.
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     assert setup.agent.types() == ["control_request"]
     unchanged = decode(setup.console.sent[-1])
     assert (unchanged.type, unchanged["decision"], unchanged["granted"]) == (
@@ -102,8 +102,8 @@ async def test_a_request_is_recorded_then_forwarded_once(setup: Setup) -> None:
 
 
 async def test_a_grant_is_recorded_before_anyone_hears_of_it(setup: Setup) -> None:
-    await setup.broker.request_control(setup.session)
-    await setup.broker.record_upgrade(setup.session, setup.consent())
+    await setup.broker.consents.request_control(setup.session)
+    await setup.broker.consents.record_upgrade(setup.session, setup.consent())
     assert await setup.event_types() == ["control_requested", "consent_granted",
                                          "rights_changed"]
     consent = (await setup.broker.audit.events(type="consent_granted"))[0]
@@ -115,25 +115,25 @@ async def test_a_grant_is_recorded_before_anyone_hears_of_it(setup: Setup) -> No
         assert (result.type, result["decision"], result["granted"]) == (
             "control_result", "granted", ["view", "control"])
     # Control is in force now: a new request has nothing to ask.
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     assert decode(setup.console.sent[-1])["decision"] == "unchanged"
 
 
 @pytest.mark.parametrize("decision", ["denied", "timeout"])
 async def test_a_refusal_leaves_view_only(setup: Setup, decision: str) -> None:
-    await setup.broker.request_control(setup.session)
-    await setup.broker.record_upgrade(setup.session, setup.consent(decision))
+    await setup.broker.consents.request_control(setup.session)
+    await setup.broker.consents.record_upgrade(setup.session, setup.consent(decision))
     assert await setup.event_types() == ["control_requested", f"consent_{decision}"]
     assert setup.session.granted == ("view",)
     assert decode(setup.console.sent[-1])["decision"] == decision
     # The engineer may ask again.
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     assert setup.agent.types()[-1] == "control_request"
 
 
 async def test_an_answer_nobody_asked_for_is_refused(setup: Setup) -> None:
     with pytest.raises(ProtocolError) as info:
-        await setup.broker.record_upgrade(setup.session, setup.consent())
+        await setup.broker.consents.record_upgrade(setup.session, setup.consent())
     assert info.value.code == "unexpected_message"
     assert setup.session.granted == ("view",)
 
@@ -150,36 +150,36 @@ async def test_an_answer_nobody_asked_for_is_refused(setup: Setup) -> None:
 async def test_receipts_that_do_not_answer_the_request_are_refused(
     setup: Setup, change: dict[str, Any]
 ) -> None:
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     with pytest.raises(ProtocolError) as info:
-        await setup.broker.record_upgrade(setup.session, setup.consent(**change))
+        await setup.broker.consents.record_upgrade(setup.session, setup.consent(**change))
     assert info.value.code == "bad_receipt"
     assert setup.session.granted == ("view",)
     assert "control_result" not in setup.console.types()
 
 
 async def test_a_receipt_signed_by_another_key_is_refused(setup: Setup) -> None:
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     setup.device = nacl.signing.SigningKey.generate()
     with pytest.raises(ProtocolError) as info:
-        await setup.broker.record_upgrade(setup.session, setup.consent())
+        await setup.broker.consents.record_upgrade(setup.session, setup.consent())
     assert info.value.code == "bad_receipt"
 
 
 async def test_an_old_receipt_is_not_a_new_answer(setup: Setup) -> None:
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     answer = setup.consent("denied")
-    await setup.broker.record_upgrade(setup.session, answer)
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.record_upgrade(setup.session, answer)
+    await setup.broker.consents.request_control(setup.session)
     with pytest.raises(ProtocolError) as info:
-        await setup.broker.record_upgrade(setup.session, answer)
+        await setup.broker.consents.record_upgrade(setup.session, answer)
     assert info.value.code == "bad_receipt"
-    await setup.broker.record_upgrade(setup.session, setup.consent(second=1))
+    await setup.broker.consents.record_upgrade(setup.session, setup.consent(second=1))
     assert setup.session.granted == ("view", "control")
 
 
 async def test_no_control_without_the_record(setup: Setup) -> None:
-    await setup.broker.request_control(setup.session)
+    await setup.broker.consents.request_control(setup.session)
     audit = setup.broker.audit
     original = audit.append
 
@@ -190,7 +190,7 @@ async def test_no_control_without_the_record(setup: Setup) -> None:
 
     audit.append = failing  # type: ignore[method-assign]
     with pytest.raises(AuditWriteError):
-        await setup.broker.record_upgrade(setup.session, setup.consent())
+        await setup.broker.consents.record_upgrade(setup.session, setup.consent())
     assert setup.session.granted == ("view",)
     assert "control_result" not in setup.console.types()
     assert "control_result" not in setup.agent.types()
