@@ -46,9 +46,9 @@ _PSEUDONYM_RE = re.compile(r"[0-9a-f]{32}")
 # row is deleted nothing else remembers what it held.
 _PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "agent_connected": ("alias", "ip"),  # + hostname/os_user as listed in body["shared"]
-    "consent_granted": ("receipt", "receipt_signature"),
-    "consent_denied": ("receipt", "receipt_signature"),
-    "consent_timeout": ("receipt", "receipt_signature"),
+    "consent_granted": ("receipt", "receipt_signature", "device_key"),
+    "consent_denied": ("receipt", "receipt_signature", "device_key"),
+    "consent_timeout": ("receipt", "receipt_signature", "device_key"),
     "login_failed": ("user", "ip"),
 }
 _RETENTION_NOTE = "deleted when the retention period for personal data ended"

@@ -54,7 +54,8 @@ async def connect(log: AuditLog, when: dt.datetime, device: str, alias: str, ip:
                      personal={"alias": alias, "ip": ip, "hostname": f"host-of-{alias}"})
     await log.append("consent_granted", now=when + dt.timedelta(seconds=5), session=session,
                      actor="alice", subject=device, body={"granted": ["view"]},
-                     personal={"receipt": "eyJ0IjoxfQ==", "receipt_signature": "c2ln"})
+                     personal={"receipt": "eyJ0IjoxfQ==", "receipt_signature": "c2ln",
+                               "device_key": "a2V5"})  # as broker.consents stores it
     await log.append("session_ended", now=when + dt.timedelta(minutes=20), session=session,
                      actor="alice", subject=device, body={"reason": "engineer_left"})
 
@@ -185,7 +186,7 @@ async def test_personal_data_kept_at_day_13_shredded_at_day_15(
     assert connected["personal"] is None
     assert set(connected["shredded"]) == {"alias", "ip", "hostname"}
     assert "retention period" in connected["shredded"]["ip"]
-    assert set(consent["shredded"]) == {"receipt", "receipt_signature"}
+    assert set(consent["shredded"]) == {"receipt", "receipt_signature", "device_key"}
     assert ended["shredded"] == {}
 
     await log.close()
