@@ -4,7 +4,6 @@ blind index, the schema migration, and correctness on a 100,000-event log."""
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,21 +13,11 @@ from broker.audit.chain import GENESIS_HASH, canonical_json, event_hash, format_
 from broker.audit.keys import AuditKeys, load_or_create_master_key
 from broker.audit.store import SCHEMA_VERSION, AuditLog
 from broker.errors import AuditError
+from tests.broker.helpers import raw
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 DEVICE_A = "dev-aaaaaaaa"
 DEVICE_B = "dev-bbbbbbbb"
-
-
-@pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    audit = await AuditLog.open(tmp_path)
-    yield audit
-    await audit.close()
-
-
-def raw(tmp_path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
 
 
 async def small_log(log: AuditLog) -> None:

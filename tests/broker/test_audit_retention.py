@@ -8,9 +8,6 @@ import asyncio
 import datetime as dt
 import importlib.util
 import sqlite3
-import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nacl.signing
@@ -22,6 +19,7 @@ from broker.audit.signing import load_or_create_signing_key, verify_record
 from broker.audit.store import AuditLog
 from broker.audit.subjects import export_subject
 from broker.errors import AuditError, ConfigError
+from tests.broker.helpers import run_cli
 
 DAY0 = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
 DEVICE_A = "dev-aaaaaaaa-0000-4000-8000-000000000001"
@@ -38,13 +36,6 @@ def day(n: float, hours: float = 0) -> dt.datetime:
 @pytest.fixture
 def key(tmp_path: Path) -> nacl.signing.SigningKey:
     return load_or_create_signing_key(tmp_path)
-
-
-@pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    audit = await AuditLog.open(tmp_path)
-    yield audit
-    await audit.close()
 
 
 async def connect(log: AuditLog, when: dt.datetime, device: str, alias: str, ip: str,
@@ -429,12 +420,6 @@ async def test_the_loop_survives_a_failed_run(
 
 
 # -- `consentry-broker audit purge` ---------------------------------------------------
-
-
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker", *args, "--data-dir", "data"],
-                          cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
-                          stdin=subprocess.DEVNULL)
 
 
 async def test_cli_purge(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +78,6 @@ async def full_session(audit: AuditLog, key: nacl.signing.SigningKey) -> None:
                            "reason": "customer_ended", "duration_s": 6.0,
                            "bytes_to_agent": 1200, "bytes_to_console": 34000,
                            "granted": ["view"]})
-
-
-@pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    audit = await AuditLog.open(tmp_path)
-    yield audit
-    await audit.close()
 
 
 async def test_the_report_tells_the_whole_story(log: AuditLog) -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,10 @@ import pytest
 from broker.audit.chain import GENESIS_HASH
 from broker.audit.store import AuditLog
 from broker.errors import AuditError, AuditWriteError
+from tests.broker.helpers import raw
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
 DEVICE = "dev-5b1f0c3e-8d7a-4c2e-9f00-aa11bb22cc33"
-
-
-@pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    audit = await AuditLog.open(tmp_path)
-    yield audit
-    await audit.close()
-
-
-def raw(tmp_path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
 
 
 async def test_append_and_read_back(log: AuditLog) -> None:

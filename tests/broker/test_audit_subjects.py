@@ -6,9 +6,7 @@ import base64
 import datetime as dt
 import json
 import sqlite3
-import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pexpect
@@ -17,6 +15,7 @@ import pytest
 from broker.audit.store import AuditLog
 from broker.audit.subjects import erase_subject, export_subject, find_subjects
 from broker.errors import AuditError
+from tests.broker.helpers import run_cli
 
 T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 LAPTOP_1 = "dev-11111111-0000-4000-8000-000000000001"
@@ -29,13 +28,6 @@ RECEIPT = {"asked": ["view"], "decision": "granted", "device_id": LAPTOP_1,
 
 def t(minutes: float) -> dt.datetime:
     return T0 + dt.timedelta(minutes=minutes)
-
-
-@pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    audit = await AuditLog.open(tmp_path)
-    yield audit
-    await audit.close()
 
 
 async def populate(log: AuditLog) -> None:
@@ -221,13 +213,6 @@ async def test_erasure_shreds_one_device_down_to_the_bytes(
 
 
 # -- `consentry-broker audit erase` -----------------------------------------------------
-
-
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # stdin from /dev/null: not a terminal, as under cron or a script.
-    return subprocess.run([sys.executable, "-m", "broker", *args, "--data-dir", "data"],
-                          cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
-                          stdin=subprocess.DEVNULL)
 
 
 async def seeded(tmp_path: Path) -> None:
