@@ -4,6 +4,7 @@ loopback, with the sweep's clock given explicitly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,8 +18,10 @@ from broker.keepalive import sweep
 INTERVAL, TIMEOUT = 20.0, 10.0
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[FastServerConnection, ClientConnection]]:
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[int, asyncio.Future[FastServerConnection]]]:
+    """A server that sends nothing of its own (no pings either); yields its
+    port and the connection it accepts."""
     accepted: asyncio.Future[FastServerConnection] = asyncio.get_running_loop().create_future()
 
     async def handler(ws: FastServerConnection) -> None:
@@ -27,10 +30,14 @@ async def pair() -> AsyncIterator[tuple[FastServerConnection, ClientConnection]]
 
     async with serve(handler, "127.0.0.1", 0, create_connection=FastServerConnection,
                      ping_interval=None, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}", ping_interval=None,
-                           compression=None) as client:
-            yield await asyncio.wait_for(accepted, 5), client
+        yield server.sockets[0].getsockname()[1], accepted
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[FastServerConnection, ClientConnection]]:
+    async with silent_server() as (port, accepted), connect(
+            f"ws://127.0.0.1:{port}", ping_interval=None, compression=None) as client:
+        yield await asyncio.wait_for(accepted, 5), client
 
 
 async def heard_more_than(ws: FastServerConnection | FastClientConnection,
@@ -94,15 +101,7 @@ async def test_a_closed_connection_is_left_alone(pair) -> None:  # type: ignore[
 async def test_a_client_pings_a_silent_server_and_drops_it_when_it_does_not_answer() -> None:
     """The clients' keepalive task (agent, console) on a real connection:
     short intervals stand in for the real 60 s / 30 s."""
-    held: asyncio.Future[FastServerConnection] = asyncio.get_running_loop().create_future()
-
-    async def handler(ws: FastServerConnection) -> None:
-        held.set_result(ws)
-        await ws.wait_closed()
-
-    async with serve(handler, "127.0.0.1", 0, create_connection=FastServerConnection,
-                     ping_interval=None, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
+    async with silent_server() as (port, held):
         client = await connect(f"ws://127.0.0.1:{port}", create_connection=FastClientConnection,
                                ping_interval=0.1, ping_timeout=0.2, compression=None)
         peer = await asyncio.wait_for(held, 5)
