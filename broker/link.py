@@ -50,6 +50,10 @@ def client_tls(ca_file: Path) -> ssl.SSLContext:
         raise LinkError(f"no CA certificate at {ca_file}; pass --ca with the broker's ca.crt")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies and checks hostnames
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(limits.TLS12_CIPHERS)
+    # The broker's name must be in the certificate's subjectAltName; a bare
+    # common name (deprecated since RFC 2818) is not accepted.
+    ctx.hostname_checks_common_name = False
     try:
         ctx.load_verify_locations(cafile=str(ca_file))
     except (ssl.SSLError, OSError) as exc:
@@ -123,6 +127,26 @@ class BrokerLink:
 _MAX_HELD_BYTES = 256 * 1024
 
 
+# OpenSSL's verify codes (x509_vfy.h) that a person can act on differently.
+_CERT_NOT_YET_VALID = 9
+_CERT_EXPIRED = 10
+_HOSTNAME_MISMATCH = 62
+_IP_ADDRESS_MISMATCH = 64
+
+
+def _certificate_problem(exc: ssl.SSLCertVerificationError, host: str, ca_file: Path) -> str:
+    """What is wrong with the broker's certificate, as the end of a sentence."""
+    code = exc.verify_code
+    if code in (_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH):
+        return (f"that does not name {host} in its subjectAltName (the name in --broker "
+                "must be one the certificate was issued for)")
+    if code == _CERT_EXPIRED:
+        return "that has expired (the operator must renew it; check this computer's clock too)"
+    if code == _CERT_NOT_YET_VALID:
+        return "that is not valid yet (check this computer's clock)"
+    return f"not signed by the CA in {ca_file} ({exc.verify_message})"
+
+
 def _closed_text(exc: ConnectionClosed) -> str:
     reason = exc.rcvd.reason if exc.rcvd else ""
     return f"the broker closed the connection{': ' + reason if reason else ''}"
@@ -155,7 +179,8 @@ async def open_link(
     except ssl.SSLCertVerificationError as exc:
         raise LinkError(
             f"refusing to connect: the broker at {parts.netloc} presented a certificate "
-            f"not signed by the CA in {ca_file} ({exc.verify_message})", "bad_certificate",
+            f"{_certificate_problem(exc, parts.hostname or parts.netloc, ca_file)}",
+            "bad_certificate",
         ) from exc
     except ssl.SSLError as exc:
         raise LinkError(f"TLS with the broker at {parts.netloc} failed: {exc}", "tls") from exc

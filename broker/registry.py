@@ -1,9 +1,16 @@
-"""The engineer/admin registry: who may log in to the broker, with which key.
+"""The registry: who may log in to the broker, with which key; and which
+key each customer device first came with.
 
 Only public keys are stored (one OpenSSH line, comment stripped), so the file
 holds nothing that lets anyone log in. Engineers prove possession of the
 private key at login (`broker.auth`); this module only answers "is there an
 engineer called X, with which key and role".
+
+Devices are bound to their key on first sight (trust on first use, as SSH's
+known_hosts): a later `hello` with the same device id and another key is an
+impostor who would otherwise have its consents recorded under the real
+device's pseudonym, in that customer's export and erasure. Stored: the
+device's pseudonym (never its id) and the SHA-256 of its public key.
 
 The registry is small and changes rarely, so it is plain synchronous sqlite3
 with a connection per call: no connection to keep alive or close, and the
@@ -14,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import hmac
 import os
 import re
 import sqlite3
@@ -32,7 +41,8 @@ ROLES = frozenset({"engineer", "admin"})
 # Names appear in audit events, consent prompts and file paths: keep them to a
 # boring, unambiguous alphabet so no two names look alike on a customer screen.
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
-_SCHEMA_VERSION = 1
+# 1: engineers. 2: devices (a version-1 file gains the table on first use).
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS engineers (
     name       TEXT PRIMARY KEY,
@@ -40,6 +50,11 @@ CREATE TABLE IF NOT EXISTS engineers (
     role       TEXT NOT NULL CHECK (role IN ('engineer', 'admin')),
     public_key TEXT NOT NULL UNIQUE,
     added      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    pseudonym  TEXT PRIMARY KEY,
+    key_sha256 TEXT NOT NULL,
+    first_seen TEXT NOT NULL
 );
 """
 
@@ -217,3 +232,18 @@ class Registry:
         with self._connect() as conn:
             cursor = conn.execute("DELETE FROM engineers WHERE name = ?", (name,))
             return cursor.rowcount > 0
+
+    def bind_device(self, pseudonym: str, device_key: bytes, *, now: dt.datetime) -> bool:
+        """True if `device_key` is the key this device came with (binding it
+        now if the device is new); False if the device is bound to another."""
+        digest = hashlib.sha256(device_key).hexdigest()
+        with self._connect() as conn:
+            # One statement binds a new device; an existing one keeps its key.
+            conn.execute(
+                "INSERT INTO devices (pseudonym, key_sha256, first_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT(pseudonym) DO NOTHING",
+                (pseudonym, digest, _utc_text(now)),
+            )
+            row = conn.execute("SELECT key_sha256 FROM devices WHERE pseudonym = ?",
+                               (pseudonym,)).fetchone()
+        return row is not None and hmac.compare_digest(str(row[0]), digest)

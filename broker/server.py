@@ -28,6 +28,7 @@ import ssl
 import time
 from collections.abc import Callable
 from http import HTTPStatus
+from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -40,9 +41,11 @@ from broker.audit.retention import check_retention, retention_loop
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
 from broker.auth import AttemptLimiter, verify_login
+from broker.certs import cert_names
 from broker.config import BrokerConfig
 from broker.consents import Consents
-from broker.errors import AuditError, AuditWriteError, ConfigError
+from broker.crash_recovery import close_what_a_crash_left_open, record_clean_stop
+from broker.errors import AuditError, AuditWriteError, ConfigError, PkiError
 from broker.framepath import FastServerConnection
 from broker.keepalive import sweep_forever
 from broker.limits import session_over
@@ -75,10 +78,22 @@ AUDIT_UNAVAILABLE = ("the broker cannot record sessions right now, so no session
 def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(limits.TLS12_CIPHERS)
     try:
         ctx.load_cert_chain(cert, key)
+        names = cert_names(Path(cert))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from exc
+    except PkiError as exc:
+        names = []
+        detail = f" ({exc})"
+    else:
+        detail = ""
+    if not names:
+        # Clients check the broker's name against the subjectAltName only.
+        raise ConfigError(f"the TLS certificate {cert} names no host in a subjectAltName, so "
+                          f"no agent or console would accept it{detail}; issue one with the "
+                          "broker's DNS names or addresses as SANs")
     return eventloop.bounded_tls_reads(ctx)
 
 
@@ -149,6 +164,14 @@ class Broker:
         device_key = b64decode(hello["device_key"])
         if len(device_key) != 32:
             raise ProtocolError("hello.device_key must be a 32-byte Ed25519 key")
+        bound = await asyncio.to_thread(self.registry.bind_device,
+                                        self.audit.pseudonym(hello["device_id"]), device_key,
+                                        now=utcnow())
+        if not bound:
+            raise ProtocolError(
+                "the support service knows this computer's id with a different key, so "
+                "it cannot be registered (were the agent's identity files copied from "
+                "another computer?); tell the support team", "device_key_mismatch")
         link = AgentLink(
             conn_id=secrets.token_hex(8), ws=ws, device_id=hello["device_id"],
             device_key=device_key, alias=hello["alias"], ip=_peer(ws),
@@ -320,14 +343,22 @@ class Broker:
                 # Teardown: the ends are still flushing (an SSH disconnect, a
                 # last keystroke). Nothing more is relayed, and it is no error.
                 continue
-            if isinstance(frame, bytes):
-                check_binary(conn, session.phase)
-                await session.forward_binary(ws, frame)
-                continue
-            msg = decode(frame)
-            check_inbound(conn, session.phase, msg.type)
             try:
+                if isinstance(frame, bytes):
+                    check_binary(conn, session.phase)
+                    await session.forward_binary(ws, frame)
+                    continue
+                msg = decode(frame)
+                check_inbound(conn, session.phase, msg.type)
                 await self.on_control(session, conn, msg)
+            except ProtocolError as exc:
+                # The offender hears why before anything closes; the session
+                # then ends as what it is, a protocol error, not a lost link.
+                log.info("protocol error in a session from %s: %s", conn.value, exc.code)
+                await send_quietly(ws, error_frame(exc.code, str(exc)))
+                session.violation = {"by": conn.value, "code": exc.code}
+                await self.end(session, "protocol_error")
+                return
             except AuditWriteError:
                 # Nothing goes on unrecorded (a consent, a change of rights):
                 # the session ends here and both ends are told why.
@@ -408,14 +439,18 @@ class Broker:
     async def _finish(self, session: Session, reason: str) -> None:
         session.stop_fast_relay()
         session.end_reason = reason
+        # Who broke the protocol, if that is how it ended (no content, a code).
+        violation = {"violation": session.violation} if session.violation else {}
         if session.phase is Phase.ACTIVE:
             await self.audit_quietly("session_ended", session=session.id,
                                      actor=session.engineer.name,
-                                     subject=session.agent.device_id, body=session.summary())
+                                     subject=session.agent.device_id,
+                                     body={**session.summary(), **violation})
         elif reason not in ("wrong_code", "denied", "timeout"):
             await self.audit_quietly("join_abandoned", session=session.id,
                                      actor=session.engineer.name,
-                                     subject=session.agent.device_id, body={"reason": reason})
+                                     subject=session.agent.device_id,
+                                     body={"reason": reason, **violation})
         session.phase = Phase.CLOSED
         frame = ended_frame(reason)
         peers = (session.console, session.agent_ws)
@@ -439,9 +474,13 @@ class Broker:
             await close_quietly(link.ws, "broker shutting down")
 
 
+def error_frame(code: str, message: str) -> str:
+    return encode("error", code=code[:64], message=message[:200])
+
+
 async def refuse(ws: ServerConnection, code: str, message: str) -> None:
     """Tell the peer what went wrong, in words, then close."""
-    await send_quietly(ws, encode("error", code=code[:64], message=message[:200]))
+    await send_quietly(ws, error_frame(code, message))
     with contextlib.suppress(ConnectionClosed, RuntimeError):
         await ws.close(1008, code[:100])
 
@@ -475,6 +514,18 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     except BaseException:
         await audit.close()
         raise
+    try:
+        # Before anyone is served: sessions and agents a crashed run left open
+        # are closed in the log (reason broker_crashed), and this run begins.
+        await close_what_a_crash_left_open(audit, now=utcnow())
+    except AuditWriteError as exc:
+        # A full log still starts a broker, which refuses every session and
+        # says why; the closing records are written at the next start instead.
+        log.error("could not close what the previous run left open: %s", exc)
+    except BaseException:
+        await checkpointer.stop()
+        await audit.close()
+        raise
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
     stop = asyncio.Event()
@@ -488,6 +539,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         pii_days=config.pii_retention_days, event_days=config.event_retention_days,
         interval=config.retention_interval,
     ))
+    listening = False
     try:
         async with serve(
             broker.handle, config.host, config.port, ssl=tls,
@@ -502,6 +554,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
             keepalive = asyncio.create_task(sweep_forever(
                 lambda: server.connections, interval=config.timeouts.ping_interval,
                 timeout=config.timeouts.ping_timeout))
+            listening = True
             port = next(iter(server.sockets)).getsockname()[1]
             print(f"consentry-broker: listening on wss://{config.host}:{port} "
                   f"(data in {config.data_dir})", flush=True)
@@ -511,6 +564,17 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
             print("consentry-broker: shutting down", flush=True)
             keepalive.cancel()
             await broker.shutdown()
+        # Here every connection handler has finished and recorded its end.
+        try:
+            await record_clean_stop(audit, now=utcnow())
+        except AuditError as exc:
+            log.error("could not record the clean stop: %s", exc)
+    except OSError as exc:
+        if listening:
+            raise
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
+                          f"{exc.strerror or exc} (is another broker already running "
+                          "there? choose another port with --listen)") from None
     finally:
         retention.cancel()  # a purge already started finishes first
         with contextlib.suppress(asyncio.CancelledError):

@@ -80,6 +80,8 @@ class Session:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # both ends told
     end_reason: str | None = None
+    # Set when a side broke the protocol: {"by": connection kind, "code": reason code}.
+    violation: dict[str, str] | None = None
     created: float = field(default_factory=time.monotonic)
     active_since: float | None = None
     last_activity: float = field(default_factory=time.monotonic)

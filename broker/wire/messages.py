@@ -33,6 +33,7 @@ from broker.wire.limits import (
     MAX_SESSION_EVENTS,
     PROTOCOL_VERSION,
 )
+from broker.wire.text import validate_label
 
 __all__ = [
     "AUDIT_FILTERS",
@@ -72,8 +73,10 @@ ItemCheck = Callable[[str, dict[str, Any]], None]
 class Field:
     """One field of a message: its kind and the bounds on its value.
 
-    Kinds: "str", "int" (`min`..`max`), "bool", "b64" (decoded length), "rights",
-    "digits", "token", "choice" (one of `choices`), "time" (ISO 8601 text), and
+    Kinds: "str", "label" (a name people read: no control characters,
+    `broker.wire.text.validate_label`), "int" (`min`..`max`), "bool", "b64"
+    (decoded length), "rights", "digits", "token", "choice" (one of `choices`),
+    "time" (ISO 8601 text), and
     "objects" (a list of at most `max` JSON objects, each checked by `item`).
     """
 
@@ -88,7 +91,7 @@ class Field:
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _ID = Field("token")
-_LABEL = Field("str", MAX_LABEL)
+_LABEL = Field("label", MAX_LABEL)
 _REASON = Field("str", 200)
 _MAX_TIME_CHARS = 40
 # Event strings (type, session, actor, pseudonym, alias, ip, time) are short;
@@ -162,8 +165,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "device_id": _ID,
         "device_key": Field("b64", 32),
         "alias": _LABEL,
-        "hostname": Field("str", 255, required=False),
-        "os_user": Field("str", MAX_LABEL, required=False),
+        "hostname": Field("label", 255, required=False),
+        "os_user": Field("label", MAX_LABEL, required=False),
     },
     "nameplate": {"nameplate": Field("digits", 8), "expires_in": Field("int", 86400)},
     "join_request": {
@@ -323,6 +326,10 @@ def _check_field(msg_type: str, name: str, spec: Field, value: Any) -> None:
     elif spec.kind == "choice":
         if value not in spec.choices:
             raise ProtocolError(f"{where} must be one of {', '.join(spec.choices)}")
+    elif spec.kind == "label":
+        problem = validate_label(value, spec.max)
+        if problem is not None:
+            raise ProtocolError(f"{where} {problem}")
     elif spec.kind == "time":
         if len(value) > spec.max:
             raise ProtocolError(f"{where} is longer than {spec.max} characters")

@@ -192,13 +192,15 @@ def test_broker_checkpoints_from_start_to_shutdown(tmp_path: Path) -> None:
     assert proc.returncode == 0, out.read_text()
     lines = checkpoint_lines(data)
     assert len(lines) >= 2
-    # The shutdown checkpoint covers the newest event, the live check's own.
+    # The shutdown checkpoint covers the newest event: the record of the
+    # clean stop, after the live check's own.
     conn = sqlite3.connect(data / "audit.db")
     try:
-        newest = conn.execute("SELECT seq, type FROM events ORDER BY seq DESC").fetchone()
+        newest, before = conn.execute(
+            "SELECT seq, type FROM events ORDER BY seq DESC LIMIT 2").fetchall()
     finally:
         conn.close()
-    assert newest[1] == "audit_verified"
+    assert (newest[1], before[1]) == ("broker_stopped", "audit_verified")
     assert json.loads(lines[-1])["payload"]["seq"] == newest[0]
     result = run(tmp_path, "audit", "verify", "--data-dir", str(data))
     assert result.returncode == 0, result
