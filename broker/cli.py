@@ -3,6 +3,7 @@
     consentry-broker serve        [--listen HOST:PORT] [--cert F] [--key F]
                                   [--checkpoint-file F] [--audit-max-mb N]
                                   [--pii-retention-days N] [--event-retention-days N]
+                                  [--agent-hellos-per-minute N]
     consentry-broker certs init   [--dir certs] [--name HOST ...] [--force]
     consentry-broker engineer add NAME --key FILE.pub [--role R] [--display TEXT]
     consentry-broker engineer list [--json]
@@ -38,6 +39,7 @@ from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
 from broker.registry import ROLES, Registry
+from broker.wire import limits
 from broker.wire.text import printable
 
 __all__ = ["main"]
@@ -67,7 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           key=args.key, checkpoint_file=args.checkpoint_file,
                           audit_max_mb=args.audit_max_mb,
                           pii_retention_days=args.pii_retention_days,
-                          event_retention_days=args.event_retention_days)
+                          event_retention_days=args.event_retention_days,
+                          agent_hellos_per_minute=args.agent_hellos_per_minute)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
 
@@ -232,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep personal data (alias, IP, receipts) N days (default 14)")
     p.add_argument("--event-retention-days", type=int, default=365, metavar="N",
                    help="keep audit events N whole days (default 365)")
+    p.add_argument("--agent-hellos-per-minute", type=_positive_int,
+                   default=limits.MAX_AGENT_HELLOS_PER_SOURCE, metavar="N",
+                   help="agents that may register from one address per minute (default "
+                        f"{limits.MAX_AGENT_HELLOS_PER_SOURCE}); each is an audit event")
     p.set_defaults(func=cmd_serve)
 
     certs = sub.add_parser("certs", help="TLS certificates").add_subparsers(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.errors import ConfigError
+from broker.wire.limits import MAX_AGENT_HELLOS_PER_SOURCE
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_DATA_DIR = Path("var")
@@ -64,6 +65,10 @@ class BrokerConfig:
     pii_retention_days: int = 14
     event_retention_days: int = 365
     retention_interval: float = 60 * 60.0
+    # Agent registrations (`hello`) allowed per source address and minute
+    # (`broker.wire.limits.MAX_AGENT_HELLOS_PER_SOURCE`); raise it for many
+    # customers behind one address, or for a load test from one machine.
+    agent_hellos_per_minute: int = MAX_AGENT_HELLOS_PER_SOURCE
 
     @property
     def audit_db(self) -> Path:

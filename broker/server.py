@@ -120,6 +120,9 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.user_attempts = AttemptLimiter(limits.MAX_LOGIN_ATTEMPTS_PER_USER)
         self.ip_attempts = AttemptLimiter(limits.MAX_LOGIN_ATTEMPTS_PER_IP)
+        # Bounded memory: N timestamps for each of at most 2,000 addresses.
+        self.hello_attempts = AttemptLimiter(config.agent_hellos_per_minute,
+                                             limits.AGENT_HELLO_WINDOW_SECONDS, max_keys=2_000)
         self.consents = Consents(audit, self.end)
 
     # -- routing and error handling ---------------------------------------
@@ -161,6 +164,9 @@ class Broker:
 
     async def agent_control(self, ws: ServerConnection) -> None:
         hello = await recv_control(ws, Conn.AGENT, Phase.HELLO, limits.OPEN_TIMEOUT)
+        if not self.hello_attempts.allow(_peer(ws), time.monotonic()):
+            raise ProtocolError("too many support programs connected from this address in "
+                                "the last minute; it will be let in shortly", "rate_limited")
         device_key = b64decode(hello["device_key"])
         if len(device_key) != 32:
             raise ProtocolError("hello.device_key must be a 32-byte Ed25519 key")

@@ -59,6 +59,15 @@ LOGIN_WINDOW_SECONDS = 5 * 60
 MAX_LOGIN_ATTEMPTS_PER_USER = 10
 MAX_LOGIN_ATTEMPTS_PER_IP = 30
 
+# Agents registering (`hello`), per source address in a minute. Each one is
+# an `agent_connected` event, and anyone may send a hello, so this bounds how
+# fast one address can grow the audit log. An agent connects once and keeps
+# its connection (fresh codes come over it); 120 lets an office of agents
+# behind one NAT reconnect after a broker restart within a few minutes of
+# backoff, while a flood from one address costs at most ~120 events a minute.
+AGENT_HELLO_WINDOW_SECONDS = 60.0
+MAX_AGENT_HELLOS_PER_SOURCE = 120
+
 # Time allowed to finish TLS + WebSocket opening + first message.
 OPEN_TIMEOUT = 10.0
 

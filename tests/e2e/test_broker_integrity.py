@@ -127,3 +127,19 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(deployment: Deployment) -> N
     assert "Traceback" not in result.stderr + result.stdout
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "already running" in result.stderr
+
+
+def test_one_address_registers_a_bounded_number_of_agents_a_minute(
+    deployment: Deployment,
+) -> None:
+    deployment.start_broker(0, "--agent-hellos-per-minute", "5")
+
+    async def flood() -> list[str]:
+        return [(await _hello(deployment, f"flood-{i}", bytes([i]) * 32))["type"]
+                for i in range(8)]
+
+    replies = asyncio.run(flood())
+    assert replies == ["nameplate"] * 5 + ["error"] * 3
+    deployment.stop()
+    connected = [e for e in audit_events(deployment) if e["type"] == "agent_connected"]
+    assert len(connected) == 5
