@@ -32,14 +32,16 @@ from broker.audit.chain import format_time
 __all__ = ["FAILURE_EVENT_BUDGET", "FAILURE_INTERVAL_SECONDS", "FLUSH_EVERY_SECONDS",
            "FailureAggregator", "FailureRecord", "Suppressed", "join_event", "login_event"]
 
-# One event per key per minute is enough to see who fails and how often; an
+# One event per key per five minutes (the login window) is enough to see who
+# fails and how often: the first failure of a key is written at once, and an
 # admin reading `audit list` sees a count instead of a page per attacker.
-FAILURE_INTERVAL_SECONDS = 60.0
-# Events per interval (per kind of failure): at ~1 KiB each (the event, its
-# encrypted personal part and the subject key) the log grows by at most
-# ~1.3 MiB an hour from failed logins, whatever is sent - against ~0.7 GiB
-# an hour when every failure was an event.
-FAILURE_EVENT_BUDGET = 20
+FAILURE_INTERVAL_SECONDS = 5 * 60.0
+# Events per interval (per kind of failure). Measured at ~1 KiB each (the
+# event, its encrypted personal part and the subject's key), failed logins
+# grow the log by at most 26 KiB per 5 minutes (~0.3 MiB an hour, 7.5 MiB a
+# day), whatever is sent - against ~0.7 GiB an hour when every failure was
+# an event.
+FAILURE_EVENT_BUDGET = 25
 # Names tried from one source within an interval before the rest of that
 # source's failures are folded into one event for the source.
 NAMES_PER_SOURCE = 5

@@ -139,7 +139,13 @@ async def test_sweeping_joins_are_refused_without_burning_the_customers_code(
             request = await _recv(agent)
             assert (request["type"], request["nameplate"], request["engineer_login"]) == (
                 "join_request", code, "alice")
-    running.stop_broker()
+            async with _ws(running, "/v1/agent/session") as attached:
+                await attached.send(encode("attach", session=request["session"],
+                                           token=request["token"]))
+                assert (await _recv(console))["type"] == "joined"
+                # Ends alice's session (no need to pair for real); in a thread,
+                # so these sockets still answer the broker's closing handshakes.
+                await asyncio.to_thread(running.stop_broker)
     failed = [e for e in _events(running, "join_failed") if e["actor"] == "mallory"]
     assert sum(e["body"]["count"] for e in failed) == MAX_JOIN_MISSES_PER_ENGINEER + 1
     reasons: dict[str, int] = {}
