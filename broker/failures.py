@@ -24,13 +24,15 @@ this returns, calls `due` on a timer and `drain` at shutdown.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit.chain import format_time
 
 __all__ = ["FAILURE_EVENT_BUDGET", "FAILURE_INTERVAL_SECONDS", "FLUSH_EVERY_SECONDS",
-           "FailureAggregator", "FailureRecord", "Suppressed", "join_event", "login_event"]
+           "FailureAggregator", "FailureEvent", "FailureRecord", "Suppressed", "join_event",
+           "login_event"]
 
 # One event per key per five minutes (the login window) is enough to see who
 # fails and how often: the first failure of a key is written at once, and an
@@ -232,6 +234,8 @@ class FailureAggregator:
 
 
 # -- the audit events (type and fields for `AuditLog.append`) -----------------
+
+FailureEvent = Callable[["FailureRecord | Suppressed"], tuple[str, dict[str, Any]]]
 
 
 def _span(record: FailureRecord | Suppressed) -> dict[str, Any]:

@@ -43,7 +43,13 @@ from broker.auth import verify_login
 from broker.config import BrokerConfig
 from broker.consents import Consents
 from broker.errors import AuditError, AuditWriteError, ConfigError
-from broker.failures import FLUSH_EVERY_SECONDS, FailureAggregator, join_event, login_event
+from broker.failures import (
+    FLUSH_EVERY_SECONDS,
+    FailureAggregator,
+    FailureEvent,
+    join_event,
+    login_event,
+)
 from broker.framepath import FastServerConnection
 from broker.keepalive import sweep_forever
 from broker.limits import session_over
@@ -313,11 +319,7 @@ class Broker:
     async def record_join_failure(self, engineer: Engineer, reason: str) -> None:
         """Folded per engineer (`broker.failures`): a sweep is a few events
         with counts, not one per miss."""
-        record = self.join_failures.note(engineer.name, None, reason, utcnow())
-        if record is not None:
-            event, fields = join_event(record)
-            await self.audit.append(event, now=utcnow(), **fields)
-        self._flush_failures_soon()
+        await self._note_failure(self.join_failures, join_event, engineer.name, None, reason)
 
     async def login(self, ws: ServerConnection) -> Engineer:
         hello = await recv_control(ws, Conn.CONSOLE, Phase.HELLO, limits.OPEN_TIMEOUT)
@@ -348,19 +350,23 @@ class Broker:
         number of slots."""
         source = _peer(ws)
         delay = self.login_throttle.failed(source, user, time.monotonic())
-        record = self.login_failures.note(source, user, reason, utcnow())
-        if record is not None:
-            event, fields = login_event(record)
-            await self.audit.append(event, now=utcnow(), **fields)
-        self._flush_failures_soon()
+        await self._note_failure(self.login_failures, login_event, source, user, reason)
         if delay and self.login_throttle.hold():
             try:
                 await asyncio.sleep(delay)
             finally:
                 self.login_throttle.release()
 
-    def _flush_failures_soon(self) -> None:
-        """One task writes the folded failures while any are pending."""
+    async def _note_failure(
+        self, aggregator: FailureAggregator, to_event: FailureEvent, group: str,
+        name: str | None, reason: str,
+    ) -> None:
+        """Count a failure; write it now if it is news, else it is folded and
+        written later by the one task that writes folded failures."""
+        record = aggregator.note(group, name, reason, utcnow())
+        if record is not None:
+            event, fields = to_event(record)
+            await self.audit.append(event, now=utcnow(), **fields)
         if self._failure_flusher is None or self._failure_flusher.done():
             self._failure_flusher = asyncio.create_task(self._flush_failures_while_pending())
 
