@@ -27,11 +27,11 @@ def verify_login(public_key_line: str, user: str, nonce: bytes, signature: bytes
 
 
 class AttemptLimiter:
-    """At most `limit` failed attempts per key within a sliding window.
+    """Counts attempts per key within a sliding window, up to `limit`.
 
-    Only failures count: an engineer who joins twenty customers in a morning
-    logs in twenty times and must never be locked out for it, while guessing
-    keys or names is slowed to `limit` tries per window.
+    What a count means is its user's business (`broker.throttle`): login
+    failures only ever delay a refusal, so the holder of the right key is
+    never locked out; join misses refuse further joins for a while.
 
     Bounded in memory: each key keeps at most `limit` timestamps, and at most
     `max_keys` keys are tracked (stale ones pruned first, then the oldest), so
@@ -51,6 +51,11 @@ class AttemptLimiter:
             while stamps and now - stamps[0] >= self.window:
                 stamps.popleft()
         return stamps
+
+    def count(self, key: Hashable, now: float) -> int:
+        """Attempts recorded for `key` within the window (at most `limit`)."""
+        stamps = self._recent(key, now)
+        return 0 if stamps is None else len(stamps)
 
     def blocked(self, key: Hashable, now: float) -> bool:
         """True while `key` has used up its failures for this window."""

@@ -1,8 +1,10 @@
 """Nameplates: the public half of a join code, as a pure bookkeeping object.
 
 A nameplate routes a console's ``join`` to one waiting agent. It is unique
-among waiting agents, single-use (claimed once, then gone) and expires after
-`CODE_LIFETIME_SECONDS`. Time is passed in, so tests use a fake clock.
+among waiting agents, single-use (claimed once, then gone), expires after
+`CODE_LIFETIME_SECONDS`, and drawn sparsely (`NAMEPLATE_SPARSITY`), so a
+join with a made-up nameplate almost never reaches anyone. Time is passed
+in, so tests use a fake clock.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from broker.wire.limits import CODE_LIFETIME_SECONDS, MAX_NAMEPLATE_DIGITS
+from broker.wire.limits import CODE_LIFETIME_SECONDS, MAX_NAMEPLATE_DIGITS, NAMEPLATE_SPARSITY
 
 __all__ = ["Nameplate", "NameplateBook"]
 
@@ -34,10 +36,15 @@ class NameplateBook:
         return len(self._by_value)
 
     def _digits(self) -> int:
-        # Grow the nameplate before the space gets crowded, so a random draw
-        # rarely collides and a typo rarely lands on another waiting agent.
-        digits = 3
-        while len(self._by_value) * 4 > 9 * 10 ** (digits - 1) and digits < MAX_NAMEPLATE_DIGITS:
+        # Sparse: the space holds NAMEPLATE_SPARSITY values per waiting agent
+        # (counting the one being drawn), so a made-up nameplate - a sweep, a
+        # typo - finds a waiting agent with odds of at most 1 in 1,000, and a
+        # draw rarely collides. Four digits while up to 9 agents wait, five up
+        # to 90, ... eight (the most) up to 90,000; denser only beyond that.
+        waiting = len(self._by_value) + 1
+        digits = 1
+        while waiting * NAMEPLATE_SPARSITY > 9 * 10 ** (digits - 1) and (
+                digits < MAX_NAMEPLATE_DIGITS):
             digits += 1
         return digits
 

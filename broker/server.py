@@ -46,6 +46,13 @@ from broker.config import BrokerConfig
 from broker.consents import Consents
 from broker.crash_recovery import close_what_a_crash_left_open, record_clean_stop
 from broker.errors import AuditError, AuditWriteError, ConfigError, PkiError
+from broker.failures import (
+    FLUSH_EVERY_SECONDS,
+    FailureAggregator,
+    FailureEvent,
+    join_event,
+    login_event,
+)
 from broker.framepath import FastServerConnection
 from broker.keepalive import sweep_forever
 from broker.limits import session_over
@@ -59,11 +66,13 @@ from broker.session import (
     send_quietly,
     utcnow,
 )
+from broker.throttle import JoinLimits, LoginThrottle
 from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.login import NONCE_BYTES
 from broker.wire.messages import Message, b64decode, b64encode, decode, encode
 from broker.wire.states import Conn, Phase, check_binary, check_inbound
+from broker.wire.text import printable
 
 log = logging.getLogger("consentry.broker")
 
@@ -118,11 +127,16 @@ class Broker:
         self.book = NameplateBook()
         self.agents: dict[str, AgentLink] = {}
         self.sessions: dict[str, Session] = {}
-        self.user_attempts = AttemptLimiter(limits.MAX_LOGIN_ATTEMPTS_PER_USER)
-        self.ip_attempts = AttemptLimiter(limits.MAX_LOGIN_ATTEMPTS_PER_IP)
         # Bounded memory: N timestamps for each of at most 2,000 addresses.
         self.hello_attempts = AttemptLimiter(config.agent_hellos_per_minute,
                                              limits.AGENT_HELLO_WINDOW_SECONDS, max_keys=2_000)
+        # Failed logins and joins: throttled, limited, and folded into a
+        # bounded number of audit events (written by `flush_failures`).
+        self.login_throttle = LoginThrottle()
+        self.join_limits = JoinLimits()
+        self.login_failures = FailureAggregator()
+        self.join_failures = FailureAggregator()
+        self._failure_flusher: asyncio.Task[None] | None = None
         self.consents = Consents(audit, self.end)
 
     # -- routing and error handling ---------------------------------------
@@ -249,11 +263,17 @@ class Broker:
 
     async def join(self, ws: ServerConnection, engineer: Engineer, join: Message) -> None:
         wants = ("view", "control") if "control" in join["wants"] else ("view",)
+        source = _peer(ws)
+        # Asked before the claim: a refused join spends no customer's code.
+        refusal = self.join_limits.refusal(engineer.name, source, time.monotonic())
+        if refusal is not None:
+            await self.record_join_failure(engineer, "rate_limited")
+            raise ProtocolError(refusal, "rate_limited")
         owner = self.book.claim(join["nameplate"], time.monotonic())
         link = self.agents.get(owner) if owner else None
         if link is None:
-            await self.audit.append("join_failed", now=utcnow(), actor=engineer.name,
-                                    body={"reason": "unknown_code"})
+            self.count_join_miss(engineer, source)
+            await self.record_join_failure(engineer, "unknown_code")
             raise ProtocolError(
                 "no customer is waiting with that code: check it, or ask the customer "
                 "for the code now on their screen (codes are single-use and expire)",
@@ -292,25 +312,48 @@ class Broker:
             except ConnectionClosed:
                 await self.end(session, "agent_unreachable")
                 return
-            try:
-                await asyncio.wait_for(session.attached.wait(), limits.OPEN_TIMEOUT)
-            except TimeoutError:
+            if not await _first_of(session.attached, session.done, limits.OPEN_TIMEOUT):
                 await self.end(session, "agent_unreachable")
                 return
+            if session.done.is_set():
+                return  # ended meanwhile (the broker shutting down, say): both ends told
             await ws.send(encode("joined", session=session.id, alias=link.alias))
             await self.pump(session, ws, Conn.CONSOLE)
         finally:
             watchdog.cancel()
             await self.end(session, "console_lost")
+            if session.end_reason == "wrong_code":  # a PAKE guess: a miss too
+                self.count_join_miss(engineer, source)
             self.sessions.pop(session.id, None)
+
+    def count_join_miss(self, engineer: Engineer, source: str) -> None:
+        """Count a join that found no customer; tell the operator once when
+        an account (or an address) reaches the limit: that is a sweep."""
+        for scope in self.join_limits.missed(engineer.name, source, time.monotonic()):
+            minutes = limits.JOIN_MISS_WINDOW_SECONDS // 60
+            if scope == "engineer":
+                log.warning(
+                    "join limit: engineer %s made %d joins that found no waiting customer "
+                    "within %d minutes (sweeping codes?); their joins are refused for a "
+                    "while - see `consentry-broker audit list --type join_failed --engineer %s`",
+                    printable(engineer.name), limits.MAX_JOIN_MISSES_PER_ENGINEER, minutes,
+                    printable(engineer.name))
+            else:
+                log.warning(
+                    "join limit: %d joins from one source address found no waiting customer "
+                    "within %d minutes; joins from it are refused for a while - see "
+                    "`consentry-broker audit list --type join_failed`",
+                    limits.MAX_JOIN_MISSES_PER_SOURCE, minutes)
+
+    async def record_join_failure(self, engineer: Engineer, reason: str) -> None:
+        """Folded per engineer (`broker.failures`): a sweep is a few events
+        with counts, not one per miss."""
+        await self._note_failure(self.join_failures, join_event, engineer.name, None, reason)
 
     async def login(self, ws: ServerConnection) -> Engineer:
         hello = await recv_control(ws, Conn.CONSOLE, Phase.HELLO, limits.OPEN_TIMEOUT)
         user = hello["user"]
-        now = time.monotonic()
-        if self.ip_attempts.blocked(_peer(ws), now) or self.user_attempts.blocked(user, now):
-            await self.record_login_failure(ws, user, "rate_limited")
-            raise ProtocolError("too many failed logins; wait a few minutes", "rate_limited")
+        # No lockout: whatever failed before, a correct signature gets in.
         nonce = os.urandom(NONCE_BYTES)
         await ws.send(encode("challenge", nonce=b64encode(nonce)))
         proof = await recv_control(ws, Conn.CONSOLE, Phase.LOGIN, limits.OPEN_TIMEOUT)
@@ -318,9 +361,6 @@ class Broker:
         signature = b64decode(proof["signature"])
         # One message for unknown user and wrong key: no probing the registry.
         if engineer is None or not verify_login(engineer.public_key, user, nonce, signature):
-            failed_at = time.monotonic()
-            self.ip_attempts.record(_peer(ws), failed_at)
-            self.user_attempts.record(user, failed_at)
             await self.record_login_failure(ws, user, "unknown_user_or_key")
             raise ProtocolError(
                 "login refused: this user is not registered with the broker, or the key "
@@ -333,12 +373,45 @@ class Broker:
         return engineer
 
     async def record_login_failure(self, ws: ServerConnection, user: str, reason: str) -> None:
-        """A failed login names whatever the client typed — possibly someone's
-        e-mail address — so that name goes in the erasable personal part."""
-        await self.audit.append(
-            "login_failed", now=utcnow(), subject=f"login:{user}",
-            personal={"user": user, "ip": _peer(ws)}, body={"reason": reason},
-        )
+        """Record a failed login (folded, `broker.failures`: anyone can send
+        these, and each event costs the log), then hold the refusal back
+        (`broker.throttle`) - in this connection's own task, in a bounded
+        number of slots."""
+        source = _peer(ws)
+        delay = self.login_throttle.failed(source, user, time.monotonic())
+        await self._note_failure(self.login_failures, login_event, source, user, reason)
+        if delay and self.login_throttle.hold():
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.login_throttle.release()
+
+    async def _note_failure(
+        self, aggregator: FailureAggregator, to_event: FailureEvent, group: str,
+        name: str | None, reason: str,
+    ) -> None:
+        """Count a failure; write it now if it is news, else it is folded and
+        written later by the one task that writes folded failures."""
+        record = aggregator.note(group, name, reason, utcnow())
+        if record is not None:
+            event, fields = to_event(record)
+            await self.audit.append(event, now=utcnow(), **fields)
+        if self._failure_flusher is None or self._failure_flusher.done():
+            self._failure_flusher = asyncio.create_task(self._flush_failures_while_pending())
+
+    async def _flush_failures_while_pending(self) -> None:
+        while self.login_failures.pending or self.join_failures.pending:
+            await asyncio.sleep(FLUSH_EVERY_SECONDS)
+            await self.flush_failures(drain=False)
+
+    async def flush_failures(self, *, drain: bool) -> None:
+        """Write the failures that are due (all of them when `drain`)."""
+        now = utcnow()
+        for aggregator, to_event in ((self.login_failures, login_event),
+                                     (self.join_failures, join_event)):
+            for record in aggregator.drain(now) if drain else aggregator.due(now):
+                event, fields = to_event(record)
+                await self.audit_quietly(event, **fields)
 
     # -- the session, once both sides are here ------------------------------
 
@@ -474,10 +547,25 @@ class Broker:
             log.error("could not record %s: %s", event, exc)
 
     async def shutdown(self) -> None:
+        if self._failure_flusher is not None:
+            self._failure_flusher.cancel()
+        await self.flush_failures(drain=True)
         for session in list(self.sessions.values()):
             await self.end(session, "broker_shutdown")
         for link in list(self.agents.values()):
             await close_quietly(link.ws, "broker shutting down")
+
+
+async def _first_of(first: asyncio.Event, second: asyncio.Event, timeout: float) -> bool:
+    """Wait until either event is set; False if neither is within `timeout`."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in (first, second)]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)
 
 
 def error_frame(code: str, message: str) -> str:

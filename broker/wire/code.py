@@ -1,9 +1,10 @@
-"""Join codes: ``NAMEPLATE-SSS-SSS``.
+"""Join codes: ``NAMEPLATE-SSS-SSS``, e.g. 4821-193-775.
 
 The nameplate routes the join to the right agent at the broker; the six
 secret digits never leave the agent and the console, and are the SPAKE2
-password. The nameplate is usually three digits and may grow when many
-agents wait at once.
+password. The nameplate is four digits while few agents wait and grows
+with their number, so that a made-up one almost never finds a waiting agent
+(`broker.wire.limits.NAMEPLATE_SPARSITY`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def parse_code(text: str) -> JoinCode:
     """Read a code as a person types it: dashes and spaces are optional."""
     digits = "".join(ch for ch in text if ch not in " -\t")
     if not digits.isascii() or not digits.isdigit():
-        raise CodeError("a join code has only digits and dashes, like 482-193-775")
+        raise CodeError("a join code has only digits and dashes, like 4821-193-775")
     nameplate_len = len(digits) - SECRET_DIGITS
     if not 1 <= nameplate_len <= MAX_NAMEPLATE_DIGITS:
-        raise CodeError("that code is too short or too long; it looks like 482-193-775")
+        raise CodeError("that code is too short or too long; it looks like 4821-193-775")
     nameplate = digits[:nameplate_len]
     if nameplate.startswith("0"):
         raise CodeError("a join code never starts with 0; please check it")

@@ -47,6 +47,14 @@ WRITE_HIGH_WATER = 256 * 1024
 SECRET_DIGITS = 6
 CODE_LIFETIME_SECONDS = 10 * 60
 MAX_NAMEPLATE_DIGITS = 8
+# Nameplates are drawn from a space at least this many times the number of
+# waiting agents (`broker.pairing`): a join with a made-up nameplate finds a
+# waiting agent with odds of at most 1 in 1,000 (while fewer than 90,000
+# agents wait, the most 8 digits hold at that density). Each such hit is one
+# guess at the secret (1 in 10**6) and spends that customer's code, so hits
+# must be rare. 1,000 keeps the code short enough to read aloud: four digits
+# and the secret (4821-193-775) while up to 9 agents wait, five up to 90.
+NAMEPLATE_SPARSITY = 1000
 
 # Consent: no answer within this is a deny. The agent may choose another
 # value within these bounds; the broker cannot lengthen it.
@@ -54,10 +62,42 @@ DEFAULT_CONSENT_TIMEOUT = 60.0
 MIN_CONSENT_TIMEOUT = 1.0
 MAX_CONSENT_TIMEOUT = 10 * 60.0
 
-# Login: attempts per engineer name and per source address in a window.
+# Login: failures are remembered per engineer name and per source address
+# for this long. They never lock anyone out - a correct signature always gets
+# in at once - but each refusal waits before it is sent (`broker.throttle`):
+# nothing for the first few failures (a wrong key file, a typo in the name),
+# then doubling up to the cap. The delay is taken from the larger of the
+# name's and the source's recent failures, so guessing one name from many
+# places and many names from one place are both slowed.
 LOGIN_WINDOW_SECONDS = 5 * 60
-MAX_LOGIN_ATTEMPTS_PER_USER = 10
-MAX_LOGIN_ATTEMPTS_PER_IP = 30
+LOGIN_FREE_FAILURES = 3
+LOGIN_DELAY_FIRST = 0.25
+# Far below the clients' handshake timeout (60 s), so the refusal is still
+# read and shown; at the cap one connection guesses 15 times a minute.
+LOGIN_DELAY_MAX = 4.0
+# Refusals held back at once, over all sources. Each holds its connection
+# (~40 KiB) and no other task; past this, a failure is refused at once, so
+# parallel guessers cost the broker bounded memory - what stops them is the
+# cap on connections per source, and their failures cost no audit write
+# beyond the aggregated events (`broker.failures`).
+MAX_DELAYED_REFUSALS = 256
+
+# Joins, counted before the nameplate is claimed, so a refused join spends no
+# customer's code. A miss (no customer waits behind that nameplate, or the
+# PAKE failed) is what sweeping random nameplates produces and what a person
+# rarely does: counted tightly, per engineer and per source (several
+# engineers may share an office's address). All joins are counted loosely:
+# harnesses and busy teams join hundreds of sessions in a minute (the bench
+# joins 200 at once from one account), a person one every few minutes.
+# With 10 misses per 10 minutes and nameplate odds of 1 in 1,000, a sweeping
+# account reaches a waiting agent about once in 17 hours, and is refused
+# (`rate_limited`) and named in the operator's log after its tenth miss.
+JOIN_MISS_WINDOW_SECONDS = 10 * 60
+MAX_JOIN_MISSES_PER_ENGINEER = 10
+MAX_JOIN_MISSES_PER_SOURCE = 30
+JOIN_WINDOW_SECONDS = 10 * 60
+MAX_JOINS_PER_ENGINEER = 600
+MAX_JOINS_PER_SOURCE = 1200
 
 # Agents registering (`hello`), per source address in a minute. Each one is
 # an `agent_connected` event, and anyone may send a hello, so this bounds how

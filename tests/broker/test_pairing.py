@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from broker.pairing import NameplateBook
-from broker.wire.limits import CODE_LIFETIME_SECONDS, MAX_NAMEPLATE_DIGITS
+from broker.pairing import Nameplate, NameplateBook
+from broker.wire.limits import CODE_LIFETIME_SECONDS, MAX_NAMEPLATE_DIGITS, NAMEPLATE_SPARSITY
 
 T0 = 1_000.0
 
 
-def test_allocate_gives_a_three_digit_plate() -> None:
+def test_allocate_gives_a_four_digit_plate() -> None:
     book = NameplateBook()
     plate = book.allocate("agent-1", T0)
     assert plate.owner == "agent-1"
-    assert len(plate.value) == 3 and plate.value.isdigit() and plate.value[0] != "0"
+    assert len(plate.value) == 4 and plate.value.isdigit() and plate.value[0] != "0"
     assert plate.expires_at == T0 + CODE_LIFETIME_SECONDS
     assert book.current("agent-1") == plate
     assert len(book) == 1
@@ -110,17 +110,13 @@ def test_allocate_drops_expired_plates() -> None:
 
 def test_digits_grow_when_crowded() -> None:
     book = NameplateBook()
-    plates = [book.allocate(f"agent-{i}", T0) for i in range(600)]
+    plates = [book.allocate(f"agent-{i}", T0) for i in range(1000)]
     values = [p.value for p in plates]
     lengths = [len(v) for v in values]
-    assert len(set(values)) == 600
-    assert lengths[0] == 3
-    assert max(lengths) > 3
-    assert max(lengths) <= MAX_NAMEPLATE_DIGITS
+    assert len(set(values)) == 1000
+    assert lengths[:9] == [4] * 9 and lengths[9:90] == [5] * 81
+    assert lengths[90:900] == [6] * 810 and lengths[900:] == [7] * 100
     assert lengths == sorted(lengths)  # grows, never shrinks while crowded
-    # Grown before a quarter of the 900 three-digit values are taken, so a
-    # typo or a random draw rarely hits another waiting agent.
-    assert lengths.count(3) <= 900 // 4 + 1
     assert all(v[0] != "0" for v in values)
     for p in plates:
         assert book.current(p.owner) == p
@@ -130,5 +126,26 @@ def test_digits_shrink_again_when_quiet() -> None:
     book = NameplateBook(lifetime=60)
     for i in range(300):
         book.allocate(f"agent-{i}", T0)
-    assert len(book.allocate("late", T0).value) == 4
-    assert len(book.allocate("later", T0 + 61).value) == 3
+    assert len(book.allocate("late", T0).value) == 6
+    assert len(book.allocate("later", T0 + 61).value) == 4
+
+
+def test_a_made_up_nameplate_almost_never_finds_a_waiting_agent() -> None:
+    """The odds stated in `NAMEPLATE_SPARSITY`: for any number of waiting
+    agents up to what 8 digits hold sparsely, a guess of any length hits at
+    most one in 1,000 times (a sweep's hit spends a customer's code)."""
+    for waiting in (1, 9, 10, 90, 91, 5_000):
+        book = NameplateBook()
+        for i in range(waiting):
+            book.allocate(f"agent-{i}", T0)
+        for digits in range(1, MAX_NAMEPLATE_DIGITS + 1):
+            taken = sum(1 for p in book._by_value if len(p) == digits)
+            space = 9 * 10 ** (digits - 1)
+            assert taken * NAMEPLATE_SPARSITY <= space, (waiting, digits)
+
+
+def test_nameplates_stay_within_the_longest_the_protocol_carries() -> None:
+    book = NameplateBook()
+    book._by_value.update({str(i): Nameplate(str(i), f"agent-{i}", T0 + 60)
+                           for i in range(100_000)})
+    assert len(book.allocate("crowded", T0).value) == MAX_NAMEPLATE_DIGITS

@@ -1,0 +1,124 @@
+"""Slowing guessers without locking anyone out: pure decisions, time passed in.
+
+`LoginThrottle` says how long to hold a refused login before the refusal is
+sent. It never refuses by itself: the signature is always checked, and a
+correct one gets in at once, however many failures came before it from the
+same name or address.
+
+`JoinLimits` says whether a logged-in engineer's join may go ahead. It is
+asked before the nameplate is claimed, so a refused join spends no
+customer's code.
+"""
+
+from __future__ import annotations
+
+from broker.auth import AttemptLimiter
+from broker.wire import limits
+
+__all__ = ["JoinLimits", "LoginThrottle"]
+
+
+class LoginThrottle:
+    """Delays for refused logins, per source address and per name.
+
+    The delay grows with the larger of the two recent failure counts, so it
+    costs whoever guesses, from one place or for one name. Holding a refusal
+    back holds its connection open, so at most `max_delayed` are held at
+    once; beyond that a failure is refused at once (it still counts).
+    """
+
+    def __init__(self, *, free: int = limits.LOGIN_FREE_FAILURES,
+                 first: float = limits.LOGIN_DELAY_FIRST, cap: float = limits.LOGIN_DELAY_MAX,
+                 window: float = limits.LOGIN_WINDOW_SECONDS,
+                 max_delayed: int = limits.MAX_DELAYED_REFUSALS,
+                 max_keys: int = 10_000) -> None:
+        self.free, self.first, self.cap = free, first, cap
+        self.max_delayed = max_delayed
+        # Counting further than the failure whose delay reaches the cap
+        # changes nothing, so each key keeps only that many timestamps.
+        saturation = free + 1
+        while first * 2 ** (saturation - free - 1) < cap:
+            saturation += 1
+        self._by_source = AttemptLimiter(saturation, window, max_keys)
+        self._by_name = AttemptLimiter(saturation, window, max_keys)
+        self.delayed = 0
+
+    def delay_for(self, failures: int) -> float:
+        """Seconds to hold the refusal of the `failures`-th recent failure."""
+        if failures <= self.free:
+            return 0.0
+        return min(self.cap, self.first * 2 ** (failures - self.free - 1))
+
+    def failed(self, source: str, name: str, now: float) -> float:
+        """Count one failed login; return how long to hold its refusal."""
+        self._by_source.record(source, now)
+        self._by_name.record(name, now)
+        worst = max(self._by_source.count(source, now), self._by_name.count(name, now))
+        return self.delay_for(worst)
+
+    def hold(self) -> bool:
+        """Take a slot to hold one refusal back; False when all are taken."""
+        if self.delayed >= self.max_delayed:
+            return False
+        self.delayed += 1
+        return True
+
+    def release(self) -> None:
+        self.delayed = max(0, self.delayed - 1)
+
+
+class JoinLimits:
+    """Joins per engineer and per source: misses counted tightly, all loosely.
+
+    `refusal` is asked before a join claims its nameplate and counts the join
+    when it may go ahead; `missed` counts a join that found no customer (or
+    whose PAKE failed). A refused join is not counted again, so waiting is
+    enough to be let through.
+    """
+
+    def __init__(self) -> None:
+        window = limits.JOIN_MISS_WINDOW_SECONDS
+        self._misses = {
+            "engineer": AttemptLimiter(limits.MAX_JOIN_MISSES_PER_ENGINEER, window),
+            "source": AttemptLimiter(limits.MAX_JOIN_MISSES_PER_SOURCE, window),
+        }
+        window = limits.JOIN_WINDOW_SECONDS
+        self._joins = {
+            "engineer": AttemptLimiter(limits.MAX_JOINS_PER_ENGINEER, window),
+            "source": AttemptLimiter(limits.MAX_JOINS_PER_SOURCE, window),
+        }
+
+    def refusal(self, engineer: str, source: str, now: float) -> str | None:
+        """Why this join is refused now, in words for the engineer, or None
+        (then the join is counted and may claim its nameplate)."""
+        keys = {"engineer": engineer, "source": source}
+        for scope, limiter in self._misses.items():
+            if limiter.blocked(keys[scope], now):
+                return (f"{_WHO[scope]} made {limiter.limit} joins that found no waiting "
+                        f"customer in the last {_minutes(limiter.window)}; check the code "
+                        "with the customer and try again in a few minutes")
+        for scope, limiter in self._joins.items():
+            if limiter.blocked(keys[scope], now):
+                return (f"{_WHO[scope]} made {limiter.limit} joins in the last "
+                        f"{_minutes(limiter.window)}; try again in a few minutes")
+        for scope, limiter in self._joins.items():
+            limiter.record(keys[scope], now)
+        return None
+
+    def missed(self, engineer: str, source: str, now: float) -> list[str]:
+        """Count a miss; return the scopes ("engineer", "source") that this
+        miss brought to their limit, so the operator hears of it once."""
+        reached = []
+        for scope, key in (("engineer", engineer), ("source", source)):
+            limiter = self._misses[scope]
+            limiter.record(key, now)
+            if limiter.count(key, now) == limiter.limit:
+                reached.append(scope)
+        return reached
+
+
+_WHO = {"engineer": "your account", "source": "your network address"}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes"
