@@ -272,7 +272,7 @@ class Broker:
         owner = self.book.claim(join["nameplate"], time.monotonic())
         link = self.agents.get(owner) if owner else None
         if link is None:
-            self.count_join_miss(engineer, source)
+            await self.count_join_miss(engineer, source)  # counted even if not recorded
             await self.record_join_failure(engineer, "unknown_code")
             raise ProtocolError(
                 "no customer is waiting with that code: check it, or ask the customer "
@@ -323,27 +323,36 @@ class Broker:
             watchdog.cancel()
             await self.end(session, "console_lost")
             if session.end_reason == "wrong_code":  # a PAKE guess: a miss too
-                self.count_join_miss(engineer, source)
+                await self.count_join_miss(engineer, source)
             self.sessions.pop(session.id, None)
 
-    def count_join_miss(self, engineer: Engineer, source: str) -> None:
-        """Count a join that found no customer; tell the operator once when
-        an account (or an address) reaches the limit: that is a sweep."""
+    async def count_join_miss(self, engineer: Engineer, source: str) -> None:
+        """Count a join that found no customer. When an account (or an
+        address) reaches the limit - a sweep - say so once per window, in
+        the audit log (`join_limit_reached`, the engineer as actor, which
+        `audit list` shows as it happens, not when the folded `join_failed`
+        counts are written) and in the operator's log."""
+        minutes = limits.JOIN_MISS_WINDOW_SECONDS // 60
         for scope in self.join_limits.missed(engineer.name, source, time.monotonic()):
-            minutes = limits.JOIN_MISS_WINDOW_SECONDS // 60
+            misses = (limits.MAX_JOIN_MISSES_PER_ENGINEER if scope == "engineer"
+                      else limits.MAX_JOIN_MISSES_PER_SOURCE)
             if scope == "engineer":
                 log.warning(
                     "join limit: engineer %s made %d joins that found no waiting customer "
                     "within %d minutes (sweeping codes?); their joins are refused for a "
-                    "while - see `consentry-broker audit list --type join_failed --engineer %s`",
-                    printable(engineer.name), limits.MAX_JOIN_MISSES_PER_ENGINEER, minutes,
-                    printable(engineer.name))
+                    "while - see `consentry-broker audit list --engineer %s`",
+                    printable(engineer.name), misses, minutes, printable(engineer.name))
             else:
                 log.warning(
                     "join limit: %d joins from one source address found no waiting customer "
-                    "within %d minutes; joins from it are refused for a while - see "
-                    "`consentry-broker audit list --type join_failed`",
-                    limits.MAX_JOIN_MISSES_PER_SOURCE, minutes)
+                    "within %d minutes, the last by engineer %s; joins from it by engineers "
+                    "who missed are refused for a while - see "
+                    "`consentry-broker audit list --type join_limit_reached`",
+                    misses, minutes, printable(engineer.name))
+            # Bounded: once per window per registered account or address.
+            await self.audit_quietly(
+                "join_limit_reached", actor=engineer.name,
+                body={"scope": scope, "misses": misses, "window_minutes": minutes})
 
     async def record_join_failure(self, engineer: Engineer, reason: str) -> None:
         """Folded per engineer (`broker.failures`): a sweep is a few events

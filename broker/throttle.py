@@ -74,6 +74,12 @@ class JoinLimits:
     when it may go ahead; `missed` counts a join that found no customer (or
     whose PAKE failed). A refused join is not counted again, so waiting is
     enough to be let through.
+
+    The misses of a source (several accounts sweeping from one address) stop
+    only those of its engineers who missed themselves: a colleague behind the
+    same office address who has not missed keeps joining, so a sweep cannot
+    lock out the honest engineers next to it. Each further account still
+    adds at most one miss before it is stopped too.
     """
 
     def __init__(self) -> None:
@@ -82,6 +88,9 @@ class JoinLimits:
             "engineer": AttemptLimiter(limits.MAX_JOIN_MISSES_PER_ENGINEER, window),
             "source": AttemptLimiter(limits.MAX_JOIN_MISSES_PER_SOURCE, window),
         }
+        # A limit reached is reported once per window, not at each miss that
+        # keeps it reached.
+        self._reported = {scope: AttemptLimiter(1, window) for scope in self._misses}
         window = limits.JOIN_WINDOW_SECONDS
         self._joins = {
             "engineer": AttemptLimiter(limits.MAX_JOINS_PER_ENGINEER, window),
@@ -92,7 +101,10 @@ class JoinLimits:
         """Why this join is refused now, in words for the engineer, or None
         (then the join is counted and may claim its nameplate)."""
         keys = {"engineer": engineer, "source": source}
+        missed_before = self._misses["engineer"].count(engineer, now) > 0
         for scope, limiter in self._misses.items():
+            if scope == "source" and not missed_before:
+                continue
             if limiter.blocked(keys[scope], now):
                 return (f"{_WHO[scope]} made {limiter.limit} joins that found no waiting "
                         f"customer in the last {_minutes(limiter.window)}; check the code "
@@ -106,13 +118,14 @@ class JoinLimits:
         return None
 
     def missed(self, engineer: str, source: str, now: float) -> list[str]:
-        """Count a miss; return the scopes ("engineer", "source") that this
-        miss brought to their limit, so the operator hears of it once."""
+        """Count a miss; return the scopes ("engineer", "source") whose limit
+        this miss reached, each at most once per window, so the operator
+        hears of a sweep without hearing of it at every miss."""
         reached = []
         for scope, key in (("engineer", engineer), ("source", source)):
             limiter = self._misses[scope]
             limiter.record(key, now)
-            if limiter.count(key, now) == limiter.limit:
+            if limiter.blocked(key, now) and self._reported[scope].allow(key, now):
                 reached.append(scope)
         return reached
 

@@ -86,7 +86,9 @@ MAX_DELAYED_REFUSALS = 256
 # customer's code. A miss (no customer waits behind that nameplate, or the
 # PAKE failed) is what sweeping random nameplates produces and what a person
 # rarely does: counted tightly, per engineer and per source (several
-# engineers may share an office's address). All joins are counted loosely:
+# accounts sweeping from one address; the source's limit stops only those
+# of its engineers who missed, so colleagues sharing an office's address
+# are not locked out by a sweep beside them). All joins are counted loosely:
 # harnesses and busy teams join hundreds of sessions in a minute (the bench
 # joins 200 at once from one account), a person one every few minutes.
 # With 10 misses per 10 minutes and nameplate odds of 1 in 1,000, a sweeping

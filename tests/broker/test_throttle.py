@@ -75,20 +75,34 @@ def test_misses_refuse_joins_for_the_engineer_until_the_window_passes() -> None:
     assert joins.refusal("mallory", "10.0.0.1", window + 0.0) is None
 
 
-def test_the_limit_is_reported_once_when_reached() -> None:
+def test_the_limit_is_reported_once_per_window_when_reached() -> None:
     joins = JoinLimits()
-    reached = [joins.missed("mallory", "10.0.0.1", 0.0)
-               for _ in range(limits.MAX_JOIN_MISSES_PER_ENGINEER)]
+    limit, window = limits.MAX_JOIN_MISSES_PER_ENGINEER, limits.JOIN_MISS_WINDOW_SECONDS
+    reached = [joins.missed("mallory", "10.0.0.1", float(t)) for t in range(limit)]
     assert reached[-1] == ["engineer"] and not any(reached[:-1])
+    # A sweeper retrying as each old miss ages out keeps the limit reached:
+    # still one report per window, not one per miss.
+    later = [joins.missed("mallory", "10.0.0.1", window + t) for t in range(limit - 1)]
+    assert not any(later)
+    # A window after the report, the next miss that keeps it reached is news.
+    assert joins.missed("mallory", "10.0.0.1", window + limit - 1) == ["engineer"]
 
 
-def test_misses_from_one_address_are_counted_over_engineers() -> None:
+def test_misses_from_one_address_stop_the_engineers_who_missed_not_their_colleagues() -> None:
     joins = JoinLimits()
     for i in range(limits.MAX_JOIN_MISSES_PER_SOURCE):
-        joins.missed(f"engineer{i}", "10.0.0.1", 0.0)
-    refusal = joins.refusal("newcomer", "10.0.0.1", 1.0)
+        joins.missed(f"sweeper{i}", "10.0.0.1", 0.0)
+    # Each sweeping account is stopped, though none reached its own limit...
+    refusal = joins.refusal("sweeper0", "10.0.0.1", 1.0)
     assert refusal is not None and "network address" in refusal
-    assert joins.refusal("newcomer", "10.0.0.2", 1.0) is None
+    # ...and a new one is stopped after its first miss...
+    assert joins.refusal("sweeper99", "10.0.0.1", 1.0) is None
+    joins.missed("sweeper99", "10.0.0.1", 1.0)
+    assert joins.refusal("sweeper99", "10.0.0.1", 2.0) is not None
+    # ...while a colleague behind the same address who has not missed joins,
+    # and so does anyone elsewhere.
+    assert joins.refusal("alice", "10.0.0.1", 2.0) is None
+    assert joins.refusal("sweeper0", "10.0.0.2", 2.0) is None
 
 
 def test_a_busy_harness_joins_hundreds_that_succeed() -> None:
