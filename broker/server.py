@@ -469,7 +469,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         checkpointer = Checkpointer(
             audit, config.data_dir, checkpoint_file=config.checkpoint_file,
             every_events=config.checkpoint_every_events,
-            every_seconds=config.checkpoint_every_seconds,
+            every_seconds=config.checkpoint_every_seconds, witnesses=config.witnesses,
         )
         await checkpointer.start()
     except BaseException:
@@ -477,6 +477,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         raise
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
+    broker.consents.checkpoints = checkpointer  # consent receipts sealed back to agents
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
