@@ -57,6 +57,9 @@ class BrokerConfig:
     # broker refuses a log shorter than any of them says, as it does for its
     # own checkpoint file.
     witnesses: tuple[Path, ...] = ()
+    # `serve --checkpoint-command CMD`: each checkpoint line also goes to its
+    # stdin (broker.audit.shipping says what happens when it dies or blocks).
+    checkpoint_command: str | None = None
     # Operator quota on the audit database, in MiB (None: no cap but the
     # disk). At the cap appends fail like on a full disk, so the broker
     # refuses new sessions and says why (fail closed) instead of filling a
