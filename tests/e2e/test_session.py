@@ -142,6 +142,7 @@ def test_customer_can_refuse(running: Deployment) -> None:
     agent.send("\r")
     console.expect("the customer declined the request")
     console.expect(pexpect.EOF)
+    agent.expect("You declined")  # said once the refusal's checkpoint is kept
     running.stop()
     assert "consent_denied" in running.audit_types()
     assert_customer_copy_proves_the_log(running)
