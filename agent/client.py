@@ -52,6 +52,9 @@ _MAX_RETRY_DELAY = 30.0
 # How long to wait for the broker to say why, when the engineer's SSH closes.
 _ENDED_GRACE = 5.0
 _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
+# How long, after the customer refused, to wait for the broker's checkpoint
+# of that refusal (it seals at once; a little more than COVER_WAIT).
+_SEAL_WAIT = 6.0
 
 
 # What a request for control asks for (and what its receipt says was asked).
@@ -197,17 +200,34 @@ class Agent:
             pairing, host_key = paired
             ask, decision = await self._consent(link, request, pairing)
             if decision.decision != "granted":
+                await self._keep_refusal_seal(link)
                 what = "did not answer in time" if decision.decision == "timeout" else "declined"
                 self.screen.notice(
                     f"You {what}: {printable(request['engineer_display'], 40)} was not connected."
                 )
                 return
-            await link.expect("relay_open", timeout=HANDSHAKE_TIMEOUT)
+            while (msg := await link.expect("relay_open", "consent_sealed",
+                                            timeout=HANDSHAKE_TIMEOUT)).type != "relay_open":
+                self._keep_seal(msg)
             await self._serve(link, request, host_key, ask, decision)
         except (LinkError, WireError) as exc:
             self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
         finally:
             await link.close()
+
+    def _keep_seal(self, msg: Message) -> None:
+        """A `consent_sealed`: keep the checkpoint beside the receipt."""
+        if not self.identity.keep_checkpoint(msg["checkpoint"], msg["seq"]):
+            log.warning("the broker's checkpoint for consent event %d was not a "
+                        "checkpoint covering it; not kept", msg["seq"])
+
+    async def _keep_refusal_seal(self, link: BrokerLink) -> None:
+        """After a refusal the broker sends the seal, then ends; briefly wait
+        for it (a broker that does not send one just ends the link)."""
+        with contextlib.suppress(LinkError, WireError, TimeoutError):
+            msg = await link.recv(timeout=_SEAL_WAIT)
+            if msg.type == "consent_sealed":
+                self._keep_seal(msg)
 
     async def _pair(self, link: BrokerLink, request: Message,
                     code: JoinCode) -> tuple[Pairing, asyncssh.SSHKey] | None:
@@ -292,6 +312,8 @@ class Agent:
                     task = asyncio.get_running_loop().create_task(self._ask_for_control(active))
                     active.tasks.add(task)
                     task.add_done_callback(active.tasks.discard)
+            elif msg.type == "consent_sealed":
+                self._keep_seal(msg)
             elif msg.type == "control_result":
                 if active.confirm is not None and not active.confirm.done():
                     active.confirm.set_result(tuple(msg["granted"]))

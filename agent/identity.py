@@ -16,10 +16,24 @@ from pathlib import Path
 import nacl.signing
 
 from agent.errors import SetupError
+from broker.audit.checkpoint_record import parse_checkpoint
+from broker.errors import AuditError
 
 _KEY_FILE = "device.key"
 _ID_FILE = "device.id"
 _RECEIPTS = "receipts.jsonl"
+# Beside the receipts: the broker's signed checkpoints covering the events
+# that recorded them, one canonical line each - a witness file as it is
+# (`consentry-broker audit verify --witness checkpoints.jsonl`).
+_CHECKPOINTS = "checkpoints.jsonl"
+
+
+def _append_private(path: Path, line: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -48,11 +62,22 @@ class DeviceIdentity:
         """Append a signed receipt to the customer's own copy."""
         path = self.state_dir / _RECEIPTS
         line = json.dumps({"receipt": receipt.decode(), "signature": signature.hex()}) + "\n"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        _append_private(path, line.encode())
+
+    def keep_checkpoint(self, text: str, seq: int) -> bool:
+        """Keep the broker's signed checkpoint covering consent event `seq`.
+
+        Only its shape is checked here (the audit key's signature is for
+        whoever verifies the log); one that is not a checkpoint, or does not
+        cover `seq`, is not kept (False)."""
         try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+            checkpoint = parse_checkpoint(text)
+        except AuditError:
+            return False
+        if checkpoint.seq < seq:
+            return False
+        _append_private(self.state_dir / _CHECKPOINTS, checkpoint.line())
+        return True
 
 
 def load_identity(state_dir: Path) -> DeviceIdentity:

@@ -1,13 +1,16 @@
-"""Building big, valid audit logs fast, for the verify and export benchmarks."""
+"""Building big, valid audit logs fast, for the verify and export benchmarks,
+and the durable-append load (with the broker's checkpointer running)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import sqlite3
+import time
 from pathlib import Path
 
 from broker.audit.chain import GENESIS_HASH, canonical_json, event_hash, format_time
+from broker.audit.checkpoints import Checkpointer
 from broker.audit.store import AuditLog
 
 
@@ -42,3 +45,29 @@ def _insert(data_dir: Path, count: int) -> None:
 async def _create(data_dir: Path) -> None:
     log = await AuditLog.open(data_dir)
     await log.close()
+
+
+async def append_rate(data_dir: Path, seconds: float, writers: int = 16) -> float:
+    """Events/s that `writers` concurrent appenders make durable for `seconds`,
+    with a `Checkpointer` scheduled as the broker runs it (every 100 events,
+    and within `MAX_UNSEALED_SECONDS` of an unsealed one): its cost counts."""
+    log = await AuditLog.open(data_dir)
+    checkpointer = Checkpointer(log, data_dir)
+    await checkpointer.start()
+    count = 0
+    deadline = time.monotonic() + seconds
+
+    async def writer() -> None:
+        nonlocal count
+        while time.monotonic() < deadline:
+            await log.append("session_ended", now=dt.datetime.now(dt.UTC), session="s",
+                             actor="alice", body={"reason": "customer_ended"})
+            count += 1
+
+    try:
+        begun = time.monotonic()
+        await asyncio.gather(*(writer() for _ in range(writers)))
+        return count / (time.monotonic() - begun)
+    finally:
+        await checkpointer.stop()
+        await log.close()

@@ -4,7 +4,6 @@ repeat, and return rows for the report."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import measure
-from bench.auditload import fill
+from bench.auditload import append_rate, fill
 from bench.fixture import Deployment
 from bench.paths import Agents, Direct, console_client, relayed
 from bench.procs import cpu_seconds, machine_busy_seconds, rss_bytes, tree_cpu_seconds
@@ -361,24 +360,8 @@ async def concurrent_sessions(dep: Deployment, mode: Mode, single_p99_ms: float,
 
 
 async def audit_appends(mode: Mode) -> list[Row]:
-    rates = []
-    for _ in range(mode.reps):
-        data = Path(tempfile.mkdtemp(prefix="bench-audit-"))
-        log = await AuditLog.open(data)
-        count = 0
-        deadline = time.monotonic() + mode.append_seconds
-
-        async def writer(log: AuditLog = log, deadline: float = deadline) -> None:
-            nonlocal count
-            while time.monotonic() < deadline:
-                await log.append("session_ended", now=dt.datetime.now(dt.UTC), session="s",
-                                 actor="alice", body={"reason": "customer_ended"})
-                count += 1
-
-        begun = time.monotonic()
-        await asyncio.gather(*(writer() for _ in range(16)))
-        rates.append(count / (time.monotonic() - begun))
-        await log.close()
+    rates = [await append_rate(Path(tempfile.mkdtemp(prefix="bench-audit-")),
+                               mode.append_seconds) for _ in range(mode.reps)]
     summary = Summary.of(rates)
     return [Row("audit appends, durable (16 concurrent writers)", "-", ">= 2,000 events/s",
                 summary.fmt(" events/s", 0), summary.median >= 2000, summary.__dict__)]

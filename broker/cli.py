@@ -67,6 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"no {what} at {path} — run `{PROG} certs init` first")
     config = BrokerConfig(host=host, port=port, data_dir=args.data_dir, cert=args.cert,
                           key=args.key, checkpoint_file=args.checkpoint_file,
+                          witnesses=tuple(args.witness or ()),
+                          checkpoint_command=args.checkpoint_command,
                           audit_max_mb=args.audit_max_mb,
                           pii_retention_days=args.pii_retention_days,
                           event_retention_days=args.event_retention_days,
@@ -227,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
                    help="where signed audit checkpoints are appended (default: "
                         "DIR/checkpoints.jsonl; another disk is stronger)")
+    p.add_argument("--witness", type=Path, action="append", metavar="FILE",
+                   help="signed checkpoints kept elsewhere (a copy shipped off this machine, "
+                        "a customer's checkpoints.jsonl): refuse to start on a log shorter "
+                        "than FILE says (repeatable)")
+    p.add_argument("--checkpoint-command", metavar="CMD",
+                   help="also write each checkpoint line to the stdin of this long-running "
+                        "command, e.g. \"logger -t consentry\" or \"ssh host 'cat >> "
+                        "cp.jsonl'\" (restarted if it exits; never delays the log)")
     p.add_argument("--audit-max-mb", type=_positive_int, metavar="N",
                    help="cap the audit database at N MiB: once full, no new session starts "
                         "(agents and consoles are told why) until the cap is raised or "

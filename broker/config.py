@@ -54,6 +54,13 @@ class BrokerConfig:
     checkpoint_file: Path | None = None
     checkpoint_every_events: int = 100
     checkpoint_every_seconds: float = 60.0
+    # Files of checkpoints kept elsewhere (`serve --witness`): at start the
+    # broker refuses a log shorter than any of them says, as it does for its
+    # own checkpoint file.
+    witnesses: tuple[Path, ...] = ()
+    # `serve --checkpoint-command CMD`: each checkpoint line also goes to its
+    # stdin (broker.audit.shipping says what happens when it dies or blocks).
+    checkpoint_command: str | None = None
     # Operator quota on the audit database, in MiB (None: no cap but the
     # disk). At the cap appends fail like on a full disk, so the broker
     # refuses new sessions and says why (fail closed) instead of filling a

@@ -8,10 +8,12 @@ a refused session through the broker's `end`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
 
+from broker.audit.checkpoints import COVER_WAIT, Checkpointer
 from broker.audit.store import AuditLog
 from broker.session import Session, send_quietly, utcnow
 from broker.wire.errors import ProtocolError
@@ -76,6 +78,26 @@ class Consents:
                  end: Callable[[Session, str], Awaitable[None]]) -> None:
         self.audit = audit
         self._end = end
+        # Set by the broker once its checkpointer runs: each consent event's
+        # covering checkpoint then goes back to the agent (`consent_sealed`).
+        self.checkpoints: Checkpointer | None = None
+        self._sealing: set[asyncio.Task[None]] = set()
+
+    async def send_seal(self, session: Session, seq: int) -> None:
+        """Send the agent the signed checkpoint covering consent event `seq`
+        (sealed now if needed, waiting at most COVER_WAIT); nothing if none."""
+        if self.checkpoints is None:
+            return
+        checkpoint = await self.checkpoints.covering(seq, COVER_WAIT)
+        if checkpoint is not None:
+            await send_quietly(session.agent_ws, encode(
+                "consent_sealed", seq=seq, checkpoint=checkpoint.text()))
+
+    def send_seal_later(self, session: Session, seq: int) -> None:
+        """`send_seal` beside the session, so the relay opens without waiting."""
+        task = asyncio.get_running_loop().create_task(self.send_seal(session, seq))
+        self._sealing.add(task)
+        task.add_done_callback(self._sealing.discard)
 
     async def record(self, session: Session, msg: Message) -> None:
         """A `consent` from the agent: the answer to the join, or, in an
@@ -91,7 +113,7 @@ class Consents:
         receipt, body = check_receipt(session, msg, session.wants)
         # The signed receipt names the device, so it is kept with the subject's
         # encrypted personal data; the body keeps what was allowed.
-        await self.audit.append(
+        seq = await self.audit.append(
             f"consent_{receipt.decision}", now=utcnow(), session=session.id,
             actor=session.engineer.name, subject=session.agent.device_id, body=body,
             personal=receipt_personal(session, msg),
@@ -101,6 +123,7 @@ class Consents:
                         receipt=msg["receipt"], signature=msg["signature"])
         if receipt.decision != "granted":
             await send_quietly(session.console, result)
+            await self.send_seal(session, seq)  # before `ended` closes the agent's link
             await self._end(session, _REFUSAL_REASON[receipt.decision])
             return
         await self.audit.append(
@@ -113,6 +136,7 @@ class Consents:
         session.active_since = session.last_activity = time.monotonic()
         await send_quietly(session.console, result)
         await send_quietly(session.agent_ws, encode("relay_open"))
+        self.send_seal_later(session, seq)
 
     async def request_control(self, session: Session) -> None:
         """Forward the engineer's request for control to the customer.
@@ -142,7 +166,7 @@ class Consents:
         if receipt.decision == "granted" and set(receipt.granted) != set(UPGRADE):
             raise ProtocolError("a granted request for control must grant control",
                                 "bad_receipt")
-        await self.audit.append(
+        seq = await self.audit.append(
             f"consent_{receipt.decision}", now=utcnow(), session=session.id,
             actor=session.engineer.name, subject=session.agent.device_id,
             body={**body, "upgrade": True},
@@ -160,3 +184,4 @@ class Consents:
                         granted=list(session.granted))
         await send_quietly(session.console, result)
         await send_quietly(session.agent_ws, result)
+        self.send_seal_later(session, seq)

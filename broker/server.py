@@ -38,6 +38,7 @@ from broker import eventloop
 from broker.admin_api import answer_audit_request
 from broker.audit.checkpoints import Checkpointer
 from broker.audit.retention import check_retention, retention_loop
+from broker.audit.shipping import CheckpointShipper
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
 from broker.auth import AttemptLimiter, verify_login
@@ -605,16 +606,23 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         config.data_dir,
         max_bytes=None if config.audit_max_mb is None else config.audit_max_mb * 1024 * 1024,
     )
+    shipper: CheckpointShipper | None = None
     try:
         # Refuses to start on a log that no longer holds what its newest
         # signed checkpoint covers (cut short, or an older copy restored).
         checkpointer = Checkpointer(
             audit, config.data_dir, checkpoint_file=config.checkpoint_file,
             every_events=config.checkpoint_every_events,
-            every_seconds=config.checkpoint_every_seconds,
+            every_seconds=config.checkpoint_every_seconds, witnesses=config.witnesses,
         )
+        if config.checkpoint_command is not None:
+            shipper = CheckpointShipper(config.checkpoint_command)
+            checkpointer.add_listener(shipper.offer)
+            shipper.start()
         await checkpointer.start()
     except BaseException:
+        if shipper is not None:
+            await shipper.stop(0)
         await audit.close()
         raise
     try:
@@ -631,6 +639,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         raise
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
+    broker.consents.checkpoints = checkpointer  # consent receipts sealed back to agents
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -683,4 +692,6 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         with contextlib.suppress(asyncio.CancelledError):
             await retention
         await checkpointer.stop()  # after the last session_ended: a final checkpoint
+        if shipper is not None:
+            await shipper.stop()  # after the final checkpoint, so it is shipped too
         await audit.close()

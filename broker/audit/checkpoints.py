@@ -1,15 +1,11 @@
-"""Signed checkpoints of the audit log, kept in two places.
+"""Signed checkpoints of the audit log, kept in two places (and witnesses).
 
 The hash chain alone shows that rows were edited, inserted, reordered or
 removed from the middle; it cannot show that the newest rows were cut off, or
 that the whole file was swapped for an older copy. A checkpoint can: the
-broker's audit key (``broker.audit.signing``, outside the database) signs
-
-    payload = {"kind": "checkpoint", "seq": N, "hash": hash of event N,
-               "time": UTC ISO 8601, "prev": SHA-256 hex of the canonical bytes
-               of the previous signed checkpoint record ("0" * 64 for the first)}
-
-as a signed record ``{"payload": ..., "signature": ...}`` and keeps it
+broker's audit key (``broker.audit.signing``, outside the database) signs the
+newest event's (seq, hash), the time and a link to the previous checkpoint
+(the record's format: ``broker.audit.checkpoint_record``) and keeps it
 
 * as one canonical JSON line, fsynced, appended to a file outside the database
   (default ``data_dir/checkpoints.jsonl``; put it on another disk or ship it
@@ -21,15 +17,29 @@ link, compares each (seq, hash) with the events, and the file with the table.
 An empty log is checkpointed as seq 0 with the chain's genesis hash.
 
 The file line is written and fsynced *before* the table row commits, inside
-the same write transaction, so the file is never behind the database. A crash
+the same write transaction (SQLite's write lock, which every process that
+appends takes too), so the file is never behind the database and two
+processes never interleave: the broker and an admin command may checkpoint
+the same log at once, each chaining on whatever the other wrote last. A crash
 between the two leaves the file one line ahead; the next checkpoint repairs
 the table from it. Anything else that makes the two disagree is refused, and
-left for `verify` to explain.
+left for `verify` to explain. A checkpoint is also refused when the log no
+longer holds what the newest one in the file signed (cut short, or changed):
+sealing on would bury the evidence.
 
-The `Checkpointer` is what the broker runs: a checkpoint every N events (a
-listener on `AuditLog.append` counts them) or every T seconds even when idle
-(then it re-signs the same seq and hash with a newer time, proving the log was
-not cut short meanwhile), one at start-up and one at shutdown.
+Every process that appends seals what it appended before it reports success:
+the admin commands through `broker.audit_cli.common.open_log`, the broker
+with the `Checkpointer` — one at start-up (after checking the log against the
+checkpoint file and every witness file, `witnesses`), one at shutdown, one
+every N events, one at most `MAX_UNSEALED_SECONDS` after an event that no
+checkpoint covers yet, and one every T seconds even when idle (then it
+re-signs the same seq and hash with a newer time, proving the log was not cut
+short meanwhile). `covering(seq)` gives a caller (the consent handler) the
+checkpoint that covers its event, sealing one at once if needed.
+
+Where the checkpoint file lives is recorded in the data directory
+(`CHECKPOINT_LOCATION`) when the broker is told another place, so the admin
+commands seal into the same file (`checkpoint_path`).
 """
 
 from __future__ import annotations
@@ -37,49 +47,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import json
-import json.encoder
 import logging
 import os
-import re
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import nacl.signing
 
 from broker.audit.chain import GENESIS_HASH, canonical_json, format_time
-from broker.audit.signing import load_or_create_signing_key, sign_record, verify_record
+from broker.audit.checkpoint_record import (
+    GENESIS_CHECKPOINT,
+    Checkpoint,
+    make_checkpoint,
+    parse_checkpoint,
+    record_digest,
+)
+from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
 from broker.errors import AuditError
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "CHECKPOINT_LOCATION",
+    "COVER_WAIT",
     "DEFAULT_EVERY_EVENTS",
     "DEFAULT_EVERY_SECONDS",
     "GENESIS_CHECKPOINT",
+    "MAX_UNSEALED_SECONDS",
     "Checkpoint",
     "Checkpointer",
+    "checkpoint_path",
     "ensure_checkpoint_table",
+    "newest_in_witness",
     "parse_checkpoint",
     "record_digest",
 ]
 
 CHECKPOINT_FILE = "checkpoints.jsonl"
+# Written by the broker when its checkpoint file is not the default: one
+# line, the file's absolute path. Read by the admin commands.
+CHECKPOINT_LOCATION = "checkpoints.location"
 DEFAULT_EVERY_EVENTS = 100
 DEFAULT_EVERY_SECONDS = 60.0
-# "prev" of the first checkpoint: there is no record before it.
-GENESIS_CHECKPOINT = "0" * 64
+# While the broker runs, an acknowledged event stays outside every signed
+# checkpoint for at most about this long: the window in which rows cut from
+# the end of the log would go unnoticed. Short enough that a session's events
+# are sealed before anyone could act on them; long enough that a burst of
+# appends shares one checkpoint (two fsyncs and a signature) instead of
+# paying for one per group commit.
+MAX_UNSEALED_SECONDS = 2.0
+# How long `covering` waits for a checkpoint of a given event before the
+# caller goes on without one (the agent works without it).
+COVER_WAIT = 5.0
 # How long a checkpoint waits for the database's write lock (a long admin
 # command, say) before it gives up and tries again at the next turn.
 _BUSY_TIMEOUT = 10.0
 # A checkpoint line is ~300 bytes; the tail read looks at this much of the file.
 _TAIL_BYTES = 64 * 1024
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 log = logging.getLogger("consentry.audit.checkpoints")
 
@@ -96,83 +123,37 @@ BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 """
 
 
-def _is_hex64(value: object) -> bool:
-    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One signed checkpoint: what it says, and the record that says it."""
-
-    seq: int
-    hash: str
-    time: str
-    prev: str
-    record: dict[str, Any]
-    digest: str  # `record_digest(record)`: what the next checkpoint's ``prev`` must be
-
-    def line(self) -> bytes:
-        """The record as one line of the checkpoint file."""
-        return canonical_json(self.record) + b"\n"
-
-
-def _canonical_encoder() -> Callable[[Any], bytes]:
-    """`chain.canonical_json`'s encoding, with the C encoder made once:
-    json.dumps builds a new one per call, and a verifier digests every line
-    of a checkpoint file that grows by some 500,000 lines a year."""
-    make = json.encoder.c_make_encoder
-
-    def refuse(value: object) -> object:
-        raise TypeError(f"{type(value).__name__} is not plain JSON")
-
-    if make is None:  # pragma: no cover - CPython has it
-        return canonical_json
-    encode = make(None, refuse, json.encoder.encode_basestring, None, ":", ",",
-                  True, False, False)
-    return lambda value: "".join(encode(value, 0)).encode("utf-8")
-
-
-_canonical = _canonical_encoder()
-
-
-def record_digest(record: Mapping[str, Any]) -> str:
-    """SHA-256 hex of the canonical bytes of a signed checkpoint record."""
+def checkpoint_path(data_dir: Path, explicit: Path | None = None) -> Path:
+    """Where the checkpoints of the log in `data_dir` go: `explicit` if
+    given, else where the broker last said (`CHECKPOINT_LOCATION`), else
+    ``data_dir/checkpoints.jsonl``."""
+    if explicit is not None:
+        return Path(explicit)
     try:
-        return hashlib.sha256(_canonical(dict(record))).hexdigest()
-    except (TypeError, ValueError) as exc:
-        raise AuditError(f"audit data is not plain JSON: {exc}") from exc
+        text = (Path(data_dir) / CHECKPOINT_LOCATION).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return Path(data_dir) / CHECKPOINT_FILE
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuditError(f"cannot read {Path(data_dir) / CHECKPOINT_LOCATION}: {exc}") from exc
+    return Path(text) if text else Path(data_dir) / CHECKPOINT_FILE
 
 
-def parse_checkpoint(
-    text: str | bytes, public_key: nacl.signing.VerifyKey | None = None
-) -> Checkpoint:
-    """Read one checkpoint record (a file line or a table row).
-
-    Raises AuditError saying what is wrong with its shape; with `public_key`,
-    also if the signature does not verify (the message then begins
-    "signature does not verify").
-    """
+def _record_location(data_dir: Path, path: Path) -> None:
+    """Tell later admin commands where the checkpoints go (see `checkpoint_path`)."""
+    pointer = data_dir / CHECKPOINT_LOCATION
     try:
-        record = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AuditError(f"not JSON ({exc})") from None
-    if not isinstance(record, dict) or set(record) != {"payload", "signature"}:
-        raise AuditError("not a signed record (expected payload and signature)")
-    payload = record["payload"]
-    if not isinstance(payload, dict) or payload.get("kind") != "checkpoint":
-        raise AuditError("its payload is not a checkpoint")
-    seq, digest, time, prev = (payload.get(k) for k in ("seq", "hash", "time", "prev"))
-    if set(payload) != {"kind", "seq", "hash", "time", "prev"}:
-        raise AuditError("its payload has missing or unexpected fields")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise AuditError("its seq is not a non-negative integer")
-    if not _is_hex64(digest) or not _is_hex64(prev):
-        raise AuditError("its hash or prev is not a SHA-256 hex digest")
-    if not isinstance(time, str) or not isinstance(record["signature"], str):
-        raise AuditError("its time or signature is not a string")
-    if public_key is not None:
-        verify_record(public_key, record)
-    return Checkpoint(seq, str(digest), time, str(prev), record, record_digest(record))
+        if path == data_dir / CHECKPOINT_FILE:
+            pointer.unlink(missing_ok=True)
+            return
+        text = str(path.absolute()) + "\n"
+        if pointer.exists() and pointer.read_text(encoding="utf-8") == text:
+            return
+        tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, pointer)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuditError(f"cannot record the checkpoint file's location in {pointer}: "
+                         f"{exc}") from exc
 
 
 def ensure_checkpoint_table(conn: sqlite3.Connection) -> None:
@@ -264,12 +245,75 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def newest_in_witness(path: Path, key: nacl.signing.VerifyKey) -> Checkpoint | None:
+    """The checkpoint of the highest seq in a witness file (None if it holds
+    none), its signature checked: the claim a log must not fall short of.
+
+    A witness is any file of checkpoint lines kept elsewhere (a copy shipped
+    by `--checkpoint-command`, an agent's ``checkpoints.jsonl``); its lines
+    need not be consecutive or chained. Lines that are not checkpoint
+    records are skipped here (`audit verify --witness` names them).
+    """
+    best: Checkpoint | None = None
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                try:
+                    found = parse_checkpoint(raw)
+                except AuditError:
+                    continue
+                if best is None or found.seq > best.seq:
+                    best = found
+    except OSError as exc:
+        raise AuditError(f"cannot read the witness file {path}: {exc}") from exc
+    if best is None:
+        return None
+    try:
+        parse_checkpoint(best.text(), key)
+    except AuditError as exc:
+        raise AuditError(
+            f"the checkpoint of seq {best.seq} in the witness file {path} is not signed by "
+            f"this broker's audit key ({exc}); run `consentry-broker audit verify "
+            f"--witness {path}`") from None
+    return best
+
+
+def _tail_problem(conn: sqlite3.Connection, newest: Checkpoint, source: Path,
+                  db_path: Path) -> str | None:
+    """Why the log does not hold what `newest` (from `source`) signed, or None."""
+    if newest.seq == 0:
+        return None
+    try:
+        first, last = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+        row = conn.execute("SELECT hash FROM events WHERE seq = ?", (newest.seq,)).fetchone()
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot read the audit log {db_path}: {exc}") from exc
+    if row is None and first is not None and newest.seq < first:
+        return None  # purged by retention; verify checks the signed purge record
+    if row is None:
+        return (
+            f"the audit log ends at seq {last or 0} but the checkpoint of {newest.time} "
+            f"in {source} covers seq {newest.seq}: events were deleted from the end, "
+            "or audit.db was replaced by an older copy. Run `consentry-broker audit "
+            "verify`. Only if you are deliberately starting a new log, move the "
+            "checkpoint file aside."
+        )
+    if row[0] != newest.hash:
+        return (
+            f"event {newest.seq} of the audit log is not the one the checkpoint of "
+            f"{newest.time} in {source} signed: the log was changed. Run "
+            "`consentry-broker audit verify`."
+        )
+    return None
+
+
 class Checkpointer:
     """Writes signed checkpoints of one audit log; see the module docstring.
 
-    `clock` gives the checkpoint times and drives the T-second schedule (a
-    fake one in tests); `poll` caps how long the background task sleeps
-    between looks at that clock.
+    `clock` gives the checkpoint times and drives the schedule (a fake one
+    in tests); `poll` caps how long the background task sleeps between looks
+    at that clock. `witnesses` are files of checkpoints kept elsewhere that
+    `start` holds the log against as it does the checkpoint file.
     """
 
     def __init__(
@@ -280,10 +324,12 @@ class Checkpointer:
         checkpoint_file: Path | None = None,
         every_events: int = DEFAULT_EVERY_EVENTS,
         every_seconds: float = DEFAULT_EVERY_SECONDS,
+        seal_after: float = MAX_UNSEALED_SECONDS,
+        witnesses: Sequence[Path] = (),
         clock: Callable[[], dt.datetime] = _utcnow,
         poll: float = 5.0,
     ) -> None:
-        if every_events < 1 or every_seconds <= 0 or poll <= 0:
+        if every_events < 1 or every_seconds <= 0 or poll <= 0 or seal_after <= 0:
             raise AuditError("checkpoints need a positive event count, interval and poll time")
         self.audit = audit
         self.data_dir = Path(data_dir)
@@ -291,6 +337,8 @@ class Checkpointer:
                      else self.data_dir / CHECKPOINT_FILE)
         self.every_events = every_events
         self.every_seconds = every_seconds
+        self.seal_after = seal_after
+        self.witnesses = tuple(Path(w) for w in witnesses)
         self._clock = clock
         self._poll = poll
         try:
@@ -303,39 +351,73 @@ class Checkpointer:
         self._write_lock = threading.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[Checkpoint] | None = None
         self._latest_seq = 0  # newest seq this process appended
+        self._uncovered_at: dt.datetime | None = None  # first event no checkpoint covers
         self._last: Checkpoint | None = None  # newest checkpoint written here
         self._last_at: dt.datetime | None = None
+        self._listeners: list[Callable[[Checkpoint], None]] = []
+        self._stopping = False
 
     @property
     def last(self) -> Checkpoint | None:
         """The newest checkpoint this checkpointer wrote."""
         return self._last
 
+    def add_listener(self, listener: Callable[[Checkpoint], None]) -> None:
+        """Call `listener(checkpoint)` after each checkpoint written here (in
+        the event loop; it must be quick, e.g. queue the line to ship it)."""
+        self._listeners.append(listener)
+
     # -- scheduling -------------------------------------------------------
 
     def due(self) -> bool:
-        """N events appended, or T seconds passed, since the last checkpoint."""
+        """N events appended, an event uncovered for `seal_after` seconds, or
+        T seconds passed, since the last checkpoint."""
         if self._last is None or self._last_at is None:
             return True
         if self._latest_seq - self._last.seq >= self.every_events:
             return True
-        return (self._clock() - self._last_at).total_seconds() >= self.every_seconds
+        now = self._clock()
+        if (self._uncovered_at is not None
+                and (now - self._uncovered_at).total_seconds() >= self.seal_after):
+            return True
+        return (now - self._last_at).total_seconds() >= self.every_seconds
+
+    def _next_look(self) -> float:
+        """Seconds until `due` may next turn true (at most `poll`)."""
+        timeout = self._poll
+        now = self._clock()
+        if self._last_at is not None:
+            elapsed = (now - self._last_at).total_seconds()
+            timeout = min(timeout, self.every_seconds - elapsed)
+        if self._uncovered_at is not None:
+            waited = (now - self._uncovered_at).total_seconds()
+            timeout = min(timeout, self.seal_after - waited)
+        return max(0.0, timeout)
 
     def _on_append(self, seq: int, _hash: str) -> None:
         # Runs inside every append: only count and, when due, wake the task.
         self._latest_seq = max(self._latest_seq, seq)
-        if self._last is not None and seq - self._last.seq >= self.every_events:
+        if self._last is None or seq <= self._last.seq:
+            return
+        if self._uncovered_at is None:
+            # The first event outside a checkpoint starts the short clock.
+            self._uncovered_at = self._clock()
+            self._wake.set()
+        elif seq - self._last.seq >= self.every_events:
             self._wake.set()
 
     async def start(self) -> None:
-        """Check the log against the newest checkpoint, write one, then run.
+        """Check the log against the newest checkpoint of the checkpoint file
+        and of every witness, write one, then run.
 
-        Refuses (AuditError) if the log no longer holds what the newest
-        checkpoint signed — cut short, or replaced by an older copy: carrying
-        on would bury the evidence under new checkpoints.
+        Refuses (AuditError) if the log no longer holds what one of them
+        signed — cut short, or replaced by an older copy: carrying on would
+        bury the evidence under new checkpoints.
         """
         await asyncio.to_thread(self._check_tail)
+        await asyncio.to_thread(_record_location, self.data_dir, self.path)
         await self.checkpoint()
         self.audit.add_append_listener(self._on_append)
         self._task = asyncio.create_task(self._run(), name="audit-checkpointer")
@@ -345,6 +427,10 @@ class Checkpointer:
         self.audit.remove_append_listener(self._on_append)
         task, self._task = self._task, None
         if task is not None:
+            # The flag as well as the cancel: asyncio.wait_for (3.11) swallows a
+            # cancellation that arrives just as the wake-up event is set.
+            self._stopping = True
+            self._wake.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -357,21 +443,53 @@ class Checkpointer:
         """Sign and store a checkpoint of the newest event, now."""
         # In a thread, with its own connection: signing and two fsyncs must
         # not stall the event loop; the thread finishes even if we are cancelled.
-        return await asyncio.to_thread(self._write, self._clock())
+        checkpoint = await asyncio.to_thread(self._write, self._clock())
+        if self._latest_seq <= checkpoint.seq:
+            self._uncovered_at = None
+        elif self._uncovered_at is None:
+            # Appended while this one was being written (an earlier start
+            # time, if set, only makes the next checkpoint come sooner).
+            self._uncovered_at = self._clock()
+        for listener in list(self._listeners):
+            try:
+                listener(checkpoint)
+            except Exception:
+                log.exception("audit checkpoint listener failed")
+        return checkpoint
+
+    async def seal(self) -> Checkpoint:
+        """A checkpoint written from now on, shared with any caller already
+        waiting for one (so a burst of callers costs one or two checkpoints)."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self.checkpoint())
+        return await asyncio.shield(self._inflight)
+
+    async def covering(self, seq: int, timeout: float = COVER_WAIT) -> Checkpoint | None:
+        """A checkpoint that covers event `seq`: the last one if it does, else
+        one sealed now. None (logged) if none could be had within `timeout`."""
+
+        async def sealed() -> Checkpoint:
+            while self._last is None or self._last.seq < seq:
+                await self.seal()
+            return self._last
+
+        try:
+            return await asyncio.wait_for(sealed(), timeout)
+        except TimeoutError:
+            log.error("no audit checkpoint covered event %d within %.0f s", seq, timeout)
+        except AuditError as exc:
+            log.error("could not write an audit checkpoint: %s", exc)
+        return None
 
     async def _run(self) -> None:
-        while True:
-            timeout = self._poll
-            if self._last_at is not None:
-                elapsed = (self._clock() - self._last_at).total_seconds()
-                timeout = min(self._poll, max(0.0, self.every_seconds - elapsed))
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), self._next_look())
             self._wake.clear()
             if not self.due():
                 continue
             try:
-                await self.checkpoint()
+                await self.seal()
             except Exception as exc:
                 # Logged and retried at the next turn: the schedule must
                 # outlive a full disk or a locked database.
@@ -397,34 +515,27 @@ class Checkpointer:
             ) from None
 
     def _check_tail(self) -> None:
+        claims: list[tuple[Checkpoint, Path]] = []
         newest = self._newest_in_file()
-        if newest is None or newest.seq == 0:
+        if newest is not None:
+            claims.append((newest, self.path))
+        for witness in self.witnesses:
+            if not witness.exists():
+                raise AuditError(f"the witness file {witness} does not exist (check "
+                                 "--witness; an empty file is a witness of nothing)")
+            found = newest_in_witness(witness, self._key.verify_key)
+            if found is not None:
+                claims.append((found, witness))
+        if not claims:
             return
         conn = _connect(self.audit.path)
         try:
-            first, last = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
-            row = conn.execute("SELECT hash FROM events WHERE seq = ?",
-                               (newest.seq,)).fetchone()
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot read the audit log {self.audit.path}: {exc}") from exc
+            for checkpoint, source in claims:
+                problem = _tail_problem(conn, checkpoint, source, self.audit.path)
+                if problem is not None:
+                    raise AuditError(problem)
         finally:
             conn.close()
-        if row is None and first is not None and newest.seq < first:
-            return  # purged by retention; verify checks the signed purge record
-        if row is None:
-            raise AuditError(
-                f"the audit log ends at seq {last or 0} but the checkpoint of {newest.time} "
-                f"in {self.path} covers seq {newest.seq}: events were deleted from the end, "
-                "or audit.db was replaced by an older copy. Run `consentry-broker audit "
-                "verify`. Only if you are deliberately starting a new log, move the "
-                "checkpoint file aside."
-            )
-        if row[0] != newest.hash:
-            raise AuditError(
-                f"event {newest.seq} of the audit log is not the one the checkpoint of "
-                f"{newest.time} in {self.path} signed: the log was changed. Run "
-                "`consentry-broker audit verify`."
-            )
 
     def _write(self, now: dt.datetime) -> Checkpoint:
         time = format_time(now)
@@ -435,18 +546,21 @@ class Checkpointer:
                     ensure_checkpoint_table(conn)
                     self._table_ready = True
                 # The write lock, so the newest event cannot change under us and
-                # no other writer slips a checkpoint in between.
+                # no other writer (this process or another) slips a checkpoint in.
                 conn.execute("BEGIN IMMEDIATE")
                 row = conn.execute(
                     "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, digest = (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
-                prev = self._reconcile(conn)
-                payload = {"kind": "checkpoint", "seq": seq, "hash": digest, "time": time,
-                           "prev": prev}
-                record = sign_record(self._key, payload)
-                checkpoint = Checkpoint(seq, digest, time, prev, record, record_digest(record))
+                in_file = self._newest_in_file()
+                if in_file is not None:
+                    problem = _tail_problem(conn, in_file, self.path, self.audit.path)
+                    if problem is not None:
+                        raise AuditError(f"no checkpoint written: {problem}")
+                prev = self._reconcile(conn, in_file)
+                checkpoint = make_checkpoint(self._key, seq=seq, hash=digest, time=time,
+                                             prev=prev)
                 conn.execute("INSERT INTO checkpoints (seq, record) VALUES (?, ?)",
-                             (seq, canonical_json(record).decode()))
+                             (seq, checkpoint.text()))
                 _append_line(self.path, checkpoint.line())
                 # The file has it now, so the next one chains on it even if the
                 # commit below fails (the table is then repaired from the file).
@@ -463,17 +577,15 @@ class Checkpointer:
                 raise
             finally:
                 conn.close()
-        self._latest_seq = max(self._latest_seq, seq)
         return checkpoint
 
-    def _reconcile(self, conn: sqlite3.Connection) -> str:
+    def _reconcile(self, conn: sqlite3.Connection, in_file: Checkpoint | None) -> str:
         """The ``prev`` for the next checkpoint, once file and table agree.
 
         Only one disagreement is expected — the file one line ahead after a
         crash or failed commit — and that is repaired here. Any other means
         one of them was tampered with; writing on would hide that.
         """
-        in_file = self._newest_in_file()
         row = conn.execute("SELECT record FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
         file_digest = GENESIS_CHECKPOINT if in_file is None else in_file.digest
         table_digest = GENESIS_CHECKPOINT

@@ -14,6 +14,14 @@ reports every problem it finds in words an auditor can act on, the first bad
   newest checkpoint against the end of the log — truncation, or a database
   rolled back to an older copy, is caught;
 * the checkpoint file against the ``checkpoints`` table of the database;
+* each line of every witness file (`witnesses`: checkpoints kept elsewhere —
+  a copy shipped by ``serve --checkpoint-command``, an agent's
+  ``checkpoints.jsonl``; lines need not be consecutive or chained): its
+  signature, that its seq is not past the end of the log (the log was cut),
+  that the event at its seq has the hash it signed (the log was altered),
+  and for a seq no longer in the log, that a signed purge record covers it;
+* how many events lie after the newest checkpoint (`VerifyReport.unsealed`):
+  those are what a cut of the log's end could still remove unseen;
 * a log whose first event is not seq 1 is accepted only if a later, intact
   ``events_purged`` event carries a validly signed purge record for exactly
   the events before it (`check_purge_body`, `purge_covers`; `purge_body`
@@ -43,7 +51,7 @@ import json.encoder
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,7 +60,7 @@ from urllib.parse import quote
 import nacl.signing
 
 from broker.audit.chain import GENESIS_HASH, event_hash
-from broker.audit.checkpoints import (
+from broker.audit.checkpoint_record import (
     GENESIS_CHECKPOINT,
     Checkpoint,
     parse_checkpoint,
@@ -183,6 +191,9 @@ class VerifyReport:
     checkpoints: int = 0  # checkpoint lines whose signature verifies
     last_checkpoint: Checkpoint | None = None  # the file's last valid line
     purged_through: int | None = None
+    # Events after the newest checkpoint (file or table): not yet sealed.
+    unsealed: int = 0
+    witness_checkpoints: int = 0  # witness lines that agree with the log
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _counts: dict[str, int] = field(default_factory=dict, repr=False)
@@ -222,6 +233,11 @@ class VerifyReport:
         cps = f"{self.checkpoints} checkpoint{'' if self.checkpoints == 1 else 's'}"
         if self.last_checkpoint is not None:
             cps += f", last at {self.last_checkpoint.time} (seq {self.last_checkpoint.seq})"
+        cps += (f", {self.unsealed} event{'' if self.unsealed == 1 else 's'} after the "
+                "newest checkpoint")
+        if self.witness_checkpoints:
+            cps += (f", {self.witness_checkpoints} witness checkpoint"
+                    f"{'' if self.witness_checkpoints == 1 else 's'} agree")
         if self.ok:
             return f"audit log intact: {span}, {cps}"
         count = len(self.problems)
@@ -236,6 +252,7 @@ class VerifyReport:
             "ok": self.ok, "first_bad_seq": self.first_bad_seq, "events": self.events,
             "first_seq": self.first_seq, "last_seq": self.last_seq,
             "purged_through": self.purged_through, "checkpoints": self.checkpoints,
+            "unsealed": self.unsealed, "witness_checkpoints": self.witness_checkpoints,
             "last_checkpoint": None if last is None else {
                 "seq": last.seq, "hash": last.hash, "time": last.time},
             "problems": [p.as_dict() for p in self.ordered_problems()],
@@ -588,6 +605,7 @@ class _EventScan:
         self.matched = 0  # the highest seq a checkpoint confirmed
         self.purges: list[tuple[int, str]] = []
         self.beyond: _Anchor | None = None  # the newest checkpoint past the end
+        self.newest_sealed: int | None = None  # the highest seq a checkpoint covers
 
     def run(self, anchors: Iterator[_Anchor], batch_size: int) -> None:
         cursor = self.conn.execute("SELECT seq, time, type, session, actor, subject, body, "
@@ -654,6 +672,7 @@ class _EventScan:
         """Compare one checkpoint with the event it covers (`stored`: its hash,
         if at hand; else it is looked up)."""
         cp, report = anchor, self.report
+        self.newest_sealed = max(cp.seq, self.newest_sealed or 0)
         if cp.seq == 0:
             if cp.hash != GENESIS_HASH:
                 report.add("checkpoints", Problem(
@@ -697,6 +716,11 @@ class _EventScan:
 
     def finish(self) -> None:
         self._check_start()
+        last = self.report.last_seq
+        if last is not None:
+            sealed = self.newest_sealed if self.newest_sealed is not None else 0
+            self.report.unsealed = (min(self.report.events, last - sealed)
+                                    if last > sealed else 0)
         if self.beyond is not None:
             cp, last = self.beyond, self.report.last_seq
             end = "log is empty" if last is None else f"log ends at seq {last}"
@@ -738,6 +762,59 @@ class _EventScan:
             f"for seq 1-{first - 1} ({why}): events were deleted from the start", seq=first))
 
 
+# -- witnesses -----------------------------------------------------------------------
+
+
+def _check_witness(conn: sqlite3.Connection, path: Path, key: nacl.signing.VerifyKey,
+                   report: VerifyReport, first_prev: str | None) -> None:
+    """Hold every line of one witness file against the log (after the event scan,
+    which set the log's span and what retention purged)."""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise AuditError(f"cannot read the witness file {path}: {exc}") from exc
+    first, last, purged = report.first_seq, report.last_seq, report.purged_through
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            where = f"witness {path} line {number}"
+            if not raw.strip():
+                continue
+            try:
+                cp = parse_checkpoint(raw, key)
+            except AuditError as exc:
+                report.add("witness lines", Problem(
+                    f"{where}: not a checkpoint signed by the audit key ({exc})"))
+                continue
+            if cp.seq == 0:
+                agrees = cp.hash == GENESIS_HASH
+            elif last is None or cp.seq > last:
+                end = "the log is empty" if last is None else f"the log ends at seq {last}"
+                report.add("witness truncation", Problem(
+                    f"{where}: the checkpoint of {cp.time} covers seq {cp.seq} but {end}: "
+                    f"the log was cut (events from seq {(last or 0) + 1} deleted) or "
+                    "replaced by an older copy", seq=(last or 0) + 1))
+                continue
+            elif first is not None and cp.seq < first:
+                if purged is None or cp.seq > purged:
+                    report.add("witness purged", Problem(
+                        f"{where}: seq {cp.seq} (checkpoint of {cp.time}) is no longer in "
+                        "the log and no signed purge record covers it: events were deleted "
+                        "from the start", seq=cp.seq))
+                    continue
+                agrees = cp.seq != first - 1 or cp.hash == first_prev
+            else:
+                row = conn.execute("SELECT hash FROM events WHERE seq = ?",
+                                   (cp.seq,)).fetchone()
+                agrees = row is not None and row[0] == cp.hash
+            if not agrees:
+                report.add("witness hashes", Problem(
+                    f"{where}: the checkpoint of {cp.time} signed hash {_short(cp.hash)} for "
+                    f"seq {cp.seq}, which the log no longer holds: the log was altered at or "
+                    f"before seq {cp.seq}", seq=cp.seq))
+                continue
+            report.witness_checkpoints += 1
+
+
 # -- the whole check -----------------------------------------------------------------
 
 
@@ -758,6 +835,7 @@ def verify_log(
     *,
     public_key: nacl.signing.VerifyKey | None,
     checkpoint_file: Path | None,
+    witnesses: Sequence[Path] = (),
     batch_size: int = _BATCH,
 ) -> VerifyReport:
     """Check everything the module docstring lists; tampering is reported,
@@ -766,7 +844,11 @@ def verify_log(
     Raises AuditError only when the check cannot run: no database, an
     unreadable file, or checkpoints to check but no `public_key`. With
     `checkpoint_file` None only the database's own checkpoints table is used.
+    `witnesses` (files of checkpoints kept elsewhere) need `public_key` too.
     """
+    if witnesses and public_key is None:
+        raise AuditError("witness files hold signed checkpoints: pass --pubkey FILE (the "
+                         "output of `audit pubkey`) to check them")
     report = VerifyReport()
     conn = _open_read_only(db_path)
     try:
@@ -794,6 +876,9 @@ def verify_log(
                 report.notes.append("no checkpoints: events deleted from the end of the log "
                                     "cannot be detected until the broker writes some")
         events.finish()
+        for witness in witnesses:
+            if public_key is not None:
+                _check_witness(conn, Path(witness), public_key, report, events.first_prev)
     except sqlite3.Error as exc:
         raise AuditError(f"cannot read the audit log {db_path}: {exc}") from exc
     finally:

@@ -1,16 +1,20 @@
-"""What every audit sub-command shares: the time, who is acting, and how an
-administrative action is itself recorded."""
+"""What every audit sub-command shares: the time, who is acting, how the log
+is opened (and sealed), and how an administrative action is itself recorded."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import pwd
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from broker.audit.checkpoints import Checkpointer, checkpoint_path
 from broker.audit.store import AuditLog
-from broker.errors import ConfigError
+from broker.errors import AuditError, ConfigError
 from broker.wire.errors import ProtocolError
 from broker.wire.messages import parse_time
 
@@ -29,12 +33,51 @@ def cli_actor() -> str:
         return f"cli:uid{os.geteuid()}"
 
 
-async def log_admin_action(data_dir: Path, type: str, body: dict[str, object]) -> None:
+@contextlib.asynccontextmanager
+async def open_log(data_dir: Path, *, checkpoint_file: Path | None = None,
+                   ) -> AsyncIterator[AuditLog]:
+    """The audit log for one admin command, sealed on the way out.
+
+    Every event this process appends (an erasure, a read, an export, an
+    engineer added) is covered by a signed checkpoint before the command can
+    report success: an erasure is proof of deletion only once it is sealed,
+    and rows cut from the end of the log are then caught by `audit verify`
+    and refused by the broker at its next start. The checkpoint goes into
+    the broker's checkpoint file (`checkpoint_path`), chained on whatever the
+    broker wrote there last — both take the database's write lock for it.
+    A failure to seal raises AuditError (the command fails); if the command
+    failed already, its own error is the one reported.
+    """
     audit = await AuditLog.open(data_dir)
+    appended: list[int] = []
+    audit.add_append_listener(lambda seq, _hash: appended.append(seq))
     try:
-        await audit.append(type, now=now(), actor=cli_actor(), body=body)
+        yield audit
+    except BaseException:
+        if appended:
+            try:
+                await _seal(audit, data_dir, checkpoint_file)
+            except AuditError as exc:
+                print(f"consentry-broker: error: the events this command recorded are not "
+                      f"sealed by a checkpoint: {exc}", file=sys.stderr)
+        raise
+    else:
+        if appended:
+            await _seal(audit, data_dir, checkpoint_file)
     finally:
         await audit.close()
+
+
+async def _seal(audit: AuditLog, data_dir: Path, checkpoint_file: Path | None) -> None:
+    checkpointer = Checkpointer(audit, data_dir,
+                                checkpoint_file=checkpoint_path(data_dir, checkpoint_file))
+    await checkpointer.checkpoint()
+
+
+async def log_admin_action(data_dir: Path, type: str, body: dict[str, object],
+                           *, checkpoint_file: Path | None = None) -> None:
+    async with open_log(data_dir, checkpoint_file=checkpoint_file) as audit:
+        await audit.append(type, now=now(), actor=cli_actor(), body=body)
 
 
 def parse_flag_time(flag: str, value: str | None) -> dt.datetime | None:

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from broker.audit.export import ExportFilters, csv_writer, jsonl_line, stream_events
 from broker.audit.store import AuditEvent, AuditLog
-from broker.audit_cli.common import add_parser, cli_actor, now, parse_flag_time
+from broker.audit_cli.common import add_parser, cli_actor, now, open_log, parse_flag_time
 from broker.errors import AuditError, ConfigError
 
 _HELP = """\
@@ -125,7 +125,16 @@ def _writer(fmt: str, out: TextIO) -> Callable[[AuditEvent], None]:
 
 async def _export_log(args: argparse.Namespace, fmt: str) -> None:
     filters = _filters(args)
-    audit = await AuditLog.open(args.data_dir)
+    async with open_log(args.data_dir) as audit:
+        events, through = await _export_log_to(audit, args, fmt, filters)
+    # Only now, sealed (see `open_log`), is the export reported done.
+    if args.output is not None:
+        print(f"exported {events} events (through seq {through}) to {args.output}",
+              file=sys.stderr)
+
+
+async def _export_log_to(audit: AuditLog, args: argparse.Namespace, fmt: str,
+                         filters: ExportFilters) -> tuple[int, int]:
     body: dict[str, object] = {
         "kind": "events", "format": fmt, "filters": _used_filters(args),
         "output": "stdout" if args.output is None else str(args.output)[:200],
@@ -154,10 +163,7 @@ async def _export_log(args: argparse.Namespace, fmt: str) -> None:
             with contextlib.suppress(AuditError):
                 await _record(audit, {**body, "events": progress.events,
                                       "through_seq": progress.last_seq, "complete": False})
-        await audit.close()
-    if args.output is not None:
-        print(f"exported {progress.events} events (through seq {through}) to {args.output}",
-              file=sys.stderr)
+    return progress.events, through
 
 
 async def _export_subject(args: argparse.Namespace) -> None:
@@ -167,13 +173,10 @@ async def _export_subject(args: argparse.Namespace) -> None:
     except ImportError:
         raise ConfigError("export --subject (a data-subject access export) is not available "
                           "in this version of consentry yet") from None
-    audit = await AuditLog.open(args.data_dir)
-    try:
+    async with open_log(args.data_dir) as audit:
         # It records the export itself (`subject_exported`, pseudonym only),
         # in the transaction that read the data: nothing more to log here.
         data = await export_subject(audit, args.subject, args.device, actor=cli_actor())
-    finally:
-        await audit.close()
     with _output(args.output) as out:
         out.write(json.dumps(data, ensure_ascii=True, indent=2, sort_keys=True) + "\n")
     if args.output is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from broker.audit.checkpoints import CHECKPOINT_FILE
+from broker.audit.checkpoints import CHECKPOINT_FILE, checkpoint_path
 from broker.audit.signing import (
     AUDIT_KEY_FILE,
     load_or_create_signing_key,
@@ -32,9 +32,14 @@ _VERIFY_EPILOG = f"""\
 exit status:
   0  the log is intact
   {EXIT_NOT_INTACT}  the log is NOT intact: edited, inserted, reordered, deleted or
-     truncated events, or forged, removed or re-signed checkpoints (each
-     problem is printed, the first bad seq first)
+     truncated events, or forged, removed or re-signed checkpoints, or a
+     --witness checkpoint the log no longer matches (each problem is
+     printed, the first bad seq first)
   4  the check could not run (no database, unreadable files, no public key)
+
+The summary line says how many events lie after the newest checkpoint (not
+yet sealed: a cut of the log's end could still remove those unseen; the
+broker seals within seconds, every admin command before it exits).
 
 Each run is itself recorded in the log as an `audit_verified` event.
 """
@@ -91,18 +96,20 @@ def _print_report(report: VerifyReport, notes: list[str], as_json: bool) -> None
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     db_path = data_dir / "audit.db"
-    checkpoint_file = args.checkpoint_file or data_dir / CHECKPOINT_FILE
+    checkpoint_file = checkpoint_path(data_dir, args.checkpoint_file)
     independent = args.pubkey is not None
+    witnesses: list[Path] = args.witness or []
     try:
         key, notes = _public_key(args)
-        report = verify_log(db_path, public_key=key, checkpoint_file=checkpoint_file)
+        report = verify_log(db_path, public_key=key, checkpoint_file=checkpoint_file,
+                            witnesses=witnesses)
     except AuditError as exc:
         if db_path.is_file():
             # A check that could not run is still a read of the log.
             try:
                 asyncio.run(log_admin_action(data_dir, "audit_verified", {
                     "ok": False, "first_bad_seq": None, "independent_key": independent,
-                    "error": str(exc)[:200]}))
+                    "error": str(exc)[:200]}, checkpoint_file=checkpoint_file))
             except AuditError as log_exc:
                 print(f"consentry-broker: error: could not record this check in the log: "
                       f"{log_exc}", file=sys.stderr)
@@ -111,9 +118,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     body: dict[str, object] = {"ok": report.ok, "first_bad_seq": report.first_bad_seq,
                                "independent_key": independent}
+    if witnesses:
+        body["witnesses"] = len(witnesses)
     try:
         # After the check, so the event does not change what was checked.
-        asyncio.run(log_admin_action(data_dir, "audit_verified", body))
+        asyncio.run(log_admin_action(data_dir, "audit_verified", body,
+                                     checkpoint_file=checkpoint_file))
     except AuditError as exc:
         if report.ok:
             raise
@@ -146,7 +156,12 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                    help="the audit public key, as printed by `audit pubkey` and kept "
                         "elsewhere (default: derived from DIR/audit.key, which is weaker)")
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
-                   help=f"the signed checkpoint file (default: DIR/{CHECKPOINT_FILE})")
+                   help="the signed checkpoint file (default: where the broker writes it, "
+                        f"DIR/{CHECKPOINT_FILE} unless serve was given --checkpoint-file)")
+    p.add_argument("--witness", type=Path, action="append", metavar="FILE",
+                   help="also check the log against the signed checkpoints in FILE, kept "
+                        "elsewhere (a copy from --checkpoint-command, a customer's "
+                        "checkpoints.jsonl); repeatable")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(func=cmd_audit_verify)
 

@@ -8,7 +8,7 @@ import json
 import sys
 
 from broker.audit.store import AuditEvent, AuditLog
-from broker.audit_cli.common import add_parser, cli_actor, now, parse_flag_time
+from broker.audit_cli.common import add_parser, cli_actor, now, open_log, parse_flag_time
 from broker.errors import ConfigError
 from broker.wire.text import printable
 
@@ -72,8 +72,7 @@ async def _matching(audit: AuditLog, args: argparse.Namespace) -> list[AuditEven
 
 
 async def _audit_list(args: argparse.Namespace) -> None:
-    audit = await AuditLog.open(args.data_dir)
-    try:
+    async with open_log(args.data_dir) as audit:
         events = await _matching(audit, args)
         for event in events:
             print(_event_json(event) if args.json else format_event(event))
@@ -94,8 +93,6 @@ async def _audit_list(args: argparse.Namespace) -> None:
         if filters:
             body["filters"] = filters
         await audit.append("audit_read", now=now(), actor=cli_actor(), body=body)
-    finally:
-        await audit.close()
 
 
 def cmd_audit_list(args: argparse.Namespace) -> int:

@@ -16,9 +16,8 @@ from broker.audit.retention import (
     purge,
 )
 from broker.audit.signing import load_or_create_signing_key
-from broker.audit.store import AuditLog
 from broker.audit.subjects import EraseReport, erase_subject
-from broker.audit_cli.common import add_parser, cli_actor, now
+from broker.audit_cli.common import add_parser, cli_actor, now, open_log
 from broker.errors import ConfigError
 from broker.wire.text import printable
 
@@ -52,13 +51,10 @@ def purge_lines(report: PurgeReport) -> list[str]:
 
 async def _purge(args: argparse.Namespace) -> PurgeReport:
     key = load_or_create_signing_key(args.data_dir)
-    audit = await AuditLog.open(args.data_dir)
-    try:
+    async with open_log(args.data_dir) as audit:
         return await purge(audit, now=now(), pii_days=args.pii_retention_days,
                            event_days=args.event_retention_days, signing_key=key,
                            actor=cli_actor())
-    finally:
-        await audit.close()
 
 
 def cmd_audit_purge(args: argparse.Namespace) -> int:
@@ -91,12 +87,11 @@ def _confirmed(args: argparse.Namespace) -> bool:
 
 
 async def _erase(args: argparse.Namespace) -> EraseReport:
-    audit = await AuditLog.open(args.data_dir)
-    try:
+    # Sealed before this returns: the erasure is proven only once a signed
+    # checkpoint covers its record (see `open_log`).
+    async with open_log(args.data_dir) as audit:
         return await erase_subject(audit, args.subject, args.device, now=now(),
                                    actor=cli_actor())
-    finally:
-        await audit.close()
 
 
 def cmd_audit_erase(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 from broker.audit.review import session_report
 from broker.audit.store import AuditEvent, AuditLog
-from broker.audit_cli.common import add_parser, cli_actor, now
+from broker.audit_cli.common import add_parser, cli_actor, now, open_log
 from broker.errors import AuditError
 from broker.wire.text import printable
 
@@ -135,8 +135,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 async def _audit_show(args: argparse.Namespace) -> None:
-    audit = await AuditLog.open(args.data_dir)
-    try:
+    async with open_log(args.data_dir) as audit:
         report = await load_session(audit, args.session)
         if report["events"]:
             try:
@@ -153,8 +152,6 @@ async def _audit_show(args: argparse.Namespace) -> None:
         await audit.append("audit_read", now=now(), actor=cli_actor(), body={
             "command": "show", "session": args.session[:128], "returned": report["events"],
         })
-    finally:
-        await audit.close()
     if not report["events"]:
         raise AuditError(f"no audit events for session {printable(args.session, 64)!r}")
 

@@ -184,6 +184,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "pairing_failed": {"reason": _REASON},
     "consent": {"receipt": Field("b64", 4096), "signature": Field("b64", 64)},
     "relay_open": {},
+    # broker -> agent session, after a consent event is recorded: the signed
+    # checkpoint (`broker.audit.checkpoint_record`, canonical JSON) that
+    # covers event `seq`, for the customer to keep beside the receipt. Sent
+    # in pairing (after a refusal, before `ended`) or active (after
+    # `relay_open`, or after an answer to a request for control); optional:
+    # an agent that never gets it works the same.
+    "consent_sealed": {"seq": Field("int", MAX_AUDIT_SEQ, min=1),
+                       "checkpoint": Field("str", 1024)},
     "rights": {"granted": Field("rights")},
     # -- console connection (/v1/console)
     "login": {"user": _LABEL},

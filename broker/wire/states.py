@@ -58,6 +58,15 @@ INBOUND: dict[tuple[Conn, Phase], frozenset[str]] = {
     (Conn.CONSOLE, Phase.ACTIVE): frozenset({"request_control", "end"}),
 }
 
+# What the broker sends an agent session, by phase — what the agent must
+# accept there (the other connections' replies are one-to-one with requests).
+OUTBOUND_AGENT_SESSION: dict[Phase, frozenset[str]] = {
+    Phase.PAIRING: frozenset(
+        {"joined", "pake", "sealed", "relay_open", "consent_sealed", "ended", "error"}),
+    Phase.ACTIVE: frozenset(
+        {"control_request", "control_result", "consent_sealed", "ended", "error"}),
+}
+
 # Phases in which a connection may send binary (relay) frames.
 BINARY: frozenset[tuple[Conn, Phase]] = frozenset(
     {(Conn.AGENT_SESSION, Phase.ACTIVE), (Conn.CONSOLE, Phase.ACTIVE)}

@@ -52,3 +52,21 @@ def test_receipts_kept_privately_and_verifiable(tmp_path: Path) -> None:
     line = json.loads(kept.read_text().splitlines()[0])
     assert verify_receipt(line["receipt"].encode(), bytes.fromhex(line["signature"]),
                           identity.public_key) == receipt
+
+
+def test_keeps_the_brokers_checkpoint_as_a_witness_line(tmp_path: Path) -> None:
+    import nacl.signing
+
+    from broker.audit.checkpoint_record import make_checkpoint, parse_checkpoint
+
+    identity = load_identity(tmp_path)
+    audit_key = nacl.signing.SigningKey.generate()
+    checkpoint = make_checkpoint(audit_key, seq=9, hash="a" * 64, time="2026-01-01T00:00:00Z",
+                                 prev="0" * 64)
+    assert identity.keep_checkpoint(checkpoint.text(), 7)
+    assert not identity.keep_checkpoint(checkpoint.text(), 10)  # does not cover it
+    assert not identity.keep_checkpoint('{"not": "a checkpoint"}', 1)
+    kept = tmp_path / "checkpoints.jsonl"
+    assert kept.read_bytes() == checkpoint.line()
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+    assert parse_checkpoint(kept.read_text(), audit_key.verify_key).seq == 9

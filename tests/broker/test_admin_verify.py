@@ -50,6 +50,8 @@ async def test_an_intact_log_is_reported_and_the_check_recorded(log: AuditLog) -
     assert reply.type == "audit_verify_result"
     assert reply["ok"] is True and reply.get("first_bad_seq") is None
     assert "audit log intact: 5 events" in reply["summary"]
+    # No checkpoint in this log yet: the admin is told all five are unsealed.
+    assert "5 events after the newest checkpoint" in reply["summary"]
     (event,) = await log.events(type="audit_verified")
     assert event.actor == "root"
     assert event.body == {"ok": True, "first_bad_seq": None, "independent_key": False,

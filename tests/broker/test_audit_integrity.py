@@ -122,7 +122,8 @@ async def test_intact_log_passes(tmp_path: Path) -> None:
     assert report.first_bad_seq is None
     assert report.summary() == (
         "audit log intact: 30 events (seq 1-30), 4 checkpoints, "
-        "last at 2025-03-01T12:00:30.000000Z (seq 30)")
+        "last at 2025-03-01T12:00:30.000000Z (seq 30), 0 events after the newest "
+        "checkpoint")
 
 
 async def test_checkpoint_file_format(tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ def test_intact_log(tmp_path: Path) -> None:
     result = run(tmp_path, "audit", "verify", "--data-dir", str(data))
     assert result.returncode == 0, result
     assert result.stdout == ("audit log intact: 30 events (seq 1-30), 4 checkpoints, "
-                             "last at 2025-03-01T12:00:30.000000Z (seq 30)\n")
+                             "last at 2025-03-01T12:00:30.000000Z (seq 30), "
+                             "0 events after the newest checkpoint\n")
     # Without --pubkey the key comes from next to the database: say so.
     assert "note: checked with the public key derived from" in result.stderr
     assert "--pubkey FILE" in result.stderr

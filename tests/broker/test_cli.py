@@ -241,3 +241,12 @@ def test_audit_list_filters(tmp_path: Path) -> None:
     assert '"subject":true' in listing.stdout
     assert "FRONT DESK" not in listing.stdout
     assert_clean_error(run(tmp_path, "audit", "list", "--since", "last week"), 2, "--since")
+
+
+def test_serve_takes_witnesses_and_a_checkpoint_command() -> None:
+    from broker.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--witness", "a.jsonl", "--witness", "b.jsonl",
+                                      "--checkpoint-command", "logger -t consentry"])
+    assert args.witness == [Path("a.jsonl"), Path("b.jsonl")]
+    assert args.checkpoint_command == "logger -t consentry"

@@ -4,6 +4,7 @@ misbehaving agent's answer gets."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -194,3 +195,24 @@ async def test_no_control_without_the_record(setup: Setup) -> None:
     assert setup.session.granted == ("view",)
     assert "control_result" not in setup.console.types()
     assert "control_result" not in setup.agent.types()
+
+
+async def test_the_answer_is_sealed_back_to_the_agent(setup: Setup, tmp_path: Path) -> None:
+    from broker.audit.checkpoint_record import parse_checkpoint
+    from broker.audit.checkpoints import Checkpointer
+
+    checkpointer = Checkpointer(setup.broker.audit, tmp_path / "var", poll=0.01)
+    await checkpointer.start()
+    setup.broker.consents.checkpoints = checkpointer
+    try:
+        await setup.broker.consents.request_control(setup.session)
+        await setup.broker.consents.record_upgrade(setup.session, setup.consent())
+        # Sent beside the session (the relay never waits for it).
+        await asyncio.gather(*setup.broker.consents._sealing)
+    finally:
+        await checkpointer.stop()
+    sealed = [decode(f) for f in setup.agent.sent if json.loads(f)["type"] == "consent_sealed"]
+    (msg,) = sealed
+    consent = (await setup.broker.audit.events(type="consent_granted"))[0]
+    assert msg["seq"] == consent.seq
+    assert parse_checkpoint(msg["checkpoint"]).seq >= consent.seq

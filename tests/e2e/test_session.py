@@ -48,6 +48,17 @@ def test_marker_reaches_both_terminals_and_never_the_broker(running: Deployment)
     for event in ("agent_connected", "engineer_login", "join_requested", "consent_granted",
                   "session_started", "session_ended"):
         assert event in types
+    assert_customer_copy_proves_the_log(running)
+
+
+def assert_customer_copy_proves_the_log(running: Deployment) -> None:
+    """The agent kept the broker's checkpoint of its consent, in a form
+    `audit verify --witness` takes as it is."""
+    kept = running.root / "agent-state" / "checkpoints.jsonl"
+    assert kept.read_text().count("\n") >= 1
+    result = running.cli("audit", "verify", "--witness", str(kept))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "witness checkpoint" in result.stdout
 
 
 def test_customer_ends_the_session_at_once_and_gets_a_fresh_code(running: Deployment) -> None:
@@ -131,8 +142,10 @@ def test_customer_can_refuse(running: Deployment) -> None:
     agent.send("\r")
     console.expect("the customer declined the request")
     console.expect(pexpect.EOF)
+    agent.expect("You declined")  # said once the refusal's checkpoint is kept
     running.stop()
     assert "consent_denied" in running.audit_types()
+    assert_customer_copy_proves_the_log(running)
 
 
 def test_unregistered_engineer_cannot_log_in(running: Deployment) -> None:

@@ -57,6 +57,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "pairing_failed": {"reason": "key_mismatch"},
     "consent": {"receipt": b64encode(b'{"decision":"granted"}'), "signature": SIG64},
     "relay_open": {},
+    "consent_sealed": {"seq": 7, "checkpoint": '{"payload":{},"signature":""}'},
     "rights": {"granted": ["view"]},
     "login": {"user": "alice"},
     "challenge": {"nonce": B32},

@@ -99,3 +99,12 @@ def test_binary_only_when_active_on_a_session(conn: Conn, phase: Phase) -> None:
             check_binary(conn, phase)
         assert info.value.code == "unexpected_binary"
     assert (A, Phase.ACTIVE) not in BINARY
+
+
+def test_agent_session_accepts_the_consent_seal_where_the_broker_sends_it() -> None:
+    from broker.wire.states import OUTBOUND_AGENT_SESSION
+
+    for phase in (Phase.PAIRING, Phase.ACTIVE):
+        assert "consent_sealed" in OUTBOUND_AGENT_SESSION[phase]
+    for types in OUTBOUND_AGENT_SESSION.values():
+        assert types <= set(SCHEMA)
