@@ -635,6 +635,8 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         log.error("could not close what the previous run left open: %s", exc)
     except BaseException:
         await checkpointer.stop()
+        if shipper is not None:
+            await shipper.stop()
         await audit.close()
         raise
     registry = Registry(config.registry_db)
