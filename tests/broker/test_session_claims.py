@@ -10,7 +10,10 @@ import pytest
 
 from broker.wire.messages import decode, validate
 from broker.wire.states import Conn, Phase
-from tests.broker.test_control_upgrade import Setup, setup  # noqa: F401 - the fixture
+from tests.broker import test_control_upgrade
+from tests.broker.test_control_upgrade import Setup
+
+setup = test_control_upgrade.setup  # the same fixture: a broker, a session, fake sockets
 
 
 @pytest.mark.parametrize("reason", ["key_mismatch", "wrong_code"])
