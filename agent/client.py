@@ -321,6 +321,9 @@ class Agent:
                 # the real reason, is on its way - do not claim it was us.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(active.ended.wait(), _ENDED_GRACE)
+            if active.ended_by is None and pump.done():
+                # The link broke with no word from the broker: nobody chose this.
+                active.ended_by = "broker_lost"
             if active.ended_by is None:
                 await self._end(active, "shell_exited" if gate.exit_status is not None
                                 else "customer_ended")
@@ -433,6 +436,8 @@ def _ended_text(reason: str | None, viewer: Viewer) -> str:
         "idle_timeout": f"The session with {who} was idle too long and ended.",
         "max_duration": f"The session with {who} reached its time limit.",
         "console_lost": f"The connection to {who} was lost.",
+        "broker_lost": f"The connection to the support service was lost; the session with "
+                       f"{who} ended.",
     }.get(reason or "", f"The session with {who} ended ({printable(reason or 'unknown', 40)}).")
 
 
