@@ -12,6 +12,7 @@ import time
 import pexpect
 import pytest
 
+from agent.liveness import STALL_AFTER
 from broker.wire.code import parse_code
 from console.client import ConsoleClient
 from console.errors import KeyMismatch
@@ -90,10 +91,12 @@ def test_a_frozen_agent_never_runs_input_for_an_ended_session(running: Deploymen
                 break
             time.sleep(0.1)
         assert "session_ended" in running.audit_types()
+        time.sleep(STALL_AFTER)  # a stall as long as those the agent notices
     finally:
         agent.kill(signal.SIGCONT)
     agent.expect("nothing of it ran")
-    read_code(agent)  # the agent carries on, waiting with a fresh code
+    agent.expect("Nobody can connect without your approval")  # it carries on, waiting
+    assert agent.isalive()
     assert not ran.exists(), "input for an ended session ran on the customer's computer"
 
 
@@ -104,7 +107,7 @@ def test_input_held_across_a_stall_runs_once_the_session_is_confirmed_live(
     agent.kill(signal.SIGSTOP)
     try:
         console.send("echo HELD$((40+2))\r")
-        console.expect(pexpect.TIMEOUT, timeout=4)  # a stall the agent notices
+        console.expect(pexpect.TIMEOUT, timeout=STALL_AFTER + 1)  # a stall it notices
     finally:
         agent.kill(signal.SIGCONT)
     console.expect("HELD42")
