@@ -31,6 +31,7 @@ from agent.config import AgentConfig
 from agent.consent import DENY, ConsentRequest, Decision
 from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
+from agent.liveness import Heartbeat, InputGuard
 from agent.screen import CustomerScreen, Viewer
 from agent.sshd import Gate, serve_shell
 from broker.link import BrokerLink, LinkError, SSHRelay, open_link
@@ -45,9 +46,10 @@ log = logging.getLogger("consentry.agent")
 
 HANDSHAKE_TIMEOUT = 60.0
 # Link failures worth retrying once registered: the broker went away or is
-# temporarily unable to record sessions. Anything else (untrusted certificate,
-# protocol refusal) needs a person.
-_RETRY_CODES = frozenset({"closed", "unreachable", "timeout", "audit_unavailable"})
+# temporarily unable to record sessions, or pacing registrations from this
+# address. Anything else (untrusted certificate, protocol refusal) needs a person.
+_RETRY_CODES = frozenset({"closed", "unreachable", "timeout", "audit_unavailable",
+                          "rate_limited"})
 _MAX_RETRY_DELAY = 30.0
 # How long to wait for the broker to say why, when the engineer's SSH closes.
 _ENDED_GRACE = 5.0
@@ -55,6 +57,10 @@ _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
 # How long, after the customer refused, to wait for the broker's checkpoint
 # of that refusal (it seals at once; a little more than COVER_WAIT).
 _SEAL_WAIT = 6.0
+# How long the broker has to answer `confirm_live` before held input is discarded.
+LIVENESS_TIMEOUT = 10.0
+# The dropped-input total goes to the broker at most this often (and before `end`).
+DROPPED_REPORT_INTERVAL = 1.0
 
 
 # What a request for control asks for (and what its receipt says was asked).
@@ -79,6 +85,17 @@ class ActiveSession:
     # the broker's confirmation then never opens the gate.
     epoch: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Pending `confirm_live` questions by id: True on `live`, False on the end.
+    live_checks: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+    next_check: int = 0
+    reported_dropped: int = 0
+    report: asyncio.TimerHandle | None = None
+
+    def settle_checks(self, live: bool, check: int | None = None) -> None:
+        for key in [check] if check is not None else list(self.live_checks):
+            future = self.live_checks.pop(key, None) if key is not None else None
+            if future is not None and not future.done():
+                future.set_result(live)
 
 
 def _same_key(a: str, b: str) -> bool:
@@ -317,13 +334,22 @@ class Agent:
             elif msg.type == "control_result":
                 if active.confirm is not None and not active.confirm.done():
                     active.confirm.set_result(tuple(msg["granted"]))
+            elif msg.type == "live":
+                active.settle_checks(True, msg["id"])
             elif msg.type == "ended":
                 active.ended_by = active.ended_by or msg["reason"]
                 active.ended.set()
+                active.settle_checks(False)
             elif msg.type == "error":
                 active.ended_by = active.ended_by or "error"
                 active.ended.set()
+                active.settle_checks(False)
 
+        heartbeat = Heartbeat()
+        gate.guard = InputGuard(heartbeat, lambda: self._confirm_live(active),
+                                lambda count: self._discarded(active, count))
+        gate.on_dropped = lambda: self._schedule_report(active)
+        heartbeat.start()
         relay = SSHRelay(link, on_control)
         pump = relay.task  # ends when the link closes
         self.sessions[session_id] = active
@@ -343,12 +369,19 @@ class Agent:
                 # the real reason, is on its way - do not claim it was us.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(active.ended.wait(), _ENDED_GRACE)
+            if active.ended_by is None and pump.done():
+                # The link broke with no word from the broker: nobody chose this.
+                active.ended_by = "broker_lost"
             if active.ended_by is None:
                 await self._end(active, "shell_exited" if gate.exit_status is not None
                                 else "customer_ended")
         except (OSError, asyncssh.Error) as exc:
             log.info("ssh session ended: %s", exc)
         finally:
+            heartbeat.stop()
+            active.settle_checks(False)
+            if active.report is not None:
+                active.report.cancel()
             self.sessions.pop(session_id, None)
             for task in list(active.tasks):
                 task.cancel()  # an open prompt for this session closes with it
@@ -356,6 +389,47 @@ class Agent:
                 active.conn.close()
             pump.cancel()
             self.screen.session_ended(session_id, _ended_text(active.ended_by, viewer))
+
+    async def _confirm_live(self, active: ActiveSession) -> bool:
+        """Ask the broker whether this session is still live (see
+        `agent.liveness`): True only on its `live` answer."""
+        if active.ended.is_set():
+            return False
+        active.next_check += 1
+        check = active.next_check
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        active.live_checks[check] = future
+        try:
+            await active.link.send("confirm_live", id=check)
+            return await asyncio.wait_for(future, LIVENESS_TIMEOUT) and not active.ended.is_set()
+        except (TimeoutError, ConnectionClosed, LinkError):
+            return False
+        finally:
+            active.live_checks.pop(check, None)
+
+    def _discarded(self, active: ActiveSession, count: int) -> None:
+        active.gate.drop(count)
+        who = printable(active.viewer.display, 40)
+        self.screen.flash(f"{who} typed {count} bytes while this computer was not responding, "
+                          "and the session could not be confirmed as still running: nothing "
+                          "of it ran.")
+
+    def _schedule_report(self, active: ActiveSession) -> None:
+        if active.report is None and not active.ended.is_set():
+            active.report = asyncio.get_running_loop().call_later(
+                DROPPED_REPORT_INTERVAL, lambda: self._report_now(active))
+
+    def _report_now(self, active: ActiveSession) -> None:
+        active.report = None
+        task = asyncio.get_running_loop().create_task(self._report_dropped(active))
+        active.tasks.add(task)
+        task.add_done_callback(active.tasks.discard)
+
+    async def _report_dropped(self, active: ActiveSession) -> None:
+        total = active.gate.dropped_bytes
+        if total > active.reported_dropped:
+            active.reported_dropped = total
+            await _quietly(active.link.send("input_dropped", bytes=total))
 
     async def _ask_for_control(self, active: ActiveSession) -> None:
         """Answer the engineer's request for control with a signed receipt,
@@ -434,6 +508,7 @@ class Agent:
         # before the SSH connection drops, so the engineer is told the reason
         # rather than just seeing the connection close.
         active.gate.control = False
+        await self._report_dropped(active)  # the final total, before `end`
         await _quietly(active.link.send("end", reason=reason))
         if active.conn is not None:
             active.conn.close()
@@ -455,6 +530,8 @@ def _ended_text(reason: str | None, viewer: Viewer) -> str:
         "idle_timeout": f"The session with {who} was idle too long and ended.",
         "max_duration": f"The session with {who} reached its time limit.",
         "console_lost": f"The connection to {who} was lost.",
+        "broker_lost": f"The connection to the support service was lost; the session with "
+                       f"{who} ended.",
     }.get(reason or "", f"The session with {who} ended ({printable(reason or 'unknown', 40)}).")
 
 

@@ -7,9 +7,11 @@ against the customer's device, and the customer keeps a copy of each receipt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +39,40 @@ def _append_private(path: Path, line: bytes) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 from the first byte (no umask window)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Replace `path` atomically with a 0600 file holding `data`.
+
+    mkstemp makes the temporary file under a fresh random name with O_EXCL
+    and mode 0600 whatever the umask (a planted file or symlink is never
+    reused); it is fsynced before the rename, so a reader sees the old file
+    or the whole new one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` and any missing parent 0700, whatever the umask.
+
+    `mkdir(parents=True)` gives the parents it makes (~/.local/state, say)
+    the umask's mode: 0777 under umask 000. Directories that already exist
+    are left as they are, except the state directory itself, which is ours.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 @dataclass(frozen=True)
@@ -83,7 +110,7 @@ class DeviceIdentity:
 def load_identity(state_dir: Path) -> DeviceIdentity:
     """Load the device identity, creating it on first run."""
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(state_dir)
         key_path, id_path = state_dir / _KEY_FILE, state_dir / _ID_FILE
         if not key_path.exists():
             write_private(key_path, bytes(nacl.signing.SigningKey.generate()))

@@ -11,6 +11,7 @@ granted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
+from agent.liveness import InputGuard
 from agent.pty import PtyShell
 from broker.wire.limits import SSH_CIPHERS
 
@@ -33,6 +35,15 @@ class Gate:
     exit_status: int | None = None
     # Set once the shell runs: the customer's own keys go straight to it.
     local_input: Callable[[bytes], None] | None = None
+    # Holds engineer input after a stall until the session is confirmed live.
+    guard: InputGuard | None = None
+    # Told each time `dropped_bytes` grows (the agent reports the total).
+    on_dropped: Callable[[], None] = lambda: None
+
+    def drop(self, count: int) -> None:
+        """Engineer input that did not reach the shell, counted for the log."""
+        self.dropped_bytes += count
+        self.on_dropped()
 
 
 class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
@@ -86,7 +97,10 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def _output(self, data: bytes) -> None:
         assert self._chan is not None
-        self._chan.write(data)
+        # Output racing the channel's close (the engineer just left) has
+        # nowhere to go on that side; the customer still sees it.
+        with contextlib.suppress(BrokenPipeError):
+            self._chan.write(data)
         self._gate.on_output(data)
 
     def _exited(self, status: int) -> None:
@@ -99,10 +113,13 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if self._shell is None:
             return
-        if self._gate.control:
+        gate = self._gate
+        if not gate.control:
+            gate.drop(len(data))  # view only: the engineer cannot type
+            return
+        if gate.guard is None or gate.guard.admit(data, self._shell.write,
+                                                  lambda: gate.control):
             self._shell.write(data)
-        else:
-            self._gate.dropped_bytes += len(data)  # view only: the engineer cannot type
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:

@@ -60,6 +60,7 @@ from broker.limits import session_over
 from broker.pairing import NameplateBook
 from broker.registry import Engineer, Registry
 from broker.session import (
+    RECORDED_OUTCOMES,
     AgentLink,
     Session,
     close_quietly,
@@ -468,13 +469,22 @@ class Broker:
             )
             await self.end(session, msg["reason"] if msg["reason"] in allowed else default)
         elif msg.type == "pairing_failed":
+            # The schema admits only the known failures; each is its own end
+            # reason, so the engineer is told which (a key mismatch is no
+            # wrong code) and the audit body keeps them apart.
+            reason = msg["reason"]
             await self.audit.append(
                 "pairing_failed", now=utcnow(), session=session.id,
                 actor=session.engineer.name, subject=session.agent.device_id,
-                body={"reason": "key_mismatch" if msg["reason"] == "key_mismatch"
-                      else "wrong_code"},
+                body={"reason": reason},
             )
-            await self.end(session, "wrong_code")
+            await self.end(session, reason)
+        elif msg.type == "confirm_live":
+            # Only while active (the state table); an ended session was sent
+            # `ended` before this could be read, and gets no answer.
+            await send_quietly(session.agent_ws, encode("live", id=msg["id"]))
+        elif msg.type == "input_dropped":
+            session.claim_dropped(msg["bytes"])
         elif msg.type == "consent":
             await self.consents.record(session, msg)
         elif msg.type == "request_control":
@@ -535,7 +545,7 @@ class Broker:
                                      actor=session.engineer.name,
                                      subject=session.agent.device_id,
                                      body={**session.summary(), **violation})
-        elif reason not in ("wrong_code", "denied", "timeout"):
+        elif reason not in RECORDED_OUTCOMES:
             await self.audit_quietly("join_abandoned", session=session.id,
                                      actor=session.engineer.name,
                                      subject=session.agent.device_id,

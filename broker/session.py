@@ -25,6 +25,10 @@ from broker.wire.states import Phase
 
 log = logging.getLogger("consentry.broker")
 
+# End reasons whose own event already records how the join ended
+# (`pairing_failed`, `consent_denied` / `consent_timeout`): no `join_abandoned`.
+RECORDED_OUTCOMES = frozenset({"wrong_code", "key_mismatch", "denied", "timeout"})
+
 # Human wording of each end reason, shown on the other side's screen.
 END_MESSAGES: dict[str, str] = {
     "customer_ended": "The customer ended the session.",
@@ -32,6 +36,11 @@ END_MESSAGES: dict[str, str] = {
     "shell_exited": "The remote shell exited.",
     "agent_quit": "The customer closed the support program.",
     "wrong_code": "The code did not match. The customer has been warned and shown a new code.",
+    # Not the code: the customer's computer refused the engineer key offered
+    # in pairing, as it is not the one the broker announced for this engineer.
+    "key_mismatch": "The customer's computer refused the connection: the engineer's key it "
+                    "received did not match the one the broker announced (possible "
+                    "interception). The customer has been warned and shown a new code.",
     "denied": "The customer declined the request.",
     "timeout": "The customer did not answer in time, so the request was declined.",
     "idle_timeout": "The session was idle for too long and was ended.",
@@ -87,6 +96,9 @@ class Session:
     last_activity: float = field(default_factory=time.monotonic)
     bytes_to_agent: int = 0
     bytes_to_console: int = 0
+    # Engineer input the agent says it dropped (`input_dropped`): its claim,
+    # held to what can be true (see `claim_dropped`).
+    input_dropped: int = 0
 
     def peer_of(self, ws: ServerConnection) -> ServerConnection | None:
         return self.agent_ws if ws is self.console else self.console
@@ -143,6 +155,13 @@ class Session:
         self.last_activity = time.monotonic()
         dst.send_binary_soon(data)
 
+    def claim_dropped(self, total: int) -> None:
+        """Take the agent's running total of dropped engineer input. A claim,
+        not a measurement: it never shrinks (totals only grow) and never
+        exceeds the bytes relayed to the agent (it cannot drop more than it
+        was sent; SSH framing makes the relayed count the larger)."""
+        self.input_dropped = max(self.input_dropped, min(total, self.bytes_to_agent))
+
     def summary(self) -> dict[str, object]:
         """The `session_ended` body: reason, duration, bytes — never content."""
         now = time.monotonic()
@@ -151,6 +170,7 @@ class Session:
             "duration_s": round(now - (self.active_since or now), 3),
             "bytes_to_agent": self.bytes_to_agent,
             "bytes_to_console": self.bytes_to_console,
+            "input_dropped_bytes": self.input_dropped,
             "granted": list(self.granted),
         }
 

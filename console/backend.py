@@ -20,7 +20,7 @@ from broker.wire.code import parse_code
 from broker.wire.errors import CodeError
 from broker.wire.messages import Message
 from console.client import ConsoleClient, JoinedSession, Progress
-from console.errors import UsageError
+from console.errors import ConsoleError, UsageError
 from console.identity import load_file_identity
 
 __all__ = [
@@ -137,6 +137,7 @@ class RelaySession:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ended = False
+        self._left = False
 
     @property
     def granted(self) -> tuple[str, ...]:
@@ -166,8 +167,13 @@ class RelaySession:
             self._finish(msg["message"])
 
     def closed(self) -> None:
-        ended = self._joined.ended
-        self._finish(ended["message"] if ended is not None else "The session ended.")
+        # Said as the plain terminal says it: "You left" only if we left, a
+        # lost broker as lost, never just "ended".
+        try:
+            text = self._joined.outcome(left=self._left)
+        except ConsoleError as exc:
+            text = f"{str(exc)[:1].upper()}{str(exc)[1:]}."
+        self._finish(text)
 
     def _finish(self, text: str) -> None:
         if not self._ended:
@@ -187,7 +193,7 @@ class RelaySession:
         await self._joined.request_control()
 
     async def leave(self) -> None:
-        self._ended = True
+        self._ended = self._left = True
         if self._conn is not None:
             self._conn.close()
         await self._joined.leave()

@@ -30,7 +30,16 @@ from broker.wire.errors import PairingError, ProtocolError, WireError
 from broker.wire.limits import SSH_CIPHERS
 from broker.wire.login import login_payload
 from broker.wire.messages import AUDIT_FILTERS, Message, b64decode, b64encode, validate
-from console.errors import BrokerError, JoinRefused, NotApproved, UsageError, WrongCode
+from broker.wire.text import printable
+from console.errors import (
+    BrokerError,
+    JoinRefused,
+    KeyMismatch,
+    LinkLost,
+    NotApproved,
+    UsageError,
+    WrongCode,
+)
 from console.identity import Identity
 
 HANDSHAKE_TIMEOUT = 60.0
@@ -42,6 +51,8 @@ AUDIT_TIMEOUT = 60.0
 # A verify reads the whole log (a million events take a minute or so).
 VERIFY_TIMEOUT = 15 * 60.0
 DEFAULT_AUDIT_LIMIT = 50
+# End reasons that are the broker's failure, not anyone's choice: exit 4.
+BROKER_FAILURES = frozenset({"broker_shutdown", "audit_unavailable", "protocol_error"})
 
 
 class Forbidden(BrokerError):
@@ -115,6 +126,23 @@ class JoinedSession:
             await self.link.send("request_control")
         except ConnectionClosed as exc:
             raise BrokerError("the session has ended, so control cannot be requested") from exc
+
+    def outcome(self, *, left: bool) -> str:
+        """How the session ended, in words, once it has: the broker's `ended`
+        (the customer, the shell, a time limit...), or "You left" only if the
+        engineer really left. Raises `BrokerError` when the broker ended it
+        for a failure of its own or sent an error, `LinkLost` when the link
+        broke with no word from the broker (a crash, a network failure)."""
+        ended = self.ended
+        if ended is None:
+            if left:
+                return "You left the session."
+            raise LinkLost("the connection to the broker was lost; the session is over "
+                           "(the customer's computer ends it too)")
+        message = printable(ended["message"], 200)
+        if ended.type == "error" or ended["reason"] in BROKER_FAILURES:
+            raise BrokerError(message)
+        return message
 
     async def leave(self) -> None:
         with contextlib.suppress(Exception):
@@ -191,7 +219,16 @@ class ConsoleClient:
                     "the code did not match. It is now used up: ask the customer for the "
                     "new code on their screen"
                 ) from exc
-            if exc.code == "unknown_code":
+            if exc.code == "key_mismatch":
+                raise KeyMismatch(
+                    "the customer's computer refused this console's key: it did not match the "
+                    "key the broker announced for you (possible interception between you and "
+                    "the broker). The code was right; tell the customer, and do not retry "
+                    "until the connection is checked"
+                ) from exc
+            # Refused before it reached a customer: no such code, or too many
+            # codes that found nobody (the join limits): a join refusal, exit 5.
+            if exc.code in ("unknown_code", "rate_limited"):
                 raise JoinRefused(str(exc).removeprefix("the broker refused: ")) from exc
             raise BrokerError(str(exc)) from exc
         except PairingError as exc:

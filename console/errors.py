@@ -4,9 +4,12 @@
     ├── UsageError            bad flags or a code that cannot be read
     ├── IdentityError         the SSH key cannot be read (missing, passphrase)
     ├── BrokerError           the broker is unreachable, untrusted or refused
+    │   └── LinkLost          the connection to the broker broke mid-session
     └── JoinRefused           the join did not lead to a session
         ├── WrongCode         the code did not match (it is now burned)
-        └── NotApproved       the customer declined or did not answer
+        ├── NotApproved       the customer declined or did not answer
+        └── KeyMismatch       the customer's computer saw another engineer key
+                              than the broker announced (possible interception)
 
 `exit_code` maps each branch to a process exit status in `console.__main__`.
 """
@@ -30,6 +33,11 @@ class BrokerError(ConsoleError):
     exit_code = 4
 
 
+class LinkLost(BrokerError):
+    """Nobody ended the session: the link to the broker broke (a crash, a
+    network failure). Exit 4, like any other broker failure."""
+
+
 class JoinRefused(ConsoleError):
     exit_code = 5
 
@@ -40,3 +48,10 @@ class WrongCode(JoinRefused):
 
 class NotApproved(JoinRefused):
     exit_code = 7
+
+
+class KeyMismatch(JoinRefused):
+    """Not the code's fault: the key this console offered in pairing is not
+    the one the broker told the customer's computer to expect."""
+
+    exit_code = 8

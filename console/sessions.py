@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from console.backend import LiveSession, Progress
-from console.errors import ConsoleError, JoinRefused, NotApproved, WrongCode
+from console.errors import ConsoleError, JoinRefused, KeyMismatch, NotApproved, WrongCode
 
 # What the engineer can do next, per outcome.
 NEXT_STEP = {
     "wrong code": "The code is used up. Ask the customer for the new code on their screen.",
+    "key mismatch": "The code was right: do not blame it. Tell the customer and your "
+                    "administrator; someone may be between you and the broker.",
     "declined": "The customer said no. Ask them if they want to try again with a new code.",
     "timed out": "The customer did not answer. Ask them to look at their screen; "
                  "a new code is shown there.",
@@ -65,6 +67,8 @@ class SessionRecord:
     def fail(self, exc: ConsoleError, now: float) -> None:
         if isinstance(exc, WrongCode):
             outcome = "wrong code"
+        elif isinstance(exc, KeyMismatch):
+            outcome = "key mismatch"
         elif isinstance(exc, NotApproved):
             outcome = "timed out" if "did not answer" in str(exc) else "declined"
         elif isinstance(exc, JoinRefused):

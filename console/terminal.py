@@ -89,7 +89,8 @@ def _size() -> tuple[int, int]:
 
 
 async def run_terminal_session(joined: JoinedSession) -> str:
-    """Run the shell until someone ends it; return why it ended, in words."""
+    """Run the shell until someone ends it; return why it ended, in words.
+    Raises `BrokerError` (`LinkLost`) when the broker failed or vanished."""
     done = asyncio.Event()
     notices: list[str] = []
 
@@ -185,9 +186,9 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                 if joined.ended is not None or pump.done():
                     break
                 await asyncio.sleep(0.05)
-        if joined.ended is None:
+        lost = joined.ended is None and not leaving and pump.done()
+        if joined.ended is None and not lost:
             await joined.leave()
+            leaving = True  # the link is up and the shell closed: we end it
         pump.cancel()
-    if joined.ended is not None:
-        return printable(joined.ended["message"], 200)
-    return "You left the session."
+    return joined.outcome(left=leaving)

@@ -120,6 +120,18 @@ MAX_LABEL = 64
 AGENT_END_REASONS = frozenset({"customer_ended", "shell_exited", "agent_quit"})
 CONSOLE_END_REASONS = frozenset({"engineer_left"})
 
+# Why pairing failed, as the agent reports it in `pairing_failed`; each is
+# also the session's end reason, so the engineer is told which it was.
+PAIRING_FAILURES = ("wrong_code", "key_mismatch")
+
+# Engineer input the agent dropped (view only, or held across a stall and
+# then discarded), reported as a running total in `input_dropped`. The total
+# can never exceed the bytes relayed to the agent, which the broker also
+# checks; the cap only keeps the integer a sane JSON number.
+MAX_DROPPED_BYTES = 2**53
+# A `confirm_live` carries a counter the agent picks; any int this size will do.
+MAX_LIVENESS_ID = 2**31 - 1
+
 # SSH ciphers, in order of preference, for both ends of a session:
 # aes128-gcm moves ~2x the bytes of chacha20 on this kind of machine.
 SSH_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")

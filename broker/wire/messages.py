@@ -29,8 +29,11 @@ from broker.wire.limits import (
     MAX_AUDIT_PAGE,
     MAX_AUDIT_SEQ,
     MAX_CONTROL_FRAME,
+    MAX_DROPPED_BYTES,
     MAX_LABEL,
+    MAX_LIVENESS_ID,
     MAX_SESSION_EVENTS,
+    PAIRING_FAILURES,
     PROTOCOL_VERSION,
 )
 from broker.wire.text import validate_label
@@ -181,7 +184,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     # -- agent session connection (/v1/agent/session)
     "attach": {"session": _ID, "token": _ID},
-    "pairing_failed": {"reason": _REASON},
+    "pairing_failed": {"reason": Field("choice", choices=PAIRING_FAILURES)},
     "consent": {"receipt": Field("b64", 4096), "signature": Field("b64", 64)},
     "relay_open": {},
     # broker -> agent session, after a consent event is recorded: the signed
@@ -193,6 +196,17 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "consent_sealed": {"seq": Field("int", MAX_AUDIT_SEQ, min=1),
                        "checkpoint": Field("str", 1024)},
     "rights": {"granted": Field("rights")},
+    # -- an active session, agent <-> broker: after its event loop stalled
+    # (the process was stopped, the machine slept) the agent holds the
+    # engineer's input and asks whether the session is still live. The
+    # broker answers `live` only while it is; an ended session has already
+    # been sent `ended`, which the agent reads first (one connection, in order).
+    "confirm_live": {"id": Field("int", MAX_LIVENESS_ID)},
+    "live": {"id": Field("int", MAX_LIVENESS_ID)},
+    # The agent's running total of engineer input it dropped (view only, or
+    # discarded after a stall): a claim the broker bounds by what it relayed
+    # and records in `session_ended`. Sent at most once a second and before `end`.
+    "input_dropped": {"bytes": Field("int", MAX_DROPPED_BYTES)},
     # -- console connection (/v1/console)
     "login": {"user": _LABEL},
     "challenge": {"nonce": Field("b64", 32)},

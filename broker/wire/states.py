@@ -48,7 +48,10 @@ INBOUND: dict[tuple[Conn, Phase], frozenset[str]] = {
         {"pake", "sealed", "pairing_failed", "consent", "end"}
     ),
     # `consent` again: the customer's answer to the engineer's request for control.
-    (Conn.AGENT_SESSION, Phase.ACTIVE): frozenset({"rights", "consent", "end"}),
+    # `confirm_live` / `input_dropped`: see their entries in `broker.wire.messages`.
+    (Conn.AGENT_SESSION, Phase.ACTIVE): frozenset(
+        {"rights", "consent", "confirm_live", "input_dropped", "end"}
+    ),
     (Conn.CONSOLE, Phase.HELLO): frozenset({"login"}),
     (Conn.CONSOLE, Phase.LOGIN): frozenset({"login_proof"}),
     (Conn.CONSOLE, Phase.READY): frozenset(

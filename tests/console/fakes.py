@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from console.backend import EventHandler, OutputHandler, Profile, Progress, SessionEvent, Settings
-from console.errors import BrokerError, NotApproved, WrongCode
+from console.errors import BrokerError, KeyMismatch, NotApproved, WrongCode
 
 WRONG_CODE = "111-111-111"
 DECLINED = "222-222-222"
 VIEW_ONLY = "333-333-333"
+KEY_MISMATCH = "444-444-444"
 
 
 @dataclass
@@ -116,6 +117,9 @@ class FakeBackend:
         on_progress(Progress("pairing", "Pairing with the customer's computer..."))
         if code == WRONG_CODE:
             raise WrongCode("the code did not match. It is now used up")
+        if code == KEY_MISMATCH:
+            raise KeyMismatch("the customer's computer refused this console's key: it did not "
+                              "match the key the broker announced for you")
         on_progress(Progress("waiting", "Waiting for the customer to approve...",
                              deadline=time.monotonic() + 60))
         await asyncio.sleep(self.consent_delay)

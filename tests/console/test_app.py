@@ -19,7 +19,7 @@ from console.screens.connect import ConnectScreen
 from console.screens.home import HomePane
 from console.screens.main import MainScreen
 from console.screens.session import SessionPane
-from tests.console.fakes import DECLINED, VIEW_ONLY, WRONG_CODE, FakeBackend
+from tests.console.fakes import DECLINED, KEY_MISMATCH, VIEW_ONLY, WRONG_CODE, FakeBackend
 
 SETTINGS = Settings(broker="wss://127.0.0.1:8443", ca=Path("certs/ca.crt"),
                     identity=Path("/tmp/id_ed25519"), user="alice")
@@ -279,3 +279,17 @@ async def test_admin_pages_filters_and_opens_a_session() -> None:
         detail = harness.app.screen.query_one("#audit-detail", Static)
         await until(pilot, lambda: "Session sess" in text_of(detail))
         assert "reason: customer_ended" in text_of(detail)
+
+
+async def test_a_key_mismatch_is_shown_as_such_not_as_a_wrong_code() -> None:
+    harness = Harness()
+    async with harness.app.run_test(size=(100, 30)) as pilot:
+        await connect(pilot, harness.app)
+        await join(pilot, harness.app, KEY_MISMATCH)
+        screen = harness.app.screen
+        await until(pilot, lambda: any(r.state == "key mismatch"
+                                       for r in screen.records.values()))
+        record = next(iter(screen.records.values()))
+        assert "did not match the key the broker announced" in record.detail
+        assert "The code was right" in record.detail
+        assert "new code" not in record.detail

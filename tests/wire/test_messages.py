@@ -59,6 +59,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "relay_open": {},
     "consent_sealed": {"seq": 7, "checkpoint": '{"payload":{},"signature":""}'},
     "rights": {"granted": ["view"]},
+    "confirm_live": {"id": 3},
+    "live": {"id": 3},
+    "input_dropped": {"bytes": 17},
     "login": {"user": "alice"},
     "challenge": {"nonce": B32},
     "login_proof": {"signature": b64encode(b"\x02" * 83)},
@@ -504,3 +507,17 @@ def test_admin_replies_have_a_ceiling_too() -> None:
     with pytest.raises(ProtocolError) as info:
         encode("audit_page", events=[event] * MAX_AUDIT_PAGE, more=False)
     assert info.value.code == "too_big"
+
+
+@pytest.mark.parametrize("reason", ["wrong code", "", "key mismatch", "KEY_MISMATCH"])
+def test_pairing_failed_names_one_of_the_known_failures(reason: str) -> None:
+    with pytest.raises(ProtocolError):
+        validate("pairing_failed", {"reason": reason})
+
+
+@pytest.mark.parametrize(("msg_type", "field"), [("input_dropped", "bytes"),
+                                                 ("confirm_live", "id"), ("live", "id")])
+@pytest.mark.parametrize("value", [-1, 2**60, 1.5, True, "3"])
+def test_agent_claims_are_bounded_integers(msg_type: str, field: str, value: Any) -> None:
+    with pytest.raises(ProtocolError):
+        validate(msg_type, {field: value})

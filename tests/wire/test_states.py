@@ -16,7 +16,8 @@ ALLOWED = {
     (A, Phase.HELLO): {"hello"},
     (S, Phase.HELLO): {"attach"},
     (S, Phase.PAIRING): {"pake", "sealed", "pairing_failed", "consent", "end"},
-    (S, Phase.ACTIVE): {"rights", "consent", "end"},  # consent: answering request_control
+    # consent: answering request_control; confirm_live, input_dropped: agent claims
+    (S, Phase.ACTIVE): {"rights", "consent", "confirm_live", "input_dropped", "end"},
     (C, Phase.HELLO): {"login"},
     (C, Phase.LOGIN): {"login_proof"},
     (C, Phase.READY): {"join", "audit_query", "audit_session_query", "audit_verify"},

@@ -1,0 +1,45 @@
+"""How a session's end is put to the engineer (plain terminal and TUI alike):
+"You left" only for a real leave, a lost broker as a broker error (exit 4),
+the customer's, the shell's and the time limits' ends in their own words."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.session import ended_frame
+from broker.wire.messages import decode, encode
+from console.client import JoinedSession
+from console.errors import BrokerError, LinkLost
+
+
+def _joined(ended: str | None) -> JoinedSession:
+    session = JoinedSession(link=None, session="s1", alias="desk", sas="AAAA-BBBB",  # type: ignore[arg-type]
+                            host_key=None, granted=("view",), identity=None)  # type: ignore[arg-type]
+    session.ended = decode(ended) if ended is not None else None
+    return session
+
+
+def test_a_real_leave_is_you_left() -> None:
+    assert _joined(None).outcome(left=True) == "You left the session."
+
+
+def test_a_lost_link_is_never_you_left() -> None:
+    with pytest.raises(LinkLost) as info:
+        _joined(None).outcome(left=False)
+    assert info.value.exit_code == 4
+    assert "connection to the broker was lost" in str(info.value)
+
+
+@pytest.mark.parametrize("reason", ["customer_ended", "shell_exited", "idle_timeout",
+                                    "max_duration", "agent_quit"])
+def test_ends_by_others_keep_their_own_words(reason: str) -> None:
+    text = _joined(ended_frame(reason)).outcome(left=False)
+    assert "You left" not in text and text == decode(ended_frame(reason))["message"]
+
+
+@pytest.mark.parametrize("frame", [ended_frame("broker_shutdown"), ended_frame("audit_unavailable"),
+                                   encode("error", code="internal_error", message="boom")])
+def test_the_broker_failing_is_exit_4(frame: str) -> None:
+    with pytest.raises(BrokerError) as info:
+        _joined(frame).outcome(left=False)
+    assert info.value.exit_code == 4
