@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -43,9 +43,9 @@ from broker.auth import AttemptLimiter, verify_login
 from broker.config import BrokerConfig
 from broker.consents import Consents
 from broker.errors import AuditError, AuditWriteError, ConfigError
-from broker.framepath import FastServerConnection
 from broker.keepalive import sweep_forever
 from broker.limits import session_over
+from broker.listener import serve_gated
 from broker.pairing import NameplateBook
 from broker.registry import Engineer, Registry
 from broker.session import (
@@ -489,10 +489,12 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         interval=config.retention_interval,
     ))
     try:
-        async with serve(
+        # Accepts through broker.admission (per-source and descriptor caps,
+        # before TLS); connections are FastServerConnections (binary frames
+        # skip the queue).
+        async with serve_gated(
             broker.handle, config.host, config.port, ssl=tls,
             process_request=broker.check_path,
-            create_connection=FastServerConnection,  # binary frames skip the queue
             compression=None,  # ciphertext does not compress; deflate costs ~14x CPU
             max_size=limits.MAX_FRAME, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER,
