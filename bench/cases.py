@@ -415,3 +415,51 @@ async def _verify(data: Path) -> None:
                                      checkpoint_file=None)
     if not getattr(report, "ok", True):
         raise RuntimeError(f"verify found a problem: {report}")
+
+
+# -- connection flood ---------------------------------------------------------------
+
+# After a flood, RSS should come back to within this of where it started.
+FLOOD_RSS_MARGIN = 32 << 20
+# Sockets per flood source (each binds its own 127.x address): below the
+# broker's per-source cap, so the flood measures memory, not refusals.
+FLOOD_PER_SOURCE = 16
+
+
+async def connection_flood(dep: Deployment, mode: Mode) -> list[Row]:
+    """Rounds of idle TCP sockets that never start TLS, held and closed;
+    the broker's RSS before, at its peak and after the last round."""
+    from broker.eventloop import TRIM_MIN_INTERVAL_SECONDS, TRIM_SETTLE_SECONDS
+
+    assert dep.broker is not None
+    pid = dep.broker.pid
+    rounds, count = (2, 200) if mode.smoke else (10, 1000)
+    loop = asyncio.get_running_loop()
+    before = peak = rss_bytes(pid)
+    for _ in range(rounds):
+        held = []
+        for i in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            n = i // FLOOD_PER_SOURCE
+            sock.bind((f"127.2.{n // 250}.{n % 250 + 1}", 0))
+            await loop.sock_connect(sock, ("127.0.0.1", dep.port))
+            held.append(sock)
+        await asyncio.sleep(1.0)
+        peak = max(peak, rss_bytes(pid))
+        for sock in held:
+            sock.close()
+        await asyncio.sleep(0.5)
+        peak = max(peak, rss_bytes(pid))
+    deadline = time.monotonic() + TRIM_SETTLE_SECONDS + TRIM_MIN_INTERVAL_SECONDS + 2
+    after = rss_bytes(pid)
+    while after > before + FLOOD_RSS_MARGIN and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        after = rss_bytes(pid)
+    mib = 1 << 20
+    return [Row(f"connection flood ({rounds} rounds of {count} idle sockets)",
+                "broker RSS before the flood", f"after <= before + {FLOOD_RSS_MARGIN // mib} MiB",
+                f"RSS before {before / mib:.0f} MiB, peak {peak / mib:.0f} MiB, "
+                f"after {after / mib:.0f} MiB", after <= before + FLOOD_RSS_MARGIN,
+                {"rss_before": before, "rss_peak": peak, "rss_after": after,
+                 "rounds": rounds, "sockets": count})]
