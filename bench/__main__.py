@@ -13,7 +13,7 @@ from bench.fixture import Deployment
 from bench.procs import raise_fd_limit
 from broker import eventloop
 
-CASES = ("interactive", "join", "sessions", "idle", "flood", "audit")
+CASES = ("interactive", "join", "sessions", "idle", "flood", "soak", "audit")
 
 
 async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
@@ -59,6 +59,7 @@ async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
     flood.start_broker()
     try:
         await case("flood", lambda: cases.connection_flood(flood, mode))
+        await case("soak", lambda: cases.soak(flood, mode))
     finally:
         flood.stop()
     await case("audit", lambda: _audit(mode))
