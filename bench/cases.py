@@ -426,6 +426,25 @@ FLOOD_RSS_MARGIN = 32 << 20
 FLOOD_PER_SOURCE = 16
 
 
+async def idle_sockets(dep: Deployment, count: int, net: str) -> list[socket.socket]:
+    """`count` TCP connections to the broker that never say anything, from
+    FLOOD_PER_SOURCE-sized groups of addresses in `net`.0.0/16."""
+    loop = asyncio.get_running_loop()
+    held = []
+    for i in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        n = i // FLOOD_PER_SOURCE
+        sock.bind((f"{net}.{n // 250}.{n % 250 + 1}", 0))
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", dep.port))
+        except OSError:  # refused by the broker: that is its business
+            sock.close()
+            continue
+        held.append(sock)
+    return held
+
+
 async def connection_flood(dep: Deployment, mode: Mode) -> list[Row]:
     """Rounds of idle TCP sockets that never start TLS, held and closed;
     the broker's RSS before, at its peak and after the last round."""
@@ -434,17 +453,9 @@ async def connection_flood(dep: Deployment, mode: Mode) -> list[Row]:
     assert dep.broker is not None
     pid = dep.broker.pid
     rounds, count = (2, 200) if mode.smoke else (10, 1000)
-    loop = asyncio.get_running_loop()
     before = peak = rss_bytes(pid)
     for _ in range(rounds):
-        held = []
-        for i in range(count):
-            sock = socket.socket()
-            sock.setblocking(False)
-            n = i // FLOOD_PER_SOURCE
-            sock.bind((f"127.2.{n // 250}.{n % 250 + 1}", 0))
-            await loop.sock_connect(sock, ("127.0.0.1", dep.port))
-            held.append(sock)
+        held = await idle_sockets(dep, count, "127.2")
         await asyncio.sleep(1.0)
         peak = max(peak, rss_bytes(pid))
         for sock in held:
@@ -510,21 +521,9 @@ async def _join_sweep(dep: Deployment, stop: asyncio.Event) -> int:
 
 
 async def _idle_flood(dep: Deployment, stop: asyncio.Event, count: int) -> int:
-    loop = asyncio.get_running_loop()
     rounds = 0
     while not stop.is_set():
-        held = []
-        for i in range(count):
-            sock = socket.socket()
-            sock.setblocking(False)
-            n = i // FLOOD_PER_SOURCE
-            sock.bind((f"127.3.{n // 250}.{n % 250 + 1}", 0))
-            try:
-                await loop.sock_connect(sock, ("127.0.0.1", dep.port))
-            except OSError:
-                sock.close()
-                continue
-            held.append(sock)
+        held = await idle_sockets(dep, count, "127.3")
         await asyncio.sleep(1.0)
         for sock in held:
             sock.close()
