@@ -13,7 +13,7 @@ from bench.fixture import Deployment
 from bench.procs import raise_fd_limit
 from broker import eventloop
 
-CASES = ("interactive", "join", "sessions", "idle", "audit")
+CASES = ("interactive", "join", "sessions", "idle", "flood", "soak", "audit")
 
 
 async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
@@ -57,6 +57,14 @@ async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
         await case("idle", lambda: cases.idle_agents(idle, mode))
     finally:
         idle.stop()
+    # Another fresh broker: its RSS before, at the peak and after a flood.
+    flood = Deployment.create()
+    flood.start_broker(*many_agents)
+    try:
+        await case("flood", lambda: cases.connection_flood(flood, mode))
+        await case("soak", lambda: cases.soak(flood, mode))
+    finally:
+        flood.stop()
     await case("audit", lambda: _audit(mode))
     return rows
 

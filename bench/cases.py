@@ -4,6 +4,7 @@ repeat, and return rows for the report."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import asyncssh
 
 from bench import measure
 from bench.auditload import append_rate, fill
@@ -398,3 +401,191 @@ async def _verify(data: Path) -> None:
                                      checkpoint_file=None)
     if not getattr(report, "ok", True):
         raise RuntimeError(f"verify found a problem: {report}")
+
+
+# -- connection flood ---------------------------------------------------------------
+
+# After a flood, RSS should come back to within this of where it started.
+FLOOD_RSS_MARGIN = 32 << 20
+# Sockets per flood source (each binds its own 127.x address): below the
+# broker's per-source cap, so the flood measures memory, not refusals.
+FLOOD_PER_SOURCE = 16
+
+
+async def idle_sockets(dep: Deployment, count: int, net: str) -> list[socket.socket]:
+    """`count` TCP connections to the broker that never say anything, from
+    FLOOD_PER_SOURCE-sized groups of addresses in `net`.0.0/16."""
+    loop = asyncio.get_running_loop()
+    held = []
+    for i in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        n = i // FLOOD_PER_SOURCE
+        sock.bind((f"{net}.{n // 250}.{n % 250 + 1}", 0))
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", dep.port))
+        except OSError:  # refused by the broker: that is its business
+            sock.close()
+            continue
+        held.append(sock)
+    return held
+
+
+async def connection_flood(dep: Deployment, mode: Mode) -> list[Row]:
+    """Rounds of idle TCP sockets that never start TLS, held and closed;
+    the broker's RSS before, at its peak and after the last round."""
+    from broker.eventloop import TRIM_MIN_INTERVAL_SECONDS, TRIM_SETTLE_SECONDS
+
+    assert dep.broker is not None
+    pid = dep.broker.pid
+    rounds, count = (2, 200) if mode.smoke else (10, 1000)
+    before = peak = rss_bytes(pid)
+    for _ in range(rounds):
+        held = await idle_sockets(dep, count, "127.2")
+        await asyncio.sleep(1.0)
+        peak = max(peak, rss_bytes(pid))
+        for sock in held:
+            sock.close()
+        await asyncio.sleep(0.5)
+        peak = max(peak, rss_bytes(pid))
+    deadline = time.monotonic() + TRIM_SETTLE_SECONDS + TRIM_MIN_INTERVAL_SECONDS + 2
+    after = rss_bytes(pid)
+    while after > before + FLOOD_RSS_MARGIN and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        after = rss_bytes(pid)
+    mib = 1 << 20
+    return [Row(f"connection flood ({rounds} rounds of {count} idle sockets)",
+                "broker RSS before the flood", f"after <= before + {FLOOD_RSS_MARGIN // mib} MiB",
+                f"RSS before {before / mib:.0f} MiB, peak {peak / mib:.0f} MiB, "
+                f"after {after / mib:.0f} MiB", after <= before + FLOOD_RSS_MARGIN,
+                {"rss_before": before, "rss_peak": peak, "rss_after": after,
+                 "rounds": rounds, "sockets": count})]
+
+
+# -- soak -----------------------------------------------------------------------------
+
+
+async def _login_flood(dep: Deployment, stop: asyncio.Event) -> int:
+    """Logins with random names and random proofs, one after another."""
+    from broker.link import LinkError, open_link
+    from broker.wire.errors import ProtocolError
+    from broker.wire.messages import b64encode
+
+    sent = 0
+    while not stop.is_set():
+        try:
+            link = await open_link(dep.url, "/v1/console", dep.pki.ca_cert)
+            await link.send("login", user=os.urandom(6).hex())
+            await link.expect("challenge", timeout=10)
+            await link.send("login_proof", signature=b64encode(os.urandom(64)))
+            await link.recv(10)
+        except (LinkError, ProtocolError):
+            pass
+        else:
+            await link.close()
+        sent += 1
+    return sent
+
+
+async def _join_sweep(dep: Deployment, stop: asyncio.Event) -> int:
+    """Joins on random nameplates from an account of its own (the join
+    limits stop that account, never the one the real sessions use)."""
+    import datetime as dt
+
+    from broker.errors import RegistryError
+    from broker.link import LinkError
+    from broker.registry import Registry
+    from broker.wire.errors import ProtocolError
+    from console.client import ConsoleClient
+    from console.identity import load_file_identity
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key_path = dep.root / "sweeper_ed25519"
+    key.write_private_key(str(key_path))
+    os.chmod(key_path, 0o600)
+    with contextlib.suppress(RegistryError):  # a second soak here: registered already
+        Registry(dep.data_dir / "registry.db").add(
+            "sweeper", key.export_public_key().decode(), now=dt.datetime.now(dt.UTC))
+    client = ConsoleClient(dep.url, dep.pki.ca_cert,
+                           load_file_identity("sweeper", key_path, None))
+    sent = 0
+    while not stop.is_set():
+        try:
+            link = await client.connect()
+            await link.send("join", nameplate=str(int.from_bytes(os.urandom(3)) % 1000),
+                            wants=["view"])
+            await link.recv(10)
+        except (LinkError, ProtocolError):
+            pass
+        sent += 1
+    return sent
+
+
+async def _idle_flood(dep: Deployment, stop: asyncio.Event, count: int) -> int:
+    rounds = 0
+    while not stop.is_set():
+        held = await idle_sockets(dep, count, "127.3")
+        await asyncio.sleep(1.0)
+        for sock in held:
+            sock.close()
+        rounds += 1
+    return rounds
+
+
+async def soak(dep: Deployment, mode: Mode) -> list[Row]:
+    """Floods (logins, join sweeps, idle sockets) and real sessions side by
+    side for a bounded time; then the audit log is verified."""
+    assert dep.broker is not None
+    pid = dep.broker.pid
+    seconds, idle = (4.0, 100) if mode.smoke else (60.0, 1000)
+    db = dep.data_dir / "audit.db"
+    before, size0 = rss_bytes(pid), db.stat().st_size
+    stop = asyncio.Event()
+    floods = [asyncio.create_task(_login_flood(dep, stop)) for _ in range(2)]
+    floods.append(asyncio.create_task(_join_sweep(dep, stop)))
+    floods.append(asyncio.create_task(_idle_flood(dep, stop, idle)))
+    agents = await Agents.start(dep, 1)
+    done = failed = 0
+    reasons: dict[str, int] = {}
+    peak = before
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < seconds:
+            try:
+                async with relayed(dep, agents, 0) as conn:
+                    chan, tap = await measure.make_echo(conn)
+                    await measure.keystrokes(chan, tap, 3)
+                done += 1
+            except Exception as exc:  # a failed legitimate session is the finding
+                failed += 1
+                why = f"{type(exc).__name__}: {exc}"[:120]
+                reasons[why] = reasons.get(why, 0) + 1
+            peak = max(peak, rss_bytes(pid))
+    finally:
+        stop.set()
+        counts = await asyncio.gather(*floods, return_exceptions=True)
+        await agents.stop()
+    minutes = (time.monotonic() - began) / 60
+    growth = (db.stat().st_size - size0) / (1 << 20) / minutes
+    await asyncio.sleep(2)
+    after = rss_bytes(pid)
+    # The operator's own command, with the broker's key from its data dir.
+    check = await asyncio.to_thread(
+        subprocess.run, [str(Path(sys.executable).parent / "consentry-broker"), "audit",
+                         "verify", "--data-dir", str(dep.data_dir)],
+        capture_output=True, text=True, timeout=120)
+    verified = check.returncode == 0
+    problem = "; ".join(f"{n} x {why}" for why, n in reasons.items())
+    if not verified:
+        problem += " verify: " + (check.stdout + check.stderr).strip()[-300:]
+    mib = 1 << 20
+    return [Row(f"soak ({seconds:.0f} s: login floods, join sweeps, idle floods, real sessions)",
+                "-", "no failed session, audit verify passes",
+                f"sessions {done} completed, {failed} failed; audit log +{growth:.2f} MiB/min; "
+                f"RSS before {before / mib:.0f}, peak {peak / mib:.0f}, after {after / mib:.0f} "
+                f"MiB; verify {'passes' if verified else 'FAILS'}",
+                failed == 0 and verified and done > 0,
+                {"completed": done, "failed": failed, "audit_mib_per_min": growth,
+                 "rss_before": before, "rss_peak": peak, "rss_after": after,
+                 "verified": verified, "flood_counts": [str(c) for c in counts]},
+                note=problem)]

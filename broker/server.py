@@ -30,7 +30,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -54,9 +54,9 @@ from broker.failures import (
     join_event,
     login_event,
 )
-from broker.framepath import FastServerConnection
 from broker.keepalive import sweep_forever
 from broker.limits import session_over
+from broker.listener import serve_gated
 from broker.pairing import NameplateBook
 from broker.registry import Engineer, Registry
 from broker.session import (
@@ -665,10 +665,12 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     ))
     listening = False
     try:
-        async with serve(
+        # Accepts through broker.admission (per-source and descriptor caps,
+        # before TLS); connections are FastServerConnections (binary frames
+        # skip the queue).
+        async with serve_gated(
             broker.handle, config.host, config.port, ssl=tls,
             process_request=broker.check_path,
-            create_connection=FastServerConnection,  # binary frames skip the queue
             compression=None,  # ciphertext does not compress; deflate costs ~14x CPU
             max_size=limits.MAX_FRAME, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER,

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,14 +73,16 @@ class Deployment:
         assert result.returncode == 0, result.stderr
         return key
 
-    def start_broker(self, port: int = 0, *extra: str) -> None:
-        """Start `consentry-broker serve`; `extra` flags are added (e.g. a quota)."""
+    def start_broker(self, port: int = 0, *extra: str,
+                     preexec_fn: Callable[[], None] | None = None) -> None:
+        """Start `consentry-broker serve`; `extra` flags are added (e.g. a quota).
+        `preexec_fn` runs in the child first (e.g. to lower its rlimits)."""
         out = self.broker_stdout.open("wb")  # a restart starts a fresh transcript
         self.broker = subprocess.Popen(
             [str(BIN / "consentry-broker"), "serve", "--listen", f"127.0.0.1:{port}",
              "--data-dir", str(self.data_dir), "--cert", str(self.pki.cert),
              "--key", str(self.pki.key), *extra],
-            stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
+            stdout=out, stderr=subprocess.STDOUT, cwd=self.root, preexec_fn=preexec_fn,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
