@@ -434,8 +434,6 @@ async def idle_sockets(dep: Deployment, count: int, net: str) -> list[socket.soc
 async def connection_flood(dep: Deployment, mode: Mode) -> list[Row]:
     """Rounds of idle TCP sockets that never start TLS, held and closed;
     the broker's RSS before, at its peak and after the last round."""
-    from broker.eventloop import TRIM_MIN_INTERVAL_SECONDS, TRIM_SETTLE_SECONDS
-
     assert dep.broker is not None
     pid = dep.broker.pid
     rounds, count = (2, 200) if mode.smoke else (10, 1000)
@@ -448,11 +446,7 @@ async def connection_flood(dep: Deployment, mode: Mode) -> list[Row]:
             sock.close()
         await asyncio.sleep(0.5)
         peak = max(peak, rss_bytes(pid))
-    deadline = time.monotonic() + TRIM_SETTLE_SECONDS + TRIM_MIN_INTERVAL_SECONDS + 2
-    after = rss_bytes(pid)
-    while after > before + FLOOD_RSS_MARGIN and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        after = rss_bytes(pid)
+    after = await _settled_rss(pid, before)
     mib = 1 << 20
     return [Row(f"connection flood ({rounds} rounds of {count} idle sockets)",
                 "broker RSS before the flood", f"after <= before + {FLOOD_RSS_MARGIN // mib} MiB",
@@ -485,6 +479,19 @@ async def _login_flood(dep: Deployment, stop: asyncio.Event) -> int:
             await link.close()
         sent += 1
     return sent
+
+
+async def _settled_rss(pid: int, before: int) -> int:
+    """The broker's RSS once the heap trim after the last closes has had its
+    chance (it waits for the closes to settle, and trims at most so often)."""
+    from broker.eventloop import TRIM_MIN_INTERVAL_SECONDS, TRIM_SETTLE_SECONDS
+
+    deadline = time.monotonic() + TRIM_SETTLE_SECONDS + TRIM_MIN_INTERVAL_SECONDS + 2
+    after = rss_bytes(pid)
+    while after > before + FLOOD_RSS_MARGIN and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        after = rss_bytes(pid)
+    return after
 
 
 async def _join_sweep(dep: Deployment, stop: asyncio.Event) -> int:
@@ -567,8 +574,7 @@ async def soak(dep: Deployment, mode: Mode) -> list[Row]:
         await agents.stop()
     minutes = (time.monotonic() - began) / 60
     growth = (db.stat().st_size - size0) / (1 << 20) / minutes
-    await asyncio.sleep(2)
-    after = rss_bytes(pid)
+    after = await _settled_rss(pid, before)
     # The operator's own command, with the broker's key from its data dir.
     check = await asyncio.to_thread(
         subprocess.run, [str(Path(sys.executable).parent / "consentry-broker"), "audit",

@@ -198,7 +198,7 @@ consentry dev setup
 
 The broker runs in this terminal. Open two more terminals in this directory:
 
-  1. the customer side — starts an agent that shows a join code (e.g. 482-193-775):
+  1. the customer side — starts an agent that shows a join code (e.g. 4821-193-775):
 
      {_program("consentry-agent")} --broker {url} --ca {ca} --alias "my laptop"
 

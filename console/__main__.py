@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{join}",
                            description="without a command, the full-screen console starts")
     join = sub.add_parser("join", help="join with the code the customer reads to you")
-    join.add_argument("code", help="the code on the customer's screen, e.g. 482-193-775")
+    join.add_argument("code", help="the code on the customer's screen, e.g. 4821-193-775")
     add_connection_flags(join, sub=True)
     join.add_argument("--ssh-agent", action="store_true",
                       help="use the key held by ssh-agent instead of reading --identity")

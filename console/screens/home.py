@@ -33,7 +33,7 @@ class HomePane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("Join a customer's computer", classes="section-title")
         with Horizontal(id="join-row"):
-            yield Input(id="code", placeholder="code the customer reads out, e.g. 482-193-775")
+            yield Input(id="code", placeholder="code the customer reads out, e.g. 4821-193-775")
             yield Label("ask for control", id="control-label")
             yield Switch(id="control", value=False)
             yield Button("Join", id="join", variant="primary")
