@@ -11,13 +11,13 @@ import contextlib
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nacl.signing
 
 from agent.errors import SetupError
+from broker.atomic_file import replace_atomically
 from broker.audit.checkpoint_record import parse_checkpoint
 from broker.errors import AuditError
 
@@ -39,24 +39,9 @@ def _append_private(path: Path, line: bytes) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` atomically with a 0600 file holding `data`.
-
-    mkstemp makes the temporary file under a fresh random name with O_EXCL
-    and mode 0600 whatever the umask (a planted file or symlink is never
-    reused); it is fsynced before the rename, so a reader sees the old file
-    or the whole new one.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace `path` atomically with a 0600 file holding `data`
+    (`broker.atomic_file.replace_atomically`)."""
+    replace_atomically(path, data)
 
 
 def make_private_dir(path: Path) -> None:

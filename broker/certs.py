@@ -16,11 +16,9 @@ in which a key is readable by other users, nor a half-written key file.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from broker.atomic_file import replace_atomically
 from broker.errors import PkiError
 
 __all__ = [
@@ -81,22 +80,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     fsynced before the rename, which replaces any existing file at `path`.
     """
     try:
-        # mkstemp: a fresh random name opened with O_EXCL and mode 0600.
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        replace_atomically(path, data, mode=mode)
     except OSError as exc:
-        raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # Widened (certificates are public) only once the content is complete.
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

@@ -1,0 +1,37 @@
+"""Writing a file so readers see either the old one or the whole new one.
+
+Shared by the broker (certificates, keys) and the agent (its device key):
+no server code here, so clients may import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["replace_atomically"]
+
+
+def replace_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace `path` with a file of `data` and `mode`; raise OSError on failure.
+
+    mkstemp makes the temporary file under a fresh random name with O_EXCL
+    and mode 0600 whatever the umask (a planted file or symlink is never
+    reused); it is fsynced, and widened to `mode` only once complete, before
+    the rename.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode != 0o600:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
