@@ -170,6 +170,6 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--subject", metavar="ALIAS",
                    help="events of the device(s) with this alias (exact, any case)")
     p.add_argument("--type", metavar="TYPE", help="events of this type, e.g. consent_granted")
-    p.add_argument("--session", metavar="ID")
+    p.add_argument("--session", metavar="ID", help="events of this session (its whole id)")
     p.add_argument("--limit", type=int, metavar="N", help="only the newest N events")
     p.set_defaults(func=cmd_audit_list)
