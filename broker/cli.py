@@ -10,16 +10,19 @@
     consentry-broker engineer remove NAME
     consentry-broker audit list   [--json] [--since T] [--until T] [--engineer NAME]
                                   [--subject ALIAS] [--type T] [--session ID] [--limit N]
-    consentry-broker audit show   SESSION [--json]
+    consentry-broker audit show   SESSION|PREFIX [--json]
     consentry-broker audit export [--format jsonl|csv] [--output F] [filters as list]
-    consentry-broker audit export --subject ALIAS [--device PSEUDONYM] [--output F]
+    consentry-broker audit export --subject ALIAS [--device PSEUDONYM] [--format json]
+                                  [--output F]
     consentry-broker audit verify [--pubkey F] [--checkpoint-file F] [--json]
     consentry-broker audit pubkey
     consentry-broker audit purge  [--pii-retention-days N] [--event-retention-days N]
     consentry-broker audit erase  --subject ALIAS [--device P] [--yes]
     consentry-broker dev-setup    [--certs DIR] [--listen HOST:PORT]
 
-Every sub-command takes --data-dir DIR (default var/). Errors the operator
+Every sub-command takes --data-dir DIR (default var/), and the command takes
+--version. The README's command table is checked against this parser
+(tests/test_readme_commands.py). Errors the operator
 can act on are printed as one line, never as a traceback; exit codes come
 from `broker.errors`.
 """
