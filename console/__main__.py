@@ -10,6 +10,7 @@ from pathlib import Path
 
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
+from broker.link import LinkError, broker_url
 from broker.wire.code import parse_code
 from broker.wire.errors import CodeError
 from console.client import ConsoleClient
@@ -74,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 async def _join(args: argparse.Namespace) -> int:
     try:
         code = parse_code(args.code)
-    except CodeError as exc:
+        # Checked before the key is read (and its passphrase asked for).
+        broker_url(args.broker)
+    except (CodeError, LinkError) as exc:
         raise UsageError(str(exc)) from exc
     if args.ssh_agent:
         identity = await load_agent_identity(args.user, args.identity)

@@ -94,3 +94,15 @@ def test_plain_join_explains_a_mistyped_code_without_calling_the_broker() -> Non
     assert result.returncode == 2, result
     assert result.stderr == ("consentry-console: that code has 5 secret digits after 581; a "
                              "code has 6, like 4821-193-775: please check it with the customer\n")
+
+
+def test_plain_join_refuses_a_broker_url_without_tls_before_anything_else() -> None:
+    # Checked with the arguments: before the key is read (or its passphrase
+    # asked for) and before any connection.
+    result = subprocess.run(
+        [sys.executable, "-m", "console", "join", "4821-193-775", "--broker",
+         "ws://127.0.0.1:9", "--identity", "/nonexistent"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result
+    assert "ws:// is a connection without TLS: use wss://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr
