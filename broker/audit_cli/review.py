@@ -197,7 +197,9 @@ async def _audit_show(args: argparse.Namespace) -> None:
             body["asked"] = args.session[:128]  # what was typed: a prefix of it
         await audit.append("audit_read", now=now(), actor=cli_actor(), body=body)
     if not report["events"]:
-        raise AuditError(f"no audit events for session {printable(args.session, 64)!r}")
+        raise AuditError(f"no audit events for session {printable(args.session, 64)!r}: give "
+                         f"its id as `audit list` prints it, or at least its first "
+                         f"{MIN_PREFIX} characters")
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
