@@ -107,3 +107,13 @@ def test_the_design_document_is_in_the_repository() -> None:
     for path in set(re.findall(r"`((?:broker|agent|console|tests|bench)/[\w/.]+\.py)`",
                                design)):
         assert (ROOT / path).is_file(), path
+
+
+def test_every_file_the_readme_names_is_in_a_clone() -> None:
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)
+    files = re.findall(r"`((?:broker|agent|console|tests|bench|docs|certs)/[\w/.-]+\.(?:py|md))`",
+                       text)
+    assert links and files
+    missing = sorted({p for p in links + files if not (ROOT / p).exists()})
+    assert missing == []
