@@ -12,7 +12,8 @@ from agent.errors import AgentError
 from agent.identity import load_identity
 from agent.screen import CustomerScreen
 from broker import eventloop
-from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT
+from broker.cli_style import add_version, finish_parser
+from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT, MAX_CONSENT_TIMEOUT, MIN_CONSENT_TIMEOUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,23 +22,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show a support code, and let an engineer in only if you approve. "
         "You see everything they do; Ctrl-] then e ends the session at once.",
     )
-    p.add_argument("--broker", default="wss://127.0.0.1:8443", help="broker URL (wss://)")
-    p.add_argument("--ca", type=Path, default=Path("certs/ca.crt"),
+    add_version(p)
+    p.add_argument("--broker", default="wss://127.0.0.1:8443", metavar="URL",
+                   help="the support service's broker, wss://HOST:PORT")
+    p.add_argument("--ca", type=Path, default=Path("certs/ca.crt"), metavar="FILE",
                    help="CA certificate the broker must be signed by (default: certs/ca.crt)")
     p.add_argument("--alias", default="unnamed device",
                    help="a name for this computer that the engineer will see")
     p.add_argument("--consent-timeout", type=float, default=DEFAULT_CONSENT_TIMEOUT,
-                   metavar="SECONDS", help="deny a request nobody answers within this time")
+                   metavar="SECONDS", help="deny a request nobody answers within this time "
+                                           f"({MIN_CONSENT_TIMEOUT:g} to "
+                                           f"{MAX_CONSENT_TIMEOUT:g} s)")
     p.add_argument("--max-rights", choices=("view", "control"), default="control",
                    help="the most any engineer may ever be granted on this computer")
     p.add_argument("--share-hostname", action="store_true",
                    help="tell the broker this computer's hostname (off by default)")
     p.add_argument("--share-user", action="store_true",
                    help="tell the broker your login name (off by default)")
-    p.add_argument("--state-dir", type=Path, default=default_state_dir(),
+    p.add_argument("--state-dir", type=Path, default=default_state_dir(), metavar="DIR",
                    help="where the device key and your consent receipts are kept")
-    p.add_argument("--shell", default=None, help="shell to run for the engineer")
-    return p
+    p.add_argument("--shell", default=None, metavar="PROGRAM",
+                   help="shell to run for the engineer (default: $SHELL, else /bin/sh)")
+    return finish_parser(p)
 
 
 async def _run(config: AgentConfig) -> None:

@@ -90,6 +90,26 @@ def _fit(msg_type: str, events: list[dict[str, Any]], more: bool) -> tuple[str, 
             events, more = events[: len(events) // 2], True
 
 
+async def _name_devices(audit: AuditLog, events: list[AuditEvent],
+                        objects: list[dict[str, Any]]) -> None:
+    """Give each event of a device that records no alias of its own (a
+    session's events) the alias the device reported when it last connected
+    before them, as `audit show` names a session's device. One indexed read
+    per device on the page; the alias only, never the IP address."""
+    newest: dict[str, int] = {}
+    for event, obj in zip(events, objects, strict=True):
+        if obj["alias"] is None and event.subject is not None:
+            newest[event.subject] = max(newest.get(event.subject, 0), event.seq)
+    names: dict[str, str | None] = {}
+    for subject, seq in newest.items():
+        found, _ = await audit.query(subject=subject, type="agent_connected",
+                                     before_seq=seq, limit=1)
+        names[subject] = _capped((found[0].personal or {}).get("alias")) if found else None
+    for event, obj in zip(events, objects, strict=True):
+        if obj["alias"] is None and event.subject in names:
+            obj["alias"] = names[event.subject]
+
+
 async def _page(audit: AuditLog, msg: Message) -> tuple[str, int, dict[str, Any]]:
     filters = {name: msg.get(name) for name in AUDIT_FILTERS if msg.get(name) is not None}
     since, until = filters.get("since"), filters.get("until")
@@ -100,7 +120,9 @@ async def _page(audit: AuditLog, msg: Message) -> tuple[str, int, dict[str, Any]
         type=filters.get("event_type"), session=filters.get("session"),
         before_seq=filters.get("before_seq"), limit=msg["limit"],
     )
-    frame, returned = _fit("audit_page", [event_object(e) for e in events], more)
+    objects = [event_object(e) for e in events]
+    await _name_devices(audit, events, objects)
+    frame, returned = _fit("audit_page", objects, more)
     used: dict[str, Any] = {**filters, "limit": msg["limit"]}
     if "alias" in used:
         # The alias a customer chose is personal data: the event skeleton

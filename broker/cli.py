@@ -10,16 +10,19 @@
     consentry-broker engineer remove NAME
     consentry-broker audit list   [--json] [--since T] [--until T] [--engineer NAME]
                                   [--subject ALIAS] [--type T] [--session ID] [--limit N]
-    consentry-broker audit show   SESSION [--json]
+    consentry-broker audit show   SESSION|PREFIX [--json]
     consentry-broker audit export [--format jsonl|csv] [--output F] [filters as list]
-    consentry-broker audit export --subject ALIAS [--device PSEUDONYM] [--output F]
+    consentry-broker audit export --subject ALIAS [--device PSEUDONYM] [--format json]
+                                  [--output F]
     consentry-broker audit verify [--pubkey F] [--checkpoint-file F] [--json]
     consentry-broker audit pubkey
     consentry-broker audit purge  [--pii-retention-days N] [--event-retention-days N]
     consentry-broker audit erase  --subject ALIAS [--device P] [--yes]
     consentry-broker dev-setup    [--certs DIR] [--listen HOST:PORT]
 
-Every sub-command takes --data-dir DIR (default var/). Errors the operator
+Every sub-command takes --data-dir DIR (default var/), and the command takes
+--version. The README's command table is checked against this parser
+(tests/test_readme_commands.py). Errors the operator
 can act on are printed as one line, never as a traceback; exit codes come
 from `broker.errors`.
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 from broker import audit_cli, eventloop
 from broker.audit_cli.common import log_admin_action, now
 from broker.certs import DEFAULT_NAMES, PkiPaths, cert_names, init_dev_pki
+from broker.cli_style import add_version, finish_parser
 from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
@@ -216,16 +220,23 @@ The broker runs in this terminal. Open two more terminals in this directory:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR",
-                        help="audit log, registry and keys (default: var/)")
+                        help="the broker's data: audit log, registry and keys "
+                             "(default: var/)")
     parser = argparse.ArgumentParser(
         prog=PROG, description="consentry broker: pairs agents and consoles, keeps the audit log"
     )
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common], help="run the broker")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
-    p.add_argument("--cert", type=Path, default=Path("certs/broker.crt"), metavar="FILE")
-    p.add_argument("--key", type=Path, default=Path("certs/broker.key"), metavar="FILE")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help="address and port to accept agents and consoles on (TLS "
+                        "WebSocket); 0.0.0.0:PORT for every interface")
+    p.add_argument("--cert", type=Path, default=Path("certs/broker.crt"), metavar="FILE",
+                   help="the broker's TLS certificate (PEM), naming the broker's host in its "
+                        "subjectAltName; `certs init` makes one")
+    p.add_argument("--key", type=Path, default=Path("certs/broker.key"), metavar="FILE",
+                   help="the certificate's private key (PEM; keep it mode 0600)")
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
                    help="where signed audit checkpoints are appended (default: "
                         "DIR/checkpoints.jsonl; another disk is stronger)")
@@ -254,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs = sub.add_parser("certs", help="TLS certificates").add_subparsers(
         dest="certs_command", required=True, metavar="COMMAND")
     p = certs.add_parser("init", parents=[common], help="make a dev CA and broker certificate")
-    p.add_argument("--dir", type=Path, default=Path("certs"), metavar="DIR")
+    p.add_argument("--dir", type=Path, default=Path("certs"), metavar="DIR",
+                   help="where ca.crt, ca.key, broker.crt and broker.key are written")
     p.add_argument("--name", dest="names", action="append", metavar="HOST",
                    help="DNS name or IP address of the broker (repeatable; "
                         "default: localhost and 127.0.0.1)")
@@ -265,17 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     eng = sub.add_parser("engineer", help="engineers and admins allowed to log in")
     eng_sub = eng.add_subparsers(dest="engineer_command", required=True, metavar="COMMAND")
     p = eng_sub.add_parser("add", parents=[common], help="register an engineer's public key")
-    p.add_argument("name")
+    p.add_argument("name", help="the login name the engineer gives with --user")
     p.add_argument("--key", type=Path, required=True, metavar="PUBKEY_FILE",
                    help="the engineer's OpenSSH Ed25519 public key (.pub)")
-    p.add_argument("--role", choices=sorted(ROLES), default="engineer")
-    p.add_argument("--display", metavar="TEXT", help="full name shown to customers")
+    p.add_argument("--role", choices=sorted(ROLES), default="engineer",
+                   help="engineer: joins sessions; admin: also reads the audit log")
+    p.add_argument("--display", metavar="TEXT",
+                   help="full name shown to customers (default: the NAME)")
     p.set_defaults(func=cmd_engineer_add)
     p = eng_sub.add_parser("list", parents=[common], help="list registered engineers")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_engineer_list)
     p = eng_sub.add_parser("remove", parents=[common], help="remove an engineer")
-    p.add_argument("name")
+    p.add_argument("name", help="the engineer's login name, as in `engineer list`")
     p.set_defaults(func=cmd_engineer_remove)
 
     audit = sub.add_parser("audit", help="the audit log")
@@ -284,10 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev-setup", parents=[common],
                        help="certificates, a dev admin key and how to start (make run)")
-    p.add_argument("--certs", type=Path, default=Path("certs"), metavar="DIR")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--certs", type=Path, default=Path("certs"), metavar="DIR",
+                   help="where the dev CA and broker certificate are made (kept if present)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help="the address `serve` will listen on, for the commands printed")
     p.set_defaults(func=cmd_dev_setup)
-    return parser
+    return finish_parser(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

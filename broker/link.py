@@ -23,6 +23,7 @@ from broker.framepath import FastClientConnection
 from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.messages import Message, decode, encode
+from broker.wire.text import printable
 
 __all__ = [
     "BrokerLink",
@@ -152,6 +153,34 @@ def _closed_text(exc: ConnectionClosed) -> str:
     return f"the broker closed the connection{': ' + reason if reason else ''}"
 
 
+def broker_url(url: str) -> str:
+    """The broker's URL as the WebSocket client takes it (wss://), or a
+    LinkError that says what to type instead.
+
+    https:// is accepted as wss:// (a URL copied from a browser or a ticket):
+    it is the same TLS connection to the same host and port. Anything without
+    TLS is refused: consentry never talks to a broker in clear.
+    """
+    text = url.strip()
+    parts = urlsplit(text if "://" in text else f"//{text}")
+    scheme = parts.scheme.lower()
+    target = parts.netloc + parts.path if parts.netloc else text
+    if scheme == "https":
+        parts = parts._replace(scheme="wss")
+    elif scheme in ("ws", "http"):
+        raise LinkError(f"the broker URL {printable(url, 200)!r}: {scheme}:// is a connection "
+                        f"without TLS: use wss://{printable(target, 200)} (consentry never "
+                        "talks to a broker in clear)")
+    elif scheme != "wss":
+        raise LinkError(f"the broker URL must start with wss://, like "
+                        f"wss://{printable(target or 'broker.example:8443', 200)} "
+                        f"(got {printable(url, 200)!r})")
+    if not parts.hostname:
+        raise LinkError(f"the broker URL {printable(url, 200)} names no host: it looks like "
+                        "wss://HOST:PORT")
+    return parts.geturl()
+
+
 async def open_link(
     url: str, path: str, ca_file: Path, *, max_size: int = limits.MAX_FRAME
 ) -> BrokerLink:
@@ -161,10 +190,8 @@ async def open_link(
     relay or control frame) unless this link reads the admin audit API,
     whose replies may reach `limits.MAX_ADMIN_FRAME`.
     """
+    url = broker_url(url)
     parts = urlsplit(url)
-    if parts.scheme != "wss":
-        raise LinkError(f"the broker URL must start with wss:// (got {url!r}); "
-                        "consentry never talks to a broker without TLS")
     tls = client_tls(ca_file)
     target = url.rstrip("/") + path
     try:

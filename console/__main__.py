@@ -9,12 +9,16 @@ import sys
 from pathlib import Path
 
 from broker import eventloop
+from broker.cli_style import add_version, finish_parser
+from broker.link import LinkError, broker_url
 from broker.wire.code import parse_code
 from broker.wire.errors import CodeError
 from console.client import ConsoleClient
 from console.errors import ConsoleError, UsageError
 from console.identity import load_agent_identity, load_file_identity, tty_passphrase
 from console.terminal import ProgressPrinter, run_terminal_session, status
+
+DEFAULT_BROKER = "wss://127.0.0.1:8443"
 
 
 def add_connection_flags(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
@@ -24,15 +28,19 @@ def add_connection_flags(p: argparse.ArgumentParser, *, sub: bool = False) -> No
     def default(value: object) -> object:
         return argparse.SUPPRESS if sub else value
 
-    p.add_argument("--broker", default=default("wss://127.0.0.1:8443"),
-                   help="broker URL (wss://)")
-    p.add_argument("--ca", type=Path, default=default(Path("certs/ca.crt")),
-                   help="CA certificate the broker must be signed by")
+    # The defaults are written into the help: under `join` they are
+    # suppressed (see above), and `join --help` must still show them.
+    user = os.environ.get("USER") or getpass.getuser()
+    p.add_argument("--broker", default=default(DEFAULT_BROKER), metavar="URL",
+                   help=f"the broker, wss://HOST:PORT (default: {DEFAULT_BROKER})")
+    p.add_argument("--ca", type=Path, default=default(Path("certs/ca.crt")), metavar="FILE",
+                   help="the CA certificate the broker's certificate must be signed by "
+                        "(default: certs/ca.crt)")
     p.add_argument("--identity", type=Path,
-                   default=default(Path("~/.ssh/id_ed25519").expanduser()),
-                   help="your OpenSSH Ed25519 private key (default ~/.ssh/id_ed25519)")
-    p.add_argument("--user", default=default(os.environ.get("USER") or getpass.getuser()),
-                   help="your login name at the broker")
+                   default=default(Path("~/.ssh/id_ed25519").expanduser()), metavar="KEY",
+                   help="your OpenSSH Ed25519 private key (default: ~/.ssh/id_ed25519)")
+    p.add_argument("--user", default=default(user), metavar="NAME",
+                   help=f"your login name at the broker (default: {user}, your login here)")
 
 
 def run_tui(args: argparse.Namespace) -> int:
@@ -50,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Join a customer's computer, with their consent, over an end-to-end "
         "encrypted session.",
     )
+    add_version(p)
     add_connection_flags(p)
     sub = p.add_subparsers(dest="command", metavar="{join}",
                            description="without a command, the full-screen console starts")
@@ -60,13 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the key held by ssh-agent instead of reading --identity")
     join.add_argument("--control", action="store_true",
                       help="ask to type, not just view (the customer decides)")
-    return p
+    return finish_parser(p)
 
 
 async def _join(args: argparse.Namespace) -> int:
     try:
         code = parse_code(args.code)
-    except CodeError as exc:
+        # Checked before the key is read (and its passphrase asked for).
+        broker_url(args.broker)
+    except (CodeError, LinkError) as exc:
         raise UsageError(str(exc)) from exc
     if args.ssh_agent:
         identity = await load_agent_identity(args.user, args.identity)

@@ -68,7 +68,7 @@ async def take(outdir: Path) -> list[Path]:
         await pilot.click("#join")
         await _wait(pilot, lambda: any(r.state == "declined"
                                        for r in app.screen.records.values()))
-        app.screen.query_one("#code", Input).value = "482-193-775"
+        app.screen.query_one("#code", Input).value = "4821-193-775"
         await pilot.click("#control")
         await pilot.click("#join")
         await _wait(pilot, lambda: app.screen.query(SessionPane))

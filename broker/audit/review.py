@@ -94,14 +94,21 @@ def check_receipt(event: AuditEvent) -> dict[str, Any] | None:
     return result
 
 
+# The signed material of a consent, as stored (base64): enough for anyone to
+# check the receipt's signature again without this code.
+_SIGNED_FIELDS = ("receipt", "receipt_signature", "device_key")
+
+
 def _consent(event: AuditEvent) -> dict[str, Any]:
     body = event.body
+    personal = event.personal or {}
     return {
         "seq": event.seq, "time": event.time, "decision": body.get("decision"),
         "upgrade": bool(body.get("upgrade")), "engineer": body.get("engineer", event.actor),
         "key_fingerprint": body.get("key_fingerprint"),
         "asked": _as_list(body.get("asked")), "granted": _as_list(body.get("granted")),
         "receipt_time": body.get("receipt_time"), **(check_receipt(event) or {}),
+        "signed": {k: personal[k] for k in _SIGNED_FIELDS if k in personal},
     }
 
 

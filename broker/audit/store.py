@@ -715,6 +715,21 @@ class AuditLog:
         params = {"session": session, "limit": -1 if limit is None else limit}
         return self._decrypted(await self._fetch(_SELECT_SESSION, params))
 
+    async def sessions_starting(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Up to `limit` distinct session ids that start with `prefix`, sorted.
+
+        A range over the session index (``prefix <= session < prefix'``,
+        where prefix' has its last character incremented), so it reads only
+        the matching ids however long the log is.
+        """
+        if not prefix or limit < 1:
+            return []
+        upper = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
+        rows = await self._fetch(
+            "SELECT DISTINCT session FROM events WHERE session >= ? AND session < ? "
+            "ORDER BY session LIMIT ?", (prefix, upper, limit))
+        return [row[0] for row in rows]
+
     async def scan(
         self,
         *,

@@ -131,12 +131,54 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"Signed consent receipt (seq {consent['seq']}):")
             lines.append("  " + printable(json.dumps(consent["receipt"], sort_keys=True,
                                                      ensure_ascii=False), 2000))
+        # As stored, base64: what anyone needs to check the signature again
+        # (Ed25519 over the receipt's bytes, by the device key).
+        for key, label in (("receipt", "receipt bytes"), ("receipt_signature", "signature"),
+                           ("device_key", "device key")):
+            value = consent.get("signed", {}).get(key)
+            if isinstance(value, str):
+                lines.append(f"  {label + ':':<15} {printable(value, 4000)}")
     return "\n".join(lines)
+
+
+# A prefix shorter than this is not taken to mean one session: ids are
+# random, so a few characters match by chance once the log holds many.
+MIN_PREFIX = 4
+_CANDIDATES_SHOWN = 10
+
+
+class AmbiguousSession(AuditError):
+    """A prefix that matches several sessions."""
+
+
+async def resolve_session(audit: AuditLog, typed: str) -> str:
+    """The session `typed` names: itself if the log has it, else the one
+    session whose id starts with it (as `audit list` once printed them cut
+    short). Raises AuditError naming the candidates when several match;
+    returns `typed` unchanged when none does (the caller reports that)."""
+    if len(typed) < MIN_PREFIX or await audit.session_events(typed, limit=1):
+        return typed
+    found = await audit.sessions_starting(typed, limit=_CANDIDATES_SHOWN + 1)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        shown = ", ".join(printable(s, 64) for s in found[:_CANDIDATES_SHOWN])
+        count = f"over {_CANDIDATES_SHOWN}" if len(found) > _CANDIDATES_SHOWN else len(found)
+        raise AmbiguousSession(f"{printable(typed, 64)!r} is the start of {count} session "
+                               f"ids: {shown}; type more of it")
+    return typed
+
 
 
 async def _audit_show(args: argparse.Namespace) -> None:
     async with open_log(args.data_dir) as audit:
-        report = await load_session(audit, args.session)
+        try:
+            session = await resolve_session(audit, args.session)
+        except AmbiguousSession:
+            await audit.append("audit_read", now=now(), actor=cli_actor(), body={
+                "command": "show", "session": args.session[:128], "returned": 0})
+            raise
+        report = await load_session(audit, session)
         if report["events"]:
             try:
                 if args.json:
@@ -149,11 +191,15 @@ async def _audit_show(args: argparse.Namespace) -> None:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         # Recorded after the output, as `audit list` does, and also when
         # nothing was found: looking is a read too.
-        await audit.append("audit_read", now=now(), actor=cli_actor(), body={
-            "command": "show", "session": args.session[:128], "returned": report["events"],
-        })
+        body: dict[str, object] = {"command": "show", "session": session[:128],
+                                   "returned": report["events"]}
+        if session != args.session:
+            body["asked"] = args.session[:128]  # what was typed: a prefix of it
+        await audit.append("audit_read", now=now(), actor=cli_actor(), body=body)
     if not report["events"]:
-        raise AuditError(f"no audit events for session {printable(args.session, 64)!r}")
+        raise AuditError(f"no audit events for session {printable(args.session, 64)!r}: give "
+                         f"its id as `audit list` prints it, or at least its first "
+                         f"{MIN_PREFIX} characters")
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
@@ -166,6 +212,8 @@ def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p = add_parser(sub, common, "show",
                    "one session: its timeline, consent receipts (signature checked), rights, "
                    "end, duration and bytes (this read is logged)")
-    p.add_argument("session", metavar="SESSION", help="the session id, as in `audit list`")
+    p.add_argument("session", metavar="SESSION",
+                   help="the session id, as in `audit list`, or enough of its start "
+                        f"(at least {MIN_PREFIX} characters) to name one session")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_audit_show)

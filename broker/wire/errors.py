@@ -29,7 +29,7 @@ class ProtocolError(WireError):
 
 
 class CodeError(WireError):
-    """A join code that does not have the NNN-NNN-NNN shape."""
+    """A join code that does not have the NAMEPLATE-SSS-SSS shape (4821-193-775)."""
 
 
 class PairingError(WireError):

@@ -55,6 +55,12 @@ MAX_NAMEPLATE_DIGITS = 8
 # must be rare. 1,000 keeps the code short enough to read aloud: four digits
 # and the secret (4821-193-775) while up to 9 agents wait, five up to 90.
 NAMEPLATE_SPARSITY = 1000
+# The fewest digits `broker.pairing` ever draws: the first length whose
+# space (9 * 10**(n-1) values, no leading zero) holds NAMEPLATE_SPARSITY
+# values for one waiting agent. A shorter nameplate is a typo, caught by
+# the console before anything is sent (`broker.wire.code.parse_code`).
+MIN_NAMEPLATE_DIGITS = next(n for n in range(1, MAX_NAMEPLATE_DIGITS + 1)
+                            if 9 * 10 ** (n - 1) >= NAMEPLATE_SPARSITY)
 
 # Consent: no answer within this is a deny. The agent may choose another
 # value within these bounds; the broker cannot lengthen it.

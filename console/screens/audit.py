@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ from console.errors import ConsoleError
 from console.format import literal
 
 PAGE_SIZE = 50
+# How often the newest page is read again while it is on screen. Every read
+# is itself an audit event on the broker (`audit_read`), so not faster; an
+# older page is never re-read behind the reader's back, it says its age.
+REFRESH_SECONDS = 10.0
+_TICK_SECONDS = 1.0
 FILTERS = (  # (query field, placeholder: short enough for 80 columns)
     ("since", "since"),
     ("until", "until"),
@@ -65,6 +71,11 @@ class AuditPane(Vertical):
         # The events of the page shown, by row key (their seq): the table
         # holds display text, cut to fit, and an export needs the real id.
         self._shown: dict[str, dict[str, Any]] = {}
+        # When the page shown was read (monotonic, and UTC for the reader),
+        # and what its info line says apart from its age.
+        self._loaded_at: float | None = None
+        self._loaded_utc = ""
+        self._summary = ""
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="audit-filters"):
@@ -87,6 +98,39 @@ class AuditPane(Vertical):
         for label in ("Seq", "UTC", "Type", "Session", "Engineer", "Device", "Details"):
             table.add_column(label, key=label.lower())
         self.reload()
+        self.set_interval(_TICK_SECONDS, self._tick)
+
+    def _following(self) -> bool:
+        """The newest page, unfiltered by paging: the one that follows the log."""
+        return len(self._pages) == 1
+
+    def _tick(self) -> None:
+        if self._loaded_at is None:
+            return
+        age = time.monotonic() - self._loaded_at
+        if (self._following() and age >= REFRESH_SECONDS and self._visible()
+                and not self._busy()):
+            self.reload()
+            return
+        self._show_info()
+
+    def _visible(self) -> bool:
+        # An inactive tab is hidden by `display` on one of its ancestors.
+        return self.screen is self.app.screen and all(
+            getattr(node, "display", True) for node in self.ancestors_with_self)
+
+    def _busy(self) -> bool:
+        return any(w.group == "audit" and w.is_running for w in self.workers)
+
+    def _show_info(self) -> None:
+        if self._loaded_at is None:
+            return
+        age = int(time.monotonic() - self._loaded_at)
+        when = (f"live, updated every {REFRESH_SECONDS:g} s (read {self._loaded_utc} UTC)"
+                if self._following() else
+                f"as of {self._loaded_utc} UTC, {age} s ago · r: reload")
+        self.query_one("#audit-info", Static).update(
+            literal(f"{self._summary} · {when}", 300))
 
     def _collect(self) -> dict[str, str]:
         values = {}
@@ -133,6 +177,12 @@ class AuditPane(Vertical):
         self._more = more
         self._shown = {str(event.get("seq")): event for event in events}
         table = self.query_one("#events", DataTable)
+        # Keep the reader's place across a refresh: the same event selected,
+        # the view moved by as many rows as arrived above it.
+        selected: str | None = None
+        if table.row_count:
+            selected = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        old_row, old_scroll = table.cursor_row, table.scroll_y
         table.clear()
         for event in events:
             table.add_row(
@@ -142,13 +192,18 @@ class AuditPane(Vertical):
                 _body_text(event),
                 key=str(event.get("seq")),
             )
+        if selected in self._shown:
+            row = table.get_row_index(selected)
+            table.move_cursor(row=row, animate=False, scroll=False)
+            table.scroll_to(y=max(0, old_scroll + row - old_row), animate=False)
         page = len(self._pages)
         shown = ", ".join(f"{k}={v}" for k, v in filters.items()) or "none"
-        info.update(literal(
+        self._summary = (
             f"Page {page} (newest first) · {len(events)} events · filters: {shown} · "
-            f"{'n: older' if more else 'no older events'}{' · p: newer' if page > 1 else ''}",
-            300,
-        ))
+            f"{'n: older' if more else 'no older events'}{' · p: newer' if page > 1 else ''}")
+        self._loaded_at = time.monotonic()
+        self._loaded_utc = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
+        self._show_info()
 
     def action_verify(self) -> None:
         self._verify()

@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Static, Switch
 
+from broker.wire.code import parse_code
+from broker.wire.errors import CodeError
 from console.format import clock, literal, rights
 from console.sessions import SessionRecord
 
@@ -54,6 +56,14 @@ class HomePane(Vertical):
         code = code_input.value.strip()
         if not code:
             self.show_status("Type the code the customer reads to you.", error=True)
+            code_input.focus()
+            return
+        try:
+            # Checked here, before anything is sent: a typo (a digit missing)
+            # is explained at once and stays in the field to be corrected.
+            parse_code(code)
+        except CodeError as exc:
+            self.show_status(f"That code is not right: {exc}.", error=True)
             code_input.focus()
             return
         code_input.value = ""

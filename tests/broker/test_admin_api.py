@@ -73,6 +73,24 @@ async def test_admin_gets_a_page_and_the_read_is_logged_after_it(log: AuditLog) 
     assert events[-1].body == {"request": "audit_query", "query": {"limit": 50}, "returned": 2}
 
 
+async def test_session_events_on_a_page_name_their_device(log: AuditLog) -> None:
+    """The console's Device column: a session's events carry no alias of their
+    own; the page names the device from its latest connection before them."""
+    await log.append("agent_connected", now=T0, subject="dev-2",
+                     personal={"alias": "Back Office", "ip": "192.0.2.2"})
+    await log.append("session_started", now=T0, session="s2", actor="alice",
+                     subject="dev-2", body={"granted": ["view"]})
+    await log.append("engineer_login", now=T0, actor="alice", body={"role": "engineer"})
+    ws = FakeSocket()
+    await answer_audit_request(log, ws, ADMIN, query())  # type: ignore[arg-type]
+    events = decode(ws.sent[0], limit=MAX_ADMIN_FRAME)["events"]
+    assert [(e["type"], e["alias"]) for e in events] == [
+        ("engineer_login", None), ("session_started", "Back Office"),
+        ("agent_connected", "Back Office"), ("consent_granted", "Front Desk"),
+        ("agent_connected", "Front Desk")]
+    assert events[1]["ip"] is None  # only the name, not where it connected from
+
+
 async def test_alias_searches_are_logged_without_the_alias(log: AuditLog) -> None:
     ws = FakeSocket()
     await answer_audit_request(log, ws, ADMIN, query(alias="front desk"))  # type: ignore[arg-type]

@@ -242,3 +242,117 @@ def await_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str,
         code = pool.submit(main, list(args)).result()
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# -- finding a session by the start of its id, and the signed material ------------
+
+LONG = "EY9Y4MyLrpMt"  # as the broker makes them: secrets.token_urlsafe(9)
+
+
+async def seed_two_sessions(tmp_path: Path) -> None:
+    await seed(tmp_path)
+    audit = await AuditLog.open(tmp_path)
+    try:
+        for session in (LONG, "EY9Y4MzQ2bXw"):
+            await audit.append("join_requested", now=T0, session=session, actor="alice",
+                               subject=DEVICE, body={"wants": ["view"]})
+    finally:
+        await audit.close()
+
+
+async def test_show_finds_a_session_by_a_unique_prefix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    await seed_two_sessions(tmp_path)
+    code, out, err = await_cli(capsys, "audit", "show", "EY9Y4MyL", "--data-dir", str(tmp_path))
+    assert (code, err) == (0, "")
+    assert out.startswith(f"Session {LONG}\n")
+    code, out, _ = await_cli(capsys, "audit", "show", "sessA", "--json",
+                             "--data-dir", str(tmp_path))
+    assert code == 0 and json.loads(out)["session"] == SESSION
+    reads = await logged(tmp_path, "audit_read")
+    assert [r.body["session"] for r in reads] == [LONG, SESSION]
+    assert reads[0].body["asked"] == "EY9Y4MyL"
+
+
+async def test_show_of_an_ambiguous_prefix_lists_the_candidates(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    await seed_two_sessions(tmp_path)
+    code, out, err = await_cli(capsys, "audit", "show", "EY9Y4M", "--data-dir", str(tmp_path))
+    assert code == 4 and out == ""
+    assert "'EY9Y4M' is the start of 2 session ids" in err
+    assert "EY9Y4MyLrpMt" in err and "EY9Y4MzQ2bXw" in err
+    # Too short to mean one session: not guessed at.
+    code, _, err = await_cli(capsys, "audit", "show", "EY9", "--data-dir", str(tmp_path))
+    assert code == 4 and "no audit events for session 'EY9'" in err
+    (ambiguous, short) = await logged(tmp_path, "audit_read")
+    assert ambiguous.body["returned"] == short.body["returned"] == 0
+
+
+async def test_show_gives_the_signed_receipt_signature_and_device_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    await seed(tmp_path)
+    audit = await AuditLog.open(tmp_path)
+    try:
+        consent = (await audit.events(type="consent_granted"))[0].personal
+    finally:
+        await audit.close()
+    assert consent is not None
+    code, out, _ = await_cli(capsys, "audit", "show", SESSION, "--data-dir", str(tmp_path))
+    assert code == 0
+    for field in ("receipt", "receipt_signature", "device_key"):
+        assert consent[field] in out
+    code, out, _ = await_cli(capsys, "audit", "show", SESSION, "--json",
+                             "--data-dir", str(tmp_path))
+    first = json.loads(out)["consents"][0]
+    assert first["signed"] == {field: consent[field]
+                               for field in ("receipt", "receipt_signature", "device_key")}
+
+
+async def test_list_is_one_readable_line_per_event(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Whole ids that `audit show` takes; the signed receipt's ~900 characters
+    of base64 left to `audit show` and --json."""
+    audit = await AuditLog.open(tmp_path)
+    try:
+        key = nacl.signing.SigningKey.generate()
+        data, sig = signed(key, asked=("view", "control"), granted=("view",), session=LONG)
+        fields = json.loads(data)
+        await audit.append("agent_connected", now=T0, subject=DEVICE, body={"shared": []},
+                           personal={"alias": "Front Desk", "ip": "192.0.2.7"})
+        await audit.append("join_requested", now=T0, session=LONG, actor="alice",
+                           subject=DEVICE, body={"wants": ["view", "control"]})
+        await audit.append(
+            "consent_granted", now=T0, session=LONG, actor="alice", subject=DEVICE,
+            body={"engineer": "alice", "asked": fields["asked"], "granted": fields["granted"],
+                  "key_fingerprint": "SHA256:" + "k" * 43, "decision": "granted",
+                  "receipt_time": fields["time"],
+                  "receipt_sha256": hashlib.sha256(data).hexdigest()},
+            personal={"receipt": b64encode(data), "receipt_signature": b64encode(sig),
+                      "device_key": b64encode(bytes(key.verify_key))})
+        await audit.append("session_started", now=T0, session=LONG, actor="alice",
+                           subject=DEVICE, body={"granted": ["view"]})
+        await audit.append("session_ended", now=T0, session=LONG, actor="alice",
+                           subject=DEVICE, body={"reason": "engineer_left", "duration_s": 61.5,
+                                                 "bytes_to_agent": 1200,
+                                                 "bytes_to_console": 34000})
+    finally:
+        await audit.close()
+    code, out, _ = await_cli(capsys, "audit", "list", "--data-dir", str(tmp_path))
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[2] for line in lines] == [
+        "agent_connected", "join_requested", "consent_granted", "session_started",
+        "session_ended"]
+    for line in lines[:4]:
+        assert len(line) <= 125, line  # was 900 for a consent
+    assert len(lines[4]) <= 160
+    consent = lines[2]
+    assert consent.endswith(f"consent_granted session={LONG} actor=alice "
+                            "asked=view,control granted=view receipt=signed")
+    assert b64encode(sig) not in out and "device_key" not in out
+    assert lines[4].endswith("reason=engineer_left bytes_to_agent=1200 "
+                             "bytes_to_console=34000 duration_s=61.5")
+    # The device is named where it connected; a session's events name the session.
+    assert 'alias="Front Desk"' in lines[0] and "subject=" in lines[0]
+    code, out, _ = await_cli(capsys, "audit", "list", "--json", "--data-dir", str(tmp_path))
+    assert json.loads(out.splitlines()[2])["personal"]["receipt_signature"] == b64encode(sig)

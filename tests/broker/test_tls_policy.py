@@ -145,3 +145,27 @@ async def test_certificate_errors_say_which(ca, tmp_path: Path) -> None:  # type
     foreign, foreign_key = issue_server_cert(stranger, stranger_key, ["127.0.0.1"])
     error = await _refusal(ca[2], _plain_server_ctx(*_files(tmp_path, "f", foreign, foreign_key)))
     assert "not signed by the CA" in str(error)
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("ws://127.0.0.1:8443", "ws:// is a connection without TLS: use wss://127.0.0.1:8443"),
+    ("http://127.0.0.1:8443", "http:// is a connection without TLS: use wss://127.0.0.1:8443"),
+    ("127.0.0.1:8443", "the broker URL must start with wss://, like wss://127.0.0.1:8443"),
+    ("ftp://broker.example", "the broker URL must start with wss://, like wss://broker.example"),
+    ("wss://", "the broker URL wss:// names no host"),
+])
+async def test_a_broker_url_that_is_not_wss_says_what_to_type(
+        tmp_path: Path, url: str, says: str) -> None:
+    with pytest.raises(LinkError) as caught:
+        await open_link(url, "/v1/agent", tmp_path / "ca.crt")
+    assert says in str(caught.value)
+
+
+async def test_an_https_broker_url_is_the_same_tls_connection(ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A URL copied from a browser: https:// is TLS too, so it is taken as
+    # wss:// - shown by reaching the certificate check.
+    other, other_key = issue_server_cert(ca[0], ca[1], ["broker.example"])
+    async with tls_server(_plain_server_ctx(*_files(tmp_path, "o", other, other_key))) as port:
+        with pytest.raises(LinkError) as caught:
+            await open_link(f"https://127.0.0.1:{port}", "/v1/agent", ca[2])
+    assert "does not name 127.0.0.1" in str(caught.value)

@@ -12,10 +12,10 @@ from typing import Any
 from console.backend import EventHandler, OutputHandler, Profile, Progress, SessionEvent, Settings
 from console.errors import BrokerError, KeyMismatch, NotApproved, WrongCode
 
-WRONG_CODE = "111-111-111"
-DECLINED = "222-222-222"
-VIEW_ONLY = "333-333-333"
-KEY_MISMATCH = "444-444-444"
+WRONG_CODE = "1111-111-111"
+DECLINED = "2222-222-222"
+VIEW_ONLY = "3333-333-333"
+KEY_MISMATCH = "4444-444-444"
 
 
 @dataclass
@@ -97,6 +97,7 @@ class FakeBackend:
         self.login_error = login_error
         self.alias = alias
         self.sessions: list[FakeLive] = []
+        self.joins: list[str] = []  # every code join() was called with
         self.queries: list[dict[str, Any]] = []
         self.events = make_events(events)
         self.closed = False
@@ -112,6 +113,7 @@ class FakeBackend:
         return Profile(self.settings.user, "Alice Example", self.role)
 
     async def join(self, code: str, control: bool, on_progress) -> FakeLive:  # type: ignore[no-untyped-def]
+        self.joins.append(code)
         on_progress(Progress("connecting", "Connecting to the broker..."))
         await asyncio.sleep(0)
         on_progress(Progress("pairing", "Pairing with the customer's computer..."))
@@ -125,7 +127,7 @@ class FakeBackend:
         await asyncio.sleep(self.consent_delay)
         if code == DECLINED:
             raise NotApproved("the customer declined the request")
-        if code == "999-999-999":
+        if code == "9999-999-999":
             raise BrokerError("cannot reach the broker at 127.0.0.1:9: Connection refused")
         granted = ("view", "control") if control and code != VIEW_ONLY else ("view",)
         live = FakeLive(self.alias, granted)

@@ -117,7 +117,7 @@ async def test_join_opens_a_live_terminal_that_types_through() -> None:
     harness = Harness()
     async with harness.app.run_test(size=(100, 30)) as pilot:
         await connect(pilot, harness.app)
-        await join(pilot, harness.app, "482-193-775", control=True)
+        await join(pilot, harness.app, "4821-193-775", control=True)
         await until(pilot, lambda: harness.app.screen.query(SessionPane))
         live = harness.backend.sessions[0]
         pane = harness.app.screen.query_one(SessionPane)
@@ -153,7 +153,7 @@ async def test_view_only_does_not_send_and_f7_asks_for_control() -> None:
 @pytest.mark.parametrize(("code", "state", "advice"), [
     (WRONG_CODE, "wrong code", "new code"),
     (DECLINED, "declined", "said no"),
-    ("999-999-999", "failed", "reach the broker"),
+    ("9999-999-999", "failed", "reach the broker"),
 ])
 async def test_join_outcomes_say_what_to_do_next(code: str, state: str, advice: str) -> None:
     harness = Harness()
@@ -168,12 +168,31 @@ async def test_join_outcomes_say_what_to_do_next(code: str, state: str, advice: 
         assert not harness.app.screen.query(SessionPane)
 
 
+@pytest.mark.parametrize(("code", "says"), [
+    ("581-128-45", "5 secret digits after 581"),
+    ("58112845", "8 digits"),
+    ("4821-193-77a", "only digits and dashes"),
+])
+async def test_a_mistyped_code_is_explained_and_kept_to_fix(code: str, says: str) -> None:
+    harness = Harness()
+    async with harness.app.run_test(size=(100, 30)) as pilot:
+        await connect(pilot, harness.app)
+        await join(pilot, harness.app, code, control=False)
+        status = harness.app.screen.query_one("#join-status", Static)
+        await until(pilot, lambda: says in text_of(status))
+        assert status.has_class("error")
+        # Nothing was sent, and the code stays in the field to be corrected.
+        assert harness.backend.joins == []
+        assert harness.app.screen.query_one("#code", Input).value == code
+        assert harness.app.screen.query_one("#sessions", DataTable).row_count == 0
+
+
 async def test_waiting_shows_a_countdown() -> None:
     harness = Harness()
     async with harness.app.run_test(size=(100, 30)) as pilot:
         await connect(pilot, harness.app)
         harness.backend.consent_delay = 2.0
-        await join(pilot, harness.app, "482-193-775", control=False)
+        await join(pilot, harness.app, "4821-193-775", control=False)
         status = harness.app.screen.query_one("#join-status", Static)
         await until(pilot, lambda: "Waiting for the customer to approve (" in text_of(status))
 
@@ -182,7 +201,7 @@ async def test_customer_ending_is_announced_and_input_stops() -> None:
     harness = Harness()
     async with harness.app.run_test(size=(100, 30)) as pilot:
         await connect(pilot, harness.app)
-        await join(pilot, harness.app, "482-193-775", control=True)
+        await join(pilot, harness.app, "4821-193-775", control=True)
         await until(pilot, lambda: harness.app.screen.query(SessionPane))
         live = harness.backend.sessions[0]
         await until(pilot, lambda: live.on_event is not None)  # the shell has started
@@ -199,7 +218,7 @@ async def test_several_sessions_switch_with_f6_and_leave_with_f8() -> None:
     async with harness.app.run_test(size=(100, 30)) as pilot:
         await connect(pilot, harness.app)
         home = harness.app.screen.query_one(HomePane)
-        for count, code in enumerate(("482-193-775", "500-123-456"), start=1):
+        for count, code in enumerate(("4821-193-775", "5001-123-456"), start=1):
             # Joining through the button is covered above; here, what matters
             # is several sessions at once, so no clicks racing the tab switch.
             home.post_message(HomePane.JoinRequested(code, False))
@@ -223,7 +242,7 @@ async def test_quit_with_an_active_session_asks_first() -> None:
     harness = Harness()
     async with harness.app.run_test(size=(100, 30)) as pilot:
         await connect(pilot, harness.app)
-        await join(pilot, harness.app, "482-193-775", control=True)
+        await join(pilot, harness.app, "4821-193-775", control=True)
         await until(pilot, lambda: harness.app.screen.query(SessionPane))
         await pilot.press("f10")
         await until(pilot, lambda: isinstance(harness.app.screen, ConfirmModal))
@@ -237,7 +256,7 @@ async def test_network_strings_render_literally() -> None:
     harness = Harness(alias=evil)
     async with harness.app.run_test(size=(100, 30)) as pilot:
         await connect(pilot, harness.app)
-        await join(pilot, harness.app, "482-193-775", control=False)
+        await join(pilot, harness.app, "4821-193-775", control=False)
         await until(pilot, lambda: harness.app.screen.query(SessionPane))
         await pilot.pause(1.1)
         status = text_of(harness.app.screen.query_one(".session-status", Static))

@@ -101,3 +101,62 @@ def test_save_session_never_overwrites_and_sanitises_the_name(tmp_path: Path) ->
     assert first != second
     assert first.name == "consentry-session-______etc_passwd-20261118T100000Z.json"
     assert json.loads(second.read_text())["events"] == [{"seq": 1}]
+
+
+# -- following the log live, and naming the device ----------------------------------
+
+
+def add_events(harness: Harness, count: int) -> None:
+    events = harness.backend.events
+    for _ in range(count):
+        seq = events[-1]["seq"] + 1
+        events.append({"seq": seq, "time": "2026-11-30T10:00:00.000000Z", "type": "audit_read",
+                       "session": None, "actor": "root", "subject": None, "alias": None,
+                       "ip": None, "body": {}})
+
+
+async def test_the_newest_page_follows_new_events_and_keeps_the_selection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("console.screens.audit.REFRESH_SECONDS", 0.3)
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(120, 34)) as pilot:
+        table = await open_audit(pilot, harness)
+        table.move_cursor(row=3)  # seq 117
+        await pilot.pause()
+        add_events(harness, 5)
+        await until(pilot, lambda: str(table.get_row_at(0)[0]) == "125")
+        selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        assert selected == "117" and table.cursor_row == 8
+        info = harness.app.screen.query_one("#audit-info", Static)
+        assert "live" in text_of(info)
+
+
+async def test_an_older_page_says_how_old_it_is_and_is_left_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("console.screens.audit.REFRESH_SECONDS", 0.3)
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(120, 34)) as pilot:
+        table = await open_audit(pilot, harness)
+        await pilot.press("n")
+        await until(pilot, lambda: str(table.get_row_at(0)[0]) == "70")
+        queries = len(harness.backend.queries)
+        info = harness.app.screen.query_one("#audit-info", Static)
+        await until(pilot, lambda: "s ago" in text_of(info), timeout=5)
+        assert "as of" in text_of(info) and "r: reload" in text_of(info)
+        assert len(harness.backend.queries) == queries  # not re-read behind your back
+
+
+async def test_the_audit_log_is_not_polled_while_it_is_not_shown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("console.screens.audit.REFRESH_SECONDS", 0.2)
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(120, 34)) as pilot:
+        await open_audit(pilot, harness)
+        harness.app.screen.show_tab("home")  # type: ignore[attr-defined]
+        await until(pilot, lambda: harness.app.screen.query_one(
+            "#tabs", TabbedContent).active == "home")
+        await pilot.pause(0.3)
+        queries = len(harness.backend.queries)
+        await pilot.pause(0.8)
+        # Every read is an audit event on the broker: none for a hidden page.
+        assert len(harness.backend.queries) == queries

@@ -67,6 +67,8 @@ async def test_admin_reads_pages_and_session_detail(running: Deployment) -> None
         assert consent["actor"] == "alice"
         assert consent["body"]["granted"] == ["view", "control"]
         assert "receipt" not in consent  # receipts only in the session detail
+        # The console's Device column: a session's events name their device.
+        assert consent["alias"] == "Front Desk"
 
         detail = await client.audit_session(consent["session"])
         types = [e["type"] for e in detail]

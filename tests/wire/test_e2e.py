@@ -11,7 +11,7 @@ from broker.wire.e2e import Pairing
 from broker.wire.errors import PairingError, ProtocolError
 from broker.wire.messages import b64encode, decode, encode
 
-CODE = parse_code("482-193-775")
+CODE = parse_code("4821-193-775")
 
 
 def paired(
@@ -52,7 +52,7 @@ def test_sealing_is_randomised() -> None:
 
 
 def test_wrong_secret_fails_to_open() -> None:
-    console, agent = paired(agent_code=JoinCode("482", "193776"))
+    console, agent = paired(agent_code=JoinCode("4821", "193776"))
     assert console.sas != agent.sas
     with pytest.raises(PairingError):
         agent.open(console.seal({"k": "v"}))
@@ -62,7 +62,7 @@ def test_wrong_secret_fails_to_open() -> None:
 
 def test_code_for_another_nameplate_fails() -> None:
     # Same six secret digits, other agent: the password binds the nameplate.
-    console, agent = paired(console_code=JoinCode("483", CODE.secret))
+    console, agent = paired(console_code=JoinCode("4831", CODE.secret))
     with pytest.raises(PairingError):
         agent.open(console.seal({}))
 
@@ -127,7 +127,7 @@ def test_forged_point_gives_no_shared_key() -> None:
     agent = Pairing("agent", CODE, "s-1")
     to_console = agent.start()
     agent.receive_pake(b"A" + bytes([6]) * 32)
-    forger = Pairing("console", JoinCode("482", "000000"), "s-1")
+    forger = Pairing("console", JoinCode("4821", "000000"), "s-1")
     forger.start()
     forger.receive_pake(to_console)
     with pytest.raises(PairingError):

@@ -1,0 +1,68 @@
+"""What the three commands' argument parsers share: `--version` from the
+package metadata, and help that shows every option's default."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+from pathlib import Path
+
+__all__ = ["add_version", "finish_parser", "package_version"]
+
+PACKAGE = "consentry"
+
+
+def package_version() -> str:
+    """The installed version of consentry (pyproject.toml), or a note that it
+    is running from a source tree that was never installed."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown: not installed; run `make venv`)"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version",
+                        version=f"{parser.prog} {package_version()}",
+                        help="print the program's version and exit")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help, unless the help already
+    says its default, or there is none to say (off, unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS, [])
+                or not action.option_strings):
+            return text
+        # Escaped for argparse's own %-formatting of help strings.
+        return f"{text} (default: {_shown(default).replace('%', '%%')})"
+
+
+class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter,
+                                          DefaultsHelpFormatter):
+    """The same, for a parser whose description or epilog is laid out by hand."""
+
+
+def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give `parser` and every sub-command's parser the defaults formatter
+    (keeping hand-laid-out descriptions as they are); returns `parser`."""
+    if issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter):
+        parser.formatter_class = RawDescriptionDefaultsHelpFormatter
+    else:
+        parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                finish_parser(sub)
+    return parser
