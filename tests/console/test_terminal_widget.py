@@ -424,9 +424,40 @@ async def test_reset_clears_the_screen(pilot: Pilot[None]) -> None:
 
 
 async def test_remote_cannot_change_the_column_count(pilot: Pilot[None]) -> None:
-    term = await feed(pilot, b"\x1b[?3h132 columns?\x1b[?3l")
+    term = await feed(pilot, b"\x1b[?3h132 columns?")
     assert term.size_cells == (40, 10)
     assert lines(term)[0] == "132 columns?"
+    # The rest of DECCOLM happens, as in xterm and tmux: a clear page, cursor home.
+    term = await feed(pilot, b"\x1b[5;5H\x1b[?3lhome")
+    assert term.size_cells == (40, 10)
+    assert lines(term)[:2] == ["home", ""]
+
+
+async def test_nel_starts_the_next_line_at_column_one(pilot: Pilot[None]) -> None:
+    term = await feed(pilot, b"abc\x1bEdef")
+    assert lines(term)[:2] == ["abc", "def"]
+
+
+async def test_light_background_inverts_the_screen_not_the_cells(pilot: Pilot[None]) -> None:
+    term = await feed(pilot, b"\x1b[7mneg\x1b[0m plain\x1b[?5h")
+    app = _app(pilot)
+    app.set_focus(None)  # the cursor cell would be inverted too
+    await pilot.pause()
+    assert term.reverse_video
+    assert style_at(term, 0, 0).reverse is False  # reverse text on a reversed screen
+    assert style_at(term, 4, 0).reverse is True
+    term.feed(b"\x1b[?5l")
+    await pilot.pause()
+    # Leaving it restores the program's own reverse text (pyte would wipe it).
+    assert style_at(term, 0, 0).reverse is True
+    assert style_at(term, 4, 0).reverse is False
+
+
+async def test_blink_is_drawn(pilot: Pilot[None]) -> None:
+    term = await feed(pilot, b"\x1b[5;7mboth\x1b[25mrev")
+    assert style_at(term, 0, 0).blink is True
+    assert style_at(term, 0, 0).reverse is True
+    assert style_at(term, 4, 0).blink is False
 
 
 async def test_full_reset_leaves_the_alternate_screen(pilot: Pilot[None]) -> None:
