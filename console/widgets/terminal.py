@@ -22,7 +22,11 @@ pyte does the VT100/xterm emulation. Where it falls short of what `vi`,
 - DCS/APC/PM/SOS strings (terminal queries, sixel), which pyte would print;
 - characters pyte cannot place (controls, zero-width non-combining marks
   such as ZWJ or VS16), at which pyte stops drawing the rest of the text;
-- DEC line drawing (``ESC ( 0``), which pyte ignores in UTF-8 mode.
+- DEC line drawing (``ESC ( 0``), which pyte ignores in UTF-8 mode;
+- NEL (``ESC E``) without its carriage return, the pending wrap surviving
+  CUU/CUD, DECCOLM resizing the grid, and DECSCNM rewriting every cell (it is
+  a screen-wide flag here, drawn by the widget). tests/console/test_vttest.py
+  holds the result against vttest's screens as tmux shows them.
 """
 
 from __future__ import annotations
@@ -149,6 +153,32 @@ class _Screen(pyte.Screen):
         elif mode == _DECSCNM and on != self.reverse_video:
             self.reverse_video = on  # drawn by the widget, cells untouched
             self.dirty.update(range(self.lines))
+
+    # pyte's "wrap pending" (after a character in the last column) is
+    # cursor.x == columns, and it survives vertical moves; in xterm and tmux
+    # CUU and CUD end it, so the next character lands in the last column of
+    # the new line instead of wrapping below it.
+    def _end_pending_wrap(self) -> None:
+        if self.cursor.x >= self.columns:
+            self.cursor.x = self.columns - 1
+
+    def cursor_up(self, count: int | None = None) -> None:
+        self._end_pending_wrap()
+        super().cursor_up(count)
+
+    def cursor_down(self, count: int | None = None) -> None:
+        self._end_pending_wrap()
+        super().cursor_down(count)
+
+    def report_device_status(self, mode: int, **kwargs: Any) -> None:
+        # The cursor's column as drawn: pyte would report one past the last
+        # column while a wrap is pending, a column that does not exist.
+        pending = self.cursor.x
+        self._end_pending_wrap()
+        try:
+            super().report_device_status(mode, **kwargs)
+        finally:
+            self.cursor.x = pending
 
     def next_line(self) -> None:
         """NEL (ESC E): a new line *and* a carriage return; pyte omits the

@@ -497,3 +497,24 @@ async def test_shrinking_with_a_full_screen_keeps_the_cursor_on_its_text(
     await pilot.pause()
     assert lines(term) == ["l6", "l7", "l8", "l9"]
     assert term.terminal_screen.cursor.y == 3
+
+
+# What tmux 3.3 shows for the same bytes (40 columns, as this module's app).
+@pytest.mark.parametrize(("data", "expected"), [
+    # A vertical move ends the pending wrap: B goes in the last column above/below.
+    (b"\r\n" + b"A" * 40 + b"\x1b[AB", [" " * 39 + "B", "A" * 40]),
+    (b"A" * 40 + b"\x1b[BB", ["A" * 40, " " * 39 + "B"]),
+    # Horizontal moves and CR from the pending state, unchanged from pyte.
+    (b"A" * 40 + b"\rB", ["B" + "A" * 39, ""]),
+    (b"A" * 40 + b"\x1b[KB", ["A" * 40, "B"]),
+], ids=["CUU", "CUD", "CR", "EL"])
+async def test_pending_wrap_as_tmux_has_it(pilot: Pilot[None], data: bytes,
+                                           expected: list[str]) -> None:
+    term = await feed(pilot, data)
+    assert lines(term)[:2] == [line.rstrip() for line in expected]
+
+
+async def test_cursor_report_at_the_right_margin_names_a_real_column(pilot: Pilot[None]) -> None:
+    app = _app(pilot)
+    app.term.feed(b"A" * 40 + b"\x1b[6n")
+    assert app.sent == [b"\x1b[1;40R"]
