@@ -20,6 +20,12 @@ STATE_STYLE = {
 }
 
 
+def control_label(wanted: bool) -> str:
+    """The switch's state in words: its colours alone can look the same in
+    a terminal with few colours."""
+    return f"ask for control: {'yes' if wanted else 'no'}"
+
+
 class HomePane(Vertical):
     class JoinRequested(Message):
         def __init__(self, code: str, wants_control: bool) -> None:
@@ -35,8 +41,9 @@ class HomePane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("Join a customer's computer", classes="section-title")
         with Horizontal(id="join-row"):
-            yield Input(id="code", placeholder="code the customer reads out, e.g. 4821-193-775")
-            yield Label("ask for control", id="control-label")
+            # Short enough to show whole at 80 columns beside the switch and button.
+            yield Input(id="code", placeholder="code, e.g. 4821-193-775")
+            yield Label(control_label(False), id="control-label")
             yield Switch(id="control", value=False)
             yield Button("Join", id="join", variant="primary")
         yield Static("", id="join-status")
@@ -48,6 +55,10 @@ class HomePane(Vertical):
         for label, key in (("Device", "device"), ("State", "state"), ("Rights", "rights"),
                            ("Elapsed", "elapsed"), ("Code", "code"), ("Details", "detail")):
             table.add_column(label, key=key)
+
+    @on(Switch.Changed, "#control")
+    def _control_changed(self, event: Switch.Changed) -> None:
+        self.query_one("#control-label", Label).update(control_label(event.value))
 
     @on(Button.Pressed, "#join")
     @on(Input.Submitted, "#code")

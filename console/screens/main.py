@@ -113,6 +113,11 @@ class MainScreen(Screen[None]):
             await live.start(cols, rows, terminal.feed, pane.session_event)
         except ConsoleError as exc:
             pane.session_event(SessionEvent("ended", f"Could not open the shell: {exc}"))
+        else:
+            # A resize while the shell was opening had no channel to go to:
+            # tell the shell the size the engineer sees now.
+            if terminal.size_cells != (cols, rows):
+                live.resize(*terminal.size_cells)
         if "control" not in live.granted:
             pane.set_notice("View only. F7 asks the customer for control.")
         self.tick()

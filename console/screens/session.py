@@ -62,17 +62,19 @@ class SessionPane(Vertical):
         self.refresh_status(time.monotonic())
 
     def refresh_status(self, now: float) -> None:
+        """One line, most important first: what does not fit is cut with "…"
+        (a second line would take a row from the terminal)."""
         record, live = self.record, self.record.live
         parts: list[Text | str] = [literal(record.alias or "-", 40, "bold")]
         if live is not None:
-            parts += [
-                rights(record.granted),
-                f"pairing {live.sas}",
-                clock(record.elapsed(now)),
-                f"in {size(live.bytes_in)} / out {size(live.bytes_out)}",
-            ]
-        parts.append("customer is watching" if record.state == "active" else record.state)
-        line = Text(" | ").join(Text(p) if isinstance(p, str) else p for p in parts)
+            parts += [rights(record.granted), f"pairing {live.sas}"]
         if self.notice:
-            line = Text.assemble(line, "\n", literal(self.notice, 200, "italic"))
+            parts.append(literal(self.notice, 200, "italic"))
+        parts.append("customer is watching" if record.state == "active" else record.state)
+        if live is not None:
+            parts += [clock(record.elapsed(now)),
+                      f"in {size(live.bytes_in)} / out {size(live.bytes_out)}"]
+        line = Text(" | ").join(Text(p) if isinstance(p, str) else p for p in parts)
+        line.no_wrap = True
+        line.overflow = "ellipsis"
         self.query_one(".session-status", Static).update(line)

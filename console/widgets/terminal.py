@@ -22,7 +22,11 @@ pyte does the VT100/xterm emulation. Where it falls short of what `vi`,
 - DCS/APC/PM/SOS strings (terminal queries, sixel), which pyte would print;
 - characters pyte cannot place (controls, zero-width non-combining marks
   such as ZWJ or VS16), at which pyte stops drawing the rest of the text;
-- DEC line drawing (``ESC ( 0``), which pyte ignores in UTF-8 mode.
+- DEC line drawing (``ESC ( 0``), which pyte ignores in UTF-8 mode;
+- NEL (``ESC E``) without its carriage return, the pending wrap surviving
+  CUU/CUD, DECCOLM resizing the grid, and DECSCNM rewriting every cell (it is
+  a screen-wide flag here, drawn by the widget). tests/console/test_vttest.py
+  holds the result against vttest's screens as tmux shows them.
 """
 
 from __future__ import annotations
@@ -86,10 +90,17 @@ def _drawable(char: str) -> bool:
     return width > 0 or (width == 0 and unicodedata.combining(char) != 0)
 
 
-def _without_deccolm(modes: tuple[int, ...]) -> tuple[int, ...]:
-    """Private modes minus DECCOLM (?3), which pyte obeys by resizing to 132
-    columns behind the widget's back; xterm ignores it by default too."""
-    return tuple(mode for mode in modes if mode != 3)
+# Private modes `_Screen` handles itself rather than through pyte:
+# DECCOLM (?3), which pyte obeys by resizing to 132 columns behind the
+# widget's back, and DECSCNM (?5), which pyte applies by rewriting every
+# cell's reverse flag (so ?5l also wipes reverse text the program drew).
+_DECCOLM: Final[int] = 3
+_DECSCNM: Final[int] = 5
+_OWN_PRIVATE_MODES: Final[frozenset[int]] = frozenset({_DECCOLM, _DECSCNM})
+
+
+def _for_pyte(modes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(mode for mode in modes if mode not in _OWN_PRIVATE_MODES)
 
 
 class _Screen(pyte.Screen):
@@ -97,6 +108,7 @@ class _Screen(pyte.Screen):
 
     _main_buffer: Any
     _saved_cursor: pyte.screens.Cursor | None
+    reverse_video: bool
 
     def __init__(self, columns: int, lines: int) -> None:
         # Replies to DA/DSR queries; set by the widget.
@@ -107,28 +119,72 @@ class _Screen(pyte.Screen):
         super().reset()
         self._main_buffer = None
         self._saved_cursor = None
+        # DECSCNM: the whole screen in reverse video ("light background").
+        self.reverse_video = False
 
     @property
     def in_alternate_screen(self) -> bool:
         return self._main_buffer is not None
 
     def set_mode(self, *modes: int, **kwargs: Any) -> None:
-        if kwargs.get("private"):
-            modes = _without_deccolm(modes)
-        super().set_mode(*modes, **kwargs)
+        super().set_mode(*(_for_pyte(modes) if kwargs.get("private") else modes), **kwargs)
         if kwargs.get("private"):
             for mode in modes:
-                if mode in _ALT_SCREEN_MODES:
-                    self._enter_alternate(save_cursor=mode == 1049)
+                self._private_mode(mode, on=True)
 
     def reset_mode(self, *modes: int, **kwargs: Any) -> None:
-        if kwargs.get("private"):
-            modes = _without_deccolm(modes)
-        super().reset_mode(*modes, **kwargs)
+        super().reset_mode(*(_for_pyte(modes) if kwargs.get("private") else modes), **kwargs)
         if kwargs.get("private"):
             for mode in modes:
-                if mode in _ALT_SCREEN_MODES:
-                    self._leave_alternate(restore_cursor=mode == 1049)
+                self._private_mode(mode, on=False)
+
+    def _private_mode(self, mode: int, *, on: bool) -> None:
+        if mode in _ALT_SCREEN_MODES:
+            if on:
+                self._enter_alternate(save_cursor=mode == 1049)
+            else:
+                self._leave_alternate(restore_cursor=mode == 1049)
+        elif mode == _DECCOLM:
+            # The column count stays the widget's, but the rest of DECCOLM
+            # happens, as in xterm and tmux: the screen is cleared and the
+            # cursor goes home (vttest relies on this to start a clean page).
+            self.erase_in_display(2)
+            self.cursor_position()
+        elif mode == _DECSCNM and on != self.reverse_video:
+            self.reverse_video = on  # drawn by the widget, cells untouched
+            self.dirty.update(range(self.lines))
+
+    # pyte's "wrap pending" (after a character in the last column) is
+    # cursor.x == columns, and it survives vertical moves; in xterm and tmux
+    # CUU and CUD end it, so the next character lands in the last column of
+    # the new line instead of wrapping below it.
+    def _end_pending_wrap(self) -> None:
+        if self.cursor.x >= self.columns:
+            self.cursor.x = self.columns - 1
+
+    def cursor_up(self, count: int | None = None) -> None:
+        self._end_pending_wrap()
+        super().cursor_up(count)
+
+    def cursor_down(self, count: int | None = None) -> None:
+        self._end_pending_wrap()
+        super().cursor_down(count)
+
+    def report_device_status(self, mode: int, **kwargs: Any) -> None:
+        # The cursor's column as drawn: pyte would report one past the last
+        # column while a wrap is pending, a column that does not exist.
+        pending = self.cursor.x
+        self._end_pending_wrap()
+        try:
+            super().report_device_status(mode, **kwargs)
+        finally:
+            self.cursor.x = pending
+
+    def next_line(self) -> None:
+        """NEL (ESC E): a new line *and* a carriage return; pyte omits the
+        carriage return unless LNM is set."""
+        self.carriage_return()
+        self.index()
 
     def _enter_alternate(self, *, save_cursor: bool) -> None:
         if self._main_buffer is not None:
@@ -169,6 +225,12 @@ class _Screen(pyte.Screen):
     def write_process_input(self, data: str) -> None:
         if self.reply is not None:
             self.reply(data)
+
+
+class _Stream(pyte.Stream):
+    """pyte's parser, with NEL sent to `_Screen.next_line`."""
+
+    escape: ClassVar[dict[str, str]] = {**pyte.Stream.escape, "E": "next_line"}
 
 
 # Sequences pyte gets wrong, matched whole so `_EscapeFilter` can drop or
@@ -303,13 +365,13 @@ def _color(name: str) -> Color | None:
     return None  # "default", or something malformed from a hostile stream
 
 
-# (fg, bg, bold, italics, underscore, strikethrough, reverse) of a pyte Char.
-_AttrKey = tuple[str, str, bool, bool, bool, bool, bool]
+# (fg, bg, bold, italics, underscore, strikethrough, reverse, blink) of a pyte Char.
+_AttrKey = tuple[str, str, bool, bool, bool, bool, bool, bool]
 
 
 @lru_cache(maxsize=4096)
 def _cell_style(key: _AttrKey) -> Style:
-    fg, bg, bold, italics, underscore, strikethrough, reverse = key
+    fg, bg, bold, italics, underscore, strikethrough, reverse, blink = key
     # Explicit False so a bold/italic widget style does not leak into cells.
     return Style(
         color=_color(fg),
@@ -319,6 +381,7 @@ def _cell_style(key: _AttrKey) -> Style:
         underline=underscore,
         strike=strikethrough,
         reverse=reverse,
+        blink=blink,
     )
 
 
@@ -409,7 +472,7 @@ class TerminalView(Widget, can_focus=True):
         self._refresh_changes()
 
     def _new_stream(self) -> pyte.Stream:
-        stream = pyte.Stream(self._screen)
+        stream = _Stream(self._screen)
         # We decode UTF-8 ourselves, so pyte's flag only decides whether
         # ESC ( 0 (DEC line drawing) is honoured; xterm honours it in UTF-8.
         stream.use_utf8 = False
@@ -438,6 +501,11 @@ class TerminalView(Widget, can_focus=True):
     def bracketed_paste(self) -> bool:
         """The remote asked for bracketed paste (mode 2004)."""
         return BRACKETED_PASTE in self._screen.mode
+
+    @property
+    def reverse_video(self) -> bool:
+        """The remote asked for the whole screen in reverse video (DECSCNM)."""
+        return self._screen.reverse_video
 
     @property
     def terminal_screen(self) -> pyte.Screen:
@@ -579,7 +647,9 @@ class TerminalView(Widget, can_focus=True):
             return Strip.blank(width, base)
         cursor = self._cursor_cell()
         cursor_x = cursor[0] if cursor is not None and cursor[1] == y else -1
-        segments = list(_line_segments(screen.buffer[y], screen.columns, cursor_x, base))
+        segments = list(
+            _line_segments(screen.buffer[y], screen.columns, cursor_x, base, screen.reverse_video)
+        )
         # Every row renders exactly `columns` cells; pad or crop to the widget.
         return Strip(segments, screen.columns).adjust_cell_length(width, base)
 
@@ -597,8 +667,13 @@ def _runs(lines: list[int]) -> Iterable[tuple[int, int]]:
         yield start, previous - start + 1
 
 
-def _line_segments(row: Any, columns: int, cursor_x: int, base: Style) -> Iterable[Segment]:
-    """One pyte row as Segments exactly `columns` cells wide, runs of one style merged."""
+def _line_segments(
+    row: Any, columns: int, cursor_x: int, base: Style, reverse_video: bool = False
+) -> Iterable[Segment]:
+    """One pyte row as Segments exactly `columns` cells wide, runs of one style merged.
+
+    `reverse_video` (DECSCNM) inverts every cell, as the cursor inverts its own.
+    """
     texts: list[str] = []
     current: _AttrKey | None = None
     x = 0
@@ -624,7 +699,8 @@ def _line_segments(row: Any, columns: int, cursor_x: int, base: Style) -> Iterab
             char.underscore,
             char.strikethrough,
             # The cursor is the cell (or wide character) in reverse video.
-            char.reverse != (x <= cursor_x < x + width),
+            (char.reverse != reverse_video) != (x <= cursor_x < x + width),
+            char.blink,
         )
         if key != current:
             if texts and current is not None:

@@ -27,7 +27,11 @@ class FakeLive:
     bytes_in: int = 0
     bytes_out: int = 0
     written: bytearray = field(default_factory=bytearray)
+    # Sizes the remote shell was told, first the one it started with. Like
+    # the real session, a resize before the shell is open reaches nobody.
     resizes: list[tuple[int, int]] = field(default_factory=list)
+    open_delay: float = 0.0
+    shell_open: bool = False
     control_requests: int = 0
     grant_on_request: bool = True
     left: bool = False
@@ -41,8 +45,15 @@ class FakeLive:
     async def start(self, cols: int, rows: int, on_output: OutputHandler,
                     on_event: EventHandler) -> None:
         self.on_output, self.on_event = on_output, on_event
+        await asyncio.sleep(self.open_delay)  # the SSH handshake over the relay
         self.resizes.append((cols, rows))
+        self.shell_open = True
         self.emit(b"\x1b[32mcustomer@desk\x1b[0m:~$ ")
+
+    @property
+    def shell_size(self) -> tuple[int, int] | None:
+        """The size the remote shell believes its terminal has."""
+        return self.resizes[-1] if self.resizes else None
 
     def emit(self, data: bytes) -> None:
         assert self.on_output is not None
@@ -55,7 +66,8 @@ class FakeLive:
         self.emit(data)  # a shell echoes what you type
 
     def resize(self, cols: int, rows: int) -> None:
-        self.resizes.append((cols, rows))
+        if self.shell_open:
+            self.resizes.append((cols, rows))
 
     async def request_control(self) -> None:
         self.control_requests += 1
@@ -102,6 +114,7 @@ class FakeBackend:
         self.events = make_events(events)
         self.closed = False
         self.consent_delay = 0.05
+        self.open_delay = 0.0  # how long the shell takes to open after consent
         self.verifies = 0
         self.verify_result: dict[str, Any] = {
             "ok": True, "summary": "audit log intact: 120 events (seq 1-120), 2 checkpoints",
@@ -130,7 +143,7 @@ class FakeBackend:
         if code == "9999-999-999":
             raise BrokerError("cannot reach the broker at 127.0.0.1:9: Connection refused")
         granted = ("view", "control") if control and code != VIEW_ONLY else ("view",)
-        live = FakeLive(self.alias, granted)
+        live = FakeLive(self.alias, granted, open_delay=self.open_delay)
         self.sessions.append(live)
         return live
 

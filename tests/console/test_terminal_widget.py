@@ -424,9 +424,40 @@ async def test_reset_clears_the_screen(pilot: Pilot[None]) -> None:
 
 
 async def test_remote_cannot_change_the_column_count(pilot: Pilot[None]) -> None:
-    term = await feed(pilot, b"\x1b[?3h132 columns?\x1b[?3l")
+    term = await feed(pilot, b"\x1b[?3h132 columns?")
     assert term.size_cells == (40, 10)
     assert lines(term)[0] == "132 columns?"
+    # The rest of DECCOLM happens, as in xterm and tmux: a clear page, cursor home.
+    term = await feed(pilot, b"\x1b[5;5H\x1b[?3lhome")
+    assert term.size_cells == (40, 10)
+    assert lines(term)[:2] == ["home", ""]
+
+
+async def test_nel_starts_the_next_line_at_column_one(pilot: Pilot[None]) -> None:
+    term = await feed(pilot, b"abc\x1bEdef")
+    assert lines(term)[:2] == ["abc", "def"]
+
+
+async def test_light_background_inverts_the_screen_not_the_cells(pilot: Pilot[None]) -> None:
+    term = await feed(pilot, b"\x1b[7mneg\x1b[0m plain\x1b[?5h")
+    app = _app(pilot)
+    app.set_focus(None)  # the cursor cell would be inverted too
+    await pilot.pause()
+    assert term.reverse_video
+    assert style_at(term, 0, 0).reverse is False  # reverse text on a reversed screen
+    assert style_at(term, 4, 0).reverse is True
+    term.feed(b"\x1b[?5l")
+    await pilot.pause()
+    # Leaving it restores the program's own reverse text (pyte would wipe it).
+    assert style_at(term, 0, 0).reverse is True
+    assert style_at(term, 4, 0).reverse is False
+
+
+async def test_blink_is_drawn(pilot: Pilot[None]) -> None:
+    term = await feed(pilot, b"\x1b[5;7mboth\x1b[25mrev")
+    assert style_at(term, 0, 0).blink is True
+    assert style_at(term, 0, 0).reverse is True
+    assert style_at(term, 4, 0).blink is False
 
 
 async def test_full_reset_leaves_the_alternate_screen(pilot: Pilot[None]) -> None:
@@ -466,3 +497,24 @@ async def test_shrinking_with_a_full_screen_keeps_the_cursor_on_its_text(
     await pilot.pause()
     assert lines(term) == ["l6", "l7", "l8", "l9"]
     assert term.terminal_screen.cursor.y == 3
+
+
+# What tmux 3.3 shows for the same bytes (40 columns, as this module's app).
+@pytest.mark.parametrize(("data", "expected"), [
+    # A vertical move ends the pending wrap: B goes in the last column above/below.
+    (b"\r\n" + b"A" * 40 + b"\x1b[AB", [" " * 39 + "B", "A" * 40]),
+    (b"A" * 40 + b"\x1b[BB", ["A" * 40, " " * 39 + "B"]),
+    # Horizontal moves and CR from the pending state, unchanged from pyte.
+    (b"A" * 40 + b"\rB", ["B" + "A" * 39, ""]),
+    (b"A" * 40 + b"\x1b[KB", ["A" * 40, "B"]),
+], ids=["CUU", "CUD", "CR", "EL"])
+async def test_pending_wrap_as_tmux_has_it(pilot: Pilot[None], data: bytes,
+                                           expected: list[str]) -> None:
+    term = await feed(pilot, data)
+    assert lines(term)[:2] == [line.rstrip() for line in expected]
+
+
+async def test_cursor_report_at_the_right_margin_names_a_real_column(pilot: Pilot[None]) -> None:
+    app = _app(pilot)
+    app.term.feed(b"A" * 40 + b"\x1b[6n")
+    assert app.sent == [b"\x1b[1;40R"]

@@ -32,7 +32,7 @@ async def test_tui_joins_a_real_agent_sees_the_customer_and_leaves(
     code = read_code(agent)
     settings = Settings(broker=running.url, ca=running.pki.ca_cert, identity=key, user="alice")
     app = ConsoleApp(BrokerBackend, settings)
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         await pilot.click("#connect")
         await until(pilot, lambda: isinstance(app.screen, MainScreen))
         app.screen.query_one("#code", Input).value = code
@@ -47,6 +47,12 @@ async def test_tui_joins_a_real_agent_sees_the_customer_and_leaves(
         await until(pilot, lambda: "TUI5MARK" in pane.terminal_text())
         status = str(pane.query_one(".session-status").render())
         assert "front desk" in status and "view only" in status
+
+        # The remote shell was told exactly the size the engineer is shown.
+        cols, rows = pane.terminal.size_cells
+        assert pane.terminal.region.size == (cols, rows)
+        agent.send("stty size\r")
+        await until(pilot, lambda: f"\n{rows} {cols}" in pane.terminal_text())
 
         await pilot.press("f8")
         agent.expect("Alice Example left the session.", timeout=20)
