@@ -81,7 +81,7 @@ async def test_home_shows_the_whole_join_row(size: tuple[int, int]) -> None:
 
 async def open_session(harness: Harness, pilot, *, control: bool = True) -> FakeLive:  # type: ignore[no-untyped-def]
     await connect(pilot, harness.app)
-    await join(pilot, harness.app, "482-193-775", control=control)
+    await join(pilot, harness.app, "4821-193-775", control=control)
     await until(pilot, lambda: harness.backends and harness.backend.sessions
                 and harness.backend.sessions[0].shell_open)
     await pilot.pause(0.1)
@@ -140,7 +140,7 @@ async def test_a_resize_while_the_shell_opens_reaches_the_shell() -> None:
     async with harness.app.run_test(size=(120, 40)) as pilot:
         await connect(pilot, harness.app)
         harness.backend.open_delay = 0.5
-        await join(pilot, harness.app, "482-193-775", control=True)
+        await join(pilot, harness.app, "4821-193-775", control=True)
         await until(pilot, lambda: harness.backend.sessions)
         live = harness.backend.sessions[0]
         await until(pilot, lambda: harness.app.screen.query(SessionPane))
