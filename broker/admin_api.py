@@ -9,6 +9,13 @@ before it is sent, so a read that cannot be logged is never served (the
 append fails closed). An engineer who is not an admin is refused, and the
 refusal is logged as `audit_read_refused`.
 
+A console that follows the log asks every few seconds for what is newer than
+its newest row (`after_seq`); that query leaves out the reader's own earlier
+`audit_read` events, and one that finds nothing new discloses nothing and is
+not logged. So an open audit browser adds one `audit_read` per refresh that
+showed new events, not one per poll — without that, the log would grow by
+its own reads forever (each read being a new event for the next poll).
+
 `audit_verify` runs the whole-log check of `broker.audit.verify` (chain,
 signed checkpoints, purge records) in a thread — it reads every event — and
 answers `audit_verify_result`; it is logged as `audit_verified`, like the
@@ -110,15 +117,18 @@ async def _name_devices(audit: AuditLog, events: list[AuditEvent],
             obj["alias"] = names[event.subject]
 
 
-async def _page(audit: AuditLog, msg: Message) -> tuple[str, int, dict[str, Any]]:
+async def _page(audit: AuditLog, msg: Message,
+                reader: str) -> tuple[str, int, dict[str, Any]]:
     filters = {name: msg.get(name) for name in AUDIT_FILTERS if msg.get(name) is not None}
+    following = filters.get("after_seq") is not None
     since, until = filters.get("since"), filters.get("until")
     events, more = await audit.query(
         since=None if since is None else parse_time(since),
         until=None if until is None else parse_time(until),
         actor=filters.get("engineer"), alias=filters.get("alias"),
         type=filters.get("event_type"), session=filters.get("session"),
-        before_seq=filters.get("before_seq"), limit=msg["limit"],
+        before_seq=filters.get("before_seq"), after_seq=filters.get("after_seq"),
+        not_read_by=reader if following else None, limit=msg["limit"],
     )
     objects = [event_object(e) for e in events]
     await _name_devices(audit, events, objects)
@@ -201,7 +211,10 @@ async def answer_audit_request(
         await ws.send(await _verify(audit, engineer, checkpoint_file))
         return
     if msg.type == "audit_query":
-        frame, returned, used = await _page(audit, msg)
+        frame, returned, used = await _page(audit, msg, engineer.name)
+        if returned == 0 and msg.get("after_seq") is not None:
+            await ws.send(frame)  # nothing new: nothing read, nothing to log
+            return
     else:
         frame, returned, used = await _session(audit, msg)
     await audit.append("audit_read", now=utcnow(), actor=engineer.name,

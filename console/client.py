@@ -367,7 +367,8 @@ def _audit_fields(filters: dict[str, Any]) -> dict[str, Any]:
     unknown = set(filters) - set(AUDIT_FILTERS) - {"limit"}
     if unknown:
         raise UsageError(f"unknown audit filter(s): {', '.join(sorted(unknown))}; known: "
-                         "since, until, engineer, alias, type, session, before_seq, limit")
+                         "since, until, engineer, alias, type, session, before_seq, after_seq, "
+                         "limit")
     fields = {k: v for k, v in filters.items() if v is not None and v != ""}
     for name in ("since", "until"):
         value = fields.get(name)

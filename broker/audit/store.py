@@ -150,6 +150,8 @@ _QUERY_CLAUSES = {
     "type": "type = :type",
     "session": "session = :session",
     "before_seq": "seq < :before_seq",
+    "after_seq": "seq > :after_seq",
+    "not_read_by": "NOT (type = 'audit_read' AND actor IS :not_read_by)",
     "subject": "subject = :subject",  # a pseudonym
     # Every event of a device that used the alias, in data still held: the
     # subject's key must not be erased.
@@ -678,6 +680,8 @@ class AuditLog:
         type: str | None = None,
         session: str | None = None,
         before_seq: int | None = None,
+        after_seq: int | None = None,
+        not_read_by: str | None = None,
         limit: int = 50,
         subject: str | None = None,
     ) -> tuple[list[AuditEvent], bool]:
@@ -689,7 +693,9 @@ class AuditLog:
         personal data still held; it is looked up by its blind index, never
         compared in clear. Page on with ``before_seq`` = the last (smallest)
         seq of the previous page: keyset paging, as fast deep in the log as
-        at its head. `subject` is a pseudonym as stored (``AuditEvent.subject``).
+        at its head; follow the head with ``after_seq`` = the newest seq seen,
+        and ``not_read_by`` = the reader, to leave out their own `audit_read`
+        events. `subject` is a pseudonym as stored (``AuditEvent.subject``).
         """
         if not isinstance(limit, int) or limit < 1:
             raise AuditError("limit must be a positive integer")
@@ -697,6 +703,7 @@ class AuditLog:
             "since": None if since is None else format_time(since),
             "until": None if until is None else format_time(until),
             "actor": actor, "type": type, "session": session, "before_seq": before_seq,
+            "after_seq": after_seq, "not_read_by": not_read_by,
             "alias": None if alias is None else self._keys.alias_tag(alias),
             "subject": subject,
         }

@@ -64,7 +64,8 @@ CONTROL_DECISIONS = ("granted", "denied", "timeout", "unchanged")
 
 # The optional filters of an `audit_query` (its `limit` is required). The
 # event type filter is `event_type`: `type` is the frame's own message type.
-AUDIT_FILTERS = ("since", "until", "engineer", "alias", "event_type", "session", "before_seq")
+AUDIT_FILTERS = ("since", "until", "engineer", "alias", "event_type", "session", "before_seq",
+                 "after_seq")
 
 # Types allowed past MAX_CONTROL_FRAME, and how far. Everything else is small.
 FRAME_LIMITS: dict[str, int] = {"audit_page": MAX_ADMIN_FRAME, "audit_session": MAX_ADMIN_FRAME}
@@ -241,6 +242,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "event_type": Field("token", required=False),
         "session": Field("token", required=False),
         "before_seq": Field("int", MAX_AUDIT_SEQ, min=1, required=False),
+        # Following the log: only events newer than this seq, and not the
+        # reader's own earlier reads (see broker.admin_api).
+        "after_seq": Field("int", MAX_AUDIT_SEQ, min=0, required=False),
         "limit": Field("int", MAX_AUDIT_PAGE, min=1),
     },
     "audit_page": {  # newest first; page on with before_seq = the last seq

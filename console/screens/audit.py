@@ -24,9 +24,10 @@ from console.errors import ConsoleError
 from console.format import literal
 
 PAGE_SIZE = 50
-# How often the newest page is read again while it is on screen. Every read
-# is itself an audit event on the broker (`audit_read`), so not faster; an
-# older page is never re-read behind the reader's back, it says its age.
+# How often the newest page asks for newer events while it is on screen. The
+# broker logs such a poll (`audit_read`) only when it found something, so an
+# idle log stays idle; an older page is never re-read behind the reader's
+# back, it says its age.
 REFRESH_SECONDS = 10.0
 _TICK_SECONDS = 1.0
 FILTERS = (  # (query field, placeholder: short enough for 80 columns)
@@ -110,7 +111,7 @@ class AuditPane(Vertical):
         age = time.monotonic() - self._loaded_at
         if (self._following() and age >= REFRESH_SECONDS and self._visible()
                 and not self._busy()):
-            self.reload()
+            self._follow(dict(self._filters))
             return
         self._show_info()
 
@@ -163,7 +164,28 @@ class AuditPane(Vertical):
         self._load(dict(self._filters), self._pages[-1])
 
     @work(exclusive=True, group="audit")
+    async def _follow(self, filters: dict[str, str]) -> None:
+        """New events on top of the newest page, the reader's place kept."""
+        newest = max((int(seq) for seq in self._shown), default=0)
+        query: dict[str, Any] = {**filters, "limit": PAGE_SIZE, "after_seq": newest}
+        try:
+            events, more = await self.app.backend.audit_query(**query)  # type: ignore[attr-defined]
+        except ConsoleError as exc:
+            self.query_one("#audit-info", Static).update(
+                literal(f"Could not read the audit log: {exc}", 300, "bold red"))
+            return
+        if more:  # more arrived than a page holds: start from the head again
+            await self._read_page(filters, None)
+            return
+        kept = list(self._shown.values())[:PAGE_SIZE - len(events)]
+        self._show_events(filters, events + kept,
+                          self._more or len(kept) < len(self._shown))
+
+    @work(exclusive=True, group="audit")
     async def _load(self, filters: dict[str, str], before: int | None) -> None:
+        await self._read_page(filters, before)
+
+    async def _read_page(self, filters: dict[str, str], before: int | None) -> None:
         info = self.query_one("#audit-info", Static)
         info.update("Loading ...")
         query: dict[str, Any] = {**filters, "limit": PAGE_SIZE}
@@ -174,6 +196,10 @@ class AuditPane(Vertical):
         except ConsoleError as exc:
             info.update(literal(f"Could not read the audit log: {exc}", 300, "bold red"))
             return
+        self._show_events(filters, events, more)
+
+    def _show_events(self, filters: dict[str, str], events: list[dict[str, Any]],
+                     more: bool) -> None:
         self._more = more
         self._shown = {str(event.get("seq")): event for event in events}
         table = self.query_one("#events", DataTable)

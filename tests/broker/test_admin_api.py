@@ -155,3 +155,25 @@ async def test_event_object_skips_a_receipt_it_cannot_read(log: AuditLog) -> Non
     broken = event.__class__(**{**event.__dict__, "personal": {"receipt": "%%%"}})
     assert "receipt" not in event_object(broken, with_receipt=True)
     assert event_object(event)["alias"] is None
+
+
+async def test_following_the_log_logs_only_reads_that_showed_something(log: AuditLog) -> None:
+    """An open audit browser polls with `after_seq`: a poll that finds nothing
+    new is not logged, and the reader's own reads are not "new" to them —
+    otherwise every poll would find the previous poll's `audit_read`."""
+    ws = FakeSocket()
+    await answer_audit_request(log, ws, ADMIN, query())  # type: ignore[arg-type]
+    assert (await log.events())[-1].seq == 3  # the first read, logged
+    for _ in range(3):
+        await answer_audit_request(log, ws, ADMIN, query(after_seq=2))  # type: ignore[arg-type]
+    assert [decode(f, limit=MAX_ADMIN_FRAME)["events"] for f in ws.sent[1:]] == [[], [], []]
+    assert len(await log.events()) == 3  # the empty polls were not logged
+    await log.append("session_ended", now=T0, session="s1", body={"reason": "engineer_left"})
+    await log.append("audit_read", now=T0, actor="someone-else", body={"request": "x"})
+    await answer_audit_request(log, ws, ADMIN, query(after_seq=3))  # type: ignore[arg-type]
+    page = decode(ws.sent[-1], limit=MAX_ADMIN_FRAME)
+    assert [e["type"] for e in page["events"]] == ["audit_read", "session_ended"]
+    read = (await log.events())[-1]
+    assert (read.type, read.actor) == ("audit_read", "root")
+    assert read.body == {"request": "audit_query", "query": {"after_seq": 3, "limit": 50},
+                         "returned": 2}

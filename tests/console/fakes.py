@@ -153,7 +153,8 @@ class FakeBackend:
             raise BrokerError("the broker refused: the audit log is for admins only")
         rows = [e for e in reversed(self.events)
                 if (not filters.get("type") or e["type"] == filters["type"])
-                and (filters.get("before_seq") is None or e["seq"] < filters["before_seq"])]
+                and (filters.get("before_seq") is None or e["seq"] < filters["before_seq"])
+                and (filters.get("after_seq") is None or e["seq"] > filters["after_seq"])]
         limit = int(filters.get("limit", 50))
         return rows[:limit], len(rows) > limit
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Static, TabbedContent
 
-from console.screens.audit import save_session
+from console.screens.audit import PAGE_SIZE, save_session
 from tests.console.test_app import Harness, connect, text_of, until
 
 
@@ -129,6 +129,26 @@ async def test_the_newest_page_follows_new_events_and_keeps_the_selection(
         assert selected == "117" and table.cursor_row == 8
         info = harness.app.screen.query_one("#audit-info", Static)
         assert "live" in text_of(info)
+        # It asked only for what is newer than its newest row (the broker
+        # logs such a poll only when it finds something), and the page stays
+        # one page long, older rows falling off its end.
+        follows = [q for q in harness.backend.queries if "after_seq" in q]
+        assert follows and follows[0]["after_seq"] == 120
+        assert table.row_count == PAGE_SIZE
+        assert str(table.get_row_at(PAGE_SIZE - 1)[0]) == str(125 - PAGE_SIZE + 1)
+
+
+async def test_more_new_events_than_a_page_start_from_the_head_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("console.screens.audit.REFRESH_SECONDS", 0.3)
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=(120, 34)) as pilot:
+        table = await open_audit(pilot, harness)
+        add_events(harness, PAGE_SIZE + 5)
+        newest = str(harness.backend.events[-1]["seq"])
+        await until(pilot, lambda: str(table.get_row_at(0)[0]) == newest)
+        assert table.row_count == PAGE_SIZE
+        assert "after_seq" not in harness.backend.queries[-1]
 
 
 async def test_an_older_page_says_how_old_it_is_and_is_left_alone(
