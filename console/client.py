@@ -53,6 +53,9 @@ VERIFY_TIMEOUT = 15 * 60.0
 DEFAULT_AUDIT_LIMIT = 50
 # End reasons that are the broker's failure, not anyone's choice: exit 4.
 BROKER_FAILURES = frozenset({"broker_shutdown", "audit_unavailable", "protocol_error"})
+# End reasons, while the customer is being asked, that mean they withdrew
+# (quit the agent, or ended it from its menu): not approved, exit 7.
+CUSTOMER_WITHDREW = frozenset({"agent_quit", "customer_ended"})
 
 
 class Forbidden(BrokerError):
@@ -193,7 +196,12 @@ class ConsoleClient:
         on_progress(Progress("logged_in", f"Logged in as {self.display} ({self.role})."))
         try:
             return await self._join(link, code, wants, on_progress)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                # The engineer gave up (Ctrl-C): said as such, so the customer's
+                # prompt closes as withdrawn at once, not as a lost connection.
+                with contextlib.suppress(Exception):
+                    await link.send("end", reason="engineer_left")
             await link.close()
             raise
 
@@ -244,6 +252,10 @@ class ConsoleClient:
         try:
             result = await link.expect("consent_result", timeout=MAX_CONSENT_WAIT)
         except LinkError as exc:
+            if exc.code in CUSTOMER_WITHDREW:
+                raise NotApproved("the customer closed the support program before answering, "
+                                  "so there is no request left to approve; ask them to start "
+                                  "it again and read you the new code") from exc
             raise BrokerError(str(exc)) from exc
         if result["decision"] != "granted":
             reason = ("did not answer in time" if result["decision"] == "timeout"
