@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.consent import TIMEOUT, ConsentRequest, Decision, decide, prompt_lines, remaining
+from agent.errors import SetupError
 from broker.wire.text import printable
 
 CTRL_C = 0x03
@@ -60,6 +61,16 @@ class Viewer:
     def describe(self) -> str:
         who = f"{printable(self.display, 40)} ({printable(self.login, 32)})"
         return f"{who} is {'viewing and typing' if self.control else 'viewing'}"
+
+
+def require_terminal(in_fd: int = 0, out_fd: int = 1) -> None:
+    """The customer must see the code and answer the prompt: refuse to start
+    (a `SetupError`, exit 2) when either end is not a terminal."""
+    if not (os.isatty(in_fd) and os.isatty(out_fd)):
+        which = "input" if not os.isatty(in_fd) else "output"
+        raise SetupError(f"needs a terminal, and its {which} is not one: run it in a terminal "
+                         "window, without redirecting it, so you can see your code and answer "
+                         "requests")
 
 
 class CustomerScreen:
