@@ -115,6 +115,9 @@ class Agent:
         self.codes: OrderedDict[str, JoinCode] = OrderedDict()
         self.sessions: dict[str, ActiveSession] = {}
         self.registered = False  # once true, a lost broker is retried, not fatal
+        # Set while the "lost the support service" notice is up: the first new
+        # code replaces it, so the screen never says "retrying" once it is back.
+        self.reconnecting = False
         # Joins still pairing or asking the customer (not yet serving): the
         # customer quitting withdraws them at once, for the engineer too.
         self.joining: set[asyncio.Task[None]] = set()
@@ -146,6 +149,7 @@ class Agent:
                 if not self.registered or exc.code not in _RETRY_CODES:
                     raise BrokerLost(str(exc)) from None
                 self.codes.clear()
+                self.reconnecting = True
                 self.screen.set_code(None, 0)
                 # Reachable but unable to record sessions is not "lost": say
                 # which, and give the broker's whole sentence.
@@ -193,6 +197,10 @@ class Agent:
                 # (a broker that cannot record sessions, say) ends the program
                 # with the broker's reason, as an unreachable broker at start does.
                 self.registered = True
+                if self.reconnecting:
+                    self.reconnecting = False
+                    self.screen.flash("Connected to the support service again. The old "
+                                       "code no longer works; use the new one.")
                 code = JoinCode(msg["nameplate"], draw_secret())
                 self.codes[code.nameplate] = code
                 while len(self.codes) > _KEEP_CODES:

@@ -40,6 +40,8 @@ ESC = 0x1B
 CLEAR = "\x1b[r\x1b[H\x1b[2J"
 SAVE, RESTORE = "\x1b7", "\x1b8"
 REVERSE, BOLD, RESET = "\x1b[7m", "\x1b[1m", "\x1b[0m"
+ALT_SCREEN_ON, ALT_SCREEN_OFF = "\x1b[?1049h", "\x1b[?1049l"
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 # Mirrored output held back while a prompt is open. Bounded, so a chatty shell
 # cannot grow the agent's memory while the customer reads; past the bound the
@@ -101,17 +103,27 @@ class CustomerScreen:
         if os.isatty(self.in_fd):
             self._saved_tty = termios.tcgetattr(self.in_fd)
             tty.setraw(self.in_fd)
+            # The alternate screen, as full-screen programs use: on the way
+            # out the customer's terminal is as it was, not left under our code.
+            self._emit(ALT_SCREEN_ON)
             loop.add_signal_handler(signal.SIGWINCH, self.redraw)
+        # A polite stop (kill, a closed terminal window) ends as Ctrl-C does,
+        # so the engineer is told and the terminal restored on the way out.
+        for sig in QUIT_SIGNALS:
+            loop.add_signal_handler(sig, self.quit.set)
         loop.add_reader(self.in_fd, self._on_input)
         return self
 
     def __exit__(self, *exc: object) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.in_fd)
-        with contextlib.suppress(Exception):
-            loop.remove_signal_handler(signal.SIGWINCH)
+        for sig in (signal.SIGWINCH, *QUIT_SIGNALS):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
         if self._saved_tty is not None:
-            self._emit("\x1b[r" + RESET + "\r\n")
+            # Cleared first: a mirrored program that left the alternate screen
+            # itself (vi's exit) would otherwise leave our drawing behind.
+            self._emit(RESET + CLEAR + ALT_SCREEN_OFF)
             termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved_tty)
 
     def _emit(self, text: str) -> None:
