@@ -490,8 +490,7 @@ class Agent:
             if self.config.max_rights != "control":
                 # The customer's own rule answers: no prompt to click through.
                 decision = DENY
-                self.screen.flash(f"{who} asked for control; this computer allows view only, "
-                                  "so the request was declined.")
+                self.screen.flash("Control declined: this computer allows view only.")
             else:
                 decision = await self.screen.ask_consent(
                     ask, self.config.consent_timeout, self.config.max_rights)
@@ -505,7 +504,7 @@ class Agent:
             if not granted:
                 if self.config.max_rights == "control":
                     what = "did not answer" if decision.decision == "timeout" else "said no"
-                    self.screen.flash(f"You {what}: {who} can still only watch.")
+                    self.screen.flash(f"You {what}: they can still only watch.")
                 return
             assert active.confirm is not None
             try:
