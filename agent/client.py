@@ -617,6 +617,8 @@ def _ended_text(reason: str | None, viewer: Viewer) -> str:
         "console_lost": f"The connection to {who} was lost.",
         "broker_lost": f"The connection to the support service was lost; the session with "
                        f"{who} ended.",
+        "broker_shutdown": f"The support service shut down or restarted; the session with "
+                           f"{who} ended. A new code appears once it is back.",
     }.get(reason or "", f"The session with {who} ended ({printable(reason or 'unknown', 40)}).")
 
 

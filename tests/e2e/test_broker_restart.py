@@ -23,7 +23,8 @@ def test_broker_shutdown_is_its_own_exit_code_with_what_to_do(running: Deploymen
     shown = transcript(console)
     assert "join again" in shown
     assert "You left" not in shown
-    agent.expect("support service", timeout=15)
+    agent.expect("The support service shut down or restarted; the session with Alice "
+                 "Example ended", timeout=15)
 
 
 def test_agent_says_it_is_back_with_a_new_code_as_soon_as_it_reconnects(
