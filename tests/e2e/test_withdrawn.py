@@ -4,12 +4,15 @@ late answer. Real broker, agent and console processes under PTYs."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
 import pexpect
 
 from tests.e2e.conftest import CODE_RE, Deployment, read_code, transcript
+from tests.e2e.test_control import expect, view_only_session
+from tests.e2e.vt import Terminal
 
 
 def last_screen(child: pexpect.spawn) -> str:
@@ -91,3 +94,19 @@ def test_customer_quits_during_the_prompt_the_engineer_hears_at_once(
     assert console.exitstatus == 7  # not approved (README: exit codes of the console)
     assert agent.exitstatus == 0
     assert "stopped; nobody is connected" in transcript(agent)
+
+
+async def test_engineer_leaves_during_a_request_for_control(running: Deployment) -> None:
+    async with view_only_session(running) as (agent, engineer):
+        term = Terminal(agent)
+        await engineer.joined.request_control()
+        await expect(agent, r"\[c\] allow control")
+        await engineer.joined.leave()
+        await expect(agent, "Alice Example left the session", timeout=5)
+        await asyncio.to_thread(term.settle, 0.5)
+        text = term.text()
+        assert "approval needed" not in text and "Your support code" in text, text
+        agent.send("c")  # too late: nothing is asked any more
+        await asyncio.to_thread(term.settle, 0.5)
+        assert agent.isalive()
+        assert "Traceback" not in transcript(agent)
