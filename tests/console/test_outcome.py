@@ -50,3 +50,16 @@ def test_a_broker_stop_or_restart_is_exit_9_and_says_what_to_do() -> None:
         _joined(ended_frame("broker_shutdown")).outcome(left=False)
     assert info.value.exit_code == 9
     assert "shut down or restarted" in str(info.value) and "join again" in str(info.value)
+
+
+async def test_the_full_screen_console_says_the_same_about_a_broker_restart() -> None:
+    from console.backend import RelaySession, SessionEvent
+
+    joined = _joined(ended_frame("broker_shutdown"))
+    events: list[SessionEvent] = []
+    relay = RelaySession(joined)
+    relay._on_event = events.append
+    assert joined.ended is not None
+    await relay._control(joined.ended)
+    assert [e.kind for e in events] == ["ended"]
+    assert "shut down or restarted" in events[0].text and "join again" in events[0].text
