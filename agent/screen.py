@@ -278,6 +278,10 @@ class CustomerScreen:
         """At once, on a resize: what is on screen, laid out for the new size."""
         if self._viewers:
             self._set_region()
+            if self._asking is None:
+                # The session as it stands, laid out again (and the cursor back
+                # where the output left it, not at the top of the region).
+                self._paint_recent()
         if self._asking is not None:
             request, started, timeout, max_rights = self._asking
             self._draw_prompt(request, remaining(started, time.monotonic(), timeout),
@@ -320,8 +324,7 @@ class CustomerScreen:
             return
         # Paint back what the prompt covered, then the output held meanwhile.
         self._set_region()
-        cols, rows = self._size()
-        self._emit(self._recent.paint(cols, rows - 1, top=2))
+        self._paint_recent()
         if self._held_dropped:
             self._emit(f"[consentry: {self._held_dropped // 1024 + 1} KiB of earlier output "
                        "was not kept while you were asked]\r\n")
@@ -329,6 +332,10 @@ class CustomerScreen:
         self._discard_held()
         if held:
             self.mirror(held)
+
+    def _paint_recent(self) -> None:
+        cols, rows = self._size()
+        self._emit(self._recent.paint(cols, rows - 1, top=2))
 
     def _discard_held(self) -> None:
         self._held.clear()

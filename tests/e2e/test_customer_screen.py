@@ -106,3 +106,22 @@ async def test_the_banner_comes_back_to_who_is_connected_after_a_no(
         await asyncio.to_thread(term.settle, FLASH_SECONDS + 0.5)
         top = term.lines()[0]
         assert top == "consentry: Alice Example (alice) is viewing -- Ctrl-] for options", top
+
+
+async def test_a_resize_during_a_session_keeps_the_history_and_the_cursor(
+    running: Deployment,
+) -> None:
+    async with view_only_session(running) as (agent, _engineer):
+        term = Terminal(agent)
+        agent.send("echo ONE$((0+1))\r")
+        await expect(agent, "ONE1")
+        await asyncio.to_thread(term.settle, 0.5)
+        await asyncio.to_thread(term.resize, 24, 80)
+        await asyncio.to_thread(term.settle, 0.3)
+        agent.send("echo TWO$((1+1))\r")
+        await expect(agent, "TWO2")
+        await asyncio.to_thread(term.settle, 0.5)
+        lines = term.lines()
+        text = "\n".join(lines)
+        assert lines[0].startswith("consentry: Alice Example"), text
+        assert "ONE1" in text and text.index("ONE1") < text.index("TWO2"), text
