@@ -374,6 +374,8 @@ class CustomerScreen:
     def session_ended(self, session: str, message: str) -> None:
         self._viewers.pop(session, None)
         self._menu = False
+        if not self._viewers:
+            self._recent.clear()  # no session's output kept once nobody is connected
         self.flash(message)  # on the code screen, or beside who is still connected
         if not self._viewers and self._asking is not None:
             self.redraw()  # a prompt still open gets the whole screen, banner gone
