@@ -332,11 +332,11 @@ class Agent:
         # prompt closes at once instead of waiting for an answer nobody awaits.
         news = asyncio.ensure_future(link.recv())
         try:
-            await asyncio.wait([prompt, news], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([prompt, news], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in (prompt, news):
                 waiter.cancel()
-        if news.done():
+        if news in done:  # even if the customer answered in the same moment
             with contextlib.suppress(asyncio.CancelledError):
                 await prompt  # let it close what it drew
             raise _withdrawal(news)
