@@ -564,7 +564,7 @@ class Agent:
         active.ended.set()
 
 
-# End reasons (and a link closed under us) that mean the engineer is gone,
+# End reasons that mean the engineer is gone,
 # so a pending request is withdrawn: gave up, or their connection dropped.
 _ENGINEER_GONE = frozenset({"engineer_left", "console_lost"})
 
