@@ -10,7 +10,7 @@ from agent.client import Agent
 from agent.config import AgentConfig, default_state_dir
 from agent.errors import AgentError
 from agent.identity import load_identity
-from agent.screen import CustomerScreen
+from agent.screen import CustomerScreen, require_terminal
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
 from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT, MAX_CONSENT_TIMEOUT, MIN_CONSENT_TIMEOUT
@@ -55,6 +55,7 @@ async def _run(config: AgentConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        require_terminal()
         kwargs = {}
         if args.shell:
             kwargs["shell"] = args.shell

@@ -115,6 +115,12 @@ class Agent:
         self.codes: OrderedDict[str, JoinCode] = OrderedDict()
         self.sessions: dict[str, ActiveSession] = {}
         self.registered = False  # once true, a lost broker is retried, not fatal
+        # Set while the "lost the support service" notice is up: the first new
+        # code replaces it, so the screen never says "retrying" once it is back.
+        self.reconnecting = False
+        # Joins still pairing or asking the customer (not yet serving): the
+        # customer quitting withdraws them at once, for the engineer too.
+        self.joining: set[asyncio.Task[None]] = set()
         screen.on_end_all = self.end_all
         screen.on_view_only = self.view_only
         screen.on_customer_input = self.customer_typed
@@ -143,6 +149,7 @@ class Agent:
                 if not self.registered or exc.code not in _RETRY_CODES:
                     raise BrokerLost(str(exc)) from None
                 self.codes.clear()
+                self.reconnecting = True
                 self.screen.set_code(None, 0)
                 # Reachable but unable to record sessions is not "lost": say
                 # which, and give the broker's whole sentence.
@@ -154,6 +161,8 @@ class Agent:
                 await asyncio.wait([quit_task], timeout=delay)
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
         quit_task.cancel()
+        for task in list(self.joining):
+            task.cancel()
         await self._end_everything("agent_quit")
 
     async def _wait_for_engineers(self, sessions: asyncio.TaskGroup,
@@ -188,6 +197,10 @@ class Agent:
                 # (a broker that cannot record sessions, say) ends the program
                 # with the broker's reason, as an unreachable broker at start does.
                 self.registered = True
+                if self.reconnecting:
+                    self.reconnecting = False
+                    self.screen.flash("Connected to the support service again. The old "
+                                       "code no longer works; use the new one.")
                 code = JoinCode(msg["nameplate"], draw_secret())
                 self.codes[code.nameplate] = code
                 while len(self.codes) > _KEEP_CODES:
@@ -196,7 +209,9 @@ class Agent:
             elif msg.type == "join_request":
                 code = self.codes.pop(msg["nameplate"], None)
                 if code is not None:
-                    group.create_task(self._join(msg, code))
+                    task = group.create_task(self._join(msg, code))
+                    self.joining.add(task)
+                    task.add_done_callback(self.joining.discard)
             else:
                 raise LinkError(f"the broker sent an unexpected {msg.type!r} message")
 
@@ -226,9 +241,25 @@ class Agent:
             while (msg := await link.expect("relay_open", "consent_sealed",
                                             timeout=HANDSHAKE_TIMEOUT)).type != "relay_open":
                 self._keep_seal(msg)
+            task = asyncio.current_task()
+            if task is not None:
+                self.joining.discard(task)  # from here on it ends as a session does
             await self._serve(link, request, host_key, ask, decision)
-        except (LinkError, WireError) as exc:
+        except Withdrawn as exc:
+            self.screen.notice(_withdrawn_text(exc, request["engineer_display"]))
+        except LinkError as exc:
+            if exc.code in _ENGINEER_GONE:  # gone between the answer and the relay
+                self.screen.notice(_withdrawn_text(Withdrawn(exc.code, str(exc)),
+                                                   request["engineer_display"]))
+            else:
+                self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
+        except (WireError, ConnectionClosed) as exc:
             self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
+        except asyncio.CancelledError:
+            # The customer quit while this join was pairing or being asked:
+            # the engineer hears it now, not when the prompt would have timed out.
+            await _quietly(link.send("end", reason="agent_quit"))
+            raise
         finally:
             await link.close()
 
@@ -294,9 +325,22 @@ class Agent:
             engineer_display=request["engineer_display"], engineer_role=request["engineer_role"],
             key_fingerprint=fingerprint, wants=tuple(request["wants"]), sas=pairing.sas,
         )
-        decision = await self.screen.ask_consent(
-            ask, self.config.consent_timeout, self.config.max_rights
-        )
+        prompt = asyncio.ensure_future(self.screen.ask_consent(
+            ask, self.config.consent_timeout, self.config.max_rights))
+        # The broker sends nothing more until the customer answers, unless the
+        # join is over (the engineer gave up, the broker went away): then the
+        # prompt closes at once instead of waiting for an answer nobody awaits.
+        news = asyncio.ensure_future(link.recv())
+        try:
+            done, _ = await asyncio.wait([prompt, news], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (prompt, news):
+                waiter.cancel()
+        if news in done:  # even if the customer answered in the same moment
+            with contextlib.suppress(asyncio.CancelledError):
+                await prompt  # let it close what it drew
+            raise _withdrawal(news)
+        decision = prompt.result()
         await self._send_receipt(link, ask, decision)
         return ask, decision
 
@@ -309,7 +353,13 @@ class Agent:
         )
         data, signature = sign_receipt(receipt, self.identity.key)
         self.identity.keep_receipt(data, signature)
-        await link.send("consent", receipt=b64encode(data), signature=b64encode(signature))
+        try:
+            await link.send("consent", receipt=b64encode(data), signature=b64encode(signature))
+        except ConnectionClosed as exc:
+            # The answer came as the engineer's side went: nobody is left to
+            # hear it, which is a withdrawn request, not a failure.
+            raise Withdrawn("closed", "the connection closed before the answer was sent") \
+                from exc
 
     async def _serve(self, link: BrokerLink, request: Message, host_key: asyncssh.SSHKey,
                      ask: ConsentRequest, decision: Decision) -> None:
@@ -440,8 +490,7 @@ class Agent:
             if self.config.max_rights != "control":
                 # The customer's own rule answers: no prompt to click through.
                 decision = DENY
-                self.screen.flash(f"{who} asked for control; this computer allows view only, "
-                                  "so the request was declined.")
+                self.screen.flash("Control declined: this computer allows view only.")
             else:
                 decision = await self.screen.ask_consent(
                     ask, self.config.consent_timeout, self.config.max_rights)
@@ -455,7 +504,7 @@ class Agent:
             if not granted:
                 if self.config.max_rights == "control":
                     what = "did not answer" if decision.decision == "timeout" else "said no"
-                    self.screen.flash(f"You {what}: {who} can still only watch.")
+                    self.screen.flash(f"You {what}: they can still only watch.")
                 return
             assert active.confirm is not None
             try:
@@ -515,6 +564,42 @@ class Agent:
         active.ended.set()
 
 
+# End reasons that mean the engineer is gone,
+# so a pending request is withdrawn: gave up, or their connection dropped.
+_ENGINEER_GONE = frozenset({"engineer_left", "console_lost"})
+
+
+class Withdrawn(Exception):
+    """The join ended on the engineer's or the broker's side while the
+    customer was being asked (or as they answered): `reason` is the
+    broker's end reason, or "closed" when the link just closed."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _withdrawal(news: asyncio.Future[Message]) -> Exception:
+    """What the broker's word during a consent prompt means."""
+    exc = news.exception()
+    if isinstance(exc, LinkError):
+        return Withdrawn(exc.code, str(exc))
+    if exc is not None:
+        return exc
+    msg = news.result()
+    if msg.type == "ended":
+        return Withdrawn(msg["reason"], msg["message"])
+    return WireError(f"the broker sent an unexpected {msg.type!r} message during the prompt")
+
+
+def _withdrawn_text(exc: Withdrawn, display: str) -> str:
+    who = printable(display, 40)
+    if exc.reason in _ENGINEER_GONE:
+        return f"The engineer ({who}) withdrew the request; nobody was connected."
+    return (f"The request from {who} was withdrawn ({printable(exc, 120)}); "
+            "nobody was connected.")
+
+
 async def _quietly(coro: object) -> None:
     with contextlib.suppress(Exception):
         await coro  # type: ignore[misc]
@@ -532,6 +617,8 @@ def _ended_text(reason: str | None, viewer: Viewer) -> str:
         "console_lost": f"The connection to {who} was lost.",
         "broker_lost": f"The connection to the support service was lost; the session with "
                        f"{who} ended.",
+        "broker_shutdown": f"The support service shut down or restarted; the session with "
+                           f"{who} ended. A new code appears once it is back.",
     }.get(reason or "", f"The session with {who} ended ({printable(reason or 'unknown', 40)}).")
 
 

@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import termios
+import textwrap
 import time
 import tty
 from collections import deque
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.consent import TIMEOUT, ConsentRequest, Decision, decide, prompt_lines, remaining
+from agent.errors import SetupError
+from agent.replay import RecentOutput
 from broker.wire.text import printable
 
 CTRL_C = 0x03
@@ -39,6 +42,8 @@ ESC = 0x1B
 CLEAR = "\x1b[r\x1b[H\x1b[2J"
 SAVE, RESTORE = "\x1b7", "\x1b8"
 REVERSE, BOLD, RESET = "\x1b[7m", "\x1b[1m", "\x1b[0m"
+ALT_SCREEN_ON, ALT_SCREEN_OFF = "\x1b[?1049h", "\x1b[?1049l"
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 # Mirrored output held back while a prompt is open. Bounded, so a chatty shell
 # cannot grow the agent's memory while the customer reads; past the bound the
@@ -61,6 +66,36 @@ class Viewer:
         who = f"{printable(self.display, 40)} ({printable(self.login, 32)})"
         return f"{who} is {'viewing and typing' if self.control else 'viewing'}"
 
+    def brief(self) -> str:
+        """The same, short, for a banner that also carries a note."""
+        who = printable(self.display, 40)
+        return f"{who} {'can type' if self.control else 'is watching'}"
+
+
+def fit_lines(lines: list[str], cols: int) -> list[str]:
+    """Wrap each line at word boundaries to fit `cols` (keeping its indent),
+    so a narrow terminal neither cuts a word nor wraps it in two."""
+    width = max(20, cols - 1)
+    fitted: list[str] = []
+    for line in lines:
+        if len(line) <= width:
+            fitted.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 2)
+        fitted += textwrap.wrap(line, width, subsequent_indent=indent,
+                                break_on_hyphens=False) or [""]
+    return fitted
+
+
+def require_terminal(in_fd: int = 0, out_fd: int = 1) -> None:
+    """The customer must see the code and answer the prompt: refuse to start
+    (a `SetupError`, exit 2) when either end is not a terminal."""
+    if not (os.isatty(in_fd) and os.isatty(out_fd)):
+        which = "input" if not os.isatty(in_fd) else "output"
+        raise SetupError(f"needs a terminal, and its {which} is not one: run it in a terminal "
+                         "window, without redirecting it, so you can see your code and answer "
+                         "requests")
+
 
 class CustomerScreen:
     def __init__(self, in_fd: int = 0, out_fd: int = 1) -> None:
@@ -76,10 +111,13 @@ class CustomerScreen:
         self._viewers: dict[str, Viewer] = {}
         self._menu = False
         self._keys: asyncio.Queue[str] | None = None
+        # The open prompt (request, started, timeout, max_rights), to redraw on a resize.
+        self._asking: tuple[ConsentRequest, float, float, str] | None = None
         self._prompt_lock = asyncio.Lock()
         self._banner_timer: asyncio.TimerHandle | None = None
         self._flash_timer: asyncio.TimerHandle | None = None
         self._held: deque[bytes] = deque()
+        self._recent = RecentOutput()  # what a prompt covers, to paint back
         self._held_bytes = 0
         self._held_dropped = 0
 
@@ -90,17 +128,27 @@ class CustomerScreen:
         if os.isatty(self.in_fd):
             self._saved_tty = termios.tcgetattr(self.in_fd)
             tty.setraw(self.in_fd)
+            # The alternate screen, as full-screen programs use: on the way
+            # out the customer's terminal is as it was, not left under our code.
+            self._emit(ALT_SCREEN_ON)
             loop.add_signal_handler(signal.SIGWINCH, self.redraw)
+        # A polite stop (kill, a closed terminal window) ends as Ctrl-C does,
+        # so the engineer is told and the terminal restored on the way out.
+        for sig in QUIT_SIGNALS:
+            loop.add_signal_handler(sig, self.quit.set)
         loop.add_reader(self.in_fd, self._on_input)
         return self
 
     def __exit__(self, *exc: object) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.in_fd)
-        with contextlib.suppress(Exception):
-            loop.remove_signal_handler(signal.SIGWINCH)
+        for sig in (signal.SIGWINCH, *QUIT_SIGNALS):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
         if self._saved_tty is not None:
-            self._emit("\x1b[r" + RESET + "\r\n")
+            # Cleared first: a mirrored program that left the alternate screen
+            # itself (vi's exit) would otherwise leave our drawing behind.
+            self._emit(RESET + CLEAR + ALT_SCREEN_OFF)
             termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved_tty)
 
     def _emit(self, text: str) -> None:
@@ -181,22 +229,23 @@ class CustomerScreen:
             self.show_idle()
 
     def notice(self, text: str) -> None:
-        self._notice = text
-        if not self._viewers and self._keys is None:
-            self.show_idle()
-        elif self._viewers:
-            self.draw_banner()
+        """Tell the customer something: on the code screen until the next
+        notice; during a session beside who is connected, for a while."""
+        self.flash(text)
 
     def flash(self, text: str, seconds: float = FLASH_SECONDS) -> None:
-        """A notice that, during a session, shows in the banner for `seconds`
-        and then gives way to who is connected again."""
-        self.notice(text)
+        """A notice that, during a session, shows in the banner next to who is
+        connected for `seconds` and then goes, leaving the banner as it was."""
+        self._notice = text
         if self._flash_timer is not None:
             self._flash_timer.cancel()
             self._flash_timer = None
         if self._viewers:
             self._flash_timer = asyncio.get_running_loop().call_later(
                 seconds, self._end_flash, text)
+            self.draw_banner()
+        elif self._keys is None:
+            self.show_idle()
 
     def _end_flash(self, text: str) -> None:
         self._flash_timer = None
@@ -226,9 +275,18 @@ class CustomerScreen:
         self._lines(self._code_lines())
 
     def redraw(self) -> None:
+        """At once, on a resize: what is on screen, laid out for the new size."""
         if self._viewers:
             self._set_region()
-        elif self._keys is None:
+            if self._asking is None:
+                # The session as it stands, laid out again (and the cursor back
+                # where the output left it, not at the top of the region).
+                self._paint_recent()
+        if self._asking is not None:
+            request, started, timeout, max_rights = self._asking
+            self._draw_prompt(request, remaining(started, time.monotonic(), timeout),
+                              max_rights)
+        elif not self._viewers:
             self.show_idle()
 
     # -- consent -------------------------------------------------------------
@@ -240,6 +298,7 @@ class CustomerScreen:
         async with self._prompt_lock:
             self._keys = asyncio.Queue(maxsize=64)
             started = time.monotonic()
+            self._asking = (request, started, timeout, max_rights)
             try:
                 while True:
                     left = remaining(started, time.monotonic(), timeout)
@@ -255,6 +314,7 @@ class CustomerScreen:
                         return decision
             finally:
                 self._keys = None
+                self._asking = None
                 self._close_prompt()
 
     def _close_prompt(self) -> None:
@@ -262,9 +322,9 @@ class CustomerScreen:
             self.redraw()
             self._discard_held()
             return
-        # Clear what the prompt drew, then replay the output held meanwhile.
-        self._emit("\x1b[2;1H\x1b[J")
+        # Paint back what the prompt covered, then the output held meanwhile.
         self._set_region()
+        self._paint_recent()
         if self._held_dropped:
             self._emit(f"[consentry: {self._held_dropped // 1024 + 1} KiB of earlier output "
                        "was not kept while you were asked]\r\n")
@@ -272,6 +332,10 @@ class CustomerScreen:
         self._discard_held()
         if held:
             self.mirror(held)
+
+    def _paint_recent(self) -> None:
+        cols, rows = self._size()
+        self._emit(self._recent.paint(cols, rows - 1, top=2))
 
     def _discard_held(self) -> None:
         self._held.clear()
@@ -288,7 +352,8 @@ class CustomerScreen:
             self._held_dropped += len(dropped)
 
     def _draw_prompt(self, request: ConsentRequest, left: float, max_rights: str) -> None:
-        prompt = prompt_lines(request, left, max_rights)
+        cols, _rows = self._size()
+        prompt = fit_lines(prompt_lines(request, left, max_rights), cols)
         if self._viewers:
             self._emit("\x1b[2;1H\x1b[J")
         else:
@@ -303,16 +368,17 @@ class CustomerScreen:
         self._notice = ""
         if first:
             self._emit(CLEAR)
+            self._recent.clear()  # the session's screen starts blank
         self._set_region()
 
     def session_ended(self, session: str, message: str) -> None:
         self._viewers.pop(session, None)
         self._menu = False
-        self._notice = message
         if not self._viewers:
-            self.show_idle()
-        else:
-            self.draw_banner()
+            self._recent.clear()  # no session's output kept once nobody is connected
+        self.flash(message)  # on the code screen, or beside who is still connected
+        if not self._viewers and self._asking is not None:
+            self.redraw()  # a prompt still open gets the whole screen, banner gone
 
     def set_control(self, session: str, control: bool) -> None:
         if session in self._viewers:
@@ -327,6 +393,7 @@ class CustomerScreen:
             self._hold(data)
             return
         self._write(data)
+        self._recent.add(data)
         # Redraw the banner once output pauses, so we never split an escape
         # sequence of the shell's with one of ours.
         if self._banner_timer is not None:
@@ -337,8 +404,12 @@ class CustomerScreen:
         if self._menu:
             return ("Options:  [e] end the session now   [v] view only (take back control)   "
                     "[q] end and quit   [any other key] back")
-        if self._notice and self._viewers:
-            return printable(self._notice, 120)
+        if self._notice:
+            # Who is connected comes first, always: it is the customer's
+            # privacy indicator; the note rides beside it (who in short, to
+            # leave the note room) while it lasts.
+            who = "; ".join(v.brief() for v in self._viewers.values())
+            return f"consentry: {who} -- {printable(self._notice, 160)}"
         who = "; ".join(v.describe() for v in self._viewers.values())
         return f"consentry: {who} -- Ctrl-] for options"
 

@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"consentry-console: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        # A join still waiting for the customer was withdrawn on the way out
+        # (`ConsoleClient.join`): their prompt has closed.
+        print("consentry-console: stopped (Ctrl-C); nothing is left waiting for the "
+              "customer.", file=sys.stderr)
         return 130
 
 

@@ -164,7 +164,7 @@ class RelaySession:
                 "control_result", _RESULT_TEXT.get(msg["decision"], msg["decision"]),
                 tuple(msg["granted"])))
         elif msg.type in ("ended", "error"):
-            self._finish(msg["message"])
+            self.closed()  # in the same words as the plain terminal (a broker restart...)
 
     def closed(self) -> None:
         # Said as the plain terminal says it: "You left" only if we left, a

@@ -33,6 +33,7 @@ from broker.wire.messages import AUDIT_FILTERS, Message, b64decode, b64encode, v
 from broker.wire.text import printable
 from console.errors import (
     BrokerError,
+    BrokerShutdown,
     JoinRefused,
     KeyMismatch,
     LinkLost,
@@ -53,6 +54,14 @@ VERIFY_TIMEOUT = 15 * 60.0
 DEFAULT_AUDIT_LIMIT = 50
 # End reasons that are the broker's failure, not anyone's choice: exit 4.
 BROKER_FAILURES = frozenset({"broker_shutdown", "audit_unavailable", "protocol_error"})
+# End reasons, while the customer is being asked, that mean they withdrew
+# (quit the agent, or ended it from its menu): not approved, exit 7.
+CUSTOMER_WITHDREW = frozenset({"agent_quit", "customer_ended"})
+
+
+SHUTDOWN_TEXT = ("the broker shut down or restarted, so the session is over (nothing is left "
+                 "running on the customer's computer); once the broker is back, ask the "
+                 "customer for the new code on their screen and join again")
 
 
 class Forbidden(BrokerError):
@@ -140,6 +149,8 @@ class JoinedSession:
             raise LinkLost("the connection to the broker was lost; the session is over "
                            "(the customer's computer ends it too)")
         message = printable(ended["message"], 200)
+        if ended.type == "ended" and ended["reason"] == "broker_shutdown":
+            raise BrokerShutdown(SHUTDOWN_TEXT)
         if ended.type == "error" or ended["reason"] in BROKER_FAILURES:
             raise BrokerError(message)
         return message
@@ -193,7 +204,12 @@ class ConsoleClient:
         on_progress(Progress("logged_in", f"Logged in as {self.display} ({self.role})."))
         try:
             return await self._join(link, code, wants, on_progress)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                # The engineer gave up (Ctrl-C): said as such, so the customer's
+                # prompt closes as withdrawn at once, not as a lost connection.
+                with contextlib.suppress(Exception):
+                    await link.send("end", reason="engineer_left")
             await link.close()
             raise
 
@@ -230,6 +246,8 @@ class ConsoleClient:
             # codes that found nobody (the join limits): a join refusal, exit 5.
             if exc.code in ("unknown_code", "rate_limited"):
                 raise JoinRefused(str(exc).removeprefix("the broker refused: ")) from exc
+            if exc.code == "broker_shutdown":
+                raise BrokerShutdown(SHUTDOWN_TEXT) from exc
             raise BrokerError(str(exc)) from exc
         except PairingError as exc:
             raise WrongCode("the code did not match; ask the customer for the new code") from exc
@@ -244,6 +262,12 @@ class ConsoleClient:
         try:
             result = await link.expect("consent_result", timeout=MAX_CONSENT_WAIT)
         except LinkError as exc:
+            if exc.code in CUSTOMER_WITHDREW:
+                raise NotApproved("the customer closed the support program before answering, "
+                                  "so there is no request left to approve; ask them to start "
+                                  "it again and read you the new code") from exc
+            if exc.code == "broker_shutdown":
+                raise BrokerShutdown(SHUTDOWN_TEXT) from exc
             raise BrokerError(str(exc)) from exc
         if result["decision"] != "granted":
             reason = ("did not answer in time" if result["decision"] == "timeout"

@@ -4,7 +4,8 @@
     ├── UsageError            bad flags or a code that cannot be read
     ├── IdentityError         the SSH key cannot be read (missing, passphrase)
     ├── BrokerError           the broker is unreachable, untrusted or refused
-    │   └── LinkLost          the connection to the broker broke mid-session
+    │   ├── LinkLost          the connection to the broker broke mid-session
+    │   └── BrokerShutdown    the broker was stopped or restarted by its operator
     └── JoinRefused           the join did not lead to a session
         ├── WrongCode         the code did not match (it is now burned)
         ├── NotApproved       the customer declined or did not answer
@@ -36,6 +37,13 @@ class BrokerError(ConsoleError):
 class LinkLost(BrokerError):
     """Nobody ended the session: the link to the broker broke (a crash, a
     network failure). Exit 4, like any other broker failure."""
+
+
+class BrokerShutdown(BrokerError):
+    """The broker said it is shutting down (a stop or a restart): the session
+    is over, through nobody's fault here, and a new join is the way on."""
+
+    exit_code = 9
 
 
 class JoinRefused(ConsoleError):

@@ -9,7 +9,7 @@ import pytest
 from broker.session import ended_frame
 from broker.wire.messages import decode, encode
 from console.client import JoinedSession
-from console.errors import BrokerError, LinkLost
+from console.errors import BrokerError, BrokerShutdown, LinkLost
 
 
 def _joined(ended: str | None) -> JoinedSession:
@@ -37,9 +37,29 @@ def test_ends_by_others_keep_their_own_words(reason: str) -> None:
     assert "You left" not in text and text == decode(ended_frame(reason))["message"]
 
 
-@pytest.mark.parametrize("frame", [ended_frame("broker_shutdown"), ended_frame("audit_unavailable"),
+@pytest.mark.parametrize("frame", [ended_frame("audit_unavailable"),
                                    encode("error", code="internal_error", message="boom")])
 def test_the_broker_failing_is_exit_4(frame: str) -> None:
     with pytest.raises(BrokerError) as info:
         _joined(frame).outcome(left=False)
     assert info.value.exit_code == 4
+
+
+def test_a_broker_stop_or_restart_is_exit_9_and_says_what_to_do() -> None:
+    with pytest.raises(BrokerShutdown) as info:
+        _joined(ended_frame("broker_shutdown")).outcome(left=False)
+    assert info.value.exit_code == 9
+    assert "shut down or restarted" in str(info.value) and "join again" in str(info.value)
+
+
+async def test_the_full_screen_console_says_the_same_about_a_broker_restart() -> None:
+    from console.backend import RelaySession, SessionEvent
+
+    joined = _joined(ended_frame("broker_shutdown"))
+    events: list[SessionEvent] = []
+    relay = RelaySession(joined)
+    relay._on_event = events.append
+    assert joined.ended is not None
+    await relay._control(joined.ended)
+    assert [e.kind for e in events] == ["ended"]
+    assert "shut down or restarted" in events[0].text and "join again" in events[0].text
