@@ -59,8 +59,8 @@ class AuditPane(Vertical):
         Binding("n", "older", "Older"),
         Binding("p", "newer", "Newer"),
         Binding("r", "reload", "Reload"),
-        Binding("v", "verify", "Verify log"),
-        Binding("e", "export_session", "Export session"),
+        Binding("v", "verify", "Verify"),
+        Binding("e", "export_session", "Export"),
         Binding("escape", "close_detail", "Close detail", show=False),
     ]
 
@@ -81,13 +81,16 @@ class AuditPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="audit-filters"):
             for name, placeholder in FILTERS:
-                field = Input(id=f"f-{name}", placeholder=placeholder, classes="audit-filter")
+                # Compact (no border): one row, and room at 80 columns for
+                # every placeholder and the Apply button.
+                field = Input(id=f"f-{name}", placeholder=placeholder, classes="audit-filter",
+                              compact=True)
                 field.tooltip = {"since": "UTC date or time, e.g. 2026-11-01 or 2026-11-01T09:00",
                                  "until": "UTC date or time (exclusive)",
                                  "alias": "the device alias, exact (case does not matter)",
                                  }.get(name, placeholder)
                 yield field
-            yield Button("Apply", id="apply", variant="primary")
+            yield Button("Apply", id="apply", variant="primary", compact=True)
         yield Static("", id="audit-info")
         with Horizontal(id="audit-body"):
             yield DataTable(id="events", cursor_type="row", zebra_stripes=True)
@@ -127,7 +130,7 @@ class AuditPane(Vertical):
         if self._loaded_at is None:
             return
         age = int(time.monotonic() - self._loaded_at)
-        when = (f"live, updated every {REFRESH_SECONDS:g} s (read {self._loaded_utc} UTC)"
+        when = (f"live (every {REFRESH_SECONDS:g} s), checked {self._loaded_utc} UTC"
                 if self._following() else
                 f"as of {self._loaded_utc} UTC, {age} s ago · r: reload")
         self.query_one("#audit-info", Static).update(

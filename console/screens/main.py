@@ -124,6 +124,19 @@ class MainScreen(Screen[None]):
 
     # -- actions ------------------------------------------------------------------
 
+    # F7 and F8 act on the session tab in front: elsewhere they are left out
+    # of the footer, which at 80 columns has no room for keys that do nothing.
+    _SESSION_ACTIONS = frozenset({"ask_control", "leave"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self._SESSION_ACTIONS:
+            return self._current() is not None
+        return True
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self) -> None:
+        self.refresh_bindings()
+
     def _current(self) -> SessionRecord | None:
         active = self.query_one("#tabs", TabbedContent).active
         return self.records.get(active)

@@ -151,3 +151,51 @@ async def test_a_resize_while_the_shell_opens_reaches_the_shell() -> None:
         term = harness.app.screen.query_one(SessionPane).terminal
         assert term.size_cells == (100, 30 - ABOVE - BELOW)
         assert live.shell_size == term.size_cells
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_the_audit_tab_fits(size: tuple[int, int]) -> None:
+    """Every filter's name, the Apply button, the page's whole info line and
+    every key in the footer are on screen; F7/F8, which act on a session
+    tab, are left out of the footer elsewhere to make room."""
+    from tests.console.test_audit_actions import open_audit
+
+    _, height = size
+    harness = Harness(role="admin")
+    async with harness.app.run_test(size=size) as pilot:
+        await open_audit(pilot, harness)
+        await pilot.pause(0.2)
+        lines = screen_lines(harness.app)
+        filters = next(line for line in lines if "since" in line and "Apply" in line)
+        for name in ("since", "until", "engineer", "device", "type", "session", "Apply"):
+            assert re.search(rf"\b{name}\b", filters), f"{name!r} is cut off: {filters!r}"
+        info = " ".join(line.strip() for line in lines if "Page 1" in line or "UTC" in line)
+        assert "n: older" in info and re.search(r"checked \d\d:\d\d:\d\d UTC", info)
+        # The footer recomposes when the tab changes: wait for it, then read it.
+        await until(pilot, lambda: "Quit" in screen_lines(harness.app)[-1])
+        footer = screen_lines(harness.app)[-1]
+        assert footer.rstrip().endswith("f10 Quit"), footer
+        assert "f7" not in footer and "f8" not in footer
+        table = harness.app.screen.query_one("#events")
+        assert table.region.height >= height - 10  # the events get the room
+
+
+def live_tab(harness: Harness) -> str:
+    return next(iter(harness.app.screen.records))  # type: ignore[attr-defined]
+
+
+async def test_session_keys_are_in_the_footer_only_on_a_session_tab() -> None:
+    harness = Harness()
+    async with harness.app.run_test(size=(120, 40)) as pilot:
+        await open_session(harness, pilot, control=False)
+
+        def footer() -> str:
+            return screen_lines(harness.app)[-1]
+
+        await until(pilot, lambda: "f7 Ask for control" in footer())
+        assert "f8 Leave session" in footer()
+        harness.app.screen.show_tab("home")  # type: ignore[attr-defined]
+        await until(pilot, lambda: "Quit" in footer() and "f7" not in footer())
+        assert "f8" not in footer()
+        harness.app.screen.show_tab(live_tab(harness))  # type: ignore[attr-defined]
+        await until(pilot, lambda: "f7 Ask for control" in footer())
