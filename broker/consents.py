@@ -17,9 +17,9 @@ from broker.audit.checkpoints import COVER_WAIT, Checkpointer
 from broker.audit.store import AuditLog
 from broker.session import Session, send_quietly, utcnow
 from broker.wire.errors import ProtocolError
+from broker.wire.machine.protocol import Phase
 from broker.wire.messages import Message, b64decode, b64encode, encode
 from broker.wire.receipt import Receipt, verify_receipt
-from broker.wire.states import Phase
 
 # Consent decisions and the reason a refused session ends with.
 _REFUSAL_REASON = {"denied": "denied", "timeout": "timeout"}

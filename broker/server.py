@@ -1,6 +1,6 @@
 """The broker's I/O driver: TLS WebSocket endpoints and the glue between them.
 
-Three endpoints, each one connection kind of `broker.wire.states`:
+Three endpoints, each one connection kind of `broker.wire.machine.protocol`:
 ``/v1/agent`` (a waiting agent), ``/v1/agent/session`` (the agent's side of
 one join), ``/v1/console`` (the engineer's side of one join). Every frame is
 checked against the schema and the state table; a bad one closes that
@@ -72,19 +72,14 @@ from broker.throttle import JoinLimits, LoginThrottle
 from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.login import NONCE_BYTES
+from broker.wire.machine.protocol import Conn, Phase, check_binary, check_inbound
+from broker.wire.machine.reasons import AUDIT_UNAVAILABLE
 from broker.wire.messages import Message, b64decode, b64encode, decode, encode
-from broker.wire.states import Conn, Phase, check_binary, check_inbound
 from broker.wire.text import printable
 
 log = logging.getLogger("consentry.broker")
 
 PATHS = ("/v1/agent", "/v1/agent/session", "/v1/console")
-
-# Fail closed: what an agent or console is told when the audit log cannot be
-# written (disk full, the operator's --audit-max-mb reached, database error).
-AUDIT_UNAVAILABLE = ("the broker cannot record sessions right now, so no session can start; "
-                     "ask the operator to check the audit log's disk space or quota")
-
 
 def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -20,39 +20,15 @@ from websockets.exceptions import ConnectionClosed
 
 from broker.framepath import FramePath
 from broker.registry import Engineer
+from broker.wire.machine.protocol import Phase
+from broker.wire.machine.reasons import end_message
 from broker.wire.messages import encode
-from broker.wire.states import Phase
 
 log = logging.getLogger("consentry.broker")
 
 # End reasons whose own event already records how the join ended
 # (`pairing_failed`, `consent_denied` / `consent_timeout`): no `join_abandoned`.
 RECORDED_OUTCOMES = frozenset({"wrong_code", "key_mismatch", "denied", "timeout"})
-
-# Human wording of each end reason, shown on the other side's screen.
-END_MESSAGES: dict[str, str] = {
-    "customer_ended": "The customer ended the session.",
-    "engineer_left": "The engineer left the session.",
-    "shell_exited": "The remote shell exited.",
-    "agent_quit": "The customer closed the support program.",
-    "wrong_code": "The code did not match. The customer has been warned and shown a new code.",
-    # Not the code: the customer's computer refused the engineer key offered
-    # in pairing, as it is not the one the broker announced for this engineer.
-    "key_mismatch": "The customer's computer refused the connection: the engineer's key it "
-                    "received did not match the one the broker announced (possible "
-                    "interception). The customer has been warned and shown a new code.",
-    "denied": "The customer declined the request.",
-    "timeout": "The customer did not answer in time, so the request was declined.",
-    "idle_timeout": "The session was idle for too long and was ended.",
-    "max_duration": "The session reached its maximum duration and was ended.",
-    "agent_lost": "The connection to the customer's computer was lost.",
-    "console_lost": "The connection to the engineer was lost.",
-    "agent_unreachable": "The customer's computer did not answer the join request.",
-    "protocol_error": "A protocol error ended the session.",
-    "audit_unavailable": "The broker cannot record sessions right now, so none can start.",
-    "broker_shutdown": "The broker is shutting down.",
-}
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -191,4 +167,4 @@ async def close_quietly(ws: ServerConnection | None, reason: str = "") -> None:
 
 
 def ended_frame(reason: str) -> str:
-    return encode("ended", reason=reason, message=END_MESSAGES.get(reason, reason))
+    return encode("ended", reason=reason, message=end_message(reason))

@@ -22,9 +22,9 @@ from broker.registry import Engineer, Registry
 from broker.server import Broker
 from broker.session import AgentLink, Session
 from broker.wire.errors import ProtocolError
+from broker.wire.machine.protocol import Phase
 from broker.wire.messages import b64encode, decode, validate
 from broker.wire.receipt import Receipt, sign_receipt
-from broker.wire.states import Phase
 
 DEVICE = "dev-1"
 

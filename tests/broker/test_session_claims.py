@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from broker.wire.machine.protocol import Conn, Phase
 from broker.wire.messages import decode, validate
-from broker.wire.states import Conn, Phase
 from tests.broker import test_control_upgrade
 from tests.broker.test_control_upgrade import Setup
 
