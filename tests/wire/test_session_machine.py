@@ -466,6 +466,7 @@ def test_a_refused_request_leaves_view_only_and_may_be_asked_again(
         {"asked": ("control",)},
         {"decision": "granted", "asked": UPGRADE, "granted": ("view",)},  # without control
         {"engineer": "mallory", "asked": UPGRADE},
+        {"key": nacl.signing.SigningKey.generate(), "asked": UPGRADE},  # another device
     ],
 )
 def test_receipts_that_do_not_answer_the_request_are_refused(
@@ -554,6 +555,15 @@ def test_activity_pushes_the_idle_deadline_but_not_the_longest_session() -> None
     assert setup.machine.deadline() == limit
     setup.run(setup.machine.tick(limit))
     assert setup.machine.ended == "max_duration"
+
+
+@pytest.mark.parametrize(("late", "reason"), [(Timeouts().idle + 1, "idle_timeout"),
+                                              (Timeouts().max_session + 1, "max_duration")])
+def test_a_late_tick_names_the_longest_session_before_idling(late: float, reason: str) -> None:
+    setup = Setup()
+    setup.to_active()  # active since 2.0, no traffic since
+    setup.run(setup.machine.tick(2.0 + late))
+    assert setup.machine.ended == reason
 
 
 def test_lost_connections(setup: Setup) -> None:

@@ -276,7 +276,9 @@ class SessionMachine:
 
     def tick(self, now: float) -> list[Action]:
         """End the session if one of its deadlines has passed."""
-        due = sorted(d for d in self._deadlines() if now >= d[0])
+        # In the order of `_deadlines`: when a late tick finds two due, the
+        # one listed first names the end (the longest session beats idling).
+        due = [d for d in self._deadlines() if now >= d[0]]
         if not due:
             return self._out([])
         self._save()
@@ -473,7 +475,7 @@ class SessionMachine:
             # must at least answer the join.
             due = [(self.created + self.timeouts.handshake, "timeout")]
             if self._s.requested and self._s.phases[AGENT_SESSION] is Phase.HELLO:
-                due.append((self.created + OPEN_TIMEOUT, "agent_unreachable"))
+                due.insert(0, (self.created + OPEN_TIMEOUT, "agent_unreachable"))
             return due
         return [(self._s.active_since + self.timeouts.max_session, "max_duration"),
                 (self.traffic.last_activity + self.timeouts.idle, "idle_timeout")]
