@@ -61,10 +61,11 @@ from broker.throttle import JoinLimits, LoginThrottle
 from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.login import NONCE_BYTES
-from broker.wire.machine.protocol import Conn, Phase, check_inbound
+from broker.wire.machine.lobby import Lobby
+from broker.wire.machine.protocol import Conn
 from broker.wire.machine.reasons import AUDIT_UNAVAILABLE
 from broker.wire.machine.session import AGENT_SESSION, CONSOLE, AgentFacts, SessionMachine
-from broker.wire.messages import Message, b64decode, b64encode, decode, encode
+from broker.wire.messages import Message, b64decode, b64encode, encode
 from broker.wire.text import printable
 
 log = logging.getLogger("consentry.broker")
@@ -93,17 +94,13 @@ def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl
     return eventloop.bounded_tls_reads(ctx)
 
 
-async def recv_control(
-    ws: ServerConnection, conn: Conn, phase: Phase, timeout: float | None
-) -> Message:
-    """Receive one control frame that `conn` may send in `phase`."""
+async def recv_control(ws: ServerConnection, lobby: Lobby) -> Message:
+    """Receive the next control frame, as `lobby` allows it (which, and how long)."""
     try:
-        frame = await asyncio.wait_for(ws.recv(), timeout)
+        frame = await asyncio.wait_for(ws.recv(), lobby.timeout(time.monotonic()))
     except TimeoutError as exc:
-        raise ProtocolError("timed out waiting for the next message", "timeout") from exc
-    msg = decode(frame)
-    check_inbound(conn, phase, msg.type)
-    return msg
+        raise lobby.timed_out() from exc
+    return lobby.accept(frame, time.monotonic())
 
 
 class Broker:
@@ -166,7 +163,8 @@ class Broker:
     # -- agents -----------------------------------------------------------
 
     async def agent_control(self, ws: ServerConnection) -> None:
-        hello = await recv_control(ws, Conn.AGENT, Phase.HELLO, limits.OPEN_TIMEOUT)
+        lobby = Lobby(Conn.AGENT, time.monotonic())
+        hello = await recv_control(ws, lobby)
         if not self.hello_attempts.allow(_peer(ws), time.monotonic()):
             raise ProtocolError("too many support programs connected from this address in "
                                 "the last minute; it will be let in shortly", "rate_limited")
@@ -206,7 +204,7 @@ class Broker:
                     if current is None or current.expires_at <= time.monotonic():
                         await self.issue_nameplate(link)  # expired: a fresh code
                     continue
-                check_inbound(Conn.AGENT, Phase.READY, decode(frame).type)
+                lobby.accept(frame, time.monotonic())  # nothing is due from a waiting agent
         finally:
             self.book.release(link.conn_id)
             self.agents.pop(link.conn_id, None)
@@ -221,7 +219,7 @@ class Broker:
         )
 
     async def agent_session(self, ws: ServerConnection) -> None:
-        attach = await recv_control(ws, Conn.AGENT_SESSION, Phase.HELLO, limits.OPEN_TIMEOUT)
+        attach = await recv_control(ws, Lobby(Conn.AGENT_SESSION, time.monotonic()))
         session = self.sessions.get(attach["session"])
         if session is None:
             raise ProtocolError("unknown or expired session", "unknown_session")
@@ -231,12 +229,13 @@ class Broker:
     # -- consoles ---------------------------------------------------------
 
     async def console(self, ws: ServerConnection) -> None:
-        engineer = await self.login(ws)
         # An admin's connection stays here across audit reads; one that sits
         # idle for the handshake timeout is closed, and the console reconnects.
+        lobby = Lobby(Conn.CONSOLE, time.monotonic(),
+                      ready_timeout=self.config.timeouts.handshake)
+        engineer = await self.login(ws, lobby)
         while True:
-            msg = await recv_control(ws, Conn.CONSOLE, Phase.READY,
-                                     self.config.timeouts.handshake)
+            msg = await recv_control(ws, lobby)
             if msg.type == "join":
                 await self.join(ws, engineer, msg)
                 return
@@ -312,13 +311,13 @@ class Broker:
         with counts, not one per miss."""
         await self._note_failure(self.join_failures, join_event, engineer.name, None, reason)
 
-    async def login(self, ws: ServerConnection) -> Engineer:
-        hello = await recv_control(ws, Conn.CONSOLE, Phase.HELLO, limits.OPEN_TIMEOUT)
+    async def login(self, ws: ServerConnection, lobby: Lobby) -> Engineer:
+        hello = await recv_control(ws, lobby)
         user = hello["user"]
         # No lockout: whatever failed before, a correct signature gets in.
         nonce = os.urandom(NONCE_BYTES)
         await ws.send(encode("challenge", nonce=b64encode(nonce)))
-        proof = await recv_control(ws, Conn.CONSOLE, Phase.LOGIN, limits.OPEN_TIMEOUT)
+        proof = await recv_control(ws, lobby)
         engineer = await asyncio.to_thread(self.registry.get, user)
         signature = b64decode(proof["signature"])
         # One message for unknown user and wrong key: no probing the registry.

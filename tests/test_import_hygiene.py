@@ -21,6 +21,7 @@ WIRE_MODULES = [
     "broker.wire.machine.actions",
     "broker.wire.machine.consent",
     "broker.wire.machine.reasons",
+    "broker.wire.machine.lobby",
     "broker.wire.code",
     "broker.wire.e2e",
     "broker.wire.receipt",
