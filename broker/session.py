@@ -128,9 +128,14 @@ class SessionDriver:
         then tell the machine it is gone (a no-op once the session ended)."""
         try:
             async for frame in ws:
-                await self.feed(lambda now, f=frame: self.machine.receive(conn, f, now))
+                await self.receive(conn, frame)
         finally:
             await self.feed(lambda now: self.machine.lost(conn, now))
+
+    async def receive(self, conn: str, frame: str | bytes) -> None:
+        """One frame from connection `conn`."""
+        async with self._lock:
+            await self._perform(self.machine.receive(conn, frame, time.monotonic()))
 
     async def shutdown(self) -> None:
         await self.feed(self.machine.shutdown)

@@ -22,6 +22,7 @@ WIRE_MODULES = [
     "broker.wire.machine.consent",
     "broker.wire.machine.reasons",
     "broker.wire.machine.lobby",
+    "broker.wire.machine.participants",
     "broker.wire.code",
     "broker.wire.e2e",
     "broker.wire.receipt",

@@ -32,8 +32,8 @@ from __future__ import annotations
 import copy
 import hmac
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from broker.wire.errors import LocalProtocolError, ProtocolError
 from broker.wire.limits import AGENT_END_REASONS, CONSOLE_END_REASONS, OPEN_TIMEOUT
@@ -51,6 +51,13 @@ from broker.wire.machine.actions import (
     StopRelay,
 )
 from broker.wire.machine.consent import CheckedReceipt, check_receipt
+from broker.wire.machine.participants import (
+    AgentFacts,
+    EngineerFacts,
+    Seat,
+    SessionTimeouts,
+    Traffic,
+)
 from broker.wire.machine.protocol import Conn, Phase, check_binary, check_inbound, may_send
 from broker.wire.machine.reasons import AUDIT_UNAVAILABLE, end_message
 from broker.wire.messages import Message, b64encode, decode
@@ -66,75 +73,6 @@ CONSOLE = "console"  # the id of the first (for now the only) console
 UPGRADE = ("view", "control")
 # A refused consent's decision -> the reason its session ends with.
 _REFUSAL_REASON = {"denied": "denied", "timeout": "timeout"}
-
-
-class EngineerFacts(Protocol):
-    """What the session needs to know of the engineer (`broker.registry.Engineer` fits)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def display(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def public_key(self) -> str: ...
-    @property
-    def fingerprint(self) -> str: ...
-
-
-class SessionTimeouts(Protocol):
-    """The broker's session limits in seconds (`broker.config.Timeouts` fits)."""
-
-    @property
-    def idle(self) -> float: ...
-    @property
-    def max_session(self) -> float: ...
-    @property
-    def handshake(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class AgentFacts:
-    """What the waiting agent told the broker in `hello`."""
-
-    device_id: str
-    device_key: bytes
-    alias: str
-
-
-@dataclass
-class Traffic:
-    """Bytes relayed and when, kept by whoever moves them: the machine for
-    frames it is handed, the driver's fast relay for the rest (the hot path
-    never calls the machine). Never the bytes themselves."""
-
-    to_agent: int = 0
-    to_console: int = 0
-    last_activity: float = 0.0
-
-    def count(self, size: int, *, to_agent: bool, now: float) -> None:
-        if to_agent:
-            self.to_agent += size
-        else:
-            self.to_console += size
-        self.last_activity = now
-
-
-@dataclass
-class Seat:
-    """One engineer's place in the session: what they asked, what is granted."""
-
-    console: str
-    wants: tuple[str, ...]
-    granted: tuple[str, ...] = ()
-    # A request for control is with the customer; a second one is not forwarded.
-    control_pending: bool = False
-    # SHA-256 of every consent receipt recorded for this seat.
-    receipts: set[str] = field(default_factory=set)
-    # Engineer input the agent says it dropped (`input_dropped`): its claim,
-    # held to what can be true (see `_on_input_dropped`).
-    input_dropped: int = 0
 
 
 @dataclass
