@@ -84,15 +84,12 @@ class SessionDriver:
     """Performs one session's machine on real sockets."""
 
     def __init__(self, machine: SessionMachine, host: SessionHost, agent: AgentLink,
-                 console: ServerConnection,
-                 on_ended: Callable[[SessionDriver, str], Awaitable[None]] | None = None
-                 ) -> None:
+                 console: ServerConnection) -> None:
         self.machine = machine
         self.host = host
         self.agent = agent
         self.sockets: dict[str, ServerConnection | None] = {
             AGENT: agent.ws, AGENT_SESSION: None, CONSOLE: console}
-        self._on_ended = on_ended
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -212,10 +209,9 @@ class SessionDriver:
                 case Close(to=to, reason=reason):
                     await close_quietly(self.sockets[to], reason)
                 case Ended(reason=reason):
+                    log.debug("session ended: %s", reason)
                     self.stop()
                     self.finished.set()
-                    if self._on_ended is not None:
-                        await self._on_ended(self, reason)
 
     async def _send(self, to: str, frame: str) -> bool:
         """Send a control frame; False if that connection is gone."""

@@ -3,7 +3,7 @@
 Everything that decides what happens in a session lives here (after
 ``h11/_state.py``): the phase of each connection, which message each may
 send (`protocol.CATALOGUE`), what each message provokes, the deadlines, and
-the end. The driver (`broker.server`) only feeds it inputs with `now` (a
+the end. The driver (`broker.session.SessionDriver`) only feeds it inputs with `now` (a
 monotonic clock) and performs the actions it returns, in order
 (`broker.wire.machine.actions`):
 
