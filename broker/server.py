@@ -1,25 +1,24 @@
 """The broker's I/O driver: TLS WebSocket endpoints and the glue between them.
 
-Three endpoints, each one connection kind of `broker.wire.states`:
+Three endpoints, each one connection kind of `broker.wire.machine.protocol`:
 ``/v1/agent`` (a waiting agent), ``/v1/agent/session`` (the agent's side of
 one join), ``/v1/console`` (the engineer's side of one join). Every frame is
-checked against the schema and the state table; a bad one closes that
+checked against the schema and the catalogue; a bad one closes that
 connection with a clear `error` message. Every event that matters is written
 to the audit log *before* the broker acts on it; if that write fails, the
 broker refuses rather than proceed unrecorded.
 
-A logged-in console either joins (one join per connection) or, for admins,
-reads the audit log through `broker.admin_api` as many times as it likes
-first. In an active session the engineer may ask for control: the broker
-forwards the request, records the customer's new signed receipt, and only
-then tells both ends the outcome (`broker.consents`).
+Here: registering agents and their nameplates, the console's login, the
+admin audit API, and the checks before a join (rate limits, the nameplate
+claim). From the join on, a session is its machine
+(`broker.wire.machine.session`), performed on the sockets by
+`broker.session.SessionDriver`: this module only hands it the connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import secrets
@@ -44,7 +43,6 @@ from broker.audit.store import AuditLog
 from broker.auth import AttemptLimiter, verify_login
 from broker.certs import cert_names
 from broker.config import BrokerConfig
-from broker.consents import Consents
 from broker.crash_recovery import close_what_a_crash_left_open, record_clean_stop
 from broker.errors import AuditError, AuditWriteError, ConfigError, PkiError
 from broker.failures import (
@@ -55,36 +53,24 @@ from broker.failures import (
     login_event,
 )
 from broker.keepalive import sweep_forever
-from broker.limits import session_over
 from broker.listener import serve_gated
 from broker.pairing import NameplateBook
 from broker.registry import Engineer, Registry
-from broker.session import (
-    RECORDED_OUTCOMES,
-    AgentLink,
-    Session,
-    close_quietly,
-    ended_frame,
-    send_quietly,
-    utcnow,
-)
+from broker.session import AgentLink, SessionDriver, close_quietly, refuse, utcnow
 from broker.throttle import JoinLimits, LoginThrottle
 from broker.wire import limits
 from broker.wire.errors import ProtocolError
 from broker.wire.login import NONCE_BYTES
-from broker.wire.messages import Message, b64decode, b64encode, decode, encode
-from broker.wire.states import Conn, Phase, check_binary, check_inbound
+from broker.wire.machine.lobby import Lobby
+from broker.wire.machine.protocol import Conn
+from broker.wire.machine.reasons import AUDIT_UNAVAILABLE
+from broker.wire.machine.session import AGENT_SESSION, CONSOLE, AgentFacts, SessionMachine
+from broker.wire.messages import Message, b64decode, b64encode, encode
 from broker.wire.text import printable
 
 log = logging.getLogger("consentry.broker")
 
 PATHS = ("/v1/agent", "/v1/agent/session", "/v1/console")
-
-# Fail closed: what an agent or console is told when the audit log cannot be
-# written (disk full, the operator's --audit-max-mb reached, database error).
-AUDIT_UNAVAILABLE = ("the broker cannot record sessions right now, so no session can start; "
-                     "ask the operator to check the audit log's disk space or quota")
-
 
 def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -108,17 +94,13 @@ def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl
     return eventloop.bounded_tls_reads(ctx)
 
 
-async def recv_control(
-    ws: ServerConnection, conn: Conn, phase: Phase, timeout: float | None
-) -> Message:
-    """Receive one control frame that `conn` may send in `phase`."""
+async def recv_control(ws: ServerConnection, lobby: Lobby) -> Message:
+    """Receive the next control frame, as `lobby` allows it (which, and how long)."""
     try:
-        frame = await asyncio.wait_for(ws.recv(), timeout)
+        frame = await asyncio.wait_for(ws.recv(), lobby.timeout(time.monotonic()))
     except TimeoutError as exc:
-        raise ProtocolError("timed out waiting for the next message", "timeout") from exc
-    msg = decode(frame)
-    check_inbound(conn, phase, msg.type)
-    return msg
+        raise lobby.timed_out() from exc
+    return lobby.accept(frame, time.monotonic())
 
 
 class Broker:
@@ -128,7 +110,7 @@ class Broker:
         self.registry = registry
         self.book = NameplateBook()
         self.agents: dict[str, AgentLink] = {}
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, SessionDriver] = {}
         # Bounded memory: N timestamps for each of at most 2,000 addresses.
         self.hello_attempts = AttemptLimiter(config.agent_hellos_per_minute,
                                              limits.AGENT_HELLO_WINDOW_SECONDS, max_keys=2_000)
@@ -139,7 +121,9 @@ class Broker:
         self.login_failures = FailureAggregator()
         self.join_failures = FailureAggregator()
         self._failure_flusher: asyncio.Task[None] | None = None
-        self.consents = Consents(audit, self.end)
+        # Set once the checkpointer runs: each consent event's covering
+        # checkpoint then goes back to the agent (`consent_sealed`).
+        self.checkpoints: Checkpointer | None = None
 
     # -- routing and error handling ---------------------------------------
 
@@ -179,7 +163,8 @@ class Broker:
     # -- agents -----------------------------------------------------------
 
     async def agent_control(self, ws: ServerConnection) -> None:
-        hello = await recv_control(ws, Conn.AGENT, Phase.HELLO, limits.OPEN_TIMEOUT)
+        lobby = Lobby(Conn.AGENT, time.monotonic())
+        hello = await recv_control(ws, lobby)
         if not self.hello_attempts.allow(_peer(ws), time.monotonic()):
             raise ProtocolError("too many support programs connected from this address in "
                                 "the last minute; it will be let in shortly", "rate_limited")
@@ -219,44 +204,38 @@ class Broker:
                     if current is None or current.expires_at <= time.monotonic():
                         await self.issue_nameplate(link)  # expired: a fresh code
                     continue
-                check_inbound(Conn.AGENT, Phase.READY, decode(frame).type)
+                lobby.accept(frame, time.monotonic())  # nothing is due from a waiting agent
         finally:
             self.book.release(link.conn_id)
             self.agents.pop(link.conn_id, None)
             await self.audit_quietly("agent_disconnected", subject=link.device_id)
 
     async def issue_nameplate(self, link: AgentLink) -> None:
+        if link.conn_id not in self.agents:
+            return  # gone: a nameplate now would only wait in the book for nobody
         plate = self.book.allocate(link.conn_id, time.monotonic())
         await link.ws.send(
             encode("nameplate", nameplate=plate.value, expires_in=int(self.book.lifetime))
         )
 
     async def agent_session(self, ws: ServerConnection) -> None:
-        attach = await recv_control(ws, Conn.AGENT_SESSION, Phase.HELLO, limits.OPEN_TIMEOUT)
+        attach = await recv_control(ws, Lobby(Conn.AGENT_SESSION, time.monotonic()))
         session = self.sessions.get(attach["session"])
-        if (
-            session is None
-            or not hmac.compare_digest(session.token.encode(), attach["token"].encode())
-            or session.agent_ws is not None
-            or session.done.is_set()
-        ):
+        if session is None:
             raise ProtocolError("unknown or expired session", "unknown_session")
-        session.agent_ws = ws
-        session.attached.set()
-        try:
-            await self.pump(session, ws, Conn.AGENT_SESSION)
-        finally:
-            await self.end(session, "agent_lost")
+        await session.attach(ws, attach["token"])  # the machine says if it is awaited
+        await session.pump(AGENT_SESSION, ws)
 
     # -- consoles ---------------------------------------------------------
 
     async def console(self, ws: ServerConnection) -> None:
-        engineer = await self.login(ws)
         # An admin's connection stays here across audit reads; one that sits
         # idle for the handshake timeout is closed, and the console reconnects.
+        lobby = Lobby(Conn.CONSOLE, time.monotonic(),
+                      ready_timeout=self.config.timeouts.handshake)
+        engineer = await self.login(ws, lobby)
         while True:
-            msg = await recv_control(ws, Conn.CONSOLE, Phase.READY,
-                                     self.config.timeouts.handshake)
+            msg = await recv_control(ws, lobby)
             if msg.type == "join":
                 await self.join(ws, engineer, msg)
                 return
@@ -281,50 +260,21 @@ class Broker:
                 "for the code now on their screen (codes are single-use and expire)",
                 "unknown_code",
             )
-        session = Session(
-            id=secrets.token_urlsafe(9), token=secrets.token_urlsafe(24), agent=link,
-            console=ws, engineer=engineer, wants=wants,
-        )
+        machine = SessionMachine(
+            session_id=secrets.token_urlsafe(9), token=secrets.token_urlsafe(24),
+            nameplate=join["nameplate"],
+            agent=AgentFacts(link.device_id, link.device_key, link.alias),
+            engineer=engineer, wants=wants, timeouts=self.config.timeouts, now=time.monotonic())
+        session = SessionDriver(machine, self, link, ws)
         self.sessions[session.id] = session
-        watchdog = asyncio.create_task(self.watch(session))
         try:
-            try:
-                await self.audit.append(
-                    "join_requested", now=utcnow(), session=session.id, actor=engineer.name,
-                    subject=link.device_id, body={"wants": list(wants)},
-                )
-            except AuditWriteError:
-                # Fail closed, and both ends hear why: the console's join ends
-                # with the reason; the agent, whose code this join spent, is
-                # refused too, and on reconnecting (which must be recorded
-                # again) is either told the same or given a fresh code.
-                await self.end(session, "audit_unavailable")
-                await refuse(link.ws, "audit_unavailable", AUDIT_UNAVAILABLE)
-                raise
-            try:
-                await link.ws.send(encode(
-                    "join_request", nameplate=join["nameplate"], session=session.id,
-                    token=session.token,
-                    engineer_login=engineer.name, engineer_display=engineer.display,
-                    engineer_role=engineer.role, engineer_key=engineer.public_key,
-                    wants=list(wants),
-                ))
-                # Single-use: whatever happens next, this code is spent.
-                await self.issue_nameplate(link)
-            except ConnectionClosed:
-                await self.end(session, "agent_unreachable")
-                return
-            if not await _first_of(session.attached, session.done, limits.OPEN_TIMEOUT):
-                await self.end(session, "agent_unreachable")
-                return
-            if session.done.is_set():
-                return  # ended meanwhile (the broker shutting down, say): both ends told
-            await ws.send(encode("joined", session=session.id, alias=link.alias))
-            await self.pump(session, ws, Conn.CONSOLE)
+            await session.open()
+            await session.pump(CONSOLE, ws)
         finally:
-            watchdog.cancel()
-            await self.end(session, "console_lost")
-            if session.end_reason == "wrong_code":  # a PAKE guess: a miss too
+            if machine.ended is None:  # left before its pump ran (our own failure)
+                await session.feed(lambda now: machine.lost(CONSOLE, now))
+            session.stop()
+            if machine.ended == "wrong_code":  # a PAKE guess: a miss too
                 await self.count_join_miss(engineer, source)
             self.sessions.pop(session.id, None)
 
@@ -361,13 +311,13 @@ class Broker:
         with counts, not one per miss."""
         await self._note_failure(self.join_failures, join_event, engineer.name, None, reason)
 
-    async def login(self, ws: ServerConnection) -> Engineer:
-        hello = await recv_control(ws, Conn.CONSOLE, Phase.HELLO, limits.OPEN_TIMEOUT)
+    async def login(self, ws: ServerConnection, lobby: Lobby) -> Engineer:
+        hello = await recv_control(ws, lobby)
         user = hello["user"]
         # No lockout: whatever failed before, a correct signature gets in.
         nonce = os.urandom(NONCE_BYTES)
         await ws.send(encode("challenge", nonce=b64encode(nonce)))
-        proof = await recv_control(ws, Conn.CONSOLE, Phase.LOGIN, limits.OPEN_TIMEOUT)
+        proof = await recv_control(ws, lobby)
         engineer = await asyncio.to_thread(self.registry.get, user)
         signature = b64decode(proof["signature"])
         # One message for unknown user and wrong key: no probing the registry.
@@ -424,140 +374,6 @@ class Broker:
                 event, fields = to_event(record)
                 await self.audit_quietly(event, **fields)
 
-    # -- the session, once both sides are here ------------------------------
-
-    async def pump(self, session: Session, ws: ServerConnection, conn: Conn) -> None:
-        """Read one side until it closes: relay binary, act on control."""
-        async for frame in ws:
-            if session.phase is Phase.CLOSED:
-                # Teardown: the ends are still flushing (an SSH disconnect, a
-                # last keystroke). Nothing more is relayed, and it is no error.
-                continue
-            try:
-                if isinstance(frame, bytes):
-                    check_binary(conn, session.phase)
-                    await session.forward_binary(ws, frame)
-                    continue
-                msg = decode(frame)
-                check_inbound(conn, session.phase, msg.type)
-                await self.on_control(session, conn, msg)
-            except ProtocolError as exc:
-                # The offender hears why before anything closes; the session
-                # then ends as what it is, a protocol error, not a lost link.
-                log.info("protocol error in a session from %s: %s", conn.value, exc.code)
-                await send_quietly(ws, error_frame(exc.code, str(exc)))
-                session.violation = {"by": conn.value, "code": exc.code}
-                await self.end(session, "protocol_error")
-                return
-            except AuditWriteError:
-                # Nothing goes on unrecorded (a consent, a change of rights):
-                # the session ends here and both ends are told why.
-                await self.end(session, "audit_unavailable")
-                raise
-            if session.done.is_set():
-                return
-
-    async def on_control(self, session: Session, conn: Conn, msg: Message) -> None:
-        if msg.type in ("pake", "sealed"):
-            # Opaque to us: re-encoded after validation, never opened.
-            peer = session.agent_ws if conn is Conn.CONSOLE else session.console
-            await send_quietly(peer, encode(msg.type, body=msg["body"]))
-        elif msg.type == "end":
-            allowed, default = (
-                (limits.CONSOLE_END_REASONS, "engineer_left") if conn is Conn.CONSOLE
-                else (limits.AGENT_END_REASONS, "customer_ended")
-            )
-            await self.end(session, msg["reason"] if msg["reason"] in allowed else default)
-        elif msg.type == "pairing_failed":
-            # The schema admits only the known failures; each is its own end
-            # reason, so the engineer is told which (a key mismatch is no
-            # wrong code) and the audit body keeps them apart.
-            reason = msg["reason"]
-            await self.audit.append(
-                "pairing_failed", now=utcnow(), session=session.id,
-                actor=session.engineer.name, subject=session.agent.device_id,
-                body={"reason": reason},
-            )
-            await self.end(session, reason)
-        elif msg.type == "confirm_live":
-            # Only while active (the state table); an ended session was sent
-            # `ended` before this could be read, and gets no answer.
-            await send_quietly(session.agent_ws, encode("live", id=msg["id"]))
-        elif msg.type == "input_dropped":
-            session.claim_dropped(msg["bytes"])
-        elif msg.type == "consent":
-            await self.consents.record(session, msg)
-        elif msg.type == "request_control":
-            await self.consents.request_control(session)
-        elif msg.type == "rights":
-            granted = tuple(msg["granted"])
-            if "view" not in granted or not set(granted) <= set(session.granted):
-                raise ProtocolError("rights can only be narrowed here", "bad_rights")
-            session.granted = granted
-            await self.audit.append(
-                "rights_changed", now=utcnow(), session=session.id,
-                actor=session.engineer.name, subject=session.agent.device_id,
-                body={"granted": list(granted), "by": "customer"},
-            )
-            await send_quietly(session.console, encode("rights", granted=list(granted)))
-
-    async def watch(self, session: Session) -> None:
-        """End sessions that idle too long, last too long, or never finish pairing."""
-        timeouts = self.config.timeouts
-        with contextlib.suppress(asyncio.CancelledError):
-            while not session.done.is_set():
-                await asyncio.sleep(min(5.0, timeouts.idle / 4))
-                now = time.monotonic()
-                if session.phase is Phase.ACTIVE:
-                    assert session.active_since is not None
-                    reason = session_over(now, session.active_since, session.last_activity,
-                                          timeouts)
-                elif now - session.created >= timeouts.handshake:
-                    reason = "timeout"
-                else:
-                    reason = None
-                if reason:
-                    await self.end(session, reason)
-
-    async def end(self, session: Session, reason: str) -> None:
-        """End a session once: record why, tell both sides, close both.
-
-        A second caller waits until the first has told both ends: returning
-        from a connection handler closes that socket, and it must not close
-        before its peer's `ended` (with the reason) went out.
-        """
-        if session.done.is_set():
-            await session.finished.wait()
-            return
-        session.done.set()
-        try:
-            await self._finish(session, reason)
-        finally:
-            session.finished.set()
-
-    async def _finish(self, session: Session, reason: str) -> None:
-        session.stop_fast_relay()
-        session.end_reason = reason
-        # Who broke the protocol, if that is how it ended (no content, a code).
-        violation = {"violation": session.violation} if session.violation else {}
-        if session.phase is Phase.ACTIVE:
-            await self.audit_quietly("session_ended", session=session.id,
-                                     actor=session.engineer.name,
-                                     subject=session.agent.device_id,
-                                     body={**session.summary(), **violation})
-        elif reason not in RECORDED_OUTCOMES:
-            await self.audit_quietly("join_abandoned", session=session.id,
-                                     actor=session.engineer.name,
-                                     subject=session.agent.device_id,
-                                     body={"reason": reason, **violation})
-        session.phase = Phase.CLOSED
-        frame = ended_frame(reason)
-        peers = (session.console, session.agent_ws)
-        for ws in peers:  # both hear why before either is closed
-            await send_quietly(ws, frame)
-        for ws in peers:
-            await close_quietly(ws, reason)
-
     async def audit_quietly(self, event: str, **fields: object) -> None:
         """For events recorded while tearing down: a failure is logged, not raised,
         because there is nothing left to refuse."""
@@ -571,32 +387,9 @@ class Broker:
             self._failure_flusher.cancel()
         await self.flush_failures(drain=True)
         for session in list(self.sessions.values()):
-            await self.end(session, "broker_shutdown")
+            await session.shutdown()
         for link in list(self.agents.values()):
             await close_quietly(link.ws, "broker shutting down")
-
-
-async def _first_of(first: asyncio.Event, second: asyncio.Event, timeout: float) -> bool:
-    """Wait until either event is set; False if neither is within `timeout`."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in (first, second)]
-    try:
-        done, _ = await asyncio.wait(waiters, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-    return bool(done)
-
-
-def error_frame(code: str, message: str) -> str:
-    return encode("error", code=code[:64], message=message[:200])
-
-
-async def refuse(ws: ServerConnection, code: str, message: str) -> None:
-    """Tell the peer what went wrong, in words, then close."""
-    await send_quietly(ws, error_frame(code, message))
-    with contextlib.suppress(ConnectionClosed, RuntimeError):
-        await ws.close(1008, code[:100])
 
 
 def _peer(ws: ServerConnection) -> str:
@@ -651,7 +444,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         raise
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
-    broker.consents.checkpoints = checkpointer  # consent receipts sealed back to agents
+    broker.checkpoints = checkpointer  # consent receipts sealed back to agents
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

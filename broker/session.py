@@ -1,9 +1,13 @@
-"""One support session as the broker sees it: two sockets, a phase, counters.
+"""One support session's driver: the sockets, the audit log and the clock
+around a `broker.wire.machine.session.SessionMachine`.
 
-The broker forwards ``pake`` and ``sealed`` bodies without opening them,
-records the consent receipt, and then moves binary frames between the two
-sockets without parsing, storing or logging them — it counts their bytes.
-Ending is idempotent and records exactly one closing event.
+The machine decides everything; this module feeds it (a frame, a lost
+socket, a deadline) and performs the actions it returns, in order, one batch
+at a time (a lock per session: a batch that awaits the audit log is never
+interleaved with another, so what is recorded and what is sent stay in the
+machine's order). Binary frames of an active session skip all of this: they
+go from one socket's protocol straight into the other's (`broker.framepath`),
+counted in the machine's `Traffic` and never parsed, stored or logged.
 """
 
 from __future__ import annotations
@@ -12,46 +16,43 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from broker.audit.checkpoints import COVER_WAIT, Checkpointer
+from broker.audit.store import AuditLog
+from broker.errors import AuditError, AuditWriteError
 from broker.framepath import FramePath
-from broker.registry import Engineer
+from broker.wire.errors import LocalProtocolError, ProtocolError
+from broker.wire.machine.actions import (
+    Action,
+    Close,
+    Ended,
+    Forward,
+    IssueNameplate,
+    OpenRelay,
+    Record,
+    Refuse,
+    Seal,
+    Send,
+    StopRelay,
+)
+from broker.wire.machine.reasons import end_message
+from broker.wire.machine.session import AGENT, AGENT_SESSION, CONSOLE, SessionMachine
 from broker.wire.messages import encode
-from broker.wire.states import Phase
+
+__all__ = ["AgentLink", "SessionDriver", "SessionHost", "close_quietly", "ended_frame",
+           "error_frame", "refuse", "send_quietly", "utcnow"]
 
 log = logging.getLogger("consentry.broker")
 
-# End reasons whose own event already records how the join ended
-# (`pairing_failed`, `consent_denied` / `consent_timeout`): no `join_abandoned`.
-RECORDED_OUTCOMES = frozenset({"wrong_code", "key_mismatch", "denied", "timeout"})
-
-# Human wording of each end reason, shown on the other side's screen.
-END_MESSAGES: dict[str, str] = {
-    "customer_ended": "The customer ended the session.",
-    "engineer_left": "The engineer left the session.",
-    "shell_exited": "The remote shell exited.",
-    "agent_quit": "The customer closed the support program.",
-    "wrong_code": "The code did not match. The customer has been warned and shown a new code.",
-    # Not the code: the customer's computer refused the engineer key offered
-    # in pairing, as it is not the one the broker announced for this engineer.
-    "key_mismatch": "The customer's computer refused the connection: the engineer's key it "
-                    "received did not match the one the broker announced (possible "
-                    "interception). The customer has been warned and shown a new code.",
-    "denied": "The customer declined the request.",
-    "timeout": "The customer did not answer in time, so the request was declined.",
-    "idle_timeout": "The session was idle for too long and was ended.",
-    "max_duration": "The session reached its maximum duration and was ended.",
-    "agent_lost": "The connection to the customer's computer was lost.",
-    "console_lost": "The connection to the engineer was lost.",
-    "agent_unreachable": "The customer's computer did not answer the join request.",
-    "protocol_error": "A protocol error ended the session.",
-    "audit_unavailable": "The broker cannot record sessions right now, so none can start.",
-    "broker_shutdown": "The broker is shutting down.",
-}
+Step = Callable[[float], list[Action]]
 
 
 def utcnow() -> datetime:
@@ -70,75 +71,228 @@ class AgentLink:
     ip: str
 
 
-@dataclass(eq=False)
-class Session:
-    id: str
-    token: str
-    agent: AgentLink
-    console: ServerConnection
-    engineer: Engineer
-    wants: tuple[str, ...]
-    agent_ws: ServerConnection | None = None
-    phase: Phase = Phase.PAIRING
-    granted: tuple[str, ...] = ()
-    # A request for control is with the customer; a second one is not forwarded.
-    control_pending: bool = False
-    # SHA-256 of every consent receipt recorded for this session.
-    receipts: set[str] = field(default_factory=set)
-    attached: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: asyncio.Event = field(default_factory=asyncio.Event)  # both ends told
-    end_reason: str | None = None
-    # Set when a side broke the protocol: {"by": connection kind, "code": reason code}.
-    violation: dict[str, str] | None = None
-    created: float = field(default_factory=time.monotonic)
-    active_since: float | None = None
-    last_activity: float = field(default_factory=time.monotonic)
-    bytes_to_agent: int = 0
-    bytes_to_console: int = 0
-    # Engineer input the agent says it dropped (`input_dropped`): its claim,
-    # held to what can be true (see `claim_dropped`).
-    input_dropped: int = 0
+class SessionHost(Protocol):
+    """What a session needs of the broker around it."""
 
-    def peer_of(self, ws: ServerConnection) -> ServerConnection | None:
-        return self.agent_ws if ws is self.console else self.console
+    audit: AuditLog
+    checkpoints: Checkpointer | None
 
-    async def forward_binary(self, src: ServerConnection, frame: bytes) -> None:
-        """Relay one opaque frame. Awaiting the peer's send is the backpressure:
-        while the peer's write buffer is full we stop reading from `src`."""
-        dst = self.peer_of(src)
-        if dst is None:
-            return
-        if src is self.console:
-            self.bytes_to_agent += len(frame)
-        else:
-            self.bytes_to_console += len(frame)
-        self.last_activity = time.monotonic()
+    async def issue_nameplate(self, link: AgentLink) -> None: ...
+
+
+class SessionDriver:
+    """Performs one session's machine on real sockets."""
+
+    def __init__(self, machine: SessionMachine, host: SessionHost, agent: AgentLink,
+                 console: ServerConnection) -> None:
+        self.machine = machine
+        self.host = host
+        self.agent = agent
+        self.sockets: dict[str, ServerConnection | None] = {
+            AGENT: agent.ws, AGENT_SESSION: None, CONSOLE: console}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        # Set once the batch that ended the session has been performed: both
+        # ends were told why, and both were closed.
+        self.finished = asyncio.Event()
+
+    @property
+    def id(self) -> str:
+        return self.machine.id
+
+    # -- inputs ---------------------------------------------------------------
+
+    async def feed(self, step: Step) -> None:
+        """Hand the machine one input (`step(now)`) and perform what it returns."""
+        async with self._lock:
+            await self._perform(step(time.monotonic()))
+
+    async def open(self) -> None:
+        await self.feed(self.machine.open)
+        if self.machine.ended is None and self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def attach(self, ws: ServerConnection, token: str) -> None:
+        """The agent's side connected; `ProtocolError` if it is not the one awaited."""
+        async with self._lock:
+            actions = self.machine.attach(token, time.monotonic())
+            self.sockets[AGENT_SESSION] = ws
+            await self._perform(actions)
+
+    async def pump(self, conn: str, ws: ServerConnection) -> None:
+        """Read one side until it closes, handing every frame to the machine,
+        then tell the machine it is gone (a no-op once the session ended)."""
         try:
-            await dst.send(frame)
-        except ConnectionClosed:
-            pass  # the other end is gone; the session is ending and says why
+            async for frame in ws:
+                await self.receive(conn, frame)
+        finally:
+            await self.feed(lambda now: self.machine.lost(conn, now))
 
-    def start_fast_relay(self) -> None:
+    async def receive(self, conn: str, frame: str | bytes) -> None:
+        """One frame from connection `conn`."""
+        async with self._lock:
+            await self._perform(self.machine.receive(conn, frame, time.monotonic()))
+
+    async def shutdown(self) -> None:
+        await self.feed(self.machine.shutdown)
+
+    def stop(self) -> None:
+        """Stop the watchdog (the session is over, or never started)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    async def _watch(self) -> None:
+        """Wake at each deadline the machine names (recomputed: traffic moves
+        the idle deadline) and let it decide."""
+        with contextlib.suppress(asyncio.CancelledError):
+            while self.machine.ended is None:
+                deadline = self.machine.deadline()
+                if deadline is None:
+                    return
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+                await self.feed(self.machine.tick)
+
+    # -- performing -----------------------------------------------------------
+
+    async def _perform(self, actions: list[Action]) -> None:
+        queue = deque(actions)
+        sealable: int | None = None  # seq of the batch's last sealable record
+        while queue:
+            action = queue.popleft()
+            match action:
+                case Send(to=to, type=msg_type, fields=fields):
+                    try:
+                        frame = encode(msg_type, **fields)
+                    except ProtocolError as exc:  # what we built: our bug, not the peer's
+                        raise LocalProtocolError(f"could not encode {msg_type}: {exc}") from exc
+                    if not await self._send(to, frame):
+                        queue.extend(self.machine.lost(to, time.monotonic()))
+                case Forward(to=to, data=data):
+                    ws = self.sockets[to]
+                    if ws is not None:
+                        # Awaiting the peer's send is the backpressure.
+                        with contextlib.suppress(ConnectionClosed):
+                            await ws.send(data)
+                case Record():
+                    try:
+                        seq = await self._record(action)
+                    except AuditWriteError as exc:
+                        # Nothing goes on unrecorded: the rest of the batch is
+                        # dropped, and the machine undoes the input and ends.
+                        log.error("audit log unavailable: %s", exc)
+                        queue.clear()
+                        queue.extend(self.machine.audit_failed(time.monotonic()))
+                        continue
+                    if action.sealable:
+                        sealable = seq
+                case Seal(to=to, background=background):
+                    if sealable is not None:
+                        if background:
+                            self._beside(self._seal(to, sealable))
+                        else:
+                            await self._seal(to, sealable)
+                case OpenRelay():
+                    self._start_fast_relay()
+                case StopRelay():
+                    self._stop_fast_relay()
+                case IssueNameplate():
+                    with contextlib.suppress(ConnectionClosed, RuntimeError):
+                        await self.host.issue_nameplate(self.agent)
+                case Refuse(to=to, code=code, message=message):
+                    ws = self.sockets[to]
+                    if ws is not None:
+                        await refuse(ws, code, message)
+                case Close(to=to, reason=reason):
+                    await close_quietly(self.sockets[to], reason)
+                case Ended(reason=reason):
+                    log.debug("session ended: %s", reason)
+                    self.stop()
+                    self.finished.set()
+
+    async def _send(self, to: str, frame: str) -> bool:
+        """Send a control frame; False if that connection is gone."""
+        ws = self.sockets[to]
+        if ws is None:
+            return True  # not connected (yet): nothing to tell it
+        try:
+            await ws.send(frame)
+        except (ConnectionClosed, RuntimeError):
+            return False
+        return True
+
+    async def _record(self, action: Record) -> int:
+        """Write one event; a quiet one (written while tearing down) that
+        fails is logged, as there is nothing left to refuse."""
+        try:
+            return await self.host.audit.append(
+                action.event, now=utcnow(), session=action.session, actor=action.actor,
+                subject=action.subject, body=dict(action.body),
+                personal=dict(action.personal) if action.personal is not None else None)
+        except AuditError as exc:
+            if not action.quiet:
+                raise
+            log.error("could not record %s: %s", action.event, exc)
+            return 0
+
+    async def _seal(self, to: str, seq: int) -> None:
+        """Send the signed checkpoint covering consent event `seq` (sealed now
+        if needed, waiting at most COVER_WAIT); nothing if there is none."""
+        checkpoints = self.host.checkpoints
+        if checkpoints is None:
+            return
+        checkpoint = await checkpoints.covering(seq, COVER_WAIT)
+        if checkpoint is not None:
+            await self._send(to, encode("consent_sealed", seq=seq, checkpoint=checkpoint.text()))
+
+    def _beside(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait for the work done beside the session (the seals)."""
+        await asyncio.gather(*self._tasks)
+
+    # -- the fast relay ---------------------------------------------------------
+
+    def _start_fast_relay(self) -> None:
         """From now on, binary frames go from one socket's protocol straight
-        into the other's (see `broker.framepath`): no queue, no task switch,
-        no await per frame. Backpressure is kept at the transport level: when
-        one side cannot write fast enough, the other side's socket stops being
-        read until it drains. Nothing is parsed, stored or logged."""
-        agent, console = self.agent_ws, self.console
+        into the other's: no queue, no task switch, no await per frame.
+        Backpressure is kept at the transport level: when one side cannot
+        write fast enough, the other side's socket stops being read until it
+        drains. Nothing is parsed, stored or logged."""
+        agent, console = self.sockets[AGENT_SESSION], self.sockets[CONSOLE]
         if not (isinstance(agent, FramePath) and isinstance(console, FramePath)):
-            return  # plain connections (tests): the pump's forward_binary path
-        agent.binary_sink = lambda data: self._relay(data, console, to_agent=False)
-        console.binary_sink = lambda data: self._relay(data, agent, to_agent=True)
+            return  # plain connections (tests): frames go through the machine
+        traffic = self.machine.traffic
+
+        def to_agent(data: bytes) -> None:
+            traffic.to_agent += len(data)
+            traffic.last_activity = time.monotonic()
+            agent.send_binary_soon(data)
+
+        def to_console(data: bytes) -> None:
+            traffic.to_console += len(data)
+            traffic.last_activity = time.monotonic()
+            console.send_binary_soon(data)
+
+        console.binary_sink, agent.binary_sink = to_agent, to_console
         for sink, source in ((console, agent), (agent, console)):
             transport = source.transport
             sink.on_pause_writing = transport.pause_reading
             sink.on_resume_writing = transport.resume_reading
 
-    def stop_fast_relay(self) -> None:
+    def _stop_fast_relay(self) -> None:
         """Back to the slow path for teardown, and let both sockets be read
         again so their closing handshakes get through."""
-        for ws in (self.agent_ws, self.console):
+        for ws in (self.sockets[AGENT_SESSION], self.sockets[CONSOLE]):
             if isinstance(ws, FramePath):
                 ws.binary_sink = None
                 ws.on_pause_writing = ws.on_resume_writing = None
@@ -147,32 +301,9 @@ class Session:
                     with contextlib.suppress(RuntimeError):
                         transport.resume_reading()
 
-    def _relay(self, data: bytes, dst: FramePath, *, to_agent: bool) -> None:
-        if to_agent:
-            self.bytes_to_agent += len(data)
-        else:
-            self.bytes_to_console += len(data)
-        self.last_activity = time.monotonic()
-        dst.send_binary_soon(data)
 
-    def claim_dropped(self, total: int) -> None:
-        """Take the agent's running total of dropped engineer input. A claim,
-        not a measurement: it never shrinks (totals only grow) and never
-        exceeds the bytes relayed to the agent (it cannot drop more than it
-        was sent; SSH framing makes the relayed count the larger)."""
-        self.input_dropped = max(self.input_dropped, min(total, self.bytes_to_agent))
-
-    def summary(self) -> dict[str, object]:
-        """The `session_ended` body: reason, duration, bytes — never content."""
-        now = time.monotonic()
-        return {
-            "reason": self.end_reason or "unknown",
-            "duration_s": round(now - (self.active_since or now), 3),
-            "bytes_to_agent": self.bytes_to_agent,
-            "bytes_to_console": self.bytes_to_console,
-            "input_dropped_bytes": self.input_dropped,
-            "granted": list(self.granted),
-        }
+def error_frame(code: str, message: str) -> str:
+    return encode("error", code=code[:64], message=message[:200])
 
 
 async def send_quietly(ws: ServerConnection | None, frame: str) -> None:
@@ -190,5 +321,13 @@ async def close_quietly(ws: ServerConnection | None, reason: str = "") -> None:
         await ws.close(1000, reason[:100])
 
 
+async def refuse(ws: ServerConnection, code: str, message: str) -> None:
+    """Tell the peer what went wrong, in words, then close."""
+    await send_quietly(ws, error_frame(code, message))
+    with contextlib.suppress(ConnectionClosed, RuntimeError):
+        await ws.close(1008, code[:100])
+
+
 def ended_frame(reason: str) -> str:
-    return encode("ended", reason=reason, message=END_MESSAGES.get(reason, reason))
+    return encode("ended", reason=reason, message=end_message(reason))
+

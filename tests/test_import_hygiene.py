@@ -16,7 +16,13 @@ BROKER = ROOT / "broker"
 
 WIRE_MODULES = [
     "broker.wire.messages",
-    "broker.wire.states",
+    "broker.wire.machine.protocol",
+    "broker.wire.machine.session",
+    "broker.wire.machine.actions",
+    "broker.wire.machine.consent",
+    "broker.wire.machine.reasons",
+    "broker.wire.machine.lobby",
+    "broker.wire.machine.participants",
     "broker.wire.code",
     "broker.wire.e2e",
     "broker.wire.receipt",
@@ -67,6 +73,62 @@ def test_probe_sees_what_is_loaded() -> None:
 
 def test_wire_core_is_io_free() -> None:
     assert loaded_after(WIRE_MODULES, FORBIDDEN_IN_WIRE) == []
+
+
+# The protocol core does no I/O and keeps no clock or log of its own: time
+# comes in as `now`, and what to log or write goes out as actions. These are
+# never imported by any module of broker/wire, directly or by a relative name.
+NO_IO_IN_WIRE = ("asyncio", "socket", "os", "logging", "pathlib")
+
+
+def imported_names(source: str, package: str) -> set[str]:
+    """Every module `source` (a module of `package`) imports, fully named."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            arg = node.args[0]
+            if (name in ("import_module", "__import__") and isinstance(arg, ast.Constant)
+                    and isinstance(arg.value, str)):
+                names.add(arg.value)
+    return names
+
+
+def _io_imports(source: str, package: str) -> set[str]:
+    return {n for n in imported_names(source, package)
+            if n.split(".")[0] in NO_IO_IN_WIRE}
+
+
+def test_io_import_checker_sees_every_spelling() -> None:
+    assert _io_imports("import os", "broker.wire") == {"os"}
+    assert _io_imports("import os.path as p", "broker.wire") == {"os.path"}
+    assert _io_imports("from asyncio import sleep", "broker.wire") >= {"asyncio"}
+    assert _io_imports("def f():\n    import logging\n", "broker.wire") == {"logging"}
+    assert _io_imports("importlib.import_module('socket')", "broker.wire") == {"socket"}
+    assert _io_imports("from pathlib import Path", "broker.wire.machine") >= {"pathlib"}
+    assert _io_imports("from . import limits", "broker.wire") == set()
+    assert _io_imports("import osmium, asyncio_free", "broker.wire") == set()
+
+
+def test_wire_modules_never_import_io() -> None:
+    wire = BROKER / "wire"
+    checked = []
+    for path in sorted(wire.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        assert _io_imports(source, _package_of(path)) == set(), path.relative_to(ROOT)
+        checked.append(path.relative_to(wire).as_posix())
+    assert {"messages.py", "machine/session.py", "machine/protocol.py"} <= set(checked)
 
 
 def test_broker_entry_points_do_not_load_e2e() -> None:

@@ -3,6 +3,8 @@
     WireError
     ├── ProtocolError     a frame broke the protocol (bad JSON, unknown type,
     │                     unknown or missing field, too big, wrong state)
+    ├── LocalProtocolError  we were about to break it ourselves: our bug,
+    │                     logged as an internal error, never blamed on the peer
     ├── CodeError         a join code that cannot be parsed
     └── PairingError      the end-to-end pairing failed (wrong code or tampering)
 
@@ -26,6 +28,14 @@ class ProtocolError(WireError):
     def __init__(self, message: str, code: str = "protocol_error") -> None:
         super().__init__(message)
         self.code = code
+
+
+class LocalProtocolError(WireError):
+    """Our own code was about to send what the protocol does not allow (a
+    message the catalogue does not list for that connection and phase).
+
+    Unlike `ProtocolError` this is never sent to the peer as its fault: the
+    driver logs it as an internal error (after h11's LocalProtocolError)."""
 
 
 class CodeError(WireError):

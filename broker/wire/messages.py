@@ -162,7 +162,7 @@ def parse_time(text: str) -> dt.datetime:
 
 
 # type -> fields. Which side may send which type, and when, is the business
-# of the state tables (`broker.wire.states`), not of the codec.
+# of the catalogue (`broker.wire.machine.protocol`), not of the codec.
 SCHEMA: dict[str, dict[str, Field]] = {
     # -- agent control connection (/v1/agent)
     "hello": {

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from broker.wire.errors import ProtocolError, WireError
 from broker.wire.limits import MAX_CONTROL_FRAME
+from broker.wire.machine.protocol import Conn, Phase, check_binary, check_inbound
 from broker.wire.messages import SCHEMA, decode, encode
-from broker.wire.states import Conn, Phase, check_binary, check_inbound
 
 FUZZ = settings(max_examples=120, deadline=None)
 

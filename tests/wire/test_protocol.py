@@ -1,12 +1,24 @@
-"""The state table: which connection may send what, and when."""
+"""The catalogue and the tables drawn from it: which connection may send
+what, and when, and what the broker may send."""
 
 from __future__ import annotations
 
 import pytest
 
 from broker.wire.errors import ProtocolError
+from broker.wire.machine.protocol import (
+    BINARY,
+    CATALOGUE,
+    INBOUND,
+    OUTBOUND,
+    Conn,
+    Party,
+    Phase,
+    check_binary,
+    check_inbound,
+    may_send,
+)
 from broker.wire.messages import SCHEMA
-from broker.wire.states import BINARY, INBOUND, Conn, Phase, check_binary, check_inbound
 
 A, S, C = Conn.AGENT, Conn.AGENT_SESSION, Conn.CONSOLE
 
@@ -21,6 +33,7 @@ ALLOWED = {
     (C, Phase.HELLO): {"login"},
     (C, Phase.LOGIN): {"login_proof"},
     (C, Phase.READY): {"join", "audit_query", "audit_session_query", "audit_verify"},
+    (C, Phase.WAITING): {"end"},  # joined, the agent not attached yet: leaving is all
     (C, Phase.PAIRING): {"pake", "sealed", "end"},
     (C, Phase.ACTIVE): {"request_control", "end"},
 }
@@ -103,9 +116,60 @@ def test_binary_only_when_active_on_a_session(conn: Conn, phase: Phase) -> None:
 
 
 def test_agent_session_accepts_the_consent_seal_where_the_broker_sends_it() -> None:
-    from broker.wire.states import OUTBOUND_AGENT_SESSION
+    from broker.wire.machine.protocol import OUTBOUND_AGENT_SESSION
 
     for phase in (Phase.PAIRING, Phase.ACTIVE):
         assert "consent_sealed" in OUTBOUND_AGENT_SESSION[phase]
     for types in OUTBOUND_AGENT_SESSION.values():
         assert types <= set(SCHEMA)
+
+
+def test_every_message_of_the_schema_is_in_the_catalogue_and_back() -> None:
+    assert {route.type for route in CATALOGUE} == set(SCHEMA)
+
+
+def test_every_route_has_a_direction_through_the_broker_and_says_what_it_provokes() -> None:
+    for route in CATALOGUE:
+        assert Party.BROKER in (route.sender, route.receiver), route
+        assert route.sender is not route.receiver, route
+        assert route.phases and route.provokes.strip(), route
+    # Rows of one direction of a type (consent: to the join, to a request for
+    # control) cover disjoint phases: an overlap would hide a contradiction.
+    seen: set[tuple[str, Party, Party, Phase]] = set()
+    for r in CATALOGUE:
+        for phase in r.phases:
+            key = (r.type, r.sender, r.receiver, phase)
+            assert key not in seen, key
+            seen.add(key)
+
+
+def test_what_peers_send_and_what_the_broker_sends_are_apart() -> None:
+    # Replies only flow outwards, requests only inwards.
+    inbound = {t for types in INBOUND.values() for t in types}
+    outbound = {t for types in OUTBOUND.values() for t in types}
+    # pake, sealed: forwarded end to end; rights: the customer's, told the engineer
+    assert inbound & outbound == {"pake", "sealed", "rights"}
+    assert "error" in outbound and "error" not in inbound
+    assert "ended" in outbound and "end" in inbound
+
+
+@pytest.mark.parametrize(
+    ("conn", "phase", "msg_type", "allowed"),
+    [
+        (C, Phase.WAITING, "joined", True),
+        (C, Phase.PAIRING, "joined", True),  # the move it makes, just recorded
+        (C, Phase.ACTIVE, "joined", False),
+        (S, Phase.PAIRING, "relay_open", True),
+        (S, Phase.ACTIVE, "relay_open", True),
+        (S, Phase.HELLO, "relay_open", False),
+        (C, Phase.READY, "consent_result", False),
+        (S, Phase.ACTIVE, "control_request", True),
+        (C, Phase.ACTIVE, "control_request", False),
+        (A, Phase.READY, "join_request", True),
+        (A, Phase.HELLO, "error", True),
+        (C, Phase.CLOSED, "ended", True),  # `ended` moves it to closed
+        (C, Phase.CLOSED, "rights", False),
+    ],
+)
+def test_what_the_broker_may_send(conn: Conn, phase: Phase, msg_type: str, allowed: bool) -> None:
+    assert may_send(conn, phase, msg_type) is allowed

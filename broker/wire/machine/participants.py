@@ -1,0 +1,79 @@
+"""Who is in a session: what the broker knows of the agent and the engineer,
+each engineer's seat (what they asked, what is granted), and the traffic
+counters. Values only; the session machine changes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["AgentFacts", "EngineerFacts", "Seat", "SessionTimeouts", "Traffic"]
+
+
+class EngineerFacts(Protocol):
+    """What the session needs to know of the engineer (`broker.registry.Engineer` fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def display(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def public_key(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+class SessionTimeouts(Protocol):
+    """The broker's session limits in seconds (`broker.config.Timeouts` fits)."""
+
+    @property
+    def idle(self) -> float: ...
+    @property
+    def max_session(self) -> float: ...
+    @property
+    def handshake(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    """What the waiting agent told the broker in `hello`."""
+
+    device_id: str
+    device_key: bytes
+    alias: str
+
+
+@dataclass
+class Traffic:
+    """Bytes relayed and when, kept by whoever moves them: the machine for
+    frames it is handed, the driver's fast relay for the rest (the hot path
+    never calls the machine). Never the bytes themselves."""
+
+    to_agent: int = 0
+    to_console: int = 0
+    last_activity: float = 0.0
+
+    def count(self, size: int, *, to_agent: bool, now: float) -> None:
+        if to_agent:
+            self.to_agent += size
+        else:
+            self.to_console += size
+        self.last_activity = now
+
+
+@dataclass
+class Seat:
+    """One engineer's place in the session: what they asked, what is granted."""
+
+    console: str
+    wants: tuple[str, ...]
+    granted: tuple[str, ...] = ()
+    # A request for control is with the customer; a second one is not forwarded.
+    control_pending: bool = False
+    # SHA-256 of every consent receipt recorded for this seat.
+    receipts: set[str] = field(default_factory=set)
+    # Engineer input the agent says it dropped (`input_dropped`): its claim,
+    # held to what can be true (see `_on_input_dropped`).
+    input_dropped: int = 0
