@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from agent.liveness import InputGuard
-from agent.pty import PtyShell
+from agent.pty import INPUT_HIGH_WATER, PtyShell
 from broker.wire.limits import SSH_CIPHERS
 
 
@@ -55,6 +55,7 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._size = (80, 24)
         self._shell: PtyShell | None = None
         self._hung_up = False
+        self._input_paused = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
         self._chan = chan
@@ -82,7 +83,7 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         env["TERM"] = self._term
         self._shell = PtyShell(
             [self._shell_path], cols=self._size[0], rows=self._size[1], env=env,
-            on_output=self._output, on_exit=self._exited,
+            on_output=self._output, on_exit=self._exited, on_input_room=self._input_room,
         )
         asyncio.get_running_loop().create_task(self._start())
 
@@ -120,6 +121,18 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if gate.guard is None or gate.guard.admit(data, self._shell.write,
                                                   lambda: gate.control):
             self._shell.write(data)
+        if self._shell.input_pending > INPUT_HIGH_WATER and not self._input_paused:
+            # A paste faster than the program reads it: hold the rest back
+            # in the engineer's console, as a local terminal would.
+            self._input_paused = True
+            if self._chan is not None:
+                self._chan.pause_reading()
+
+    def _input_room(self) -> None:
+        if self._input_paused:
+            self._input_paused = False
+            if self._chan is not None:
+                self._chan.resume_reading()
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:
