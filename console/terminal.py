@@ -22,7 +22,7 @@ import asyncssh
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
-from console.errors import ConsoleError, TerminalError
+from console.errors import BrokerError, ConsoleError, TerminalError
 from console.terminal_io import TerminalFailed, TerminalInput, TerminalOutput, set_nonblocking
 
 CTRL_RBRACKET = 0x1D
@@ -82,6 +82,7 @@ class _Output(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self._chan: asyncssh.SSHClientChannel | None = None  # type: ignore[type-arg]
         self.output = output
         self.keys = keys
+        self.error: Exception | None = None  # why asyncssh closed the channel, if it failed
 
     def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:  # type: ignore[type-arg]
         self._chan = chan
@@ -104,6 +105,7 @@ class _Output(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.keys.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.error = exc
         self._done.set()
 
 
@@ -237,7 +239,9 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         session.output.close()
         restore_blocking()
         if saved is not None:
-            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            # TCSAFLUSH: keys and paste not read yet are dropped, never
+            # left for the engineer's own shell to run.
+            termios.tcsetattr(stdin, termios.TCSAFLUSH, saved)
     if failure is not None:
         # Not a leave: the broker sees the link drop (console_lost).
         pump.cancel()
@@ -251,6 +255,12 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             if joined.ended is not None or pump.done():
                 break
             await asyncio.sleep(0.05)
+    if joined.ended is None and not leaving and session.error is not None and not pump.done():
+        # The secure shell failed (not a leave): the broker sees the link drop.
+        pump.cancel()
+        await joined.link.close()
+        raise BrokerError("the secure shell to the customer's computer failed "
+                          f"({printable(str(session.error), 200)}), so the session is over")
     lost = joined.ended is None and not leaving and pump.done()
     if joined.ended is None and not lost:
         await joined.leave()
