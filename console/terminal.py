@@ -213,6 +213,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     # uvloop makes a watched descriptor non-blocking and never undoes it;
     # we do it on purpose, and undo it, for stdin and stdout alike.
     restore_blocking = set_nonblocking(stdin, stdout)
+    finished = False
     try:
         cols, rows = _size()
         term = os.environ.get("TERM", "xterm-256color")
@@ -225,6 +226,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         loop.add_signal_handler(signal.SIGWINCH, lambda: chan.change_terminal_size(*_size()))
         await asyncio.wait(
             [asyncio.ensure_future(done.wait()), pump], return_when=asyncio.FIRST_COMPLETED)
+        finished = True
     except BaseException:
         pump.cancel()
         await joined.link.close()
@@ -234,14 +236,16 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signal.SIGWINCH)
         conn.close()
-        if failure is None and not leaving:
+        if finished and failure is None and not leaving:
             await session.output.drain()  # the shell's last words
         session.output.close()
         restore_blocking()
         if saved is not None:
             # TCSAFLUSH: keys and paste not read yet are dropped, never
-            # left for the engineer's own shell to run.
-            termios.tcsetattr(stdin, termios.TCSAFLUSH, saved)
+            # left for the engineer's own shell to run. A terminal that
+            # hung up cannot be restored, and needs no restoring.
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(stdin, termios.TCSAFLUSH, saved)
     if failure is not None:
         # Not a leave: the broker sees the link drop (console_lost).
         pump.cancel()
