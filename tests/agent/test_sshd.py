@@ -135,3 +135,28 @@ async def test_keys_typed_before_the_shell_starts_are_kept(
     await until(typed.exists)
     conn.close()
 
+
+
+async def test_a_paste_faster_than_the_program_reads_waits_instead_of_being_cut(
+    paired: tuple, tmp_path: Path
+) -> None:
+    """The shell's input queue is bounded; past it the channel stops reading,
+    so the engineer's side waits (SSH flow control) and nothing is dropped."""
+    gate, _mirrored, connect, engineer, server_task = paired
+    gate.control = True
+    conn = await connect(engineer)
+    server = await server_task
+    chan, session = await Pair(gate, conn, server).shell()
+    target = tmp_path / "pasted"
+    size = 2 * 1024 * 1024  # eight times the shell's input bound
+    data = bytes(range(0x21, 0x7F)) * (size // 94 + 1)
+    data = data[:size]
+    # Raw mode (no line limit, no echo), and a program that starts reading late.
+    chan.write(f"stty raw -echo; sleep 1; head -c {size} > {target}; stty sane; "
+               "echo GOT$((40+2))\r".encode())
+    await asyncio.sleep(0.3)
+    chan.write(data)
+    await until(lambda: b"GOT42" in session.data, timeout=30)
+    assert target.read_bytes() == data
+    assert gate.dropped_bytes == 0
+    conn.close()
