@@ -154,6 +154,8 @@ class TerminalInput:
         self._on_error = on_error
         self._eof_is_error = os.isatty(fd)
         self._reading = False
+        self._polled = False
+        self._poll_handle: asyncio.Handle | None = None
         self._paused = False
         self._closed = False
 
@@ -175,13 +177,34 @@ class TerminalInput:
 
     def _update(self) -> None:
         want = not self._paused and not self._closed
-        if want != self._reading:
-            loop = asyncio.get_running_loop()
+        if want == self._reading:
+            return
+        loop = asyncio.get_running_loop()
+        self._reading = want
+        if self._polled:
             if want:
+                self._schedule_poll()
+        elif want:
+            try:
                 loop.add_reader(self._fd, self._readable)
-            else:
-                loop.remove_reader(self._fd)
-            self._reading = want
+            except PermissionError:
+                # A regular file (`< commands.txt`, `< /dev/null`) cannot be
+                # watched, and is always ready: read it a chunk per turn.
+                self._polled = True
+                self._schedule_poll()
+        else:
+            loop.remove_reader(self._fd)
+
+    def _schedule_poll(self) -> None:
+        if self._poll_handle is None:
+            self._poll_handle = asyncio.get_running_loop().call_soon(self._poll)
+
+    def _poll(self) -> None:
+        self._poll_handle = None
+        if self._reading:
+            self._readable()
+            if self._reading:
+                self._schedule_poll()
 
     def _readable(self) -> None:
         try:

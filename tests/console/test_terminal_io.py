@@ -101,3 +101,25 @@ def test_flags_are_put_back() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+async def test_input_from_a_regular_file_is_read_whole_without_a_watch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`< commands.txt`: the loop cannot watch a regular file (epoll refuses
+    it); it is read a chunk per turn until its end, pausing like a terminal."""
+    script = tmp_path / "commands.txt"
+    data = b"echo one\r" * 20000  # several chunks
+    script.write_bytes(data)
+    got = bytearray()
+    errors: list[TerminalFailed] = []
+    with script.open("rb") as f:
+        keys = TerminalInput(f.fileno(), on_data=got.extend, on_error=errors.append)
+        keys.start()
+        keys.pause()
+        keys.resume()
+        for _ in range(200):
+            if len(got) >= len(data):
+                break
+            await asyncio.sleep(0.005)
+        keys.close()
+    assert bytes(got) == data
+    assert errors == []

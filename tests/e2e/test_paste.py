@@ -205,3 +205,38 @@ def test_a_terminal_that_fails_ends_with_an_error_not_a_leave(running: Deploymen
     listing = running.cli("audit", "list").stdout
     assert "engineer_left" not in listing, listing
     assert "console_lost" in listing, listing
+
+
+def test_keys_from_a_file_are_sent_without_a_terminal(running: Deployment) -> None:
+    """`consentry-console join CODE --control < commands.txt`: the event loop
+    cannot watch a regular file, which once ended in a traceback."""
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk")
+    code = read_code(agent)
+    commands = running.root / "commands.txt"
+    commands.write_bytes(b"echo FROMFILE$((40+2))\r")
+    with commands.open("rb") as stdin:
+        console = subprocess.Popen(
+            [str(BIN / "consentry-console"), "join", code, "--broker", running.url,
+             "--ca", str(running.pki.ca_cert), "--identity", str(key), "--user", "alice",
+             "--control"],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=running.env(),
+            cwd=running.root,
+        )
+    try:
+        agent.expect(r"\[n/Enter\] deny")
+        agent.send("c")
+        agent.expect("FROMFILE42")  # the shell ran what the file typed
+        agent.send("\x1d")
+        agent.expect(r"\[e\] end the session now")
+        agent.send("e")
+        out, err = console.communicate(timeout=30)
+    finally:
+        if console.poll() is None:
+            console.kill()
+            console.wait()
+    text = err.decode(errors="replace")
+    assert console.returncode == 0, text
+    assert "Traceback" not in text
+    assert "The customer ended the session." in text
+    assert b"FROMFILE42" in out
