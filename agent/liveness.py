@@ -80,15 +80,19 @@ class InputGuard:
         self._task: asyncio.Task[None] | None = None
 
     def admit(self, data: bytes, write: Callable[[bytes], None],
-              allowed: Callable[[], bool]) -> bool:
-        """True: write `data` now. False: held (or dropped past the bound)."""
+              allowed: Callable[[], bool],
+              settled: Callable[[], None] = lambda: None) -> bool:
+        """True: write `data` now. False: held (or dropped past the bound).
+        `settled` is called once the check that holds it has been answered
+        (the input written or discarded), so a caller that stopped reading
+        while input was held can read on."""
         now = self.heartbeat._clock()
         if self._held is None and not self.heartbeat.suspect(now):
             return True
         if self._held is None:
             self._held = bytearray()
             self._task = asyncio.get_running_loop().create_task(
-                self._check(now, write, allowed))
+                self._check(now, write, allowed, settled))
         room = max(0, MAX_HELD_INPUT - len(self._held))
         self._held += data[:room]
         if len(data) > room:
@@ -96,7 +100,7 @@ class InputGuard:
         return False
 
     async def _check(self, since: float, write: Callable[[bytes], None],
-                     allowed: Callable[[], bool]) -> None:
+                     allowed: Callable[[], bool], settled: Callable[[], None]) -> None:
         live = False
         try:
             live = await self._confirm_live()
@@ -107,6 +111,7 @@ class InputGuard:
                 write(held)
             elif held:
                 self._on_discarded(len(held))
+            settled()
 
     def cancel(self) -> None:
         if self._task is not None:

@@ -22,6 +22,12 @@ READ_CHUNK = 64 * 1024
 # Keystrokes held for a shell that is not reading (a big paste into a busy
 # program); beyond this they are dropped rather than grow without bound.
 MAX_PENDING_INPUT = 256 * 1024
+# Flow control for engineer input: past the high-water mark the SSH channel
+# stops reading (its window closes, so the engineer's console waits), and it
+# reads again once the shell has taken the queue down to the low-water mark.
+# Far below MAX_PENDING_INPUT, so a paste of any size is never cut.
+INPUT_HIGH_WATER = 64 * 1024
+INPUT_LOW_WATER = 16 * 1024
 # A read shorter than this emptied the terminal's buffer.
 _SMALL_READ = 1024
 # After the shell exits, output still arriving keeps the session open; this
@@ -60,12 +66,14 @@ class PtyShell:
         env: Mapping[str, str],
         on_output: Callable[[bytes], None],
         on_exit: Callable[[int], None],
+        on_input_room: Callable[[], None] = lambda: None,
     ) -> None:
         self._argv = argv
         self._cols, self._rows = cols, rows
         self._env = dict(env)
         self._on_output = on_output
         self._on_exit = on_exit
+        self._on_input_room = on_input_room
         self._master = -1
         self._proc: asyncio.subprocess.Process | None = None
         self._reading = False
@@ -162,7 +170,13 @@ class PtyShell:
         if self._master >= 0:
             self._flush()
 
+    @property
+    def input_pending(self) -> int:
+        """Bytes of input queued for a shell that has not read them yet."""
+        return len(self._pending)
+
     def _flush(self) -> None:
+        was_full = len(self._pending) > INPUT_LOW_WATER
         while self._pending and self._master >= 0:
             try:
                 sent = os.write(self._master, self._pending)
@@ -180,6 +194,8 @@ class PtyShell:
         elif not self._pending and self._writing:
             asyncio.get_running_loop().remove_writer(self._master)
             self._writing = False
+        if was_full and len(self._pending) <= INPUT_LOW_WATER:
+            self._on_input_room()
 
     def resize(self, cols: int, rows: int) -> None:
         if self._master >= 0:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from agent.liveness import InputGuard
-from agent.pty import PtyShell
+from agent.pty import INPUT_HIGH_WATER, PtyShell
 from broker.wire.limits import SSH_CIPHERS
 
 
@@ -55,6 +55,11 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._size = (80, 24)
         self._shell: PtyShell | None = None
         self._hung_up = False
+        # Why engineer input is not read now: the shell is behind (its queue
+        # is past INPUT_HIGH_WATER), or input waits for the liveness check.
+        self._shell_behind = False
+        self._held_for_check = False
+        self._input_paused = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
         self._chan = chan
@@ -82,7 +87,7 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         env["TERM"] = self._term
         self._shell = PtyShell(
             [self._shell_path], cols=self._size[0], rows=self._size[1], env=env,
-            on_output=self._output, on_exit=self._exited,
+            on_output=self._output, on_exit=self._exited, on_input_room=self._input_room,
         )
         asyncio.get_running_loop().create_task(self._start())
 
@@ -118,8 +123,32 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             gate.drop(len(data))  # view only: the engineer cannot type
             return
         if gate.guard is None or gate.guard.admit(data, self._shell.write,
-                                                  lambda: gate.control):
+                                                  lambda: gate.control, self._check_settled):
             self._shell.write(data)
+        else:
+            self._held_for_check = True  # the rest waits on the engineer's side
+        if self._shell.input_pending > INPUT_HIGH_WATER:
+            # A paste faster than the program reads it: hold the rest back
+            # in the engineer's console, as a local terminal would.
+            self._shell_behind = True
+        self._flow()
+
+    def _input_room(self) -> None:
+        self._shell_behind = False
+        self._flow()
+
+    def _check_settled(self) -> None:
+        self._held_for_check = False
+        self._flow()
+
+    def _flow(self) -> None:
+        paused = self._shell_behind or self._held_for_check
+        if paused != self._input_paused and self._chan is not None and not self._hung_up:
+            self._input_paused = paused
+            if paused:
+                self._chan.pause_reading()
+            else:
+                self._chan.resume_reading()
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:

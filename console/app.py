@@ -4,8 +4,10 @@ hand it a fake and `__main__` hands it the real broker client."""
 from __future__ import annotations
 
 from textual.app import App
+from textual.driver import Driver
 
 from console.backend import Backend, BackendFactory, Profile, Settings
+from console.input_bursts import coalescing
 from console.screens.connect import ConnectScreen
 from console.screens.main import MainScreen
 
@@ -24,6 +26,10 @@ class ConsoleApp(App[None], inherit_bindings=False):
         self.make_backend = make_backend
         self.settings = settings
         self.backend: Backend | None = None
+
+    def get_driver_class(self) -> type[Driver]:
+        # An unbracketed paste arrives as one paste, not a key per character.
+        return coalescing(super().get_driver_class())
 
     def on_mount(self) -> None:
         self.push_screen(ConnectScreen(self.settings), self._connected)

@@ -61,7 +61,7 @@ class Profile:
 class SessionEvent:
     """Something the broker or customer did to a running session."""
 
-    kind: str  # "rights" | "control_result" | "ended"
+    kind: str  # "rights" | "control_result" | "ended" | "notice"
     text: str
     granted: tuple[str, ...] = ()
 
@@ -109,6 +109,14 @@ _RESULT_TEXT = {
 }
 
 
+# Input (a paste) waiting for the SSH channel to take it: far more than any
+# paste a person makes; beyond it the rest is refused with a notice rather
+# than held without bound.
+MAX_PENDING_INPUT = 64 * 1024 * 1024
+# Handed to the channel at a time while it has room (one SSH packet).
+_INPUT_STEP = 32 * 1024
+
+
 class _Sink(asyncssh.SSHClientSession):  # type: ignore[type-arg]
     def __init__(self, owner: RelaySession) -> None:
         self._owner = owner
@@ -116,6 +124,15 @@ class _Sink(asyncssh.SSHClientSession):  # type: ignore[type-arg]
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self._owner.bytes_in += len(data)
         self._owner.on_output(data)
+
+    # The channel's send buffer is past its high-water mark (the agent has
+    # not taken what we sent): input waits in the session until it drains.
+    def pause_writing(self) -> None:
+        self._owner.input_paused = True
+
+    def resume_writing(self) -> None:
+        self._owner.input_paused = False
+        self._owner.send_pending()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner.closed()
@@ -138,6 +155,8 @@ class RelaySession:
         self._pump: asyncio.Task[None] | None = None
         self._ended = False
         self._left = False
+        self._pending = bytearray()
+        self.input_paused = False
 
     @property
     def granted(self) -> tuple[str, ...]:
@@ -155,6 +174,8 @@ class RelaySession:
 
     async def _control(self, msg: Message) -> None:
         if msg.type == "rights":
+            if "control" not in msg["granted"]:
+                self._pending.clear()  # the customer took control back: not one more key
             self._on_event(SessionEvent(
                 "rights", "The customer changed your rights to "
                 + ("view and control." if "control" in msg["granted"] else "view only."),
@@ -176,14 +197,38 @@ class RelaySession:
         self._finish(text)
 
     def _finish(self, text: str) -> None:
+        self._pending.clear()
         if not self._ended:
             self._ended = True
             self._on_event(SessionEvent("ended", text))
 
+    @property
+    def input_pending(self) -> int:
+        """Bytes typed or pasted that the channel has not taken yet."""
+        return len(self._pending)
+
     def write(self, data: bytes) -> None:
-        if self._chan is not None and "control" in self.granted and not self._ended:
-            self._chan.write(data)
-            self.bytes_out += len(data)
+        """Send keys or a paste, in order, as fast as the agent takes them;
+        `bytes_out` counts what has gone. Never blocks."""
+        if self._chan is None or "control" not in self.granted or self._ended:
+            return
+        room = MAX_PENDING_INPUT - len(self._pending)
+        if len(data) > room:
+            self._on_event(SessionEvent(
+                "notice", f"That paste is too large: {len(data) - max(room, 0)} bytes of it "
+                "were not sent."))
+            data = data[:max(room, 0)]
+        self._pending += data
+        self.send_pending()
+
+    def send_pending(self) -> None:
+        chan = self._chan
+        while self._pending and not self.input_paused and chan is not None \
+                and not self._ended:
+            step = bytes(self._pending[:_INPUT_STEP])
+            del self._pending[:_INPUT_STEP]
+            chan.write(step)  # may pause us (pause_writing) before it returns
+            self.bytes_out += len(step)
 
     def resize(self, cols: int, rows: int) -> None:
         if self._chan is not None and not self._ended:
@@ -194,6 +239,7 @@ class RelaySession:
 
     async def leave(self) -> None:
         self._ended = self._left = True
+        self._pending.clear()
         if self._conn is not None:
             self._conn.close()
         await self._joined.leave()

@@ -1,6 +1,7 @@
 """The console's exception root.
 
     ConsoleError              anything the console reports to the engineer
+    ├── TerminalError         the engineer's own terminal failed mid-session
     ├── UsageError            bad flags or a code that cannot be read
     ├── IdentityError         the SSH key cannot be read (missing, passphrase)
     ├── BrokerError           the broker is unreachable, untrusted or refused
@@ -20,6 +21,12 @@ from __future__ import annotations
 
 class ConsoleError(Exception):
     exit_code = 1
+
+
+class TerminalError(ConsoleError):
+    """The engineer's terminal could not be read or written (it hung up, or
+    the output went to a pipe that closed). Not a leave: exit 1, and the
+    broker is not told the engineer left."""
 
 
 class UsageError(ConsoleError):

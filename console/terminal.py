@@ -22,7 +22,8 @@ import asyncssh
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
-from console.errors import ConsoleError
+from console.errors import BrokerError, ConsoleError, TerminalError
+from console.terminal_io import TerminalFailed, TerminalInput, TerminalOutput, set_nonblocking
 
 CTRL_RBRACKET = 0x1D
 _ENDED_GRACE_STEPS = 60  # x 50 ms: how long to wait for the broker to say why
@@ -70,13 +71,41 @@ class ProgressPrinter:
 
 
 class _Output(asyncssh.SSHClientSession):  # type: ignore[type-arg]
-    def __init__(self, done: asyncio.Event) -> None:
+    """The shell's channel, joined to the engineer's terminal both ways
+    with flow control: output past the terminal's pace pauses the channel
+    (the agent stops sending), a send buffer the agent has not taken yet
+    pauses reading the keyboard (a big paste waits in the terminal)."""
+
+    def __init__(self, done: asyncio.Event, output: TerminalOutput,
+                 keys: TerminalInput) -> None:
         self._done = done
+        self._chan: asyncssh.SSHClientChannel | None = None  # type: ignore[type-arg]
+        self.output = output
+        self.keys = keys
+        self.error: Exception | None = None  # why asyncssh closed the channel, if it failed
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:  # type: ignore[type-arg]
+        self._chan = chan
+
+    def pause_output(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def resume_output(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
-        os.write(sys.stdout.fileno(), data)
+        self.output.write(data)
+
+    def pause_writing(self) -> None:
+        self.keys.pause()
+
+    def resume_writing(self) -> None:
+        self.keys.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.error = exc
         self._done.set()
 
 
@@ -88,51 +117,35 @@ def _size() -> tuple[int, int]:
         return 80, 24
 
 
+def _same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 async def run_terminal_session(joined: JoinedSession) -> str:
     """Run the shell until someone ends it; return why it ended, in words.
-    Raises `BrokerError` (`LinkLost`) when the broker failed or vanished."""
+    Raises `BrokerError` (`LinkLost`) when the broker failed or vanished,
+    `TerminalError` when the engineer's own terminal failed."""
     done = asyncio.Event()
-    notices: list[str] = []
-
-    async def on_control(msg: Message) -> None:
-        if msg.type == "rights":
-            notices.append("the customer changed your rights to: "
-                           + ("view and control" if "control" in msg["granted"] else "view only"))
-            status(notices[-1])
-        elif msg.type == "control_result":
-            status(CONTROL_RESULT_TEXT.get(msg["decision"], printable(msg["decision"], 40)))
-        elif msg.type in ("ended", "error"):
-            done.set()
-
-    joined.on_control.append(on_control)
-    conn, pump = await joined.open_ssh()
-    cols, rows = _size()
-    term = os.environ.get("TERM", "xterm-256color")
-    chan, _session = await conn.create_session(
-        lambda: _Output(done), term_type=term, term_size=(cols, rows), encoding=None,
-    )
     loop = asyncio.get_running_loop()
-    stdin = sys.stdin.fileno()
-    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    failure: TerminalFailed | None = None
     escape = False
     leaving = False  # the engineer chose to leave (Ctrl-] q)
     warned_view_only = False
     requests: set[asyncio.Task[None]] = set()
 
-    async def ask_for_control() -> None:
-        try:
-            await joined.request_control()
-        except ConsoleError as exc:
-            status(str(exc))
-            return
-        status("asking the customer for control...")
+    def failed(exc: TerminalFailed) -> None:
+        nonlocal failure
+        if failure is None:
+            failure = exc
+        done.set()
 
-    def on_key() -> None:
+    def on_keys(data: bytes) -> None:
         nonlocal escape, warned_view_only, leaving
-        data = os.read(stdin, 4096)
-        if not data:
-            loop.remove_reader(stdin)
-            return
         out = bytearray()
         for byte in data:
             if escape:
@@ -140,6 +153,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                 if byte in (ord("q"), ord("Q")):
                     leaving = True
                     done.set()
+                    keys.close()
                     return
                 if byte in (ord("c"), ord("C")):
                     task = loop.create_task(ask_for_control())
@@ -159,36 +173,101 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             chan.write(bytes(out))
         elif not warned_view_only:
             warned_view_only = True
-            status("view only: your keystrokes are not sent "
-                   "(Ctrl-] then c asks for control, Ctrl-] then q leaves)")
+            say("view only: your keystrokes are not sent "
+                "(Ctrl-] then c asks for control, Ctrl-] then q leaves)")
 
-    def on_resize() -> None:
-        chan.change_terminal_size(*_size())
+    keys = TerminalInput(stdin, on_data=on_keys, on_error=failed)
+    session = _Output(done, TerminalOutput(stdout, on_pause=lambda: session.pause_output(),
+                                           on_resume=lambda: session.resume_output(),
+                                           on_error=failed), keys)
+    # Status lines share the terminal with the remote output: in order, and
+    # through the same non-blocking writer, when they go to the same place.
+    status_to_output = _same_file(sys.stderr.fileno(), stdout)
 
+    def say(text: str) -> None:
+        if status_to_output:
+            session.output.write(f"consentry: {text}\r\n".encode())
+        else:
+            status(text)
+
+    async def on_control(msg: Message) -> None:
+        if msg.type == "rights":
+            say("the customer changed your rights to: "
+                + ("view and control" if "control" in msg["granted"] else "view only"))
+        elif msg.type == "control_result":
+            say(CONTROL_RESULT_TEXT.get(msg["decision"], printable(msg["decision"], 40)))
+        elif msg.type in ("ended", "error"):
+            done.set()
+
+    async def ask_for_control() -> None:
+        try:
+            await joined.request_control()
+        except ConsoleError as exc:
+            say(str(exc))
+            return
+        say("asking the customer for control...")
+
+    joined.on_control.append(on_control)
+    conn, pump = await joined.open_ssh()
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    # uvloop makes a watched descriptor non-blocking and never undoes it;
+    # we do it on purpose, and undo it, for stdin and stdout alike.
+    restore_blocking = set_nonblocking(stdin, stdout)
+    finished = False
     try:
+        cols, rows = _size()
+        term = os.environ.get("TERM", "xterm-256color")
+        chan, _session = await conn.create_session(
+            lambda: session, term_type=term, term_size=(cols, rows), encoding=None,
+        )
         if saved is not None:
             tty.setraw(stdin)
-        loop.add_reader(stdin, on_key)
-        loop.add_signal_handler(signal.SIGWINCH, on_resize)
+        keys.start()
+        loop.add_signal_handler(signal.SIGWINCH, lambda: chan.change_terminal_size(*_size()))
         await asyncio.wait(
             [asyncio.ensure_future(done.wait()), pump], return_when=asyncio.FIRST_COMPLETED)
+        finished = True
+    except BaseException:
+        pump.cancel()
+        await joined.link.close()
+        raise
     finally:
-        loop.remove_reader(stdin)
+        keys.close()
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signal.SIGWINCH)
-        if saved is not None:
-            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         conn.close()
-        if joined.ended is None and not leaving:
-            # The shell's connection closed under us: the broker's `ended`,
-            # with the reason, normally follows within moments.
-            for _ in range(_ENDED_GRACE_STEPS):
-                if joined.ended is not None or pump.done():
-                    break
-                await asyncio.sleep(0.05)
-        lost = joined.ended is None and not leaving and pump.done()
-        if joined.ended is None and not lost:
-            await joined.leave()
-            leaving = True  # the link is up and the shell closed: we end it
+        if finished and failure is None and not leaving:
+            await session.output.drain()  # the shell's last words
+        session.output.close()
+        restore_blocking()
+        if saved is not None:
+            # TCSAFLUSH: keys and paste not read yet are dropped, never
+            # left for the engineer's own shell to run. A terminal that
+            # hung up cannot be restored, and needs no restoring.
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(stdin, termios.TCSAFLUSH, saved)
+    if failure is not None:
+        # Not a leave: the broker sees the link drop (console_lost).
         pump.cancel()
+        await joined.link.close()
+        raise TerminalError(f"your terminal failed ({failure.strerror}), so the session "
+                            "is over (the customer's computer ends it too)")
+    if joined.ended is None and not leaving:
+        # The shell's connection closed under us: the broker's `ended`,
+        # with the reason, normally follows within moments.
+        for _ in range(_ENDED_GRACE_STEPS):
+            if joined.ended is not None or pump.done():
+                break
+            await asyncio.sleep(0.05)
+    if joined.ended is None and not leaving and session.error is not None and not pump.done():
+        # The secure shell failed (not a leave): the broker sees the link drop.
+        pump.cancel()
+        await joined.link.close()
+        raise BrokerError("the secure shell to the customer's computer failed "
+                          f"({printable(str(session.error), 200)}), so the session is over")
+    lost = joined.ended is None and not leaving and pump.done()
+    if joined.ended is None and not lost:
+        await joined.leave()
+        leaving = True  # the link is up and the shell closed: we end it
+    pump.cancel()
     return joined.outcome(left=leaving)

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from agent.liveness import MAX_HELD_INPUT, STALL_AFTER, Heartbeat, InputGuard
 from agent.sshd import Gate, serve_shell
 
 
@@ -135,3 +136,64 @@ async def test_keys_typed_before_the_shell_starts_are_kept(
     await until(typed.exists)
     conn.close()
 
+
+
+async def test_a_paste_faster_than_the_program_reads_waits_instead_of_being_cut(
+    paired: tuple, tmp_path: Path
+) -> None:
+    """The shell's input queue is bounded; past it the channel stops reading,
+    so the engineer's side waits (SSH flow control) and nothing is dropped."""
+    gate, _mirrored, connect, engineer, server_task = paired
+    gate.control = True
+    conn = await connect(engineer)
+    server = await server_task
+    chan, session = await Pair(gate, conn, server).shell()
+    target = tmp_path / "pasted"
+    size = 2 * 1024 * 1024  # eight times the shell's input bound
+    data = bytes(range(0x21, 0x7F)) * (size // 94 + 1)
+    data = data[:size]
+    # Raw mode (no line limit, no echo), and a program that starts reading late.
+    chan.write(f"stty raw -echo; sleep 1; head -c {size} > {target}; stty sane; "
+               "echo GOT$((40+2))\r".encode())
+    await asyncio.sleep(0.3)
+    chan.write(data)
+    await until(lambda: b"GOT42" in session.data, timeout=30)
+    assert target.read_bytes() == data
+    assert gate.dropped_bytes == 0
+    conn.close()
+
+
+async def test_a_paste_held_for_the_liveness_check_waits_instead_of_being_cut(
+    paired: tuple, tmp_path: Path
+) -> None:
+    """After a stall, input waits for the broker's `live`; meanwhile the
+    channel stops reading, so a paste larger than the guard holds is not cut."""
+    gate, _mirrored, connect, engineer, server_task = paired
+    gate.control = True
+    conn = await connect(engineer)
+    server = await server_task
+    chan, session = await Pair(gate, conn, server).shell()
+    target = tmp_path / "pasted"
+    size = 8 * MAX_HELD_INPUT
+    data = (bytes(range(0x21, 0x7F)) * (size // 94 + 1))[:size]
+    chan.write(f"stty raw -echo; head -c {size} > {target}; stty sane; "
+               "echo GOT$((40+2))\r".encode())
+    await asyncio.sleep(0.3)
+
+    now = [1000.0]
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    discarded: list[int] = []
+
+    async def confirm() -> bool:
+        return await answer
+
+    gate.guard = InputGuard(Heartbeat(lambda: now[0]), confirm, discarded.append)
+    now[0] += STALL_AFTER + 10  # the agent was stopped for a while
+    chan.write(data)
+    await asyncio.sleep(0.5)
+    assert not target.exists() or target.stat().st_size == 0  # held, not run
+    answer.set_result(True)  # the broker: the session is live
+    await until(lambda: b"GOT42" in session.data, timeout=30)
+    assert target.read_bytes() == data
+    assert discarded == []
+    conn.close()
