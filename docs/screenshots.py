@@ -81,7 +81,7 @@ async def take(outdir: Path) -> list[Path]:
         tabs = app.screen.query_one("#tabs", TabbedContent)
         tabs.active = "home"
         backend.consent_delay = 30.0
-        app.screen.query_one("#code", Input).value = "730-555-018"
+        app.screen.query_one("#code", Input).value = "7305-555-018"
         await pilot.pause(0.3)
         await pilot.click("#join")
         await pilot.pause(2.2)

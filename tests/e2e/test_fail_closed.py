@@ -83,7 +83,7 @@ def test_a_full_log_refuses_agents_and_consoles_with_the_reason(
     assert "Your support code" not in said  # no code was ever shown
     assert agent.exitstatus == 3
 
-    console = deployment.console("123-456-789", key, "alice")
+    console = deployment.console("1234-456-789", key, "alice")
     console.expect(pexpect.EOF, timeout=30)
     console.close()
     assert REASON in " ".join(transcript(console).split())

@@ -30,7 +30,7 @@ def test_agent_and_console_refuse_a_broker_signed_by_another_ca(running: Deploym
     assert agent.exitstatus == 3
 
     key = write_key(running.root / "k_ed25519")
-    console = running.console("123-456-789", key, "alice", ca=other)
+    console = running.console("1234-456-789", key, "alice", ca=other)
     console.expect("not signed by the CA")
     console.expect(pexpect.EOF)
     console.close()
