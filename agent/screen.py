@@ -54,6 +54,16 @@ MAX_HELD_OUTPUT = 256 * 1024
 FLASH_SECONDS = 8.0
 
 
+# The Ctrl-] menu on the banner row, longest first (see `_banner_text`).
+_MENU_TEXTS = (
+    "Options:  [e] end the session now   [v] view only (take back control)   "
+    "[q] end and quit   [any other key] back",
+    "[e] end the session now  [v] view only  [q] end and quit  [other key] back",
+    "[e] end session  [v] view only  [q] quit  [other] back",
+    "[e] end [v] view [q] quit",
+)
+
+
 @dataclass
 class Viewer:
     """One engineer on the customer's list of who is connected."""
@@ -402,8 +412,10 @@ class CustomerScreen:
 
     def _banner_text(self) -> str:
         if self._menu:
-            return ("Options:  [e] end the session now   [v] view only (take back control)   "
-                    "[q] end and quit   [any other key] back")
+            # The longest wording that fits: every choice must stay on the
+            # customer's one banner row, whatever its width.
+            cols, _rows = self._size()
+            return next((text for text in _MENU_TEXTS if len(text) <= cols), _MENU_TEXTS[-1])
         if self._notice:
             # Who is connected comes first, always: it is the customer's
             # privacy indicator; the note rides beside it (who in short, to
