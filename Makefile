@@ -20,12 +20,15 @@ run: $(STAMP)
 	$(BIN)/consentry-broker dev-setup --certs certs --data-dir $(DATA) --listen $(LISTEN)
 	exec $(BIN)/consentry-broker serve --listen $(LISTEN) --data-dir $(DATA) --cert certs/broker.crt --key certs/broker.key
 
+# mypy takes what to check from [tool.mypy] files in pyproject.toml.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The benchmark harness (bench/README.md). socat is the CPU baseline; it comes
 # from the system's packages.

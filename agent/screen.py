@@ -28,6 +28,7 @@ import tty
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent.consent import TIMEOUT, ConsentRequest, Decision, decide, prompt_lines, remaining
 from agent.errors import SetupError
@@ -114,7 +115,7 @@ class CustomerScreen:
         self.on_end_all: Callable[[], None] = lambda: None
         self.on_view_only: Callable[[], None] = lambda: None
         self.on_customer_input: Callable[[bytes], None] = lambda _data: None
-        self._saved_tty: list | None = None  # type: ignore[type-arg]
+        self._saved_tty: list[Any] | None = None  # termios.tcgetattr's attributes
         self._code: str | None = None
         self._code_expires = 0.0
         self._notice = ""

@@ -46,11 +46,11 @@ class Gate:
         self.on_dropped()
 
 
-class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+class ShellSession(asyncssh.SSHServerSession[bytes]):
     def __init__(self, shell: str, gate: Gate) -> None:
         self._shell_path = shell
         self._gate = gate
-        self._chan: asyncssh.SSHServerChannel | None = None  # type: ignore[type-arg]
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._term = "xterm-256color"
         self._size = (80, 24)
         self._shell: PtyShell | None = None
@@ -61,7 +61,7 @@ class ShellSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._held_for_check = False
         self._input_paused = False
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
@@ -218,7 +218,7 @@ async def serve_shell(
         raise ValueError("serve_shell needs exactly one of sock or tunnel")
     extra: dict[str, object] = {"tunnel": tunnel} if tunnel is not None else {}
     return await asyncssh.run_server(
-        sock,  # type: ignore[arg-type]
+        sock,
         config=None,
         **extra,
         server_host_keys=[host_key],

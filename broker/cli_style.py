@@ -57,7 +57,10 @@ class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter,
 def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Give `parser` and every sub-command's parser the defaults formatter
     (keeping hand-laid-out descriptions as they are); returns `parser`."""
-    if issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter):
+    # formatter_class may be any callable (a functools.partial, say): only a
+    # class can be a subclass.
+    if (isinstance(parser.formatter_class, type)
+            and issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)):
         parser.formatter_class = RawDescriptionDefaultsHelpFormatter
     else:
         parser.formatter_class = DefaultsHelpFormatter

@@ -12,7 +12,7 @@ import ctypes
 import ctypes.util
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -49,7 +49,8 @@ def keep_connection_buffers_mapped(threshold: int = 128 * 1024) -> bool:
 
 def _libc_function(name: str) -> Callable[..., int] | None:
     try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)  # type: ignore[no-any-return]
+        # ctypes gives its functions as Any; these return a C int.
+        return cast("Callable[..., int]", getattr(ctypes.CDLL(ctypes.util.find_library("c")), name))
     except (OSError, AttributeError, TypeError):
         return None
 

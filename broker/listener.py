@@ -25,7 +25,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -234,7 +234,8 @@ def listening_sockets(host: str, port: int, backlog: int = socket.SOMAXCONN,
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
-    seen: set[tuple[int, str]] = set()
+    # typeshed types an address's host as str | int (int for AF_CAN and the like).
+    seen: set[tuple[int, str | int]] = set()
     try:
         for family, kind, proto, _name, address in infos:
             if (family, address[0]) in seen:
@@ -281,7 +282,9 @@ def serve_gated(handler: Callable[[ServerConnection], Awaitable[None]], host: st
         await gate.start_serving()
         return gate
 
-    ws_server.create_server = create_server  # type: ignore[assignment,method-assign]
+    # websockets types create_server as making an asyncio.Server; GatedListener
+    # is not one but offers the part of it that websockets' Server uses.
+    ws_server.create_server = create_server  # type: ignore[assignment]
     return ws_server
 
 
@@ -293,4 +296,6 @@ def _websockets_protocol_factory(ws_server: Server) -> Callable[[], ServerConnec
     if not callable(factory):
         raise RuntimeError("this websockets version does not build its connections the way "
                            "broker.listener expects; pin websockets to a tested version")
-    return factory  # type: ignore[no-any-return]
+    # The closure's variables are typed Any; this one is websockets' own
+    # factory of ServerConnection (checked callable above).
+    return cast("Callable[[], ServerConnection]", factory)

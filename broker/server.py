@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -374,11 +375,11 @@ class Broker:
                 event, fields = to_event(record)
                 await self.audit_quietly(event, **fields)
 
-    async def audit_quietly(self, event: str, **fields: object) -> None:
+    async def audit_quietly(self, event: str, **fields: Any) -> None:
         """For events recorded while tearing down: a failure is logged, not raised,
-        because there is nothing left to refuse."""
+        because there is nothing left to refuse. `fields` are `AuditLog.append`'s."""
         try:
-            await self.audit.append(event, now=utcnow(), **fields)  # type: ignore[arg-type]
+            await self.audit.append(event, now=utcnow(), **fields)
         except AuditError as exc:
             log.error("could not record %s: %s", event, exc)
 

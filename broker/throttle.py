@@ -47,7 +47,8 @@ class LoginThrottle:
         """Seconds to hold the refusal of the `failures`-th recent failure."""
         if failures <= self.free:
             return 0.0
-        return min(self.cap, self.first * 2 ** (failures - self.free - 1))
+        # 2.0, not 2: int ** int is typed Any (a negative exponent gives a float).
+        return min(self.cap, self.first * 2.0 ** (failures - self.free - 1))
 
     def failed(self, source: str, name: str, now: float) -> float:
         """Count one failed login; return how long to hold its refusal."""

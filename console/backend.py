@@ -117,7 +117,7 @@ MAX_PENDING_INPUT = 64 * 1024 * 1024
 _INPUT_STEP = 32 * 1024
 
 
-class _Sink(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+class _Sink(asyncssh.SSHClientSession[bytes]):
     def __init__(self, owner: RelaySession) -> None:
         self._owner = owner
 
@@ -150,7 +150,7 @@ class RelaySession:
         self.bytes_out = 0
         self.on_output: OutputHandler = lambda _d: None
         self._on_event: EventHandler = lambda _e: None
-        self._chan: asyncssh.SSHClientChannel | None = None  # type: ignore[type-arg]
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ended = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +86,7 @@ async def load_agent_identity(user: str, public_file: Path | None) -> Identity:
     return _ed25519(user, keypairs, "ssh-agent")
 
 
-def _ed25519(user: str, keypairs: list[asyncssh.SSHKeyPair], where: str) -> Identity:
+def _ed25519(user: str, keypairs: Sequence[asyncssh.SSHKeyPair], where: str) -> Identity:
     for keypair in keypairs:
         if keypair.algorithm == b"ssh-ed25519":
             return Identity(user, keypair)

@@ -70,7 +70,7 @@ class ProgressPrinter:
             sys.stderr.write("\r\x1b[K")
 
 
-class _Output(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+class _Output(asyncssh.SSHClientSession[bytes]):
     """The shell's channel, joined to the engineer's terminal both ways
     with flow control: output past the terminal's pace pauses the channel
     (the agent stops sending), a send buffer the agent has not taken yet
@@ -79,12 +79,12 @@ class _Output(asyncssh.SSHClientSession):  # type: ignore[type-arg]
     def __init__(self, done: asyncio.Event, output: TerminalOutput,
                  keys: TerminalInput) -> None:
         self._done = done
-        self._chan: asyncssh.SSHClientChannel | None = None  # type: ignore[type-arg]
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.output = output
         self.keys = keys
         self.error: Exception | None = None  # why asyncssh closed the channel, if it failed
 
-    def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:  # type: ignore[type-arg]
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self._chan = chan
 
     def pause_output(self) -> None:

@@ -4,6 +4,7 @@ default shown wherever there is one."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from agent.__main__ import build_parser as agent_parser
 from broker.cli import build_parser as broker_parser
+from broker.cli_style import finish_parser
 from console.__main__ import build_parser as console_parser
 
 PARSERS = {"consentry-broker": broker_parser, "consentry-agent": agent_parser,
@@ -72,14 +74,14 @@ def test_every_option_has_a_help_text_with_its_default() -> None:
 
 
 def test_serve_help_names_listen_cert_and_key_defaults() -> None:
-    text = broker_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    text = dict(commands(broker_parser()))[("serve",)].format_help()
     text = " ".join(text.split())
     assert "(default: 127.0.0.1:8443)" in text
     assert "(default: certs/broker.crt)" in text and "(default: certs/broker.key)" in text
 
 
 def test_join_shows_the_connection_defaults_too() -> None:
-    join = console_parser()._subparsers._group_actions[0].choices["join"]
+    join = dict(commands(console_parser()))[("join",)]
     text = " ".join(join.format_help().split())
     assert "(default: wss://127.0.0.1:8443)" in text and "(default: certs/ca.crt)" in text
 
@@ -106,3 +108,12 @@ def test_plain_join_refuses_a_broker_url_without_tls_before_anything_else() -> N
     assert result.returncode == 2, result
     assert "ws:// is a connection without TLS: use wss://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_formatter_given_as_a_callable_not_a_class_still_gets_the_defaults() -> None:
+    # argparse takes any callable as formatter_class; issubclass() on one raised.
+    parser = argparse.ArgumentParser(
+        prog="x", formatter_class=functools.partial(argparse.HelpFormatter, width=60))
+    parser.add_argument("--port", type=int, default=8443, help="where to listen")
+    text = " ".join(finish_parser(parser).format_help().split())
+    assert "(default: 8443)" in text

@@ -45,7 +45,8 @@ def resolve(command: str) -> tuple[str, tuple[str, ...], argparse.ArgumentParser
     words = command.split()
     prog = words[0]
     assert prog in PARSERS, command
-    parser, path = PARSERS[prog](), []
+    parser: argparse.ArgumentParser = PARSERS[prog]()
+    path: list[str] = []
     for word in words[1:]:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if not subs or word not in subs[0].choices:
@@ -74,7 +75,10 @@ def test_the_table_covers_every_command_and_option() -> None:
                 problems.append(f"{command}: {flag} takes {sorted(action.choices or ())}, "
                                 f"the table says {values}")
         for action in options(parser):
-            if not action.option_strings and (action.metavar or action.dest.upper()) not in rest:
+            # A tuple metavar (one name per value) is not a name to look for.
+            shown = (action.metavar if isinstance(action.metavar, str) and action.metavar
+                     else action.dest.upper())
+            if not action.option_strings and shown not in rest:
                 problems.append(f"{command}: {action.dest.upper()} is missing")
         mentioned.setdefault((prog, path), set()).update(used)
     for prog, build in PARSERS.items():

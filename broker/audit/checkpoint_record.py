@@ -22,7 +22,7 @@ import hashlib
 import json
 import json.encoder
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,10 @@ def _canonical_encoder() -> Callable[[Any], bytes]:
     """`chain.canonical_json`'s encoding, with the C encoder made once:
     json.dumps builds a new one per call, and a verifier digests every line
     of a checkpoint file that grows by some 500,000 lines a year."""
-    make = json.encoder.c_make_encoder
+    # Private and untyped in typeshed, hence getattr and the annotation: the
+    # encoder it makes takes (value, indent level) and gives the text as chunks.
+    make: Callable[..., Callable[[Any, int], Iterable[str]]] | None = getattr(
+        json.encoder, "c_make_encoder", None)
 
     def refuse(value: object) -> object:
         raise TypeError(f"{type(value).__name__} is not plain JSON")

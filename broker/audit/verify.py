@@ -93,17 +93,23 @@ _TABLE_CATCH_UP = (0.05, 0.25)
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _scalar_encoder() -> Callable[[tuple[Any, ...]], list[str] | tuple[str, ...]]:
+# The encoder's call: (values, indent level) -> the JSON text as chunks.
+_ChunkEncoder = Callable[[tuple[Any, ...], int], list[str] | tuple[str, ...]]
+
+
+def _scalar_encoder() -> _ChunkEncoder:
     """The canonical encoding of `chain.canonical_json` for the fast path of
     the chain check, as chunks: the C encoder made once, since json.dumps and
     JSONEncoder.encode build a new one per call (a third of the time per row)."""
     def refuse(value: object) -> object:
         raise TypeError(f"{type(value).__name__} is not plain JSON")
 
-    if json.encoder.c_make_encoder is None:  # pragma: no cover - CPython has it
+    # Private and untyped in typeshed, hence getattr and the annotation.
+    make: Callable[..., _ChunkEncoder] | None = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has it
         slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return lambda values, _indent=0: (slow.encode(values),)  # type: ignore[misc]
-    return json.encoder.c_make_encoder(  # type: ignore[no-any-return]
+        return lambda values, _indent: (slow.encode(values),)
+    return make(
         None, refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False)
 
 
@@ -551,7 +557,7 @@ def _row_hash(row: _Row) -> str | None:
 
 def _hash_at(row: _Row, seq: int) -> str | None:
     """The hash the row's contents would have as event `seq`."""
-    return _row_hash((seq, *row[1:]))  # type: ignore[arg-type]
+    return _row_hash((seq, *row[1:]))
 
 
 def _diagnose(conn: sqlite3.Connection, row: _Row, before_previous: str | None) -> Problem:

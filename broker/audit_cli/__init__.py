@@ -8,7 +8,7 @@ import argparse
 from broker.audit_cli import export, integrity, listing, privacy, review
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     for module in (listing, review, export, integrity, privacy):
         module.register(sub, common)

@@ -89,7 +89,7 @@ def parse_flag_time(flag: str, value: str | None) -> dt.datetime | None:
         raise ConfigError(f"{flag}: {exc}") from None
 
 
-def add_parser(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                common: argparse.ArgumentParser, name: str, help: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help)
     return parser

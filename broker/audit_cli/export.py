@@ -202,7 +202,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = add_parser(sub, common, "export",
                    "export events for a SIEM (jsonl, csv; no personal data), or everything "

@@ -146,7 +146,7 @@ def cmd_audit_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = add_parser(sub, common, "verify",
                    "check the hash chain and signed checkpoints; name the first bad seq")

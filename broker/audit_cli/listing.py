@@ -153,7 +153,7 @@ def cmd_audit_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = add_parser(sub, common, "list",
                    "list events, one line each, oldest first (this read is logged)")

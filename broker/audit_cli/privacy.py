@@ -109,7 +109,7 @@ def cmd_audit_erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = add_parser(sub, common, "purge",
                    "apply the retention periods now (the broker also does, hourly)")

@@ -207,7 +207,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = add_parser(sub, common, "show",
                    "one session: its timeline, consent receipts (signature checked), rights, "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import nacl.exceptions
 import nacl.secret
@@ -48,6 +48,14 @@ def _derive(key: bytes, purpose: str, session: str, length: int = 32) -> bytes:
     return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()[:length]
 
 
+class _Spake2(Protocol):
+    """What is used of spake2's SPAKE2_A and SPAKE2_B (spake2 ships no types)."""
+
+    def start(self) -> bytes: ...
+
+    def finish(self, inbound_message: bytes) -> bytes: ...
+
+
 class Pairing:
     """One side of the pairing, with no I/O.
 
@@ -60,7 +68,7 @@ class Pairing:
         self.side = side
         self.session = session
         cls = SPAKE2_A if side == "console" else SPAKE2_B
-        self._spake = cls(code.password, idA=_ID_CONSOLE, idB=_ID_AGENT)
+        self._spake: _Spake2 = cls(code.password, idA=_ID_CONSOLE, idB=_ID_AGENT)
         self._key: bytes | None = None
         self._started = False
 

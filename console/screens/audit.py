@@ -22,6 +22,7 @@ from textual.widgets import Button, DataTable, Input, Static
 from broker.wire.text import printable
 from console.errors import ConsoleError
 from console.format import literal
+from console.screens.app_access import backend_of
 
 PAGE_SIZE = 50
 # How often the newest page asks for newer events while it is on screen. The
@@ -172,7 +173,7 @@ class AuditPane(Vertical):
         newest = max((int(seq) for seq in self._shown), default=0)
         query: dict[str, Any] = {**filters, "limit": PAGE_SIZE, "after_seq": newest}
         try:
-            events, more = await self.app.backend.audit_query(**query)  # type: ignore[attr-defined]
+            events, more = await backend_of(self).audit_query(**query)
         except ConsoleError as exc:
             self.query_one("#audit-info", Static).update(
                 literal(f"Could not read the audit log: {exc}", 300, "bold red"))
@@ -195,7 +196,7 @@ class AuditPane(Vertical):
         if before is not None:
             query["before_seq"] = before
         try:
-            events, more = await self.app.backend.audit_query(**query)  # type: ignore[attr-defined]
+            events, more = await backend_of(self).audit_query(**query)
         except ConsoleError as exc:
             info.update(literal(f"Could not read the audit log: {exc}", 300, "bold red"))
             return
@@ -244,7 +245,7 @@ class AuditPane(Vertical):
         detail.update("Verifying the whole log on the broker (chain and signed "
                       "checkpoints); on a long log this takes a while ...")
         try:
-            result = await self.app.backend.audit_verify()  # type: ignore[attr-defined]
+            result = await backend_of(self).audit_verify()
         except ConsoleError as exc:
             text = f"Could not verify the log: {exc}"
             detail.update(literal(text, 400, "bold red"))
@@ -274,7 +275,7 @@ class AuditPane(Vertical):
     @work(exclusive=True, group="audit-export")
     async def _export(self, session: str) -> None:
         try:
-            events = await self.app.backend.audit_session(session)  # type: ignore[attr-defined]
+            events = await backend_of(self).audit_session(session)
             path = await asyncio.to_thread(save_session, Path.cwd(), session, events,
                                            dt.datetime.now(dt.UTC))
         except (ConsoleError, OSError) as exc:
@@ -305,7 +306,7 @@ class AuditPane(Vertical):
         detail = self.query_one("#audit-detail", Static)
         detail.update(literal(f"Loading session {session} ..."))
         try:
-            events = await self.app.backend.audit_session(session)  # type: ignore[attr-defined]
+            events = await backend_of(self).audit_session(session)
         except ConsoleError as exc:
             detail.update(literal(f"Could not read the session: {exc}", 300, "bold red"))
             return
@@ -335,9 +336,10 @@ def session_timeline(session: str, events: list[dict[str, Any]]) -> Text:
         if receipt:
             verified = event.get("receipt_verified")
             out.append("\n    signed consent receipt ")
-            out.append(*{True: ("(signature valid)", "green"),
-                         False: ("(DOES NOT VERIFY)", "bold red")}.get(
-                             verified, ("(signature not checkable)", "dim")))
+            # Keyed by object: `verified` is whatever the export holds (None when absent).
+            verdicts: dict[object, tuple[str, str]] = {
+                True: ("(signature valid)", "green"), False: ("(DOES NOT VERIFY)", "bold red")}
+            out.append(*verdicts.get(verified, ("(signature not checkable)", "dim")))
             out.append(":\n")
             out.append_text(literal(json.dumps(receipt, sort_keys=True, indent=None), 600,
                                     "italic"))

@@ -15,6 +15,7 @@ from console.backend import Profile, Settings
 from console.errors import ConsoleError
 from console.format import literal
 from console.identity import PassphraseNeeded
+from console.screens.app_access import console_app
 
 
 class ConnectScreen(Screen[Profile]):
@@ -76,7 +77,7 @@ class ConnectScreen(Screen[Profile]):
     @work(exclusive=True, group="connect")
     async def _connect(self, settings: Settings) -> None:
         try:
-            profile = await self.app.connect(settings)  # type: ignore[attr-defined]
+            profile = await console_app(self).connect(settings)
         except PassphraseNeeded as exc:
             self._status(f"{exc}: type it in the Passphrase field.", error=True)
             self.query_one("#passphrase", Input).focus()

@@ -16,6 +16,7 @@ from textual.widgets import Footer, Header, TabbedContent, TabPane
 from broker.wire.text import printable
 from console.backend import Profile, Progress, SessionEvent
 from console.errors import ConsoleError
+from console.screens.app_access import backend_of
 from console.screens.audit import AuditPane
 from console.screens.confirm import ConfirmModal
 from console.screens.home import HomePane
@@ -84,7 +85,7 @@ class MainScreen(Screen[None]):
             self.tick()
 
         try:
-            live = await self.app.backend.join(  # type: ignore[attr-defined]
+            live = await backend_of(self).join(
                 record.code, record.wants_control, progress)
         except ConsoleError as exc:
             record.fail(exc, time.monotonic())
@@ -198,5 +199,5 @@ class MainScreen(Screen[None]):
                 f"Leave {len(open_sessions)} active session(s) and quit?", yes="Leave and quit"))
             if not sure:
                 return
-        await self.app.backend.close()  # type: ignore[attr-defined]
+        await backend_of(self).close()
         self.app.exit()

@@ -36,11 +36,13 @@ import copy
 import logging
 import re
 import unicodedata
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import pyte
+from pyte.screens import Char, StaticDefaultDict
 from rich.cells import cell_len
 from rich.color import Color
 from rich.segment import Segment
@@ -192,8 +194,10 @@ class _Screen(pyte.Screen):
         if save_cursor:
             self._saved_cursor = copy.copy(self.cursor)
         self._main_buffer = self.buffer
-        # A fresh, empty grid, made the way pyte makes its own.
-        self.buffer = type(self.buffer)(self.buffer.default_factory)
+        # A fresh, empty grid, made the way pyte makes its own. pyte annotates
+        # `buffer` as a plain Dict, but builds it as a defaultdict.
+        grid = cast("defaultdict[int, StaticDefaultDict[int, Char]]", self.buffer)
+        self.buffer = type(grid)(grid.default_factory)
         self.dirty.update(range(self.lines))
 
     def _leave_alternate(self, *, restore_cursor: bool) -> None:
@@ -230,7 +234,9 @@ class _Screen(pyte.Screen):
 class _Stream(pyte.Stream):
     """pyte's parser, with NEL sent to `_Screen.next_line`."""
 
-    escape: ClassVar[dict[str, str]] = {**pyte.Stream.escape, "E": "next_line"}
+    # Not a ClassVar annotation: pyte declares `escape` unannotated, so as an
+    # instance variable, and it is read as one (`self.escape`).
+    escape = {**pyte.Stream.escape, "E": "next_line"}
 
 
 # Sequences pyte gets wrong, matched whole so `_EscapeFilter` can drop or

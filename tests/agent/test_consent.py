@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agent.consent import ConsentRequest, Decision, decide, prompt_lines, remaining
@@ -9,7 +11,7 @@ from broker.wire.text import printable
 
 
 def request(wants: tuple[str, ...] = ("view", "control"), **override: str) -> ConsentRequest:
-    fields = dict(
+    fields: dict[str, Any] = dict(
         session="s-1",
         engineer_login="alice",
         engineer_display="Alice Example",

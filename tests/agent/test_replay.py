@@ -10,8 +10,10 @@ from agent.replay import RecentOutput
 
 def _cells(text: bytes | str, cols: int, rows: int) -> list[list[tuple[object, ...]]]:
     screen = pyte.Screen(cols, rows)
-    stream = pyte.ByteStream(screen) if isinstance(text, bytes) else pyte.Stream(screen)
-    stream.feed(text)
+    if isinstance(text, bytes):
+        pyte.ByteStream(screen).feed(text)
+    else:
+        pyte.Stream(screen).feed(text)
     return [[tuple(screen.buffer[y][x]) for x in range(cols)] for y in range(rows)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncssh
@@ -15,7 +15,7 @@ from agent.liveness import MAX_HELD_INPUT, STALL_AFTER, Heartbeat, InputGuard
 from agent.sshd import Gate, serve_shell
 
 
-class Collect(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+class Collect(asyncssh.SSHClientSession[bytes]):
     def __init__(self) -> None:
         self.data = bytearray()
 
@@ -23,7 +23,7 @@ class Collect(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.data.extend(data)
 
 
-async def until(predicate, timeout: float = 10.0) -> None:
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
@@ -37,10 +37,11 @@ class Pair:
     ) -> None:
         self.gate, self.conn, self.server = gate, conn, server
 
-    async def shell(self) -> tuple[asyncssh.SSHClientChannel, Collect]:
+    async def shell(self) -> tuple[asyncssh.SSHClientChannel[bytes], Collect]:
         chan, session = await self.conn.create_session(
             Collect, term_type="xterm", term_size=(80, 24), encoding=None
         )
+        assert isinstance(session, Collect)  # asyncssh types it as the base class
         await until(lambda: b"$ " in session.data)
         return chan, session
 

@@ -35,7 +35,7 @@ class FakeSocket:
 class ReadOnlyLog(AuditLog):
     """A log whose reads work and whose audit_read cannot be written."""
 
-    async def append(self, type: str, **kwargs: Any) -> int:  # type: ignore[override]
+    async def append(self, type: str, **kwargs: Any) -> int:
         if type == "audit_read":
             raise AuditWriteError("audit log could not be written: disk full")
         return await super().append(type, **kwargs)

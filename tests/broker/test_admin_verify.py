@@ -69,7 +69,7 @@ async def test_engineers_are_refused(log: AuditLog) -> None:
 
 async def test_a_check_that_cannot_be_recorded_is_not_reported(tmp_path: Path) -> None:
     class Full(AuditLog):
-        async def append(self, type: str, **kwargs: Any) -> int:  # type: ignore[override]
+        async def append(self, type: str, **kwargs: Any) -> int:
             if type == "audit_verified":
                 raise AuditWriteError("audit log could not be written: disk full")
             return await super().append(type, **kwargs)

@@ -24,6 +24,7 @@ import pytest
 from broker.audit.chain import GENESIS_HASH, canonical_json, event_hash, format_time
 from broker.audit.checkpoints import (
     CHECKPOINT_FILE,
+    Checkpoint,
     Checkpointer,
     parse_checkpoint,
     record_digest,
@@ -680,7 +681,7 @@ async def test_schedule_survives_a_failed_checkpoint(tmp_path: Path,
     real_write = cp._write
     failures: list[int] = []
 
-    def failing_write(now: dt.datetime) -> object:
+    def failing_write(now: dt.datetime) -> Checkpoint:
         if not failures:
             failures.append(1)
             raise OSError("disk on fire")
@@ -689,7 +690,7 @@ async def test_schedule_survives_a_failed_checkpoint(tmp_path: Path,
     try:
         await cp.start()
         first = cp.last
-        cp._write = failing_write  # type: ignore[method-assign]
+        cp._write = failing_write  # type: ignore[method-assign]  # a failing disk, for this test
         clock.advance(60)
         await wait_for(lambda: cp.last is not first, "a checkpoint after the failure")
         assert failures == [1]

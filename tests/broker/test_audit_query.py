@@ -281,7 +281,7 @@ def build_big_log(data_dir: Path) -> None:
 
 def expected(limit: int, before: int | None = None, **want: object) -> list[int]:
     """The seqs a query must return, computed from `big_row` alone."""
-    result = []
+    result: list[int] = []
     seq = (before or BIG + 1) - 1
     while seq >= 1 and len(result) < limit:
         _time, kind, session, actor, device = big_row(seq)

@@ -52,7 +52,7 @@ async def test_append_fails_closed_at_the_cap_and_reads_go_on(tmp_path: Path) ->
             ("x", {}),
         ):
             with pytest.raises(AuditWriteError):
-                await audit.append(kind, now=T0, **fields)  # type: ignore[arg-type]
+                await audit.append(kind, now=T0, **fields)
         events = await audit.events()
         assert len(events) == fitted + 1
         assert events[0].personal == {"alias": "Front Desk", "ip": "192.0.2.1"}

@@ -454,7 +454,7 @@ async def test_cli_purge(tmp_path: Path) -> None:
         assert events[0].seq == 2 and await audit.verify_chain() == 2  # starts after a purge
         assert [e.actor for e in events if e.type == "retention_run"] == [
             events[-1].actor] * 2
-        assert events[-1].actor.startswith("cli:")
+        assert events[-1].actor is not None and events[-1].actor.startswith("cli:")
         assert all(e.personal is None for e in events)
     finally:
         await audit.close()

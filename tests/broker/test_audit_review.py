@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nacl.signing
 import pytest
@@ -35,9 +35,9 @@ def signed(key: nacl.signing.SigningKey, *, asked: tuple[str, ...], granted: tup
 
 async def record_consent(audit: AuditLog, key: nacl.signing.SigningKey, data: bytes,
                          signature: bytes, *, upgrade: bool = False,
-                         device_key: bytes | None = None, second: int = 2,
+                         device_key: bytes | Literal[False] | None = None, second: int = 2,
                          body: dict[str, Any] | None = None) -> int:
-    """A consent event as `broker.server` records it."""
+    """A consent event as `broker.server` records it (`device_key` False: without one)."""
     fields = json.loads(data)
     base = {"engineer": "alice", "key_fingerprint": FINGERPRINT, "asked": fields["asked"],
             "granted": fields["granted"], "decision": fields["decision"],
@@ -147,7 +147,7 @@ async def test_a_receipt_that_is_not_the_logged_one_is_caught(log: AuditLog) -> 
 async def test_without_the_device_key_or_the_receipt_nothing_is_claimed(log: AuditLog) -> None:
     key = nacl.signing.SigningKey.generate()
     await record_consent(log, key, *signed(key, asked=("view",), granted=("view",)),
-                         device_key=False)  # type: ignore[arg-type]
+                         device_key=False)
     await log.append("consent_granted", now=T0, session=SESSION, actor="alice",
                      subject=DEVICE, body={"decision": "granted"})  # receipt erased
     old, erased = await log.session_events(SESSION)

@@ -8,6 +8,7 @@ import datetime as dt
 from broker.audit.store import AuditLog
 from broker.crash_recovery import (
     CRASH_REASON,
+    Row,
     close_what_a_crash_left_open,
     left_open,
     record_clean_stop,
@@ -17,7 +18,7 @@ NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 def test_only_sessions_and_agents_without_an_end_are_left_open() -> None:
-    rows = [
+    rows: list[Row] = [
         ("agent_connected", None, None, "p1", {}),
         ("agent_connected", None, None, "p2", {}),
         ("agent_connected", None, None, "p2", {}),

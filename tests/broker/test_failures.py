@@ -71,7 +71,8 @@ def test_at_most_budget_plus_one_events_per_interval_whatever_is_sent() -> None:
     per_interval: dict[int, int] = {}
     for step in range(6000):  # 10 minutes of ten failures a second, new keys each
         now = at(step / 10)
-        writes = [agg.note(f"src{step}", f"name{step}", "unknown_user_or_key", now)]
+        writes: list[FailureRecord | Suppressed | None] = [
+            agg.note(f"src{step}", f"name{step}", "unknown_user_or_key", now)]
         if step % 50 == 0:
             writes += agg.due(now)
         interval = step // 600

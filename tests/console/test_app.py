@@ -306,6 +306,7 @@ async def test_a_key_mismatch_is_shown_as_such_not_as_a_wrong_code() -> None:
         await connect(pilot, harness.app)
         await join(pilot, harness.app, KEY_MISMATCH)
         screen = harness.app.screen
+        assert isinstance(screen, MainScreen)
         await until(pilot, lambda: any(r.state == "key mismatch"
                                        for r in screen.records.values()))
         record = next(iter(screen.records.values()))

@@ -142,12 +142,21 @@ class Deployment:
 
 
 def transcript(child: pexpect.spawn) -> str:
-    return child.logfile_read.getvalue()
+    log = child.logfile_read
+    assert isinstance(log, io.StringIO), "the child was not started by Deployment"
+    return log.getvalue()
+
+
+def matched(child: pexpect.spawn, group: int = 1) -> str:
+    """Group `group` of what `child.expect` last matched (a pattern, not EOF or TIMEOUT)."""
+    match = child.match
+    assert isinstance(match, re.Match), f"the last expect matched {match!r}, not a pattern"
+    return str(match.group(group))
 
 
 def read_code(agent: pexpect.spawn, timeout: float = 20) -> str:
     agent.expect(CODE_RE, timeout=timeout)
-    return agent.match.group(1)
+    return matched(agent)
 
 
 @pytest.fixture

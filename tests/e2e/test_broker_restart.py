@@ -9,7 +9,7 @@ import time
 
 import pexpect
 
-from tests.e2e.conftest import CODE_RE, Deployment, transcript
+from tests.e2e.conftest import CODE_RE, Deployment, matched, transcript
 from tests.e2e.test_session import approve_session
 
 
@@ -32,7 +32,7 @@ def test_agent_says_it_is_back_with_a_new_code_as_soon_as_it_reconnects(
 ) -> None:
     agent = running.agent("--alias", "front desk")
     agent.expect(CODE_RE)
-    old_code = agent.match.group(1)
+    old_code = matched(agent)
     running.stop_broker()
     agent.expect("Lost the support service", timeout=10)
     running.start_broker(running.port)  # the operator restarts it on the same address
@@ -40,7 +40,7 @@ def test_agent_says_it_is_back_with_a_new_code_as_soon_as_it_reconnects(
     agent.expect(CODE_RE, timeout=20)
     reconnected = time.monotonic()
     assert reconnected < deadline
-    new_code = agent.match.group(1)
+    new_code = matched(agent)
     assert new_code != old_code
     agent.expect(pexpect.TIMEOUT, timeout=1)
     shown = transcript(agent)

@@ -21,7 +21,7 @@ from console.identity import load_file_identity
 from tests.e2e.conftest import Deployment, read_code, transcript
 
 
-class Screen(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+class Screen(asyncssh.SSHClientSession[bytes]):
     """What the engineer's terminal would show, kept as text."""
 
     def __init__(self) -> None:
@@ -43,7 +43,7 @@ class Screen(asyncssh.SSHClientSession):  # type: ignore[type-arg]
 class Engineer:
     joined: JoinedSession
     screen: Screen
-    chan: asyncssh.SSHClientChannel  # type: ignore[type-arg]
+    chan: asyncssh.SSHClientChannel[bytes]
     results: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
 
     async def next_result(self) -> Message:

@@ -6,10 +6,11 @@ import secrets
 
 import pexpect
 
-from tests.e2e.conftest import Deployment, read_code, transcript
+from tests.e2e.conftest import Deployment, matched, read_code, transcript
 
 
-def approve_session(dep: Deployment, key_answer: str = "c", *console_args: str):
+def approve_session(dep: Deployment, key_answer: str = "c", *console_args: str,
+                    ) -> tuple[pexpect.spawn, pexpect.spawn, str]:
     """Start an agent and a console, pair them, answer the consent prompt."""
     key = dep.add_engineer("alice", display="Alice Example")
     agent = dep.agent("--alias", "front desk")
@@ -17,7 +18,7 @@ def approve_session(dep: Deployment, key_answer: str = "c", *console_args: str):
     console = dep.console(code, key, "alice", *console_args)
     agent.expect(r"Alice Example \(alice, engineer\)")
     agent.expect(r"Pairing:\s+([0-9A-F]{4}-[0-9A-F]{4})")
-    sas = agent.match.group(1)
+    sas = matched(agent)
     agent.expect(r"\[n/Enter\] deny")
     agent.send(key_answer)
     console.expect(f"fingerprint {sas}")  # both ends show the same pairing fingerprint
@@ -87,7 +88,7 @@ def test_view_only_keystrokes_are_not_sent(running: Deployment) -> None:
     console.expect("view only: your keystrokes are not sent")
     agent.expect("Alice Example \\(alice\\) is viewing --")
     # Nothing the engineer typed reached the shell: no echo on either side.
-    assert marker not in console.before
+    assert console.before is not None and marker not in console.before
     try:
         agent.expect(marker, timeout=2)
         raise AssertionError("view-only keystrokes reached the customer's shell")

@@ -7,6 +7,7 @@ that are not JSON, not UTF-8 or binary."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -88,7 +89,9 @@ def test_encode_fails_only_with_a_wire_error(msg_type: str, fields: dict[str, An
 @given(st.sampled_from(list(Conn)), st.sampled_from(list(Phase)), st.text(max_size=30))
 def test_the_state_table_fails_only_with_a_protocol_error(conn: Conn, phase: Phase,
                                                          msg_type: str) -> None:
-    for check in (lambda: check_inbound(conn, phase, msg_type), lambda: check_binary(conn, phase)):
+    checks: tuple[Callable[[], object], ...] = (
+        lambda: check_inbound(conn, phase, msg_type), lambda: check_binary(conn, phase))
+    for check in checks:
         try:
             check()
         except ProtocolError:
