@@ -19,11 +19,16 @@ import tty
 
 import asyncssh
 
+from broker.client.terminal_io import (
+    TerminalFailed,
+    TerminalInput,
+    TerminalOutput,
+    set_nonblocking,
+)
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
 from console.errors import BrokerError, ConsoleError, TerminalError
-from console.terminal_io import TerminalFailed, TerminalInput, TerminalOutput, set_nonblocking
 
 CTRL_RBRACKET = 0x1D
 _ENDED_GRACE_STEPS = 60  # x 50 ms: how long to wait for the broker to say why
