@@ -46,8 +46,10 @@ async def outcome_after_shell(joined: JoinedSession, pump: asyncio.Task[None], *
         raise BrokerError("the secure shell to the customer's computer failed "
                           f"({printable(str(ssh_error), 200)}), so the session is over")
     lost = joined.ended is None and not left and pump.done()
-    if joined.ended is None and not lost and not left:
+    if joined.ended is None and not lost:
+        # The link is up and the shell closed: we end it (the engineer's
+        # own leave is said to the broker here too, as `engineer_left`).
         await joined.leave()
-        left = True  # the link is up and the shell closed: we end it
+        left = True
     pump.cancel()
     return joined.outcome(left=left)
