@@ -231,6 +231,8 @@ class CustomerScreen:
     def _on_input(self) -> None:
         try:
             data = os.read(self.in_fd, 1024)
+        except (BlockingIOError, InterruptedError):
+            return  # a wakeup with nothing to read (the terminal is non-blocking)
         except OSError:
             data = b""
         if not data:  # stdin closed: nobody can answer prompts or end sessions
