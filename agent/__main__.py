@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(config: AgentConfig) -> None:
     identity = load_identity(config.state_dir)
-    with CustomerScreen() as screen:
+    async with CustomerScreen() as screen:
         await Agent(config, identity, screen).run()
 
 

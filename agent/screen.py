@@ -12,6 +12,14 @@ the network is passed through `printable` before it is drawn.
 A consent prompt can open while a session is mirrored (an engineer asks for
 control, or a second engineer joins). The session's output is then held back
 and shown when the prompt closes, so the prompt stays readable.
+
+The customer sees everything: nothing mirrored is dropped. Drawing never
+blocks the event loop either (the relay, keepalives and the kill switch run
+on it), so output goes through a bounded non-blocking writer; when the
+customer's terminal falls behind (a slow ssh or serial link, a window nobody
+reads), or a prompt has held back as much as it keeps, `mirror` tells the
+shell session to stop reading the shell until the customer has caught up,
+and the engineer's side waits through SSH flow control.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ import tty
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from agent.consent import TIMEOUT, ConsentRequest, Decision, decide, prompt_lines, remaining
 from agent.errors import SetupError
 from agent.replay import RecentOutput
+from broker.client.terminal_io import TerminalFailed, TerminalOutput, set_nonblocking
 from broker.wire.text import printable
 
 CTRL_C = 0x03
@@ -47,8 +57,8 @@ ALT_SCREEN_ON, ALT_SCREEN_OFF = "\x1b[?1049h", "\x1b[?1049l"
 QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 # Mirrored output held back while a prompt is open. Bounded, so a chatty shell
-# cannot grow the agent's memory while the customer reads; past the bound the
-# oldest output goes first, since the newest is what the screen would show.
+# cannot grow the agent's memory while the customer reads: past the bound the
+# shell waits (see `CustomerScreen.mirror`) rather than any of it be lost.
 MAX_HELD_OUTPUT = 256 * 1024
 # How long a passing notice replaces the banner's list of who is connected:
 # that list is the customer's privacy indicator, so it must come back.
@@ -130,12 +140,22 @@ class CustomerScreen:
         self._held: deque[bytes] = deque()
         self._recent = RecentOutput()  # what a prompt covers, to paint back
         self._held_bytes = 0
-        self._held_dropped = 0
+        # Everything drawn goes through here, in order, never blocking.
+        self._out = TerminalOutput(out_fd, on_pause=self._terminal_behind,
+                                   on_resume=self._terminal_caught_up,
+                                   on_error=self._terminal_failed)
+        self._terminal_paused = False
+        # Pending while the shells must wait for the customer's screen.
+        self._behind: asyncio.Future[None] | None = None
+        self._restore_blocking: Callable[[], None] = lambda: None
 
     # -- terminal setup -------------------------------------------------------
 
-    def __enter__(self) -> CustomerScreen:
+    async def __aenter__(self) -> CustomerScreen:
         loop = asyncio.get_running_loop()
+        # On purpose (uvloop would anyway, for the input it watches, which is
+        # the same open terminal), and undone on the way out.
+        self._restore_blocking = set_nonblocking(self.in_fd, self.out_fd)
         if os.isatty(self.in_fd):
             self._saved_tty = termios.tcgetattr(self.in_fd)
             tty.setraw(self.in_fd)
@@ -150,30 +170,62 @@ class CustomerScreen:
         loop.add_reader(self.in_fd, self._on_input)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.in_fd)
         for sig in (signal.SIGWINCH, *QUIT_SIGNALS):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+        for timer in (self._banner_timer, self._flash_timer):
+            if timer is not None:
+                timer.cancel()
         if self._saved_tty is not None:
             # Cleared first: a mirrored program that left the alternate screen
             # itself (vi's exit) would otherwise leave our drawing behind.
             self._emit(RESET + CLEAR + ALT_SCREEN_OFF)
-            termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved_tty)
+        # Bounded: a terminal nobody reads any more does not keep us here.
+        await self._out.drain()
+        drained = self._out.buffered == 0
+        self._out.close()
+        self._restore_blocking()
+        if self._saved_tty is not None:
+            # TCSADRAIN would wait for a terminal that stopped reading.
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.in_fd, termios.TCSADRAIN if drained else termios.TCSANOW,
+                                  self._saved_tty)
 
     def _emit(self, text: str) -> None:
         self._write(text.encode())
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.out_fd, view) :]
-            except BlockingIOError:
-                time.sleep(0.01)
-            except OSError:
-                return
+        self._out.write(data)
+
+    # -- keeping up with the customer's terminal ------------------------------
+
+    def _terminal_behind(self) -> None:
+        self._terminal_paused = True
+        self._update_room()
+
+    def _terminal_caught_up(self) -> None:
+        self._terminal_paused = False
+        self._update_room()
+
+    def _terminal_failed(self, exc: TerminalFailed) -> None:
+        # The customer can no longer see what happens on their computer, nor
+        # answer: nothing may go on unseen, so everything ends.
+        self._terminal_paused = False
+        self._update_room()
+        self.quit.set()
+
+    def _update_room(self) -> None:
+        behind = self._terminal_paused or self._held_bytes > MAX_HELD_OUTPUT
+        if behind and self._behind is None:
+            self._behind = asyncio.get_running_loop().create_future()
+        elif not behind and self._behind is not None:
+            future, self._behind = self._behind, None
+            if not future.done():
+                future.set_result(None)
 
     def _size(self) -> tuple[int, int]:
         try:
@@ -190,6 +242,8 @@ class CustomerScreen:
     def _on_input(self) -> None:
         try:
             data = os.read(self.in_fd, 1024)
+        except (BlockingIOError, InterruptedError):
+            return  # a wakeup with nothing to read (the terminal is non-blocking)
         except OSError:
             data = b""
         if not data:  # stdin closed: nobody can answer prompts or end sessions
@@ -310,12 +364,17 @@ class CustomerScreen:
             self._keys = asyncio.Queue(maxsize=64)
             started = time.monotonic()
             self._asking = (request, started, timeout, max_rights)
+            drawn = False
             try:
                 while True:
                     left = remaining(started, time.monotonic(), timeout)
                     if left <= 0:
                         return TIMEOUT
-                    self._draw_prompt(request, left, max_rights)
+                    # A terminal that is behind still gets the prompt, but
+                    # not a countdown tick a second piling up behind it.
+                    if not drawn or not self._terminal_paused:
+                        self._draw_prompt(request, left, max_rights)
+                        drawn = True
                     try:
                         key = await asyncio.wait_for(self._keys.get(), min(1.0, left))
                     except TimeoutError:
@@ -336,9 +395,6 @@ class CustomerScreen:
         # Paint back what the prompt covered, then the output held meanwhile.
         self._set_region()
         self._paint_recent()
-        if self._held_dropped:
-            self._emit(f"[consentry: {self._held_dropped // 1024 + 1} KiB of earlier output "
-                       "was not kept while you were asked]\r\n")
         held = b"".join(self._held)
         self._discard_held()
         if held:
@@ -350,17 +406,12 @@ class CustomerScreen:
 
     def _discard_held(self) -> None:
         self._held.clear()
-        self._held_bytes = self._held_dropped = 0
+        self._held_bytes = 0
+        self._update_room()
 
     def _hold(self, data: bytes) -> None:
         self._held.append(data)
         self._held_bytes += len(data)
-        # Whole chunks go, so what is replayed starts where a write of the
-        # shell started, not in the middle of one.
-        while self._held_bytes > MAX_HELD_OUTPUT and len(self._held) > 1:
-            dropped = self._held.popleft()
-            self._held_bytes -= len(dropped)
-            self._held_dropped += len(dropped)
 
     def _draw_prompt(self, request: ConsentRequest, left: float, max_rights: str) -> None:
         cols, _rows = self._size()
@@ -396,20 +447,25 @@ class CustomerScreen:
             self._viewers[session].control = control
             self.draw_banner()
 
-    def mirror(self, data: bytes) -> None:
+    def mirror(self, data: bytes) -> asyncio.Future[None] | None:
         """Show the session's output as the engineer sees it (held back while
         a prompt is open: pausing the drawing, not the shell, keeps the prompt
-        readable and still shows the customer everything afterwards)."""
+        readable and still shows the customer everything afterwards).
+
+        Returns None while the customer's screen keeps up, else a future done
+        once it has caught up: the caller reads no more output until then."""
         if self._keys is not None:
             self._hold(data)
-            return
-        self._write(data)
-        self._recent.add(data)
-        # Redraw the banner once output pauses, so we never split an escape
-        # sequence of the shell's with one of ours.
-        if self._banner_timer is not None:
-            self._banner_timer.cancel()
-        self._banner_timer = asyncio.get_running_loop().call_later(0.3, self.draw_banner)
+        else:
+            self._write(data)
+            self._recent.add(data)
+            # Redraw the banner once output pauses, so we never split an
+            # escape sequence of the shell's with one of ours.
+            if self._banner_timer is not None:
+                self._banner_timer.cancel()
+            self._banner_timer = asyncio.get_running_loop().call_later(0.3, self.draw_banner)
+        self._update_room()
+        return self._behind
 
     def _banner_text(self) -> str:
         if self._menu:

@@ -30,7 +30,9 @@ class Gate:
 
     control: bool
     dropped_bytes: int = 0
-    on_output: Callable[[bytes], None] = lambda _data: None
+    # Shows the shell's output to the customer. It returns a future while
+    # their screen is behind: no more is read from the shell until it is done.
+    on_output: Callable[[bytes], asyncio.Future[None] | None] = lambda _data: None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     exit_status: int | None = None
     # Set once the shell runs: the customer's own keys go straight to it.
@@ -60,6 +62,11 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
         self._shell_behind = False
         self._held_for_check = False
         self._input_paused = False
+        # Why the shell's output is not read now: the engineer's side has not
+        # taken what was sent (SSH flow control), or the customer's screen is
+        # behind. Either one waits for the other: both see all of it.
+        self._engineer_behind = False
+        self._customer_behind = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
@@ -106,7 +113,23 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
         # nowhere to go on that side; the customer still sees it.
         with contextlib.suppress(BrokenPipeError):
             self._chan.write(data)
-        self._gate.on_output(data)
+        ready = self._gate.on_output(data)
+        if ready is not None and not ready.done() and not self._customer_behind:
+            self._customer_behind = True
+            ready.add_done_callback(self._customer_caught_up)
+            self._output_flow()
+
+    def _customer_caught_up(self, _ready: asyncio.Future[None]) -> None:
+        self._customer_behind = False
+        self._output_flow()
+
+    def _output_flow(self) -> None:
+        if self._shell is None:
+            return
+        if self._engineer_behind or self._customer_behind:
+            self._shell.pause_reading()
+        else:
+            self._shell.resume_reading()
 
     def _exited(self, status: int) -> None:
         if self._hung_up:
@@ -131,17 +154,17 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
             # A paste faster than the program reads it: hold the rest back
             # in the engineer's console, as a local terminal would.
             self._shell_behind = True
-        self._flow()
+        self._input_flow()
 
     def _input_room(self) -> None:
         self._shell_behind = False
-        self._flow()
+        self._input_flow()
 
     def _check_settled(self) -> None:
         self._held_for_check = False
-        self._flow()
+        self._input_flow()
 
-    def _flow(self) -> None:
+    def _input_flow(self) -> None:
         paused = self._shell_behind or self._held_for_check
         if paused != self._input_paused and self._chan is not None and not self._hung_up:
             self._input_paused = paused
@@ -157,12 +180,12 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
             self._shell.resize(width, height)
 
     def pause_writing(self) -> None:
-        if self._shell is not None:
-            self._shell.pause_reading()
+        self._engineer_behind = True
+        self._output_flow()
 
     def resume_writing(self) -> None:
-        if self._shell is not None:
-            self._shell.resume_reading()
+        self._engineer_behind = False
+        self._output_flow()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._hung_up = True

@@ -22,6 +22,7 @@ from broker.wire.messages import Message
 from console.client import ConsoleClient, JoinedSession, Progress
 from console.errors import ConsoleError, UsageError
 from console.identity import load_file_identity
+from console.session_end import outcome_after_shell
 
 __all__ = [
     "Backend",
@@ -135,7 +136,7 @@ class _Sink(asyncssh.SSHClientSession[bytes]):
         self._owner.send_pending()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._owner.closed()
+        self._owner.shell_closed(exc)
 
 
 class RelaySession:
@@ -157,6 +158,8 @@ class RelaySession:
         self._left = False
         self._pending = bytearray()
         self.input_paused = False
+        # Decides the outcome once the shell's connection has closed.
+        self._settling: asyncio.Task[None] | None = None
 
     @property
     def granted(self) -> tuple[str, ...]:
@@ -188,12 +191,30 @@ class RelaySession:
             self.closed()  # in the same words as the plain terminal (a broker restart...)
 
     def closed(self) -> None:
-        # Said as the plain terminal says it: "You left" only if we left, a
-        # lost broker as lost, never just "ended".
+        """The broker said the session ended (or failed): say why at once."""
         try:
             text = self._joined.outcome(left=self._left)
         except ConsoleError as exc:
-            text = f"{str(exc)[:1].upper()}{str(exc)[1:]}."
+            text = _sentence(exc)
+        self._finish(text)
+
+    def shell_closed(self, exc: Exception | None) -> None:
+        """The shell's connection closed: the broker's word on why is usually
+        a moment behind, so the outcome is decided as the plain terminal
+        decides it (`console.session_end`), not at once."""
+        if self._ended or self._settling is not None:
+            return
+        self._settling = asyncio.get_running_loop().create_task(self._settle(exc))
+
+    async def _settle(self, exc: Exception | None) -> None:
+        if self._pump is None:
+            self.closed()
+            return
+        try:
+            text = await outcome_after_shell(self._joined, self._pump, left=self._left,
+                                             ssh_error=exc)
+        except ConsoleError as error:
+            text = _sentence(error)
         self._finish(text)
 
     def _finish(self, text: str) -> None:
@@ -240,11 +261,18 @@ class RelaySession:
     async def leave(self) -> None:
         self._ended = self._left = True
         self._pending.clear()
+        if self._settling is not None:
+            self._settling.cancel()  # nothing left to decide: we left
         if self._conn is not None:
             self._conn.close()
         await self._joined.leave()
         if self._pump is not None:
             self._pump.cancel()
+
+
+def _sentence(exc: ConsoleError) -> str:
+    text = str(exc)
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 class BrokerBackend:

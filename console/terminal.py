@@ -19,14 +19,19 @@ import tty
 
 import asyncssh
 
+from broker.client.terminal_io import (
+    TerminalFailed,
+    TerminalInput,
+    TerminalOutput,
+    set_nonblocking,
+)
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
-from console.errors import BrokerError, ConsoleError, TerminalError
-from console.terminal_io import TerminalFailed, TerminalInput, TerminalOutput, set_nonblocking
+from console.errors import ConsoleError, TerminalError
+from console.session_end import outcome_after_shell
 
 CTRL_RBRACKET = 0x1D
-_ENDED_GRACE_STEPS = 60  # x 50 ms: how long to wait for the broker to say why
 
 # What the engineer is told about the answer to Ctrl-] c.
 CONTROL_RESULT_TEXT = {
@@ -252,22 +257,4 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         await joined.link.close()
         raise TerminalError(f"your terminal failed ({failure.strerror}), so the session "
                             "is over (the customer's computer ends it too)")
-    if joined.ended is None and not leaving:
-        # The shell's connection closed under us: the broker's `ended`,
-        # with the reason, normally follows within moments.
-        for _ in range(_ENDED_GRACE_STEPS):
-            if joined.ended is not None or pump.done():
-                break
-            await asyncio.sleep(0.05)
-    if joined.ended is None and not leaving and session.error is not None and not pump.done():
-        # The secure shell failed (not a leave): the broker sees the link drop.
-        pump.cancel()
-        await joined.link.close()
-        raise BrokerError("the secure shell to the customer's computer failed "
-                          f"({printable(str(session.error), 200)}), so the session is over")
-    lost = joined.ended is None and not leaving and pump.done()
-    if joined.ended is None and not lost:
-        await joined.leave()
-        leaving = True  # the link is up and the shell closed: we end it
-    pump.cancel()
-    return joined.outcome(left=leaving)
+    return await outcome_after_shell(joined, pump, left=leaving, ssh_error=session.error)

@@ -198,3 +198,31 @@ async def test_a_paste_held_for_the_liveness_check_waits_instead_of_being_cut(
     assert target.read_bytes() == data
     assert discarded == []
     conn.close()
+
+
+async def test_a_customer_screen_that_is_behind_pauses_the_shell_whatever_the_engineer_reads(
+    paired: tuple,
+) -> None:
+    """The engineer's side keeps up (its window reopens, `resume_writing`),
+    yet the shell waits while the customer's screen says it is behind; all
+    of the output arrives on both sides once the screen has caught up."""
+    gate, mirrored, connect, engineer, server_task = paired
+    behind: list[asyncio.Future[None]] = []  # set while the customer's screen is behind
+
+    def show(data: bytes) -> asyncio.Future[None] | None:
+        mirrored.extend(data)
+        return behind[0] if behind and not behind[0].done() else None
+
+    gate.on_output = show
+    gate.control = True
+    conn = await connect(engineer)
+    chan, session = await Pair(gate, conn, await server_task).shell()
+    behind.append(asyncio.get_running_loop().create_future())
+    chan.write(b"head -c 3000000 /dev/zero | base64; echo OUT$((40+2))DONE\r")
+    await asyncio.sleep(1.0)
+    assert b"OUT42DONE" not in session.data
+    assert len(session.data) < 512 * 1024  # a chunk or two, not the flood
+    behind[0].set_result(None)
+    await until(lambda: b"OUT42DONE" in session.data and b"OUT42DONE" in mirrored, 30)
+    assert session.data.count(b"A") == mirrored.count(b"A") == 4_000_000
+    conn.close()

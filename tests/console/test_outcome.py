@@ -63,3 +63,25 @@ async def test_the_full_screen_console_says_the_same_about_a_broker_restart() ->
     await relay._control(joined.ended)
     assert [e.kind for e in events] == ["ended"]
     assert "shut down or restarted" in events[0].text and "join again" in events[0].text
+
+
+async def test_the_reason_is_awaited_briefly_and_no_longer_than_needed() -> None:
+    import asyncio
+
+    from console.session_end import wait_for_reason
+
+    loop = asyncio.get_running_loop()
+    link_up: asyncio.Future[None] = loop.create_future()
+    pump = asyncio.ensure_future(link_up)
+    joined = _joined(None)
+    loop.call_later(0.1, lambda: setattr(joined, "ended", decode(ended_frame("customer_ended"))))
+    started = loop.time()
+    await wait_for_reason(joined, pump, grace=5)  # type: ignore[arg-type]
+    assert joined.ended is not None and loop.time() - started < 1
+    started = loop.time()
+    await wait_for_reason(_joined(None), pump, grace=0.2)  # type: ignore[arg-type]
+    assert 0.2 <= loop.time() - started < 1  # no word: the grace, then on
+    pump.cancel()
+    started = loop.time()
+    await wait_for_reason(_joined(None), pump, grace=5)  # type: ignore[arg-type]
+    assert loop.time() - started < 0.5  # the link closed: nothing more will come

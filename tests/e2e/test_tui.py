@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pexpect
+import pytest
 from textual.widgets import Input
 
 from console.app import ConsoleApp
@@ -58,5 +59,48 @@ async def test_tui_joins_a_real_agent_sees_the_customer_and_leaves(
         agent.expect("Alice Example left the session.", timeout=20)
         await until(pilot, lambda: not app.screen.query(SessionPane))
         await app.backend.close()  # type: ignore[union-attr]
+    agent.sendcontrol("c")
+    agent.expect(pexpect.EOF)
+
+
+
+@pytest.mark.parametrize(("ending", "reason"), [
+    ("ctrl-] e", "The customer ended the session."),
+    ("exit", "The remote shell exited."),
+])
+async def test_tui_shows_the_brokers_reason_not_a_lost_broker(
+    running: Deployment, ending: str, reason: str,
+) -> None:
+    """The shell's connection closes a moment before the broker's `ended`
+    arrives with the reason (the customer's kill switch, the shell exiting):
+    the session tab waits for it rather than call it a lost broker."""
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk")
+    code = read_code(agent)
+    settings = Settings(broker=running.url, ca=running.pki.ca_cert, identity=key, user="alice")
+    app = ConsoleApp(BrokerBackend, settings)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.click("#connect")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        app.screen.query_one("#code", Input).value = code
+        await pilot.click("#join")
+        agent.expect(r"\[n/Enter\] deny", timeout=20)
+        agent.send("v")
+        await until(pilot, lambda: app.screen.query(SessionPane))
+        pane = app.screen.query_one(SessionPane)
+        await until(pilot, lambda: "$" in pane.terminal_text())
+        if ending == "exit":
+            agent.send("exit\r")  # the customer types in their own shell
+        else:
+            agent.send("\x1d")  # Ctrl-] e: the customer's kill switch
+            agent.expect(r"\[e\] end the session now", timeout=20)
+            agent.send("e")
+        await until(pilot, lambda: pane.record.state == "ended")
+        await pilot.pause(0.5)  # a later word must not change the outcome either
+        assert pane.record.detail == reason, pane.record.detail
+        status = str(pane.query_one(".session-status").render())
+        assert "lost" not in status and reason[:-1] in status, status
+        await app.backend.close()  # type: ignore[union-attr]
+    agent.expect("Nobody can connect without your approval")
     agent.sendcontrol("c")
     agent.expect(pexpect.EOF)

@@ -1,14 +1,18 @@
-"""The engineer's own terminal as non-blocking, flow-controlled byte streams.
+"""A person's terminal as non-blocking, flow-controlled byte streams: the
+engineer's in the plain console, the customer's in the agent.
 
 Why this exists: the event loop (uvloop) makes a descriptor non-blocking
 when it watches it for input, and stdin, stdout and stderr of a terminal
 are one open file description, so they all become non-blocking together. A
 plain `os.write` to stdout then fails with EAGAIN as soon as the terminal
-falls behind (a large paste echoed back, a build log); a blocking one would
-freeze the loop instead. So output is buffered here, bounded: past
-`OUTPUT_HIGH_WATER` the producer is told to pause (the SSH channel stops
-reading, so the window closes and the agent stops sending), and resumed
-once the terminal has taken the buffer down to `OUTPUT_LOW_WATER`.
+falls behind (a large paste echoed back, a build log, a slow ssh or serial
+link, a terminal window nobody scrolls); a blocking one, or a retry in a
+loop, would freeze everything else the program does (the relay, keepalives,
+the customer's kill switch). So output is buffered here, bounded: past
+`OUTPUT_HIGH_WATER` the producer is told to pause (the console's SSH channel
+stops reading, so the window closes and the agent stops sending; the agent
+stops reading the shell's PTY, so the engineer's side waits in turn), and
+resumed once the terminal has taken the buffer down to `OUTPUT_LOW_WATER`.
 
 Input is read in large chunks while the consumer has room; the consumer
 pauses it (the SSH channel's send buffer is full) and resumes it, so a

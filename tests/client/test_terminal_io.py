@@ -8,7 +8,7 @@ import asyncio
 import errno
 import os
 
-from console.terminal_io import (
+from broker.client.terminal_io import (
     OUTPUT_HIGH_WATER,
     TerminalFailed,
     TerminalInput,
