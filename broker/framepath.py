@@ -11,8 +11,9 @@ Flow control stays end to end: when this connection's transport has too much
 to write, `on_pause_writing` runs (the relay then stops reading the other
 socket) and `on_resume_writing` when it drains.
 
-Shared by the broker's relay and by the agent's and console's links; it holds
-no server logic.
+Shared by the broker's relay (`broker.listener.FastServerConnection`) and by
+the agent's and console's links (`broker.client.link.FastClientConnection`):
+a mixin for either side's connection, importing neither side.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
-__all__ = ["FastClientConnection", "FastServerConnection", "FramePath"]
+__all__ = ["FramePath"]
 
 
 class FramePath:
@@ -171,11 +170,3 @@ class FramePath:
         super().resume_writing()  # type: ignore[misc]
         if self.on_resume_writing is not None:
             self.on_resume_writing()
-
-
-class FastServerConnection(FramePath, ServerConnection):
-    pass
-
-
-class FastClientConnection(FramePath, ClientConnection):
-    pass

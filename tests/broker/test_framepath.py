@@ -7,7 +7,8 @@ import asyncio
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from broker.framepath import FastClientConnection, FastServerConnection
+from broker.client.link import FastClientConnection
+from broker.listener import FastServerConnection
 
 
 async def test_frames_queued_together_arrive_whole_in_order_and_close_cleanly() -> None:

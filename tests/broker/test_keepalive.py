@@ -12,7 +12,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import serve
 from websockets.protocol import State
 
-from broker.framepath import FastClientConnection, FastServerConnection
+from broker.client.link import FastClientConnection
+from broker.listener import FastServerConnection
 from broker.keepalive import sweep
 
 INTERVAL, TIMEOUT = 20.0, 10.0

@@ -1,0 +1,8 @@
+"""The client end of a connection to the broker, shared by the agent and the
+console: reaching the broker safely (`link`), carrying SSH over the relay
+(`relay`) and running the join's handshake over a link (`handshake`).
+
+Client code only: nothing here imports a module of the broker's server
+(`tests/test_import_hygiene.py` checks it), and the server imports nothing
+from here.
+"""
