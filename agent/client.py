@@ -21,8 +21,10 @@ import getpass
 import logging
 import platform
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncssh
 from websockets.exceptions import ConnectionClosed
@@ -176,7 +178,7 @@ class Agent:
         await self._end_everything("agent_quit")
 
     async def _wait_for_engineers(self, sessions: asyncio.TaskGroup,
-                                  quit_task: asyncio.Future[bool]) -> None:
+                                  quit_task: asyncio.Future[Literal[True]]) -> None:
         control = await open_link(self.config.broker, "/v1/agent", self.config.ca)
         hello: dict[str, str] = {
             "device_id": self.identity.device_id,
@@ -190,7 +192,8 @@ class Agent:
         try:
             await control.send("hello", **hello)
             listener = asyncio.ensure_future(self._listen(control, sessions))
-            await asyncio.wait([listener, quit_task], return_when=asyncio.FIRST_COMPLETED)
+            waiters: list[asyncio.Future[Any]] = [listener, quit_task]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not listener.done():
                 listener.cancel()
                 return
@@ -217,9 +220,9 @@ class Agent:
                     self.codes.popitem(last=False)
                 self.screen.set_code(str(code), msg["expires_in"])
             elif msg.type == "join_request":
-                code = self.codes.pop(msg["nameplate"], None)
-                if code is not None:
-                    task = group.create_task(self._join(msg, code))
+                claimed = self.codes.pop(msg["nameplate"], None)
+                if claimed is not None:
+                    task = group.create_task(self._join(msg, claimed))
                     self.joining.add(task)
                     task.add_done_callback(self.joining.discard)
             else:
@@ -620,9 +623,9 @@ def _withdrawn_text(exc: Withdrawn, display: str) -> str:
             "nobody was connected.")
 
 
-async def _quietly(coro: object) -> None:
+async def _quietly(coro: Awaitable[object]) -> None:
     with contextlib.suppress(Exception):
-        await coro  # type: ignore[misc]
+        await coro
 
 
 def _ended_text(reason: str | None, viewer: Viewer) -> str:
