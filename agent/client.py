@@ -21,8 +21,10 @@ import getpass
 import logging
 import platform
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncssh
 from websockets.exceptions import ConnectionClosed
@@ -34,17 +36,30 @@ from agent.identity import DeviceIdentity
 from agent.liveness import Heartbeat, InputGuard
 from agent.screen import CustomerScreen, Viewer
 from agent.sshd import Gate, serve_shell
-from broker.link import BrokerLink, LinkError, SSHRelay, open_link
+from broker.client.handshake import HandshakeRun
+from broker.client.link import BrokerLink, LinkError, open_link
+from broker.client.relay import SSHRelay
 from broker.wire.code import JoinCode, draw_secret
-from broker.wire.e2e import Pairing
-from broker.wire.errors import PairingError, WireError
-from broker.wire.messages import Message, b64decode, b64encode
+from broker.wire.errors import WireError
+from broker.wire.machine.handshake import (
+    STEP_TIMEOUT,
+    AgentSide,
+    Established,
+    Failed,
+    Failure,
+    Handshake,
+    Paired,
+    Refused,
+    Sealed,
+    Source,
+)
+from broker.wire.messages import Message, b64encode
 from broker.wire.receipt import Receipt, sign_receipt
 from broker.wire.text import printable
 
 log = logging.getLogger("consentry.agent")
 
-HANDSHAKE_TIMEOUT = 60.0
+HANDSHAKE_TIMEOUT = STEP_TIMEOUT  # also how long a grant of control waits for the broker
 # Link failures worth retrying once registered: the broker went away or is
 # temporarily unable to record sessions, or pacing registrations from this
 # address. Anything else (untrusted certificate, protocol refusal) needs a person.
@@ -54,9 +69,6 @@ _MAX_RETRY_DELAY = 30.0
 # How long to wait for the broker to say why, when the engineer's SSH closes.
 _ENDED_GRACE = 5.0
 _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
-# How long, after the customer refused, to wait for the broker's checkpoint
-# of that refusal (it seals at once; a little more than COVER_WAIT).
-_SEAL_WAIT = 6.0
 # How long the broker has to answer `confirm_live` before held input is discarded.
 LIVENESS_TIMEOUT = 10.0
 # The dropped-input total goes to the broker at most this often (and before `end`).
@@ -166,7 +178,7 @@ class Agent:
         await self._end_everything("agent_quit")
 
     async def _wait_for_engineers(self, sessions: asyncio.TaskGroup,
-                                  quit_task: asyncio.Future[bool]) -> None:
+                                  quit_task: asyncio.Future[Literal[True]]) -> None:
         control = await open_link(self.config.broker, "/v1/agent", self.config.ca)
         hello: dict[str, str] = {
             "device_id": self.identity.device_id,
@@ -180,7 +192,8 @@ class Agent:
         try:
             await control.send("hello", **hello)
             listener = asyncio.ensure_future(self._listen(control, sessions))
-            await asyncio.wait([listener, quit_task], return_when=asyncio.FIRST_COMPLETED)
+            waiters: list[asyncio.Future[Any]] = [listener, quit_task]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if not listener.done():
                 listener.cancel()
                 return
@@ -207,9 +220,9 @@ class Agent:
                     self.codes.popitem(last=False)
                 self.screen.set_code(str(code), msg["expires_in"])
             elif msg.type == "join_request":
-                code = self.codes.pop(msg["nameplate"], None)
-                if code is not None:
-                    task = group.create_task(self._join(msg, code))
+                claimed = self.codes.pop(msg["nameplate"], None)
+                if claimed is not None:
+                    task = group.create_task(self._join(msg, claimed))
                     self.joining.add(task)
                     task.add_done_callback(self.joining.discard)
             else:
@@ -218,29 +231,39 @@ class Agent:
     # -- one join -------------------------------------------------------------
 
     async def _join(self, request: Message, code: JoinCode) -> None:
-        session_id = request["session"]
         try:
             link = await open_link(self.config.broker, "/v1/agent/session", self.config.ca)
         except LinkError as exc:
             self.screen.notice(f"A support engineer tried to connect, but: {exc}")
             return
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        side = AgentSide(
+            session=request["session"], token=request["token"],
+            engineer_key=request["engineer_key"],
+            host_key=host_key.export_public_key("openssh").decode().strip(),
+            # The console shows the customer's deadline, so it learns it here.
+            consent_timeout=int(self.config.consent_timeout),
+        )
+        run = HandshakeRun(link, Handshake(side, code))
         try:
-            await link.send("attach", session=session_id, token=request["token"])
-            paired = await self._pair(link, request, code)
+            await run.start()
+            paired = await self._pair(run)
             if paired is None:
                 return
-            pairing, host_key = paired
-            ask, decision = await self._consent(link, request, pairing)
-            if decision.decision != "granted":
-                await self._keep_refusal_seal(link)
+            ask, decision = await self._consent(run, request, paired)
+            outcome = await self._outcome(run)
+            if isinstance(outcome, Refused):
                 what = "did not answer in time" if decision.decision == "timeout" else "declined"
                 self.screen.notice(
                     f"You {what}: {printable(request['engineer_display'], 40)} was not connected."
                 )
                 return
-            while (msg := await link.expect("relay_open", "consent_sealed",
-                                            timeout=HANDSHAKE_TIMEOUT)).type != "relay_open":
-                self._keep_seal(msg)
+            if isinstance(outcome, Failed):
+                if outcome.reason in _ENGINEER_GONE or outcome.reason == Failure.CLOSED:
+                    raise _withdrawn(outcome)  # gone between the answer and the relay
+                self.screen.notice(
+                    f"The support connection ended: {printable(outcome.message, 160)}")
+                return
             task = asyncio.current_task()
             if task is not None:
                 self.joining.discard(task)  # from here on it ends as a session does
@@ -248,104 +271,100 @@ class Agent:
         except Withdrawn as exc:
             self.screen.notice(_withdrawn_text(exc, request["engineer_display"]))
         except LinkError as exc:
-            if exc.code in _ENGINEER_GONE:  # gone between the answer and the relay
-                self.screen.notice(_withdrawn_text(Withdrawn(exc.code, str(exc)),
-                                                   request["engineer_display"]))
-            else:
-                self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
+            self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
         except (WireError, ConnectionClosed) as exc:
             self.screen.notice(f"The support connection ended: {printable(exc, 160)}")
         except asyncio.CancelledError:
             # The customer quit while this join was pairing or being asked:
             # the engineer hears it now, not when the prompt would have timed out.
-            await _quietly(link.send("end", reason="agent_quit"))
+            await _quietly(run.perform(run.handshake.withdraw("agent_quit")))
             raise
         finally:
             await link.close()
 
-    def _keep_seal(self, msg: Message) -> None:
+    def _keep_seal(self, seq: int, checkpoint: str) -> None:
         """A `consent_sealed`: keep the checkpoint beside the receipt."""
-        if not self.identity.keep_checkpoint(msg["checkpoint"], msg["seq"]):
+        if not self.identity.keep_checkpoint(checkpoint, seq):
             log.warning("the broker's checkpoint for consent event %d was not a "
-                        "checkpoint covering it; not kept", msg["seq"])
+                        "checkpoint covering it; not kept", seq)
 
-    async def _keep_refusal_seal(self, link: BrokerLink) -> None:
-        """After a refusal the broker sends the seal, then ends; briefly wait
-        for it (a broker that does not send one just ends the link)."""
-        with contextlib.suppress(LinkError, WireError, TimeoutError):
-            msg = await link.recv(timeout=_SEAL_WAIT)
-            if msg.type == "consent_sealed":
-                self._keep_seal(msg)
+    async def _outcome(self, run: HandshakeRun) -> Established | Refused | Failed:
+        """After the answer: the broker's confirmation (`relay_open`) or, after
+        a refusal, its seal; the checkpoints that come meanwhile are kept."""
+        while True:
+            event = await run.next_event()
+            if isinstance(event, Sealed):
+                self._keep_seal(event.seq, event.checkpoint)
+            elif isinstance(event, Established | Refused | Failed):
+                return event
 
-    async def _pair(self, link: BrokerLink, request: Message,
-                    code: JoinCode) -> tuple[Pairing, asyncssh.SSHKey] | None:
-        """SPAKE2 with the local secret, then the key exchange under its key.
+    async def _pair(self, run: HandshakeRun) -> Paired | None:
+        """The shared handshake, agent side, up to the pairing: SPAKE2 with
+        the local secret, then the key exchange under its key.
 
-        Returns the pairing and this session's fresh SSH host key, or None if
-        the code was wrong or the engineer's key is not the one the broker
-        announced; in both cases the code is spent and the customer warned.
+        Returns what pairing established, or None if it failed; a wrong code
+        or an engineer key the broker did not announce spends the code (the
+        handshake has told the broker) and the customer is warned.
         """
-        pairing = Pairing("agent", code, request["session"])
-        # The console speaks first, so its `joined` always precedes our reply.
-        theirs = await link.expect("pake", timeout=HANDSHAKE_TIMEOUT)
-        ours = pairing.start()
-        try:
-            pairing.receive_pake(b64decode(theirs["body"]))
-            await link.send("pake", body=b64encode(ours))
-            sealed = await link.expect("sealed", timeout=HANDSHAKE_TIMEOUT)
-            offered = pairing.open(b64decode(sealed["body"]))
-        except PairingError:
-            await link.send("pairing_failed", reason="wrong_code")
+        event = await run.next_event()
+        while not isinstance(event, Paired | Failed):
+            event = await run.next_event()
+        if isinstance(event, Paired):
+            return event
+        if event.source is Source.LOCAL and event.reason == Failure.WRONG_CODE:
             self.screen.notice(
                 "Someone tried to connect with a wrong code. If you did not just read your "
                 "code to an engineer, someone may be trying to intercept. "
                 "The old code no longer works; a new one is shown above."
             )
-            return None
-        if not _same_key(str(offered.get("ssh_key", "")), request["engineer_key"]):
-            await link.send("pairing_failed", reason="key_mismatch")
+        elif event.source is Source.LOCAL and event.reason == Failure.KEY_MISMATCH:
             self.screen.notice(
                 "A connection was refused: the engineer's key did not match the one the "
                 "support service announced (possible interception). A new code is shown."
             )
-            return None
-        host_key = asyncssh.generate_private_key("ssh-ed25519")
-        public = host_key.export_public_key("openssh").decode().strip()
-        # The console shows the customer's deadline, so it learns it here.
-        offer = {"host_key": public, "consent_timeout": int(self.config.consent_timeout)}
-        await link.send("sealed", body=b64encode(pairing.seal(offer)))
-        return pairing, host_key
+        elif event.reason in _ENGINEER_GONE:
+            raise _withdrawn(event)
+        else:
+            self.screen.notice(f"The support connection ended: {printable(event.message, 160)}")
+        return None
 
-    async def _consent(self, link: BrokerLink, request: Message,
-                       pairing: Pairing) -> tuple[ConsentRequest, Decision]:
+    async def _consent(self, run: HandshakeRun, request: Message,
+                       paired: Paired) -> tuple[ConsentRequest, Decision]:
         """Ask the customer, sign the receipt, keep a copy, send it."""
         fingerprint = asyncssh.import_public_key(request["engineer_key"]).get_fingerprint("sha256")
         ask = ConsentRequest(
             session=request["session"], engineer_login=request["engineer_login"],
             engineer_display=request["engineer_display"], engineer_role=request["engineer_role"],
-            key_fingerprint=fingerprint, wants=tuple(request["wants"]), sas=pairing.sas,
+            key_fingerprint=fingerprint, wants=tuple(request["wants"]), sas=paired.sas,
         )
         prompt = asyncio.ensure_future(self.screen.ask_consent(
             ask, self.config.consent_timeout, self.config.max_rights))
         # The broker sends nothing more until the customer answers, unless the
         # join is over (the engineer gave up, the broker went away): then the
         # prompt closes at once instead of waiting for an answer nobody awaits.
-        news = asyncio.ensure_future(link.recv())
+        news = asyncio.ensure_future(run.next_event())
         try:
             done, _ = await asyncio.wait([prompt, news], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in (prompt, news):
                 waiter.cancel()
-        if news in done:  # even if the customer answered in the same moment
+        error = news.exception() if news in done else None
+        outcome = run.handshake.outcome
+        if error is not None or isinstance(outcome, Failed):
+            # Even if the customer answered in the same moment: nobody awaits it.
             with contextlib.suppress(asyncio.CancelledError):
                 await prompt  # let it close what it drew
-            raise _withdrawal(news)
+            if error is not None:
+                raise error
+            assert isinstance(outcome, Failed)
+            raise _withdrawn(outcome)
         decision = prompt.result()
-        await self._send_receipt(link, ask, decision)
+        await self._send_receipt(run, ask, decision)
         return ask, decision
 
-    async def _send_receipt(self, link: BrokerLink, ask: ConsentRequest,
-                            decision: Decision) -> None:
+    def _signed_receipt(self, ask: ConsentRequest, decision: Decision) -> tuple[bytes, bytes]:
+        """The customer's answer as a receipt signed with the device key; the
+        customer keeps a copy whether or not it can be sent."""
         receipt = Receipt.make(
             session=ask.session, device_id=self.identity.device_id,
             engineer=ask.engineer_login, key_fingerprint=ask.key_fingerprint, asked=ask.wants,
@@ -353,13 +372,22 @@ class Agent:
         )
         data, signature = sign_receipt(receipt, self.identity.key)
         self.identity.keep_receipt(data, signature)
-        try:
-            await link.send("consent", receipt=b64encode(data), signature=b64encode(signature))
-        except ConnectionClosed as exc:
+        return data, signature
+
+    async def _send_receipt(self, run: HandshakeRun, ask: ConsentRequest,
+                            decision: Decision) -> None:
+        """Sign and keep the customer's answer to the join, and send it
+        through the handshake. A link that closed as they answered is a
+        withdrawn request."""
+        data, signature = self._signed_receipt(ask, decision)
+        handshake = run.handshake
+        await run.perform(handshake.answer(receipt=data, signature=signature,
+                                           decision=decision.decision,
+                                           granted=decision.granted, now=run.clock()))
+        if isinstance(handshake.outcome, Failed):
             # The answer came as the engineer's side went: nobody is left to
             # hear it, which is a withdrawn request, not a failure.
-            raise Withdrawn("closed", "the connection closed before the answer was sent") \
-                from exc
+            raise _withdrawn(handshake.outcome)
 
     async def _serve(self, link: BrokerLink, request: Message, host_key: asyncssh.SSHKey,
                      ask: ConsentRequest, decision: Decision) -> None:
@@ -380,7 +408,7 @@ class Agent:
                     active.tasks.add(task)
                     task.add_done_callback(active.tasks.discard)
             elif msg.type == "consent_sealed":
-                self._keep_seal(msg)
+                self._keep_seal(msg["seq"], msg["checkpoint"])
             elif msg.type == "control_result":
                 if active.confirm is not None and not active.confirm.done():
                     active.confirm.set_result(tuple(msg["granted"]))
@@ -500,7 +528,9 @@ class Agent:
             granted = decision.decision == "granted"
             if granted:
                 active.confirm = asyncio.get_running_loop().create_future()
-            await self._send_receipt(active.link, ask, decision)
+            data, signature = self._signed_receipt(ask, decision)
+            await active.link.send("consent", receipt=b64encode(data),
+                                   signature=b64encode(signature))
             if not granted:
                 if self.config.max_rights == "control":
                     what = "did not answer" if decision.decision == "timeout" else "said no"
@@ -579,17 +609,10 @@ class Withdrawn(Exception):
         self.reason = reason
 
 
-def _withdrawal(news: asyncio.Future[Message]) -> Exception:
-    """What the broker's word during a consent prompt means."""
-    exc = news.exception()
-    if isinstance(exc, LinkError):
-        return Withdrawn(exc.code, str(exc))
-    if exc is not None:
-        return exc
-    msg = news.result()
-    if msg.type == "ended":
-        return Withdrawn(msg["reason"], msg["message"])
-    return WireError(f"the broker sent an unexpected {msg.type!r} message during the prompt")
+def _withdrawn(failed: Failed) -> Withdrawn:
+    """A join that ended on the other side (or whose link closed) while the
+    customer was asked or answering: `reason` is the broker's end reason."""
+    return Withdrawn(failed.reason, failed.message)
 
 
 def _withdrawn_text(exc: Withdrawn, display: str) -> str:
@@ -600,9 +623,9 @@ def _withdrawn_text(exc: Withdrawn, display: str) -> str:
             "nobody was connected.")
 
 
-async def _quietly(coro: object) -> None:
+async def _quietly(coro: Awaitable[object]) -> None:
     with contextlib.suppress(Exception):
-        await coro  # type: ignore[misc]
+        await coro
 
 
 def _ended_text(reason: str | None, viewer: Viewer) -> str:

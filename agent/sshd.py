@@ -235,7 +235,7 @@ async def serve_shell(
     gate: Gate,
 ) -> asyncssh.SSHServerConnection:
     """Run the SSH server until the engineer is authenticated: over a
-    connected socket, or over the relay (`tunnel`, a `broker.link.SSHRelay`,
+    connected socket, or over the relay (`tunnel`, a `broker.client.relay.SSHRelay`,
     which asyncssh asks for the connection through its `tunnel` option)."""
     if (sock is None) == (tunnel is None):
         raise ValueError("serve_shell needs exactly one of sock or tunnel")

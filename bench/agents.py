@@ -26,7 +26,7 @@ from agent.consent import ConsentRequest, Decision
 from agent.identity import load_identity
 from bench.procs import raise_fd_limit
 from broker import eventloop
-from broker.link import open_link
+from broker.client.link import open_link
 from broker.wire.messages import b64encode
 
 

@@ -461,7 +461,7 @@ async def connection_flood(dep: Deployment, mode: Mode) -> list[Row]:
 
 async def _login_flood(dep: Deployment, stop: asyncio.Event) -> int:
     """Logins with random names and random proofs, one after another."""
-    from broker.link import LinkError, open_link
+    from broker.client.link import LinkError, open_link
     from broker.wire.errors import ProtocolError
     from broker.wire.messages import b64encode
 
@@ -499,8 +499,8 @@ async def _join_sweep(dep: Deployment, stop: asyncio.Event) -> int:
     limits stop that account, never the one the real sessions use)."""
     import datetime as dt
 
+    from broker.client.link import LinkError
     from broker.errors import RegistryError
-    from broker.link import LinkError
     from broker.registry import Registry
     from broker.wire.errors import ProtocolError
     from console.client import ConsoleClient

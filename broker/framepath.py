@@ -11,8 +11,9 @@ Flow control stays end to end: when this connection's transport has too much
 to write, `on_pause_writing` runs (the relay then stops reading the other
 socket) and `on_resume_writing` when it drains.
 
-Shared by the broker's relay and by the agent's and console's links; it holds
-no server logic.
+Shared by the broker's relay (`broker.listener.FastServerConnection`) and by
+the agent's and console's links (`broker.client.link.FastClientConnection`):
+a mixin for either side's connection, importing neither side.
 """
 
 from __future__ import annotations
@@ -21,27 +22,31 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.connection import Connection
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Event, State
 
-__all__ = ["FastClientConnection", "FastServerConnection", "FramePath"]
+__all__ = ["FramePath"]
 
 
-class FramePath:
-    """Mixin for websockets' asyncio connections (client or server)."""
+class FramePath(Connection):
+    """Mixin for websockets' asyncio connections (client or server): put it
+    first, before `ClientConnection` or `ServerConnection`."""
 
-    binary_sink: Callable[[bytes], None] | None = None
+    binary_sink: Callable[[bytes], object] | None = None  # what it returns is ignored
     on_pause_writing: Callable[[], None] | None = None
     on_resume_writing: Callable[[], None] | None = None
 
-    def process_event(self, event: Frame) -> None:  # type: ignore[override]
+    def process_event(self, event: Event) -> None:
         sink = self.binary_sink
-        if sink is not None and event.opcode is Opcode.BINARY and event.fin:
-            sink(event.data)
+        if (sink is not None and isinstance(event, Frame) and event.opcode is Opcode.BINARY
+                and event.fin):
+            # A parsed frame holds bytes (masked, from a client) or a bytearray
+            # (unmasked, from the broker); every sink only reads or appends it,
+            # which both allow, and copying it to bytes would cost a copy a frame.
+            sink(event.data)  # type: ignore[arg-type]
             return
-        super().process_event(event)  # type: ignore[misc]
+        super().process_event(event)
 
     _flush_handle: asyncio.Handle | None = None
 
@@ -53,9 +58,9 @@ class FramePath:
     heard_count: int = 0
 
     def data_received(self, data: bytes) -> None:
-        self.last_heard = self.loop.time()  # type: ignore[attr-defined]
+        self.last_heard = self.loop.time()
         self.heard_count += 1
-        super().data_received(data)  # type: ignore[misc]
+        super().data_received(data)
 
     async def keepalive(self) -> None:
         """websockets' keepalive task, except that a ping goes out only
@@ -63,16 +68,18 @@ class FramePath:
         (data, or its own ping) already shows it is alive. Clients use it;
         the broker, holding thousands of connections, runs one
         `broker.keepalive` sweep for all of them instead of a task each."""
-        interval: float = self.ping_interval  # type: ignore[attr-defined]
-        timeout: float = self.ping_timeout or interval  # type: ignore[attr-defined]
-        loop = self.loop  # type: ignore[attr-defined]
+        interval = self.ping_interval
+        if interval is None:  # websockets starts no keepalive then; nor do we
+            return
+        timeout = self.ping_timeout or interval
+        loop = self.loop
         try:
             while True:
                 if not self.keepalive_tick(loop.time(), interval, timeout):
                     return
                 await asyncio.sleep(min(interval, timeout) / 4)
         except Exception:  # as websockets does: a keepalive failure is logged, not raised
-            self.logger.error("keepalive ping failed", exc_info=True)  # type: ignore[attr-defined]
+            self.logger.error("keepalive ping failed", exc_info=True)
 
     # When the unanswered keepalive ping went out (event-loop time), or 0,
     # and `heard_count` at that moment.
@@ -84,22 +91,22 @@ class FramePath:
         `interval`; fail one that has not answered a ping for `timeout`.
         Anything received after the ping counts as the answer. False once the
         connection is no longer open."""
-        if self.protocol.state is not State.OPEN:  # type: ignore[attr-defined]
+        if self.protocol.state is not State.OPEN:
             return False
         heard = self.last_heard or now
         if self._ping_sent_at:
             if self.heard_count > self._heard_at_ping:
                 self._ping_sent_at = 0.0
             elif now - self._ping_sent_at >= timeout:
-                self.protocol.fail(  # type: ignore[attr-defined]
+                self.protocol.fail(
                     CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                 self.send_data()
-                self.transport.abort()  # type: ignore[attr-defined] # the peer is not reading
+                self.transport.abort()  # the peer is not reading
                 return False
             else:
                 return True
         if now - heard >= interval:
-            self.protocol.send_ping(b"")  # type: ignore[attr-defined]
+            self.protocol.send_ping(b"")
             self.send_data()
             self._ping_sent_at, self._heard_at_ping = now, self.heard_count
         return True
@@ -111,10 +118,10 @@ class FramePath:
         Synchronous, for callbacks: the caller watches `on_pause_writing`
         rather than awaiting a drain.
         """
-        if self.protocol.state is not State.OPEN:  # type: ignore[attr-defined]
+        if self.protocol.state is not State.OPEN:
             return False
         for data in frames:
-            self.protocol.send_binary(data)  # type: ignore[attr-defined]
+            self.protocol.send_binary(data)
         self.send_data()
         return True
 
@@ -123,13 +130,13 @@ class FramePath:
         the event loop together with whatever else is queued by then: frames
         that arrived together leave together, in one TLS pass and one system
         call, and nothing waits longer than the current turn."""
-        if self.protocol.state is not State.OPEN:  # type: ignore[attr-defined]
+        if self.protocol.state is not State.OPEN:
             return False
-        self.protocol.send_binary(data)  # type: ignore[attr-defined]
+        self.protocol.send_binary(data)
         if self._flush_handle is None:
             # The connection's own loop: on Python 3.11 get_running_loop()
             # makes a getpid() system call, per frame here.
-            self._flush_handle = self.loop.call_soon(self._flush_soon)  # type: ignore[attr-defined]
+            self._flush_handle = self.loop.call_soon(self._flush_soon)
         return True
 
     def _flush_soon(self) -> None:
@@ -141,7 +148,7 @@ class FramePath:
         transport write (it writes frame by frame: a TLS record flush and a
         system call each)."""
         pending: list[bytes] = []
-        for data in self.protocol.data_to_send():  # type: ignore[attr-defined]
+        for data in self.protocol.data_to_send():
             if data:
                 pending.append(data)
                 continue
@@ -149,7 +156,7 @@ class FramePath:
             # close as websockets does (half-close is not possible over TLS).
             self._write_joined(pending)
             pending = []
-            transport = self.transport  # type: ignore[attr-defined]
+            transport = self.transport
             if transport.can_write_eof():
                 with contextlib.suppress(Exception):  # uvloop may raise RuntimeError
                     transport.write_eof()
@@ -159,23 +166,15 @@ class FramePath:
 
     def _write_joined(self, chunks: list[bytes]) -> None:
         if chunks:
-            self.transport.write(  # type: ignore[attr-defined]
+            self.transport.write(
                 chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def pause_writing(self) -> None:
-        super().pause_writing()  # type: ignore[misc]
+        super().pause_writing()
         if self.on_pause_writing is not None:
             self.on_pause_writing()
 
     def resume_writing(self) -> None:
-        super().resume_writing()  # type: ignore[misc]
+        super().resume_writing()
         if self.on_resume_writing is not None:
             self.on_resume_writing()
-
-
-class FastServerConnection(FramePath, ServerConnection):
-    pass
-
-
-class FastClientConnection(FramePath, ClientConnection):
-    pass

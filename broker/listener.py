@@ -31,10 +31,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from broker import admission, eventloop
 from broker.admission import Admission, Decision, Ticket
-from broker.framepath import FastServerConnection
+from broker.framepath import FramePath
 from broker.wire.limits import OPEN_TIMEOUT, PROTOCOL_VERSION
 
-__all__ = ["AdmittedConnection", "GatedListener", "serve_gated"]
+__all__ = ["AdmittedConnection", "FastServerConnection", "GatedListener", "serve_gated"]
 
 log = logging.getLogger("consentry.broker")
 
@@ -51,6 +51,10 @@ ACCEPT_BATCH = 64
 
 # A linger of zero: close() resets the connection and frees it at once.
 _RESET = struct.pack("ii", 1, 0)
+
+
+class FastServerConnection(FramePath, ServerConnection):
+    """websockets' server connection with the binary fast path (`broker.framepath`)."""
 
 
 class AdmittedConnection(FastServerConnection):

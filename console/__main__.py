@@ -10,7 +10,7 @@ from pathlib import Path
 
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
-from broker.link import LinkError, broker_url
+from broker.client.link import LinkError, broker_url
 from broker.wire.code import parse_code
 from broker.wire.errors import CodeError
 from console.client import ConsoleClient

@@ -22,18 +22,32 @@ import asyncssh
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from broker.link import BrokerLink, LinkError, SSHRelay, open_link
+from broker.client.handshake import HandshakeRun
+from broker.client.link import BrokerLink, LinkError, open_link
+from broker.client.relay import SSHRelay
 from broker.wire import limits
 from broker.wire.code import JoinCode
-from broker.wire.e2e import Pairing
-from broker.wire.errors import PairingError, ProtocolError, WireError
+from broker.wire.errors import ProtocolError, WireError
 from broker.wire.limits import SSH_CIPHERS
 from broker.wire.login import login_payload
+from broker.wire.machine.handshake import (
+    MAX_CONSENT_WAIT,
+    STEP_TIMEOUT,
+    ConsoleSide,
+    Established,
+    Failed,
+    Handshake,
+    Joined,
+    Paired,
+    Refused,
+    Source,
+)
 from broker.wire.messages import AUDIT_FILTERS, Message, b64decode, b64encode, validate
 from broker.wire.text import printable
 from console.errors import (
     BrokerError,
     BrokerShutdown,
+    ConsoleError,
     JoinRefused,
     KeyMismatch,
     LinkLost,
@@ -43,10 +57,7 @@ from console.errors import (
 )
 from console.identity import Identity
 
-HANDSHAKE_TIMEOUT = 60.0
-# Generous bound on the customer's answer: the agent decides the real timeout
-# and tells us; this only guards against an agent that never answers.
-MAX_CONSENT_WAIT = 11 * 60.0
+HANDSHAKE_TIMEOUT = STEP_TIMEOUT  # each step of the login, as of the join
 # An audit page from a large log is still one indexed query on the broker.
 AUDIT_TIMEOUT = 60.0
 # A verify reads the whole log (a million events take a minute or so).
@@ -202,85 +213,57 @@ class ConsoleClient:
         on_progress(Progress("connecting", "Connecting to the broker..."))
         link = await self.connect()
         on_progress(Progress("logged_in", f"Logged in as {self.display} ({self.role})."))
+        run = HandshakeRun(link, Handshake(ConsoleSide(wants, self.identity.public_line), code))
         try:
-            return await self._join(link, code, wants, on_progress)
+            return await self._join(run, on_progress)
         except BaseException as exc:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 # The engineer gave up (Ctrl-C): said as such, so the customer's
                 # prompt closes as withdrawn at once, not as a lost connection.
                 with contextlib.suppress(Exception):
-                    await link.send("end", reason="engineer_left")
+                    await run.perform(run.handshake.withdraw("engineer_left"))
             await link.close()
             raise
 
-    async def _join(self, link: BrokerLink, code: JoinCode, wants: tuple[str, ...],
+    async def _join(self, run: HandshakeRun,
                     on_progress: Callable[[Progress], None]) -> JoinedSession:
-        try:
-            await link.send("join", nameplate=code.nameplate, wants=list(wants))
-            joined = await link.expect("joined", timeout=HANDSHAKE_TIMEOUT)
-            on_progress(Progress("pairing", "Pairing with the customer's computer..."))
-            pairing = Pairing("console", code, joined["session"])
-            await link.send("pake", body=b64encode(pairing.start()))
-            theirs = await link.expect("pake", timeout=HANDSHAKE_TIMEOUT)
-            pairing.receive_pake(b64decode(theirs["body"]))
-            offer = pairing.seal({"ssh_key": self.identity.public_line})
-            await link.send("sealed", body=b64encode(offer))
-            sealed = await link.expect("sealed", timeout=HANDSHAKE_TIMEOUT)
-            answer = pairing.open(b64decode(sealed["body"]))
-            host_key = asyncssh.import_public_key(str(answer["host_key"]))
-            timeout = float(answer.get("consent_timeout", 60))
-        except LinkError as exc:
-            if exc.code == "wrong_code":
-                raise WrongCode(
-                    "the code did not match. It is now used up: ask the customer for the "
-                    "new code on their screen"
-                ) from exc
-            if exc.code == "key_mismatch":
-                raise KeyMismatch(
-                    "the customer's computer refused this console's key: it did not match the "
-                    "key the broker announced for you (possible interception between you and "
-                    "the broker). The code was right; tell the customer, and do not retry "
-                    "until the connection is checked"
-                ) from exc
-            # Refused before it reached a customer: no such code, or too many
-            # codes that found nobody (the join limits): a join refusal, exit 5.
-            if exc.code in ("unknown_code", "rate_limited"):
-                raise JoinRefused(str(exc).removeprefix("the broker refused: ")) from exc
-            if exc.code == "broker_shutdown":
-                raise BrokerShutdown(SHUTDOWN_TEXT) from exc
-            raise BrokerError(str(exc)) from exc
-        except PairingError as exc:
-            raise WrongCode("the code did not match; ask the customer for the new code") from exc
-        except (WireError, asyncssh.KeyImportError, KeyError, ValueError) as exc:
-            raise BrokerError(f"pairing failed: {exc}") from exc
-        deadline = time.monotonic() + min(timeout, MAX_CONSENT_WAIT)
-        on_progress(Progress(
-            "waiting", f"Paired with {joined['alias']}. Pairing fingerprint {pairing.sas} "
-            "(the customer sees the same). Waiting for the customer to approve...",
-            deadline=deadline,
-        ))
-        try:
-            result = await link.expect("consent_result", timeout=MAX_CONSENT_WAIT)
-        except LinkError as exc:
-            if exc.code in CUSTOMER_WITHDREW:
-                raise NotApproved("the customer closed the support program before answering, "
-                                  "so there is no request left to approve; ask them to start "
-                                  "it again and read you the new code") from exc
-            if exc.code == "broker_shutdown":
-                raise BrokerShutdown(SHUTDOWN_TEXT) from exc
-            raise BrokerError(str(exc)) from exc
-        if result["decision"] != "granted":
-            reason = ("did not answer in time" if result["decision"] == "timeout"
-                      else "declined the request")
-            raise NotApproved(f"the customer {reason}")
-        granted = tuple(result["granted"])
-        on_progress(Progress("approved", "Approved: " + (
-            "view and control." if "control" in granted else "view only.")))
-        return JoinedSession(
-            link=link, session=joined["session"], alias=joined["alias"], sas=pairing.sas,
-            host_key=host_key, granted=granted, identity=self.identity,
-        )
-
+        """The shared handshake, console side: join, pair, wait for consent."""
+        link = run.link
+        await run.start()
+        alias, host_key, waiting = "", None, False
+        while True:
+            event = await run.next_event()
+            if isinstance(event, Joined):
+                alias = event.alias
+                on_progress(Progress("pairing", "Pairing with the customer's computer..."))
+            elif isinstance(event, Paired):
+                try:
+                    host_key = asyncssh.import_public_key(event.peer_key)
+                except (asyncssh.KeyImportError, ValueError) as exc:
+                    raise BrokerError(f"pairing failed: the customer's host key is not "
+                                      f"usable: {exc}") from exc
+                waiting = True
+                timeout = event.consent_timeout or MAX_CONSENT_WAIT
+                on_progress(Progress(
+                    "waiting", f"Paired with {alias}. Pairing fingerprint {event.sas} "
+                    "(the customer sees the same). Waiting for the customer to approve...",
+                    deadline=time.monotonic() + min(timeout, MAX_CONSENT_WAIT),
+                ))
+            elif isinstance(event, Established):
+                assert host_key is not None and run.handshake.session is not None
+                on_progress(Progress("approved", "Approved: " + (
+                    "view and control." if "control" in event.granted else "view only.")))
+                return JoinedSession(
+                    link=link, session=run.handshake.session, alias=alias,
+                    sas=run.handshake.sas or "", host_key=host_key, granted=event.granted,
+                    identity=self.identity,
+                )
+            elif isinstance(event, Refused):
+                reason = ("did not answer in time" if event.decision == "timeout"
+                          else "declined the request")
+                raise NotApproved(f"the customer {reason}")
+            elif isinstance(event, Failed):
+                raise join_failure(event, waiting=waiting)
 
 
     # -- login check and the admin audit API ----------------------------------
@@ -377,6 +360,38 @@ class ConsoleClient:
                         continue
                     raise BrokerError(str(exc)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def join_failure(failed: Failed, *, waiting: bool) -> ConsoleError:
+    """The console's error, and so its exit code, for a join that failed;
+    `waiting`: it failed while the customer was being asked."""
+    reason = failed.reason
+    if reason == "wrong_code":
+        if failed.source is Source.LOCAL:  # the agent's side did not open: not this code
+            return WrongCode("the code did not match; ask the customer for the new code")
+        return WrongCode("the code did not match. It is now used up: ask the customer for the "
+                         "new code on their screen")
+    if reason == "key_mismatch":
+        return KeyMismatch(
+            "the customer's computer refused this console's key: it did not match the key the "
+            "broker announced for you (possible interception between you and the broker). The "
+            "code was right; tell the customer, and do not retry until the connection is "
+            "checked")
+    if reason == "broker_shutdown":
+        return BrokerShutdown(SHUTDOWN_TEXT)
+    if failed.source is Source.ERROR:
+        # Refused before it reached a customer: no such code, or too many
+        # codes that found nobody (the join limits): a join refusal, exit 5.
+        if reason in ("unknown_code", "rate_limited"):
+            return JoinRefused(failed.message)
+        return BrokerError(f"the broker refused: {failed.message}")
+    if waiting and failed.source is Source.ENDED and reason in CUSTOMER_WITHDREW:
+        return NotApproved("the customer closed the support program before answering, so "
+                           "there is no request left to approve; ask them to start it again "
+                           "and read you the new code")
+    if failed.source is Source.LOCAL and reason not in ("timeout", "closed"):
+        return BrokerError(f"pairing failed: {failed.message}")
+    return BrokerError(failed.message)
 
 
 def _audit_fields(filters: dict[str, Any]) -> dict[str, Any]:

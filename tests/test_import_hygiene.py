@@ -1,4 +1,6 @@
-"""The wire core is I/O-free, and the broker never holds the E2E code.
+"""The wire core is I/O-free, the broker never holds the E2E code, and the
+client end of a broker link (broker/client) and the broker's server keep
+apart: neither imports the other.
 
 Checked in fresh interpreters, so what the test process already imported
 does not hide a leak.
@@ -23,6 +25,7 @@ WIRE_MODULES = [
     "broker.wire.machine.reasons",
     "broker.wire.machine.lobby",
     "broker.wire.machine.participants",
+    "broker.wire.machine.handshake",
     "broker.wire.code",
     "broker.wire.e2e",
     "broker.wire.receipt",
@@ -208,13 +211,87 @@ def test_broker_modules_never_import_e2e() -> None:
     checked = []
     for path in sorted(BROKER.rglob("*.py")):
         rel = path.relative_to(BROKER)
-        if rel.parts[0] == "wire" or rel == Path("link.py"):
+        if rel.parts[0] == "wire":
             continue
         source = path.read_text(encoding="utf-8")
         assert not imports_e2e(source, _package_of(path)), rel
         checked.append(rel.as_posix())
-    assert {"server.py", "cli.py", "auth.py", "pairing.py", "audit/store.py"} <= set(checked)
+    assert {"server.py", "cli.py", "auth.py", "pairing.py", "audit/store.py",
+            "client/link.py"} <= set(checked)
 
 
 def test_broker_package_init_is_empty() -> None:
     assert (BROKER / "__init__.py").read_text(encoding="utf-8").strip() == ""
+
+
+# -- the client end of a broker link and the server keep apart -------------
+
+CLIENT = BROKER / "client"
+CLIENT_MODULES = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts) for p in CLIENT.glob("*.py")
+    if p.name != "__init__.py")
+# What broker/client may import of the rest of broker: the protocol core,
+# and the two modules of plumbing both ends share (the event loop's TLS
+# reads, the binary fast path mixin), which hold no server logic.
+SHARED_WITH_CLIENT = ("broker.eventloop", "broker.framepath")
+# The broker's server side, as a fresh interpreter would load it.
+SERVER_MODULES = ["broker.server", "broker.session", "broker.audit", "broker.registry",
+                  "broker.admin_api", "broker.listener", "broker.admission",
+                  "broker.keepalive", "broker.throttle", "broker.failures", "broker.pairing",
+                  "broker.crash_recovery", "broker.cli", "broker.audit_cli", "broker.auth",
+                  "broker.config", "websockets.asyncio.server", "aiosqlite", "sqlite3"]
+
+
+def _client_may_import(name: str) -> bool:
+    if name.split(".")[0] != "broker" or name == "broker":
+        return True  # the standard library and third parties (checked below when loaded)
+    return (name.startswith(("broker.client", "broker.wire"))
+            or name in SHARED_WITH_CLIENT
+            or name.rsplit(".", 1)[0] in SHARED_WITH_CLIENT)  # from broker.framepath import X
+
+
+def test_client_package_imports_no_server_module() -> None:
+    assert {"broker.client.link", "broker.client.relay",
+            "broker.client.handshake"} <= set(CLIENT_MODULES)
+    for path in sorted(CLIENT.glob("*.py")):
+        names = imported_names(path.read_text(encoding="utf-8"), _package_of(path))
+        assert [n for n in names if not _client_may_import(n)] == [], path.relative_to(ROOT)
+    assert loaded_after(CLIENT_MODULES, SERVER_MODULES) == []
+
+
+def test_client_import_rule_sees_a_server_import() -> None:
+    names = imported_names("from broker.session import SessionDriver\n"
+                           "from ..audit import store\nfrom broker import server",
+                           "broker.client")
+    assert {"broker.session", "broker.audit", "broker.server"} <= names
+    assert not _client_may_import("broker.session")
+    assert not _client_may_import("broker.audit.store")
+    assert not _client_may_import("broker.server")
+    assert _client_may_import("broker.framepath.FramePath")
+    assert _client_may_import("broker.wire.messages")
+
+
+def _client_side(name: str) -> bool:
+    return name.startswith(("broker.client", "agent", "console")) and (
+        name in ("agent", "console", "broker.client")
+        or name.startswith(("broker.client.", "agent.", "console.")))
+
+
+def test_server_modules_import_nothing_of_the_clients() -> None:
+    checked = []
+    for path in sorted(BROKER.rglob("*.py")):
+        rel = path.relative_to(BROKER)
+        if rel.parts[0] == "client":
+            continue
+        names = imported_names(path.read_text(encoding="utf-8"), _package_of(path))
+        assert [n for n in names if _client_side(n)] == [], rel
+        checked.append(rel.as_posix())
+    assert {"server.py", "session.py", "listener.py", "wire/machine/session.py"} <= set(checked)
+    assert loaded_after(["broker.server", "broker.cli", "broker.__main__"],
+                        ["broker.client", "broker.client.link", "agent", "console"]) == []
+
+
+def test_client_side_rule() -> None:
+    assert _client_side("broker.client.link") and _client_side("agent.client")
+    assert _client_side("console") and _client_side("broker.client")
+    assert not _client_side("broker.clients_table") and not _client_side("agentic")

@@ -15,7 +15,9 @@ from agent.config import AgentConfig
 from agent.consent import ConsentRequest, Decision
 from agent.identity import load_identity
 from agent.screen import CustomerScreen
-from broker.link import BrokerLink
+from broker.client.handshake import HandshakeRun
+from broker.client.link import BrokerLink
+from tests.wire.handshakes import paired
 
 
 async def test_a_receipt_for_a_session_that_closed_is_a_withdrawal(tmp_path: Path) -> None:
@@ -31,8 +33,10 @@ async def test_a_receipt_for_a_session_that_closed_is_a_withdrawal(tmp_path: Pat
         ask = ConsentRequest(session="s1", engineer_login="alice",
                              engineer_display="Alice", engineer_role="engineer",
                              key_fingerprint="SHA256:x", wants=("view",), sas="ABCD-EF01")
+        pair, _relay = paired()  # an agent's handshake paired, the customer being asked
+        run = HandshakeRun(BrokerLink(ws), pair.agent)
         with pytest.raises(Withdrawn) as info:
-            await agent._send_receipt(BrokerLink(ws), ask, Decision("granted", ("view",)))
+            await agent._send_receipt(run, ask, Decision("granted", ("view",)))
         assert info.value.reason == "closed"
     # The customer still has their copy of what they answered.
     assert (tmp_path / "state" / "receipts.jsonl").read_text().count("\n") == 1

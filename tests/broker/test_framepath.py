@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import ServerConnection, serve
 
-from broker.framepath import FastClientConnection, FastServerConnection
+from broker.client.link import FastClientConnection
+from broker.listener import FastServerConnection
 
 
 async def test_frames_queued_together_arrive_whole_in_order_and_close_cleanly() -> None:
-    async def handler(ws: FastServerConnection) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        assert isinstance(ws, FastServerConnection)
         # Echo each binary frame back from the protocol callback.
         ws.binary_sink = ws.send_binary_soon
         await ws.wait_closed()
@@ -21,6 +23,7 @@ async def test_frames_queued_together_arrive_whole_in_order_and_close_cleanly() 
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}", create_connection=FastClientConnection,
                            compression=None) as ws:
+            assert isinstance(ws, FastClientConnection)
             got: asyncio.Queue[bytes] = asyncio.Queue()
             ws.binary_sink = got.put_nowait
             frames = [bytes([n]) * (n * 1000 + 1) for n in range(1, 6)]

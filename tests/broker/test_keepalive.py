@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.protocol import State
 
-from broker.framepath import FastClientConnection, FastServerConnection
+from broker.client.link import FastClientConnection
 from broker.keepalive import sweep
+from broker.listener import FastServerConnection
 
 INTERVAL, TIMEOUT = 20.0, 10.0
 
@@ -24,7 +25,8 @@ async def silent_server() -> AsyncIterator[tuple[int, asyncio.Future[FastServerC
     port and the connection it accepts."""
     accepted: asyncio.Future[FastServerConnection] = asyncio.get_running_loop().create_future()
 
-    async def handler(ws: FastServerConnection) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        assert isinstance(ws, FastServerConnection)
         accepted.set_result(ws)
         await ws.wait_closed()
 
@@ -104,6 +106,7 @@ async def test_a_client_pings_a_silent_server_and_drops_it_when_it_does_not_answ
     async with silent_server() as (port, held):
         client = await connect(f"ws://127.0.0.1:{port}", create_connection=FastClientConnection,
                                ping_interval=0.1, ping_timeout=0.2, compression=None)
+        assert isinstance(client, FastClientConnection)
         peer = await asyncio.wait_for(held, 5)
         answered = client.heard_count
         await heard_more_than(client, answered)  # silent server: pinged, and it answered

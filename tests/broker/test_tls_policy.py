@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from broker.certs import issue_server_cert, make_ca, write_pem_cert, write_pem_key
+from broker.client.link import LinkError, client_tls, open_link
 from broker.errors import ConfigError
-from broker.link import LinkError, client_tls, open_link
 from broker.server import server_tls
 
 

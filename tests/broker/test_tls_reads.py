@@ -7,7 +7,7 @@ import ssl
 from pathlib import Path
 
 from broker.certs import init_dev_pki
-from broker.link import client_tls
+from broker.client.link import client_tls
 from broker.server import server_tls
 
 
