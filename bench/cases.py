@@ -24,7 +24,9 @@ from bench.paths import Agents, Direct, console_client, relayed
 from bench.procs import cpu_seconds, machine_busy_seconds, rss_bytes, tree_cpu_seconds
 from bench.stats import Summary, percentile, ratios
 from broker.audit.store import AuditLog
+from broker.client.handshake import HandshakeRun
 from broker.wire.code import parse_code
+from broker.wire.machine.handshake import ConsoleSide, Handshake
 
 GIB = 1 << 30
 # Keystrokes timed on one path before the other path takes its turn.
@@ -75,7 +77,10 @@ async def interactive_and_bulk(dep: Deployment, mode: Mode) -> list[Row]:
     agents = await Agents.start(dep, 1)
     assert dep.broker is not None
     try:
-        d50, d99, r50, r99 = [], [], [], []
+        d50: list[float] = []
+        d99: list[float] = []
+        r50: list[float] = []
+        r99: list[float] = []
         # CPU each process spends per keystroke round trip, on either path:
         # where the relay's extra time goes.
         d_cpu = {"agent's SSH server": lambda: cpu_seconds(direct.proc.pid),
@@ -115,11 +120,11 @@ async def interactive_and_bulk(dep: Deployment, mode: Mode) -> list[Row]:
             d_rate.append(mode.bulk_bytes / await measure.bulk(d_conn, mode.bulk_bytes))
             d_conn.close()
             async with relayed(dep, agents, 0) as r_conn:
-                before = cpu_seconds(dep.broker.pid)
+                broker_before = cpu_seconds(dep.broker.pid)
                 seconds = await measure.bulk(r_conn, mode.bulk_bytes)
-                cpu = cpu_seconds(dep.broker.pid) - before
+                broker_cpu = cpu_seconds(dep.broker.pid) - broker_before
             r_rate.append(mode.bulk_bytes / seconds)
-            cpu_per_gib.append(cpu / (mode.bulk_bytes / GIB))
+            cpu_per_gib.append(broker_cpu / (mode.bulk_bytes / GIB))
     finally:
         await agents.stop()
         await direct.stop()
@@ -228,7 +233,9 @@ async def join_to_prompt(dep: Deployment, mode: Mode) -> list[Row]:
             link = await client.connect()  # logging in is not part of the target
             start = time.perf_counter()
             # `_join` is the part after login: join, PAKE, keys, consent.
-            joined = await client._join(link, code, ("view", "control"), lambda _p: None)
+            run = HandshakeRun(link, Handshake(
+                ConsoleSide(("view", "control"), client.identity.public_line), code))
+            joined = await client._join(run, lambda _p: None)
             conn, pump = await joined.open_ssh()
             _chan, tap = await measure.open_shell(conn)
             await tap.until(lambda tap=tap: tap.received > 0)

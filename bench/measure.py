@@ -69,6 +69,7 @@ async def open_shell(conn: asyncssh.SSHClientConnection,
                      ) -> tuple[asyncssh.SSHClientChannel, Tap]:  # type: ignore[type-arg]
     chan, tap = await conn.create_session(Tap, term_type="xterm", term_size=(80, 24),
                                           encoding=None)
+    assert isinstance(tap, Tap)  # the session object is the factory's
     return chan, tap
 
 

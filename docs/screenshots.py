@@ -66,8 +66,9 @@ async def take(outdir: Path) -> list[Path]:
         # A declined join and a live one, so the list shows both.
         app.screen.query_one("#code", Input).value = DECLINED
         await pilot.click("#join")
-        await _wait(pilot, lambda: any(r.state == "declined"
-                                       for r in app.screen.records.values()))
+        main = app.screen
+        assert isinstance(main, MainScreen)
+        await _wait(pilot, lambda: any(r.state == "declined" for r in main.records.values()))
         app.screen.query_one("#code", Input).value = "4821-193-775"
         await pilot.click("#control")
         await pilot.click("#join")
