@@ -25,6 +25,22 @@ async def until(pilot, predicate, timeout: float = 20.0) -> None:  # type: ignor
         await pilot.pause(0.05)
 
 
+async def join_view_only(pilot, app: ConsoleApp, agent: pexpect.spawn,  # type: ignore[no-untyped-def]
+                         code: str) -> SessionPane:
+    """Log in, join with `code`, the customer answers view only: the session
+    tab once its shell prompt shows."""
+    await pilot.click("#connect")
+    await until(pilot, lambda: isinstance(app.screen, MainScreen))
+    app.screen.query_one("#code", Input).value = code
+    await pilot.click("#join")
+    agent.expect(r"\[n/Enter\] deny", timeout=20)
+    agent.send("v")
+    await until(pilot, lambda: app.screen.query(SessionPane))
+    pane = app.screen.query_one(SessionPane)
+    await until(pilot, lambda: "$" in pane.terminal_text())
+    return pane
+
+
 async def test_tui_joins_a_real_agent_sees_the_customer_and_leaves(
     running: Deployment,
 ) -> None:
@@ -34,15 +50,7 @@ async def test_tui_joins_a_real_agent_sees_the_customer_and_leaves(
     settings = Settings(broker=running.url, ca=running.pki.ca_cert, identity=key, user="alice")
     app = ConsoleApp(BrokerBackend, settings)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.click("#connect")
-        await until(pilot, lambda: isinstance(app.screen, MainScreen))
-        app.screen.query_one("#code", Input).value = code
-        await pilot.click("#join")
-        agent.expect(r"\[n/Enter\] deny", timeout=20)
-        agent.send("v")
-        await until(pilot, lambda: app.screen.query(SessionPane))
-        pane = app.screen.query_one(SessionPane)
-        await until(pilot, lambda: "$" in pane.terminal_text())
+        pane = await join_view_only(pilot, app, agent, code)
 
         agent.send("echo TUI$((2+3))MARK\r")  # the customer types on their machine
         await until(pilot, lambda: "TUI5MARK" in pane.terminal_text())
@@ -63,7 +71,6 @@ async def test_tui_joins_a_real_agent_sees_the_customer_and_leaves(
     agent.expect(pexpect.EOF)
 
 
-
 @pytest.mark.parametrize(("ending", "reason"), [
     ("ctrl-] e", "The customer ended the session."),
     ("exit", "The remote shell exited."),
@@ -80,15 +87,7 @@ async def test_tui_shows_the_brokers_reason_not_a_lost_broker(
     settings = Settings(broker=running.url, ca=running.pki.ca_cert, identity=key, user="alice")
     app = ConsoleApp(BrokerBackend, settings)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.click("#connect")
-        await until(pilot, lambda: isinstance(app.screen, MainScreen))
-        app.screen.query_one("#code", Input).value = code
-        await pilot.click("#join")
-        agent.expect(r"\[n/Enter\] deny", timeout=20)
-        agent.send("v")
-        await until(pilot, lambda: app.screen.query(SessionPane))
-        pane = app.screen.query_one(SessionPane)
-        await until(pilot, lambda: "$" in pane.terminal_text())
+        pane = await join_view_only(pilot, app, agent, code)
         if ending == "exit":
             agent.send("exit\r")  # the customer types in their own shell
         else:
