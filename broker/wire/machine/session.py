@@ -257,7 +257,7 @@ class SessionMachine:
         ends as what it is, a protocol error (an engineer's alone, when others
         stay: that seat goes)."""
         kind = self._kinds[self._known(conn)]
-        if self._s.ended is not None or self._seat_of(conn).left is not None:
+        if self._s.ended is not None or self._gone(conn):
             # Teardown: the ends are still flushing (an SSH disconnect, a last
             # keystroke). Nothing more is relayed, and it is no error.
             return self._out([])
@@ -289,10 +289,9 @@ class SessionMachine:
                 if self._s.ended is None and self._s.phases[seat.agent_session] is Phase.HELLO:
                     actions += self._depart(seat, "agent_unreachable", now)
             return self._out(actions)
-        seat = self.seat_of(conn)
-        if seat.left is not None:
+        if self._gone(self._known(conn)):
             return self._out([])
-        kind = self._kinds[conn]
+        seat, kind = self._seat_of(conn), self._kinds[conn]
         return self._out(self._depart(
             seat, "agent_lost" if kind is Conn.AGENT_SESSION else "console_lost", now))
 
@@ -508,7 +507,8 @@ class SessionMachine:
         actions: list[Action] = [StopRelay(seat.agent_session, seat.console), closing,
                                  *(then or [])]
         actions += self._close_all([seat.console, seat.agent_session], reason)
-        return actions + self._roster()
+        # Only someone who was listed leaving changes the roster.
+        return actions + (self._roster() if seat.active_since is not None else [])
 
     def _end(self, reason: str, now: float, *, closing: Record | None = None,
              then: list[Action] | None = None,
@@ -639,6 +639,11 @@ class SessionMachine:
                     and hmac.compare_digest(seat.token.encode(), token.encode())):
                 return seat
         return None
+
+    def _gone(self, conn: str) -> bool:
+        """A seat's connection after that seat left (or whose join was undone)."""
+        seat = self._s.seats.get(self._s.agent_sides.get(conn, conn))
+        return seat is None or seat.left is not None
 
     def _present(self) -> list[Seat]:
         return [s for s in self._s.seats.values() if s.left is None]
