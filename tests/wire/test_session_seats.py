@@ -323,6 +323,17 @@ def test_a_bad_frame_from_an_engineer_costs_that_seat_only(two: Two) -> None:
     assert two.machine.ended is None
 
 
+def test_an_undone_input_keeps_the_traffic_the_fast_relay_counts_in(two: Two) -> None:
+    two.bob_active()
+    counted = two.machine.seat.traffic  # what the driver's fast relay holds
+    counted.count(10, to_agent=True, now=50.0)
+    two.receive(B_CONSOLE, frame("rights", granted=["view"]), now=51.0)  # undone, bob goes
+    assert two.machine.seat.traffic is counted
+    counted.count(5, to_agent=True, now=80.0)
+    assert two.machine.traffic.to_agent == 15
+    assert two.machine.deadline() == 80.0 + two.machine.timeouts.idle
+
+
 def test_a_bad_frame_from_the_customers_side_ends_it_for_all(two: Two) -> None:
     two.bob_active()
     actions = two.receive(B_AGENT, frame("rights", granted=["view", "control"]))

@@ -710,7 +710,13 @@ class SessionMachine:
         self._saved = copy.deepcopy(self._s)
 
     def _restore(self) -> None:
+        current = self._s.seats
         self._s = copy.deepcopy(self._saved)
+        # Bytes relayed are a measurement, not a decision: an undo keeps
+        # them, and keeps the very objects the driver's fast relay counts in.
+        for console, seat in self._s.seats.items():
+            if console in current:
+                seat.traffic = current[console].traffic
 
 
 _HANDLERS: dict[str, Handler] = {
