@@ -8,15 +8,15 @@ monotonic clock) and performs the actions it returns, in order
 (`broker.wire.machine.actions`):
 
     open(now)                   the join was accepted: ask the agent
-    attach(token, now)          the agent's side of the join connected
+    join(engineer, wants, token, now)
+                                another console came with this session's
+                                invitation: a new seat (or session_full)
+    attach(token, now)          an agent side of a join connected
     receive(conn, frame, now)   a frame from one of the session's connections
     lost(conn, now)             a connection went away (or a send to it failed)
     tick(now)                   time passed; call again at `deadline()`
     audit_failed(now)           a non-quiet `Record` could not be written
     shutdown(now)               the broker is stopping
-
-    join(engineer, wants, token, now)  a console joins with this session's
-                                invitation: a new seat (or session_full)
 
 Connections are named by id: `AGENT` (the agent's control connection),
 and per seat its console's id and its agent_session's id (the first seat's
