@@ -12,8 +12,10 @@ still ends exactly once: only those with no closing event are closed.
 What closes a join: `session_ended` once it was active; before that
 `join_abandoned`, `pairing_failed`, or a refusal (`consent_denied`,
 `consent_timeout` that answered the join rather than a later request for
-control). Agents are counted per device pseudonym: connections minus
-disconnections.
+control). An event that names a `seat` closes (or opens) one engineer's
+place in a session with several, not the session: a second engineer's
+join that failed leaves the session open. Agents are counted per device
+pseudonym: connections minus disconnections.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def left_open(rows: Iterable[Row]) -> LeftOpen:
                 found.agents[subject] -= 1
         elif session is None:
             continue
+        elif "seat" in body:
+            continue  # one engineer of several: the session's own events decide
         elif type_ == "join_requested":
             found.sessions[session] = OpenSession(actor, subject)
         elif type_ == "session_started" and session in found.sessions:

@@ -65,13 +65,16 @@ from broker.wire.login import NONCE_BYTES
 from broker.wire.machine.lobby import Lobby
 from broker.wire.machine.protocol import Conn
 from broker.wire.machine.reasons import AUDIT_UNAVAILABLE
-from broker.wire.machine.session import AGENT_SESSION, CONSOLE, AgentFacts, SessionMachine
+from broker.wire.machine.session import CONSOLE, AgentFacts, SessionMachine
 from broker.wire.messages import Message, b64decode, b64encode, encode
 from broker.wire.text import printable
 
 log = logging.getLogger("consentry.broker")
 
 PATHS = ("/v1/agent", "/v1/agent/session", "/v1/console")
+# The nameplate book's owner for a session's invitation (agents are owned
+# by their connection id, which has no colon).
+_INVITE = "invite:"
 
 def server_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -224,8 +227,9 @@ class Broker:
         session = self.sessions.get(attach["session"])
         if session is None:
             raise ProtocolError("unknown or expired session", "unknown_session")
-        await session.attach(ws, attach["token"])  # the machine says if it is awaited
-        await session.pump(AGENT_SESSION, ws)
+        # The machine says if it is awaited, and for which seat.
+        conn = await session.attach(ws, attach["token"])
+        await session.pump(conn, ws)
 
     # -- consoles ---------------------------------------------------------
 
@@ -252,6 +256,11 @@ class Broker:
             await self.record_join_failure(engineer, "rate_limited")
             raise ProtocolError(refusal, "rate_limited")
         owner = self.book.claim(join["nameplate"], time.monotonic())
+        invited = self.sessions.get(owner.removeprefix(_INVITE)) if owner and owner.startswith(
+            _INVITE) else None
+        if invited is not None:
+            await self.join_session(ws, engineer, wants, invited, source)
+            return
         link = self.agents.get(owner) if owner else None
         if link is None:
             await self.count_join_miss(engineer, source)  # counted even if not recorded
@@ -272,12 +281,44 @@ class Broker:
             await session.open()
             await session.pump(CONSOLE, ws)
         finally:
-            if machine.ended is None:  # left before its pump ran (our own failure)
-                await session.feed(lambda now: machine.lost(CONSOLE, now))
+            await self.seat_done(session, CONSOLE, engineer, source)
+
+    async def join_session(self, ws: ServerConnection, engineer: Engineer,
+                           wants: tuple[str, ...], session: SessionDriver,
+                           source: str) -> None:
+        """A console joined with an invitation: a new seat of that running
+        session, paired and consented like the first (or refused when the
+        session is full, without asking the customer)."""
+        console = await session.add_seat(ws, engineer, wants)
+        if console is None:
+            return  # refused, and told why
+        try:
+            await session.pump(console, ws)
+        finally:
+            await self.seat_done(session, console, engineer, source)
+
+    async def seat_done(self, session: SessionDriver, console: str, engineer: Engineer,
+                        source: str) -> None:
+        """One console's connection is over: its seat has left (the session
+        may go on with others)."""
+        seat = session.machine.seat_of(console)
+        if seat.left is None:  # left before its pump ran (our own failure)
+            await session.feed(lambda now: session.machine.lost(console, now))
+        if seat.left == "wrong_code":  # a PAKE guess: a miss too
+            await self.count_join_miss(engineer, source)
+        if session.machine.ended is not None:
             session.stop()
-            if machine.ended == "wrong_code":  # a PAKE guess: a miss too
-                await self.count_join_miss(engineer, source)
-            self.sessions.pop(session.id, None)
+            self.session_over(session)
+
+    def issue_invite(self, session: str) -> tuple[str, int]:
+        """Bind a fresh nameplate to a running session, for another engineer
+        (the customer asked); it replaces that session's previous one."""
+        plate = self.book.allocate(_INVITE + session, time.monotonic())
+        return plate.value, int(self.book.lifetime)
+
+    def session_over(self, session: SessionDriver) -> None:
+        self.sessions.pop(session.id, None)
+        self.book.release(_INVITE + session.id)
 
     async def count_join_miss(self, engineer: Engineer, source: str) -> None:
         """Count a join that found no customer. When an account (or an

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from broker.wire.machine.actions import (
     Close,
     Ended,
     Forward,
+    IssueInvite,
     IssueNameplate,
     OpenRelay,
     Record,
@@ -43,6 +45,7 @@ from broker.wire.machine.actions import (
     Send,
     StopRelay,
 )
+from broker.wire.machine.participants import EngineerFacts
 from broker.wire.machine.reasons import end_message
 from broker.wire.machine.session import AGENT, AGENT_SESSION, CONSOLE, SessionMachine
 from broker.wire.messages import encode
@@ -79,6 +82,15 @@ class SessionHost(Protocol):
 
     async def issue_nameplate(self, link: AgentLink) -> None: ...
 
+    def issue_invite(self, session: str) -> tuple[str, int]:
+        """A fresh nameplate bound to `session` (replacing its previous
+        invitation), and its lifetime in seconds."""
+        ...
+
+    def session_over(self, session: SessionDriver) -> None:
+        """The session has ended: forget it and its invitation."""
+        ...
+
 
 class SessionDriver:
     """Performs one session's machine on real sockets."""
@@ -113,12 +125,29 @@ class SessionDriver:
         if self.machine.ended is None and self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
-    async def attach(self, ws: ServerConnection, token: str) -> None:
-        """The agent's side connected; `ProtocolError` if it is not the one awaited."""
+    async def attach(self, ws: ServerConnection, token: str) -> str:
+        """An agent_session connected; `ProtocolError` if it is not one
+        awaited. Returns the connection's id (which seat it serves)."""
         async with self._lock:
+            conn = self.machine.agent_side_for(token)
             actions = self.machine.attach(token, time.monotonic())
-            self.sockets[AGENT_SESSION] = ws
+            assert conn is not None  # attach raised otherwise
+            self.sockets[conn] = ws
             await self._perform(actions)
+            return conn
+
+    async def add_seat(self, ws: ServerConnection, engineer: EngineerFacts,
+                       wants: tuple[str, ...]) -> str | None:
+        """A console joined with this session's invitation: its connection
+        id, or None if it was refused (the session full, or the join could
+        not be recorded; it was told why and closed). `ProtocolError` if the
+        session has ended."""
+        async with self._lock:
+            console, actions = self.machine.join(engineer, wants, secrets.token_urlsafe(24),
+                                                 time.monotonic())
+            self.sockets[console] = ws
+            await self._perform(actions)
+            return console if console in self.machine.seats else None
 
     async def pump(self, conn: str, ws: ServerConnection) -> None:
         """Read one side until it closes, handing every frame to the machine,
@@ -172,7 +201,7 @@ class SessionDriver:
                     if not await self._send(to, frame):
                         queue.extend(self.machine.lost(to, time.monotonic()))
                 case Forward(to=to, data=data):
-                    ws = self.sockets[to]
+                    ws = self.sockets.get(to)
                     if ws is not None:
                         # Awaiting the peer's send is the backpressure.
                         with contextlib.suppress(ConnectionClosed):
@@ -195,27 +224,38 @@ class SessionDriver:
                             self._beside(self._seal(to, sealable))
                         else:
                             await self._seal(to, sealable)
-                case OpenRelay():
-                    self._start_fast_relay()
-                case StopRelay():
-                    self._stop_fast_relay()
+                case OpenRelay(agent=agent, console=console):
+                    self._start_fast_relay(agent, console)
+                case StopRelay(agent=agent, console=console):
+                    if agent is None or console is None:
+                        pairs = [(s.agent_session, s.console)
+                                 for s in self.machine.seats.values()]
+                    else:
+                        pairs = [(agent, console)]
+                    for pair in pairs:
+                        self._stop_fast_relay(*pair)
+                case IssueInvite(to=to):
+                    nameplate, expires_in = self.host.issue_invite(self.id)
+                    await self._send(to, encode("invitation", nameplate=nameplate,
+                                                expires_in=expires_in))
                 case IssueNameplate():
                     with contextlib.suppress(ConnectionClosed, RuntimeError):
                         await self.host.issue_nameplate(self.agent)
                 case Refuse(to=to, code=code, message=message):
-                    ws = self.sockets[to]
+                    ws = self.sockets.get(to)
                     if ws is not None:
                         await refuse(ws, code, message)
                 case Close(to=to, reason=reason):
-                    await close_quietly(self.sockets[to], reason)
+                    await close_quietly(self.sockets.get(to), reason)
                 case Ended(reason=reason):
                     log.debug("session ended: %s", reason)
                     self.stop()
+                    self.host.session_over(self)
                     self.finished.set()
 
     async def _send(self, to: str, frame: str) -> bool:
         """Send a control frame; False if that connection is gone."""
-        ws = self.sockets[to]
+        ws = self.sockets.get(to)
         if ws is None:
             return True  # not connected (yet): nothing to tell it
         try:
@@ -262,16 +302,19 @@ class SessionDriver:
 
     # -- the fast relay ---------------------------------------------------------
 
-    def _start_fast_relay(self) -> None:
-        """From now on, binary frames go from one socket's protocol straight
-        into the other's: no queue, no task switch, no await per frame.
-        Backpressure is kept at the transport level: when one side cannot
-        write fast enough, the other side's socket stops being read until it
-        drains. Nothing is parsed, stored or logged."""
-        agent, console = self.sockets[AGENT_SESSION], self.sockets[CONSOLE]
+    def _start_fast_relay(self, agent_id: str, console_id: str) -> None:
+        """From now on, one seat's binary frames go from one socket's
+        protocol straight into the other's: no queue, no task switch, no
+        await per frame. Each seat is its own pair of sockets (its own SSH
+        connection with the agent), so the relay stays one to one.
+        Backpressure is kept at the transport level and per seat: when one
+        side cannot write fast enough, the other side's socket stops being
+        read until it drains; other seats are not held up. Nothing is
+        parsed, stored or logged."""
+        agent, console = self.sockets.get(agent_id), self.sockets.get(console_id)
         if not (isinstance(agent, FramePath) and isinstance(console, FramePath)):
             return  # plain connections (tests): frames go through the machine
-        traffic = self.machine.traffic
+        traffic = self.machine.seat_of(console_id).traffic
 
         def to_agent(data: bytes) -> None:
             traffic.to_agent += len(data)
@@ -289,10 +332,10 @@ class SessionDriver:
             sink.on_pause_writing = transport.pause_reading
             sink.on_resume_writing = transport.resume_reading
 
-    def _stop_fast_relay(self) -> None:
-        """Back to the slow path for teardown, and let both sockets be read
-        again so their closing handshakes get through."""
-        for ws in (self.sockets[AGENT_SESSION], self.sockets[CONSOLE]):
+    def _stop_fast_relay(self, agent_id: str, console_id: str) -> None:
+        """Back to the slow path for one seat's teardown, and let both its
+        sockets be read again so their closing handshakes get through."""
+        for ws in (self.sockets.get(agent_id), self.sockets.get(console_id)):
             if isinstance(ws, FramePath):
                 ws.binary_sink = None
                 ws.on_pause_writing = ws.on_resume_writing = None

@@ -153,3 +153,8 @@ CLIENT_PING_TIMEOUT = 30.0
 # AEAD only (AES-GCM, ChaCha20-Poly1305), never the CBC suites OpenSSL's
 # default list still offers. TLS 1.3's suites are all AEAD already.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
+
+# Engineers in one session at once (seats being paired count): a join with
+# an invitation beyond this is refused to the engineer who asked
+# (`session_full`), and the customer is not prompted.
+MAX_ENGINEERS_PER_SESSION = 4

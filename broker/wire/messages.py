@@ -30,6 +30,7 @@ from broker.wire.limits import (
     MAX_AUDIT_SEQ,
     MAX_CONTROL_FRAME,
     MAX_DROPPED_BYTES,
+    MAX_ENGINEERS_PER_SESSION,
     MAX_LABEL,
     MAX_LIVENESS_ID,
     MAX_SESSION_EVENTS,
@@ -161,6 +162,28 @@ def parse_time(text: str) -> dt.datetime:
         raise ProtocolError(f"{text[:_MAX_TIME_CHARS]!r} is out of range") from exc
 
 
+_ROSTER_KEYS = {"seat", "login", "display", "rights"}
+
+
+def _check_roster_seat(where: str, obj: dict[str, Any]) -> None:
+    """One seat of a `roster`: its id, the engineer's login and display name
+    (labels: printable, bounded) and the rights in force."""
+    if set(obj) != _ROSTER_KEYS:
+        raise ProtocolError(f"{where} must have exactly the keys {sorted(_ROSTER_KEYS)}")
+    for key in ("seat", "login", "display"):
+        if not isinstance(obj[key], str) or not 0 < len(obj[key]) <= MAX_LABEL:
+            raise ProtocolError(f"{where}.{key} must be a short string")
+    for key in ("login", "display"):
+        problem = validate_label(obj[key])
+        if problem is not None:
+            raise ProtocolError(f"{where}.{key} {problem}")
+    rights = obj["rights"]
+    if (not isinstance(rights, list) or "view" not in rights
+            or not all(isinstance(r, str) and r in RIGHTS for r in rights)
+            or len(set(rights)) != len(rights)):
+        raise ProtocolError(f"{where}.rights must be a list of known rights, with view")
+
+
 # type -> fields. Which side may send which type, and when, is the business
 # of the catalogue (`broker.wire.machine.protocol`), not of the codec.
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -208,6 +231,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
     # discarded after a stall): a claim the broker bounds by what it relayed
     # and records in `session_ended`. Sent at most once a second and before `end`.
     "input_dropped": {"bytes": Field("int", MAX_DROPPED_BYTES)},
+    # -- several engineers: the customer asks for a code for a colleague;
+    # the broker answers with a nameplate bound to this session.
+    "invite": {},
+    "invitation": {"nameplate": Field("digits", 8), "expires_in": Field("int", 86400)},
+    # The customer removes this seat's engineer (the others go on).
+    "remove": {},
+    # Who is in the session (active seats), sent to every active connection
+    # of a shared session; `you`: the receiver's own seat.
+    "roster": {"seats": Field("objects", MAX_ENGINEERS_PER_SESSION, item=_check_roster_seat),
+               "you": _ID},
     # -- console connection (/v1/console)
     "login": {"user": _LABEL},
     "challenge": {"nonce": Field("b64", 32)},

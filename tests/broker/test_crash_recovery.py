@@ -46,6 +46,25 @@ def test_only_sessions_and_agents_without_an_end_are_left_open() -> None:
     assert dict(found.agents) == {"p1": 1, "p2": 1}
 
 
+def test_a_second_engineer_that_left_leaves_the_shared_session_open() -> None:
+    rows: list[Row] = [
+        ("join_requested", "shared", "alice", "p1", {}),
+        ("session_started", "shared", "alice", "p1", {"granted": ["view"]}),
+        ("join_requested", "shared", "bob", "p1", {"seat": "console-2"}),
+        ("pairing_failed", "shared", "bob", "p1", {"reason": "wrong_code", "seat": "console-2"}),
+        ("join_requested", "shared", "carol", "p1", {"seat": "console-3"}),
+        ("consent_denied", "shared", "carol", "p1", {"seat": "console-3"}),
+        ("join_requested", "shared", "dan", "p1", {"seat": "console-4"}),
+        ("join_abandoned", "shared", "dan", "p1", {"reason": "timeout", "seat": "console-4"}),
+    ]
+    found = left_open(rows)
+    assert set(found.sessions) == {"shared"}  # closed as session_ended, as it was active
+    assert (found.sessions["shared"].actor, found.sessions["shared"].granted) == (
+        "alice", ["view"])
+    ended = left_open([*rows, ("session_ended", "shared", "alice", "p1", {"reason": "x"})])
+    assert not ended.sessions
+
+
 async def _types(log: AuditLog) -> list[str]:
     return [e.type for e in await log.events()]
 

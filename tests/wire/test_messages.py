@@ -62,6 +62,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "confirm_live": {"id": 3},
     "live": {"id": 3},
     "input_dropped": {"bytes": 17},
+    "invite": {},
+    "invitation": {"nameplate": "48213", "expires_in": 600},
+    "remove": {},
+    "roster": {"seats": [{"seat": "console", "login": "alice", "display": "Alice",
+                          "rights": ["view", "control"]},
+                         {"seat": "console-2", "login": "bob", "display": "Bob",
+                          "rights": ["view"]}],
+               "you": "console-2"},
     "login": {"user": "alice"},
     "challenge": {"nonce": B32},
     "login_proof": {"signature": b64encode(b"\x02" * 83)},
@@ -521,3 +529,27 @@ def test_pairing_failed_names_one_of_the_known_failures(reason: str) -> None:
 def test_agent_claims_are_bounded_integers(msg_type: str, field: str, value: Any) -> None:
     with pytest.raises(ProtocolError):
         validate(msg_type, {field: value})
+
+
+ROSTER_SEAT = {"seat": "console", "login": "alice", "display": "Alice", "rights": ["view"]}
+
+
+@pytest.mark.parametrize("seat", [
+    {**ROSTER_SEAT, "ip": "10.0.0.1"},  # no more than who, display and rights
+    {k: v for k, v in ROSTER_SEAT.items() if k != "rights"},
+    {**ROSTER_SEAT, "display": "Alice\x1b[2J"},  # a name with a terminal escape
+    {**ROSTER_SEAT, "login": ""},
+    {**ROSTER_SEAT, "rights": ["control"]},  # never without view
+    {**ROSTER_SEAT, "rights": ["view", "root"]},
+    {**ROSTER_SEAT, "seat": 7},
+])
+def test_a_roster_seat_is_who_display_and_rights_only(seat: dict[str, Any]) -> None:
+    field_refused("roster", seats=[seat])
+
+
+def test_a_roster_holds_at_most_the_engineers_a_session_may_have() -> None:
+    from broker.wire.limits import MAX_ENGINEERS_PER_SESSION
+
+    seats = [{**ROSTER_SEAT, "seat": f"console-{n}"} for n in range(MAX_ENGINEERS_PER_SESSION)]
+    assert len(decode(encode("roster", seats=seats, you="console"))["seats"]) == len(seats)
+    field_refused("roster", seats=[*seats, ROSTER_SEAT])

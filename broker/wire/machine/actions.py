@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Action", "Close", "Ended", "Forward", "IssueNameplate", "OpenRelay", "Record",
-           "Refuse", "Seal", "Send", "StopRelay"]
+__all__ = ["Action", "Close", "Ended", "Forward", "IssueInvite", "IssueNameplate", "OpenRelay",
+           "Record", "Refuse", "Seal", "Send", "StopRelay"]
 
 
 @dataclass(frozen=True)
@@ -67,17 +67,33 @@ class Seal:
 @dataclass(frozen=True)
 class OpenRelay:
     """Consent is recorded: binary frames may now go straight between the
-    two connections of the session (counted in `Traffic`)."""
+    two connections of one seat, `agent` and `console` (counted in that
+    seat's `Traffic`)."""
+
+    agent: str = "agent_session"
+    console: str = "console"
 
 
 @dataclass(frozen=True)
 class StopRelay:
-    """Back to the slow path for teardown: nothing more is relayed."""
+    """Back to the slow path for teardown: nothing more is relayed between
+    `agent` and `console` (None: between any of the session's pairs)."""
+
+    agent: str | None = None
+    console: str | None = None
 
 
 @dataclass(frozen=True)
 class IssueNameplate:
     """Give the agent's control connection a fresh nameplate (the old one was spent)."""
+
+    to: str
+
+
+@dataclass(frozen=True)
+class IssueInvite:
+    """Bind a fresh nameplate to this session (replacing its previous
+    invitation) and send it to `to` as `invitation`."""
 
     to: str
 
@@ -108,5 +124,5 @@ class Ended:
     reason: str
 
 
-Action = (Send | Forward | Record | Seal | OpenRelay | StopRelay | IssueNameplate | Refuse
-          | Close | Ended)
+Action = (Send | Forward | Record | Seal | OpenRelay | StopRelay | IssueNameplate | IssueInvite
+          | Refuse | Close | Ended)

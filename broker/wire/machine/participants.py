@@ -65,11 +65,23 @@ class Traffic:
 
 @dataclass
 class Seat:
-    """One engineer's place in the session: what they asked, what is granted."""
+    """One engineer's place in the session: their two connections (the
+    console, and the agent_session the agent opened for them), what they
+    asked, what is granted, their own traffic and receipts."""
 
     console: str
     wants: tuple[str, ...]
     granted: tuple[str, ...] = ()
+    agent_session: str = "agent_session"
+    engineer: EngineerFacts | None = None
+    token: str = ""
+    created: float = 0.0
+    # join_request went to the agent for this seat (its code is spent).
+    requested: bool = False
+    active_since: float | None = None
+    # Why this seat left, once it has (the session may go on without it).
+    left: str | None = None
+    traffic: Traffic = field(default_factory=Traffic)
     # A request for control is with the customer; a second one is not forwarded.
     control_pending: bool = False
     # SHA-256 of every consent receipt recorded for this seat.

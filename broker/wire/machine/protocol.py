@@ -16,6 +16,39 @@ Connections (the three WebSocket endpoints):
 - ``agent_session``: one per join, opened by the agent (/v1/agent/session)
 - ``console``: one per join, opened by the console (/v1/console)
 
+Several engineers in one session. A session has up to
+`MAX_ENGINEERS_PER_SESSION` seats, one per engineer, each a pair of
+connections: the engineer's ``console`` and an ``agent_session`` of its own.
+Only the customer makes a code: an active agent_session sends ``invite``,
+and the broker answers ``invitation`` with a fresh nameplate bound to that
+session (single use, 10 minutes, the same code format; a new invite replaces
+the session's previous one). A console that joins with it follows exactly
+the first engineer's path — ``join``, ``join_request`` to the agent's
+control connection (the same session id, a token of its own), an
+``agent_session`` that attaches, PAKE, sealed keys, consent — and becomes a
+second seat of the same session. A join beyond the limit is refused to that
+engineer (``error session_full``) before the customer is asked anything.
+
+Why one agent_session per seat, not one connection with seats named: each
+seat's SSH channel is its own end-to-end SSH connection with the agent, so
+the relay stays one socket to one socket per seat, with no seat header in
+the binary frames and no demultiplexing on the hot path; backpressure is
+per seat for free (a slow engineer pauses reading only their own agent
+socket, never the others'); and every existing message (``consent``,
+``rights``, ``request_control``, ``confirm_live``, ``input_dropped``) keeps
+its meaning because the connection names the seat. Per seat, then:
+``rights`` on a seat's agent_session narrows that engineer only,
+``remove`` removes that engineer only (``ended`` reason
+``engineer_removed`` to their two connections), a console's ``end`` or loss
+is that engineer leaving; the others go on. The session ends when its last
+seat goes, or for everyone at once on the agent's ``end`` (the shell is
+shared: the customer ending, the shell exiting, the agent quitting), a
+deadline, a protocol error or the broker stopping. Once a session has had
+a second seat, ``roster`` (every active seat: id, login, display, rights,
+and which is the receiver's) goes to every active connection whenever
+someone joins, changes rights or leaves; a session that only ever had one
+engineer sends none, so its frames are as they always were.
+
 Phases move forward only: hello → login → ready → waiting → pairing → active
 → closed (each kind of connection uses some of them). A console stays ready
 while it reads the audit log (admins only: the role is the broker's
@@ -122,7 +155,9 @@ CATALOGUE: tuple[Route, ...] = (
     Route("audit_verify_result", B, C, (READY,), None, "ok, summary, first bad seq"),
     Route("join", C, B, (READY,), WAITING,
           "join_requested recorded; join_request to the agent; the agent gets a fresh "
-          "nameplate (single use); nobody waiting: error unknown_code"),
+          "nameplate (single use); nobody waiting: error unknown_code. With an "
+          "invitation's nameplate: the same, as a new seat of that session, and no "
+          "fresh nameplate; the session full: error session_full, nobody is asked"),
     # -- one session: the agent's side attaches, both pair ------------------
     Route("attach", S, B, (HELLO,), PAIRING,
           "the agent's side of the join is bound; joined is sent to the console"),
@@ -165,11 +200,26 @@ CATALOGUE: tuple[Route, ...] = (
     Route("live", B, S, (ACTIVE,), None, "the session is still live: held input may go"),
     Route("input_dropped", S, B, (ACTIVE,), None,
           "a bounded claim, recorded in session_ended"),
+    # -- several engineers --------------------------------------------------
+    Route("invite", S, B, (ACTIVE,), None,
+          "invite_issued recorded; invitation with a fresh nameplate bound to this "
+          "session (single use, 10 minutes; it replaces the session's previous one)"),
+    Route("invitation", B, S, (ACTIVE,), None,
+          "the agent draws the secret and shows NAMEPLATE-SECRET to the customer"),
+    Route("remove", S, B, (ACTIVE,), CLOSED,
+          "this seat's engineer is removed: engineer_removed recorded (session_ended "
+          "if they were the last), ended engineer_removed to their two connections, "
+          "roster to the others"),
+    Route("roster", B, S, (ACTIVE,), None,
+          "who is in the session now, with rights (names escaped before display)"),
+    Route("roster", B, C, (ACTIVE,), None,
+          "who is in the session now, with rights (names escaped before display)"),
     # -- the end ------------------------------------------------------------
     Route("end", S, B, (PAIRING, ACTIVE), CLOSED,
-          "the session ends: customer_ended, shell_exited or agent_quit"),
+          "the session ends for every engineer: customer_ended, shell_exited or agent_quit"),
     Route("end", C, B, (WAITING, PAIRING, ACTIVE), CLOSED,
-          "the session ends: engineer_left"),
+          "this engineer leaves: engineer_left recorded and the others go on; the "
+          "last one: the session ends, engineer_left"),
     Route("ended", B, S, (PAIRING, ACTIVE), CLOSED,
           "why it ended; the closing event is recorded first"),
     Route("ended", B, C, (WAITING, PAIRING, ACTIVE), CLOSED,

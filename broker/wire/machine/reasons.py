@@ -13,6 +13,7 @@ __all__ = ["AUDIT_UNAVAILABLE", "END_MESSAGES", "end_message"]
 END_MESSAGES: dict[str, str] = {
     "customer_ended": "The customer ended the session.",
     "engineer_left": "The engineer left the session.",
+    "engineer_removed": "The customer removed the engineer from the session.",
     "shell_exited": "The remote shell exited.",
     "agent_quit": "The customer closed the support program.",
     "wrong_code": "The code did not match. The customer has been warned and shown a new code.",

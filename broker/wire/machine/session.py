@@ -8,7 +8,10 @@ monotonic clock) and performs the actions it returns, in order
 (`broker.wire.machine.actions`):
 
     open(now)                   the join was accepted: ask the agent
-    attach(token, now)          the agent's side of the join connected
+    join(engineer, wants, token, now)
+                                another console came with this session's
+                                invitation: a new seat (or session_full)
+    attach(token, now)          an agent side of a join connected
     receive(conn, frame, now)   a frame from one of the session's connections
     lost(conn, now)             a connection went away (or a send to it failed)
     tick(now)                   time passed; call again at `deadline()`
@@ -16,15 +19,23 @@ monotonic clock) and performs the actions it returns, in order
     shutdown(now)               the broker is stopping
 
 Connections are named by id: `AGENT` (the agent's control connection),
-`AGENT_SESSION`, and the console's id. A session is one agent side and one
-console now; everything per engineer is held in a `Seat` keyed by its
-console's id, so more engineers are more seats.
+and per seat its console's id and its agent_session's id (the first seat's
+are `CONSOLE` and `AGENT_SESSION`, the next `console-2`/`agent_session-2`,
+...). Everything per engineer is held in a `Seat` keyed by its console's
+id; see the protocol module's docstring for why each seat has an
+agent_session of its own.
 
+A seat that goes while others stay goes through `_depart`: one closing
+event for that seat — `engineer_left` / `engineer_removed` (with its bytes)
+once it was active, else what the path brings (`pairing_failed`, a refused
+consent) or `join_abandoned` — its two connections told why and closed,
+and a roster to the others. The last seat's departure is the session's end.
 Every way into the end goes through `_end`, which sets the session's one
 end reason and emits its one closing event (the transit relay's "mood"):
-the event the path brings (`pairing_failed`, a refused consent), else
-`session_ended` once consent was recorded, else `join_abandoned`. An ended
-session takes no more input: late frames of the teardown are dropped.
+`session_ended` once consent was recorded (with each participant's bytes
+when there were several), else the event the path brings, else
+`join_abandoned`. An ended session takes no more input: late frames of the
+teardown are dropped.
 """
 
 from __future__ import annotations
@@ -32,16 +43,22 @@ from __future__ import annotations
 import copy
 import hmac
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.wire.errors import LocalProtocolError, ProtocolError
-from broker.wire.limits import AGENT_END_REASONS, CONSOLE_END_REASONS, OPEN_TIMEOUT
+from broker.wire.limits import (
+    AGENT_END_REASONS,
+    CONSOLE_END_REASONS,
+    MAX_ENGINEERS_PER_SESSION,
+    OPEN_TIMEOUT,
+)
 from broker.wire.machine.actions import (
     Action,
     Close,
     Ended,
     Forward,
+    IssueInvite,
     IssueNameplate,
     OpenRelay,
     Record,
@@ -62,17 +79,22 @@ from broker.wire.machine.protocol import Conn, Phase, check_binary, check_inboun
 from broker.wire.machine.reasons import AUDIT_UNAVAILABLE, end_message
 from broker.wire.messages import Message, b64encode, decode
 
-__all__ = ["AGENT", "AGENT_SESSION", "CONSOLE", "UPGRADE", "AgentFacts", "EngineerFacts",
-           "Seat", "SessionMachine", "SessionTimeouts", "Traffic"]
+__all__ = ["AGENT", "AGENT_SESSION", "CONSOLE", "SESSION_FULL", "UPGRADE", "AgentFacts",
+           "EngineerFacts", "Seat", "SessionMachine", "SessionTimeouts", "Traffic"]
 
 AGENT = "agent"  # the agent's control connection, where join_request goes
 AGENT_SESSION = "agent_session"
-CONSOLE = "console"  # the id of the first (for now the only) console
+CONSOLE = "console"  # the first seat's console; the next are console-2, console-3, ...
 
 # What a request for control asks for, and so what its receipt must say was asked.
 UPGRADE = ("view", "control")
 # A refused consent's decision -> the reason its session ends with.
 _REFUSAL_REASON = {"denied": "denied", "timeout": "timeout"}
+# A seat's departure -> the event that closes it (once it was active).
+_DEPARTURE_EVENT = {"engineer_removed": "engineer_removed"}
+SESSION_FULL = (f"this session already has {MAX_ENGINEERS_PER_SESSION} engineers, the most "
+                "one session may have; the customer was not asked. Ask the customer to "
+                "remove one, or to start a new session for you")
 
 
 @dataclass
@@ -81,8 +103,10 @@ class _State:
     input whose record could not be written is undone (`audit_failed`)."""
 
     phases: dict[str, Phase]
-    seat: Seat
-    requested: bool = False  # join_request went to the agent (its code is spent)
+    seats: dict[str, Seat]  # by console id, in the order they joined
+    agent_sides: dict[str, str] = field(default_factory=dict)  # agent_session id -> console id
+    shared: bool = False  # a second seat joined: rosters go out from now on
+    joined: int = 1  # seats ever made (names the next one)
     active_since: float | None = None
     ended: str | None = None  # the end reason, once ended
 
@@ -100,20 +124,24 @@ class SessionMachine:
         self.token = token
         self.nameplate = nameplate
         self.agent = agent
-        self.engineer = engineer
+        self.engineer = engineer  # the first engineer's
         self.timeouts = timeouts
         self.created = now
-        self.traffic = Traffic(last_activity=now)
         self._kinds = {AGENT: Conn.AGENT, AGENT_SESSION: Conn.AGENT_SESSION,
                        CONSOLE: Conn.CONSOLE}
+        first = Seat(CONSOLE, wants, agent_session=AGENT_SESSION, engineer=engineer,
+                     token=token, created=now, traffic=Traffic(last_activity=now))
         self._s = _State(
             phases={AGENT: Phase.READY, AGENT_SESSION: Phase.HELLO, CONSOLE: Phase.WAITING},
-            seat=Seat(CONSOLE, wants),
+            seats={CONSOLE: first}, agent_sides={AGENT_SESSION: CONSOLE},
         )
         self._saved = copy.deepcopy(self._s)
         # The last batch asked for a record that must be durable: only then
         # may `audit_failed` undo it.
         self._undoable = False
+        # The console whose `join` the last batch answered (refused too if
+        # its join_requested cannot be written).
+        self._joining: str | None = None
 
     # -- what the driver may ask --------------------------------------------
 
@@ -122,7 +150,30 @@ class SessionMachine:
 
     @property
     def seat(self) -> Seat:
-        return self._s.seat
+        """The first engineer's seat."""
+        return self._s.seats[CONSOLE]
+
+    @property
+    def seats(self) -> dict[str, Seat]:
+        """Every seat the session has had, by console id (departed ones have `left`)."""
+        return dict(self._s.seats)
+
+    def seat_of(self, conn: str) -> Seat:
+        """The seat a console or agent_session connection belongs to."""
+        return self._seat_of(self._known(conn))
+
+    def agent_side_for(self, token: str) -> str | None:
+        """The agent_session id awaited with `token`, if any."""
+        seat = self._awaited(token)
+        return seat.agent_session if seat is not None else None
+
+    @property
+    def traffic(self) -> Traffic:
+        """The whole session's traffic: every seat's, added up."""
+        seats = self._s.seats.values()
+        return Traffic(to_agent=sum(s.traffic.to_agent for s in seats),
+                       to_console=sum(s.traffic.to_console for s in seats),
+                       last_activity=max(s.traffic.last_activity for s in seats))
 
     @property
     def ended(self) -> str | None:
@@ -136,55 +187,82 @@ class SessionMachine:
     def deadline(self) -> float | None:
         """When `tick` must next be called (None: nothing is due, ever)."""
         due = self._deadlines()
-        return min(at for at, _ in due) if due else None
+        return min(at for at, _, _ in due) if due else None
 
     # -- inputs -------------------------------------------------------------
 
     def open(self, now: float) -> list[Action]:
         """The join was accepted: record it, ask the agent, spend its code."""
         self._save()
-        seat = self._s.seat
+        self._joining = None
+        seat = self.seat
         actions: list[Action] = [
             self._record("join_requested", {"wants": list(seat.wants)}),
-            self._send(AGENT, "join_request", nameplate=self.nameplate, session=self.id,
-                       token=self.token, engineer_login=self.engineer.name,
-                       engineer_display=self.engineer.display,
-                       engineer_role=self.engineer.role,
-                       engineer_key=self.engineer.public_key, wants=list(seat.wants)),
+            self._join_request(seat, self.nameplate),
             IssueNameplate(AGENT),  # single use: whatever happens next, it is spent
         ]
-        self._s.requested = True
+        seat.requested = True
         return self._out(actions)
 
+    def join(self, engineer: EngineerFacts, wants: tuple[str, ...], token: str,
+             now: float) -> tuple[str, list[Action]]:
+        """A console joined with this session's invitation: the id of its
+        connection, and what to do. Beyond `MAX_ENGINEERS_PER_SESSION` it is
+        refused at once, and the customer is not asked; raise `ProtocolError`
+        (for that console) if the session has ended."""
+        if self._s.ended is not None:
+            raise ProtocolError("no customer is waiting with that code: the session it "
+                                "invited to has ended", "unknown_code")
+        self._save()
+        number = self._s.joined = self._s.joined + 1
+        console, agent_side = f"{CONSOLE}-{number}", f"{AGENT_SESSION}-{number}"
+        self._kinds[console], self._kinds[agent_side] = Conn.CONSOLE, Conn.AGENT_SESSION
+        if len(self._present()) >= MAX_ENGINEERS_PER_SESSION:
+            self._joining = None
+            refused = Record("join_refused", {"reason": "session_full",
+                                              "limit": MAX_ENGINEERS_PER_SESSION},
+                             session=self.id, actor=engineer.name,
+                             subject=self.agent.device_id, quiet=True)
+            return console, self._out([refused, Refuse(console, "session_full", SESSION_FULL)])
+        seat = Seat(console, wants, agent_session=agent_side, engineer=engineer, token=token,
+                    created=now, requested=True, traffic=Traffic(last_activity=now))
+        self._s.seats[console] = seat
+        self._s.agent_sides[agent_side] = console
+        self._s.phases[console], self._s.phases[agent_side] = Phase.WAITING, Phase.HELLO
+        self._s.shared = True
+        self._joining = console
+        actions: list[Action] = [
+            self._record("join_requested", {"wants": list(wants), "seat": console}, seat=seat),
+            self._join_request(seat, ""),
+        ]
+        return console, self._out(actions)
+
     def attach(self, token: str, now: float) -> list[Action]:
-        """The agent's side of the join connected with `token`; raise
-        `ProtocolError` (for that new connection) unless it is the one awaited."""
+        """An agent_session connected with `token`; raise `ProtocolError`
+        (for that new connection) unless it is one awaited."""
         self._undoable = False
-        if (
-            self._s.ended is not None
-            or not self._s.requested
-            or self._s.phases[AGENT_SESSION] is not Phase.HELLO
-            or not hmac.compare_digest(self.token.encode(), token.encode())
-        ):
+        seat = self._awaited(token)
+        if seat is None:
             raise ProtocolError("unknown or expired session", "unknown_session")
         self._save()
-        self._s.phases[AGENT_SESSION] = Phase.PAIRING
-        console = self._s.seat.console
-        actions: list[Action] = [self._send(console, "joined", session=self.id,
+        self._s.phases[seat.agent_session] = Phase.PAIRING
+        actions: list[Action] = [self._send(seat.console, "joined", session=self.id,
                                             alias=self.agent.alias)]
-        self._s.phases[console] = Phase.PAIRING
+        self._s.phases[seat.console] = Phase.PAIRING
         return self._out(actions)
 
     def receive(self, conn: str, frame: str | bytes, now: float) -> list[Action]:
         """A frame from one of the session's connections. A frame that breaks
         the protocol is answered with `error` to its sender, and the session
-        ends as what it is, a protocol error."""
+        ends as what it is, a protocol error (an engineer's alone, when others
+        stay: that seat goes)."""
         kind = self._kinds[self._known(conn)]
-        if self._s.ended is not None:
+        if self._s.ended is not None or self._gone(conn):
             # Teardown: the ends are still flushing (an SSH disconnect, a last
             # keystroke). Nothing more is relayed, and it is no error.
             return self._out([])
         self._save()
+        self._joining = None
         try:
             phase = self._s.phases[conn]
             if isinstance(frame, bytes):
@@ -202,44 +280,63 @@ class SessionMachine:
         if self._s.ended is not None:
             return self._out([])
         self._save()
+        self._joining = None
         if conn == AGENT:
-            # The control link matters only until the agent's side attached.
-            if self._s.phases[AGENT_SESSION] is Phase.HELLO:
-                return self._out(self._end("agent_unreachable", now))
+            # The control link matters only to seats whose agent side has
+            # not attached yet: the agent never heard of them.
+            actions: list[Action] = []
+            for seat in self._present():
+                if self._s.ended is None and self._s.phases[seat.agent_session] is Phase.HELLO:
+                    actions += self._depart(seat, "agent_unreachable", now)
+            return self._out(actions)
+        if self._gone(self._known(conn)):
             return self._out([])
-        if conn == AGENT_SESSION:
-            return self._out(self._end("agent_lost", now))
-        self._known(conn)
-        return self._out(self._end("console_lost", now))
+        seat, kind = self._seat_of(conn), self._kinds[conn]
+        return self._out(self._depart(
+            seat, "agent_lost" if kind is Conn.AGENT_SESSION else "console_lost", now))
 
     def tick(self, now: float) -> list[Action]:
-        """End the session if one of its deadlines has passed."""
+        """End the session, or a seat's join, if one of its deadlines has passed."""
         # In the order of `_deadlines`: when a late tick finds two due, the
         # one listed first names the end (the longest session beats idling).
         due = [d for d in self._deadlines() if now >= d[0]]
         if not due:
             return self._out([])
         self._save()
-        return self._out(self._end(due[0][1], now))
+        self._joining = None
+        actions: list[Action] = []
+        for _, reason, seat in due:
+            if self._s.ended is not None:
+                break
+            if seat is None:
+                actions += self._end(reason, now)
+            elif seat.left is None:
+                actions += self._depart(seat, reason, now)
+        return self._out(actions)
 
     def audit_failed(self, now: float) -> list[Action]:
         """The last batch's non-quiet `Record` could not be written: undo the
         input that asked for it (nothing goes on unrecorded) and end the
         session; a code spent on an unrecorded join is refused to the agent
-        too, which reconnects and is either told the same or given a fresh one."""
+        too, which reconnects and is either told the same or given a fresh one.
+        A console whose join could not be recorded is refused as well."""
         if not self._undoable:
             raise LocalProtocolError("audit_failed without a record that had to be written")
         self._restore()
-        refuse_agent = not self._s.requested
+        refuse_agent = not self.seat.requested
         actions = self._end("audit_unavailable", now)
         if refuse_agent:
             actions.insert(-1, Refuse(AGENT, "audit_unavailable", AUDIT_UNAVAILABLE))
+        if self._joining is not None and self._joining not in self._s.seats:
+            actions.insert(-1, Refuse(self._joining, "audit_unavailable", AUDIT_UNAVAILABLE))
+        self._joining = None
         return self._out(actions)
 
     def shutdown(self, now: float) -> list[Action]:
         if self._s.ended is not None:
             return self._out([])
         self._save()
+        self._joining = None
         return self._out(self._end("broker_shutdown", now))
 
     # -- the messages -------------------------------------------------------
@@ -249,73 +346,96 @@ class SessionMachine:
         return [self._send(self._peer(conn), msg.type, body=msg["body"])]
 
     def _on_end(self, conn: str, msg: Message, now: float) -> list[Action]:
-        allowed, default = (
-            (CONSOLE_END_REASONS, "engineer_left") if self._kinds[conn] is Conn.CONSOLE
-            else (AGENT_END_REASONS, "customer_ended")
-        )
-        return self._end(msg["reason"] if msg["reason"] in allowed else default, now)
+        if self._kinds[conn] is Conn.CONSOLE:
+            # One engineer leaving: the others go on (the last one ends it).
+            reason = msg["reason"] if msg["reason"] in CONSOLE_END_REASONS else "engineer_left"
+            return self._depart(self._seat_of(conn), reason, now)
+        # The customer's side: the shell is shared, so it ends for everyone.
+        reason = msg["reason"] if msg["reason"] in AGENT_END_REASONS else "customer_ended"
+        return self._end(reason, now)
+
+    def _on_remove(self, conn: str, msg: Message, now: float) -> list[Action]:
+        """The customer removes this seat's engineer; the others go on."""
+        return self._depart(self._seat_of(conn), "engineer_removed", now)
+
+    def _on_invite(self, conn: str, msg: Message, now: float) -> list[Action]:
+        """The customer asks for a code for another engineer: recorded, then
+        the driver binds a fresh nameplate to this session and sends it."""
+        return [Record("invite_issued", {"seats": len(self._present())}, session=self.id,
+                       subject=self.agent.device_id),
+                IssueInvite(conn)]
 
     def _on_pairing_failed(self, conn: str, msg: Message, now: float) -> list[Action]:
         # Each failure is its own end reason, so the engineer is told which
         # (a key mismatch is no wrong code); its event is the closing one.
+        seat = self._seat_of(conn)
         reason = msg["reason"]
-        return self._end(reason, now, closing=self._record("pairing_failed", {"reason": reason}))
+        return self._depart(seat, reason, now, closing=self._record(
+            "pairing_failed", self._seat_body(seat, {"reason": reason}), seat=seat))
 
     def _on_confirm_live(self, conn: str, msg: Message, now: float) -> list[Action]:
         # Only while active (the catalogue); an ended session was sent
         # `ended` before this could be read, and gets no answer.
-        return [self._send(AGENT_SESSION, "live", id=msg["id"])]
+        return [self._send(conn, "live", id=msg["id"])]
 
     def _on_input_dropped(self, conn: str, msg: Message, now: float) -> list[Action]:
         # A claim, not a measurement: it never shrinks (totals only grow) and
         # never exceeds the bytes relayed to the agent (SSH framing makes the
         # relayed count the larger).
-        seat = self._s.seat
-        seat.input_dropped = max(seat.input_dropped, min(msg["bytes"], self.traffic.to_agent))
+        seat = self._seat_of(conn)
+        seat.input_dropped = max(seat.input_dropped,
+                                 min(msg["bytes"], seat.traffic.to_agent))
         return []
 
     def _on_consent(self, conn: str, msg: Message, now: float) -> list[Action]:
+        seat = self._seat_of(conn)
         if self._s.phases[conn] is Phase.ACTIVE:
-            return self._consent_to_control(msg)
-        return self._consent_to_join(msg, now)
+            return self._consent_to_control(seat, msg)
+        return self._consent_to_join(seat, msg, now)
 
-    def _consent_to_join(self, msg: Message, now: float) -> list[Action]:
-        """The answer to the join: a refusal ends the session; a grant starts
-        it (recorded first) and opens the relay."""
-        seat = self._s.seat
-        checked = self._check(msg, seat.wants)
+    def _consent_to_join(self, seat: Seat, msg: Message, now: float) -> list[Action]:
+        """The answer to the join: a refusal ends that seat's join (the
+        session, if it has no other); a grant starts the seat (recorded
+        first) and opens its relay."""
+        checked = self._check(seat, msg, seat.wants)
         receipt = checked.receipt
         seat.receipts.add(checked.digest)
-        consent = self._record(f"consent_{receipt.decision}", checked.body,
-                               personal=self._receipt_personal(msg), sealable=True)
+        consent = self._record(f"consent_{receipt.decision}", self._seat_body(seat, checked.body),
+                               personal=self._receipt_personal(msg), sealable=True, seat=seat)
         result = self._send(seat.console, "consent_result", decision=receipt.decision,
                             granted=list(receipt.granted) or ["view"],
                             receipt=msg["receipt"], signature=msg["signature"])
         if receipt.decision != "granted":
             # The seal goes before `ended` closes the agent's side.
-            return self._end(_REFUSAL_REASON[receipt.decision], now, closing=consent,
-                             then=[result, Seal(AGENT_SESSION, background=False)])
+            return self._depart(seat, _REFUSAL_REASON[receipt.decision], now, closing=consent,
+                                then=[result, Seal(seat.agent_session, background=False)])
+        first = self._s.active_since is None
+        started = (self._record("session_started", {"granted": list(receipt.granted)}) if first
+                   else self._record("engineer_joined", {"granted": list(receipt.granted),
+                                                         "seat": seat.console}, seat=seat))
         actions: list[Action] = [
             consent,
-            self._record("session_started", {"granted": list(receipt.granted)}),
-            OpenRelay(),  # before either end hears: the first SSH bytes follow at once
+            started,
+            # Before either end hears: the first SSH bytes follow at once.
+            OpenRelay(seat.agent_session, seat.console),
             result,
-            self._send(AGENT_SESSION, "relay_open"),
-            Seal(AGENT_SESSION, background=True),  # the relay does not wait for it
+            self._send(seat.agent_session, "relay_open"),
+            Seal(seat.agent_session, background=True),  # the relay does not wait for it
         ]
         seat.granted = receipt.granted
-        self._s.phases[seat.console] = self._s.phases[AGENT_SESSION] = Phase.ACTIVE
-        self._s.active_since = self.traffic.last_activity = now
-        return actions
+        self._s.phases[seat.console] = self._s.phases[seat.agent_session] = Phase.ACTIVE
+        seat.active_since = seat.traffic.last_activity = now
+        if first:
+            self._s.active_since = now
+        return actions + self._roster()
 
-    def _consent_to_control(self, msg: Message) -> list[Action]:
+    def _consent_to_control(self, seat: Seat, msg: Message) -> list[Action]:
         """The customer's answer to a request for control: recorded, then both
         ends told; the agent lets the engineer type only once it hears back."""
-        seat = self._s.seat
         if not seat.control_pending:
             raise ProtocolError("no request for control is waiting for an answer",
                                 "unexpected_message")
-        checked = self._check(msg, UPGRADE)
+        checked = self._check(seat, msg, UPGRADE)
         receipt = checked.receipt
         if receipt.decision == "granted" and set(receipt.granted) != set(UPGRADE):
             raise ProtocolError("a granted request for control must grant control",
@@ -323,113 +443,232 @@ class SessionMachine:
         seat.receipts.add(checked.digest)
         seat.control_pending = False
         actions: list[Action] = [self._record(
-            f"consent_{receipt.decision}", {**checked.body, "upgrade": True},
-            personal=self._receipt_personal(msg), sealable=True)]
+            f"consent_{receipt.decision}", self._seat_body(seat, {**checked.body, "upgrade": True}),
+            personal=self._receipt_personal(msg), sealable=True, seat=seat)]
         if receipt.decision == "granted":
-            actions.append(self._record("rights_changed", {
-                "granted": list(UPGRADE), "by": "customer", "upgrade": True}))
+            actions.append(self._record("rights_changed", self._seat_body(seat, {
+                "granted": list(UPGRADE), "by": "customer", "upgrade": True}), seat=seat))
             seat.granted = UPGRADE
-        for to in (seat.console, AGENT_SESSION):
+        for to in (seat.console, seat.agent_session):
             actions.append(self._send(to, "control_result", decision=receipt.decision,
                                       granted=list(seat.granted)))
-        actions.append(Seal(AGENT_SESSION, background=True))
+        actions.append(Seal(seat.agent_session, background=True))
+        if receipt.decision == "granted":
+            actions += self._roster()
         return actions
 
     def _on_request_control(self, conn: str, msg: Message, now: float) -> list[Action]:
         """Forward the engineer's request for control to the customer. Nothing
         to ask (control held, or a request already with the customer) is
         answered `unchanged` at once, without bothering anyone."""
-        seat = self._s.seat
+        seat = self._seat_of(conn)
         if "control" in seat.granted or seat.control_pending:
             return [self._send(conn, "control_result", decision="unchanged",
                                granted=list(seat.granted))]
         seat.control_pending = True
-        return [self._record("control_requested", {"asked": list(UPGRADE)}),
-                self._send(AGENT_SESSION, "control_request")]
+        return [self._record("control_requested",
+                             self._seat_body(seat, {"asked": list(UPGRADE)}), seat=seat),
+                self._send(seat.agent_session, "control_request")]
 
     def _on_rights(self, conn: str, msg: Message, now: float) -> list[Action]:
-        """The customer narrows the rights (withdraws control)."""
-        seat = self._s.seat
+        """The customer narrows this seat's rights (takes control from this engineer)."""
+        seat = self._seat_of(conn)
         granted = tuple(msg["granted"])
         if "view" not in granted or not set(granted) <= set(seat.granted):
             raise ProtocolError("rights can only be narrowed here", "bad_rights")
         seat.granted = granted
-        return [self._record("rights_changed", {"granted": list(granted), "by": "customer"}),
-                self._send(seat.console, "rights", granted=list(granted))]
+        return [self._record("rights_changed",
+                             self._seat_body(seat, {"granted": list(granted), "by": "customer"}),
+                             seat=seat),
+                self._send(seat.console, "rights", granted=list(granted)),
+                *self._roster()]
 
     # -- the end ------------------------------------------------------------
+
+    def _depart(self, seat: Seat, reason: str, now: float, *, closing: Record | None = None,
+                then: list[Action] | None = None,
+                violation: Mapping[str, str] | None = None) -> list[Action]:
+        """One engineer goes and the others stay: one closing event for the
+        seat, its two connections told why and closed, a roster to the
+        others. The last seat going is the session's end."""
+        if not [s for s in self._present() if s is not seat]:
+            return self._end(reason, now, closing=closing, then=then, violation=violation)
+        seat.left = reason
+        extra = {"violation": dict(violation)} if violation else {}
+        if closing is None:
+            if seat.active_since is not None:
+                closing = self._record(
+                    _DEPARTURE_EVENT.get(reason, "engineer_left"),
+                    {"reason": reason, **self._participant(seat, now), **extra},
+                    seat=seat, quiet=True)
+            else:
+                closing = self._record("join_abandoned", self._seat_body(
+                    seat, {"reason": reason, **extra}), seat=seat, quiet=True)
+        actions: list[Action] = [StopRelay(seat.agent_session, seat.console), closing,
+                                 *(then or [])]
+        actions += self._close_all([seat.console, seat.agent_session], reason)
+        # Only someone who was listed leaving changes the roster.
+        return actions + (self._roster() if seat.active_since is not None else [])
 
     def _end(self, reason: str, now: float, *, closing: Record | None = None,
              then: list[Action] | None = None,
              violation: Mapping[str, str] | None = None) -> list[Action]:
-        """The one way into the end: one reason, one closing event, both ends
-        told why before either is closed."""
+        """The one way into the end: one reason, one closing event, everyone
+        told why before anyone is closed."""
         if self._s.ended is not None:
             raise LocalProtocolError(f"session {self.id} ended twice")
         self._s.ended = reason
+        present = self._present()
+        for seat in present:
+            seat.left = reason
         extra = {"violation": dict(violation)} if violation else {}
-        if closing is None:
-            if self._s.active_since is not None:
-                closing = self._record("session_ended", {**self.summary(now), **extra},
-                                       quiet=True)
-            else:
-                closing = self._record("join_abandoned", {"reason": reason, **extra},
-                                       quiet=True)
-        actions: list[Action] = [StopRelay(), closing, *(then or [])]
-        connected = [conn for conn in (self._s.seat.console, AGENT_SESSION)
-                     if self._s.phases[conn] not in (Phase.HELLO, Phase.CLOSED)]
-        for conn in connected:
-            actions.append(self._send(conn, "ended", reason=reason, message=end_message(reason)))
-        for conn in connected:
-            actions.append(Close(conn, reason))
-            self._s.phases[conn] = Phase.CLOSED
+        closings: list[Action] = []
+        if self._s.active_since is not None:
+            # A seat's own refusal or failure still comes first, then the session's end.
+            closings = [*([closing] if closing else []),
+                        self._record("session_ended", {**self.summary(now), **extra},
+                                     quiet=True)]
+        else:
+            closings = [closing or self._record("join_abandoned", {"reason": reason, **extra},
+                                                quiet=True)]
+        actions: list[Action] = [StopRelay(), *closings, *(then or [])]
+        conns = [conn for seat in present for conn in (seat.console, seat.agent_session)]
+        actions += self._close_all(conns, reason)
         actions.append(Ended(reason))
         return actions
 
+    def _close_all(self, conns: list[str], reason: str) -> list[Action]:
+        """`ended` to each connected one of `conns`, then each closed; one
+        never attached is closed to its attach."""
+        connected = [c for c in conns if self._s.phases[c] not in (Phase.HELLO, Phase.CLOSED)]
+        actions: list[Action] = [
+            self._send(conn, "ended", reason=reason, message=end_message(reason))
+            for conn in connected]
+        for conn in connected:
+            actions.append(Close(conn, reason))
+        for conn in conns:
+            self._s.phases[conn] = Phase.CLOSED
+        return actions
+
     def _broken(self, conn: str, exc: ProtocolError, now: float) -> list[Action]:
-        """`conn` broke the protocol: it hears why before anything closes."""
+        """`conn` broke the protocol: it hears why before anything closes.
+        An engineer's console breaking it costs that seat only; the agent's
+        side breaking it ends the session."""
         error = self._send(conn, "error", code=exc.code[:64], message=str(exc)[:200])
-        return [error, *self._end("protocol_error", now,
-                                  violation={"by": self._kinds[conn].value, "code": exc.code})]
+        violation = {"by": self._kinds[conn].value, "code": exc.code}
+        if self._kinds[conn] is Conn.CONSOLE:
+            return [error, *self._depart(self._seat_of(conn), "protocol_error", now,
+                                         violation=violation)]
+        return [error, *self._end("protocol_error", now, violation=violation)]
 
     def summary(self, now: float) -> dict[str, object]:
-        """The `session_ended` body: reason, duration, bytes — never content."""
+        """The `session_ended` body: reason, duration, bytes — never content.
+        The totals are every seat's; `granted` is the first engineer's; a
+        session that had several engineers also lists each participant."""
         started = self._s.active_since if self._s.active_since is not None else now
-        seat = self._s.seat
-        return {
+        seats = list(self._s.seats.values())
+        traffic = self.traffic
+        body: dict[str, object] = {
             "reason": self._s.ended or "unknown",
             "duration_s": round(now - started, 3),
-            "bytes_to_agent": self.traffic.to_agent,
-            "bytes_to_console": self.traffic.to_console,
-            "input_dropped_bytes": seat.input_dropped,
-            "granted": list(seat.granted),
+            "bytes_to_agent": traffic.to_agent,
+            "bytes_to_console": traffic.to_console,
+            "input_dropped_bytes": sum(s.input_dropped for s in seats),
+            "granted": list(self.seat.granted),
         }
+        if self._s.shared:
+            body["participants"] = [
+                {"left": s.left or self._s.ended or "unknown", **self._participant(s, now)}
+                for s in seats]
+        return body
 
-    def _deadlines(self) -> list[tuple[float, str]]:
+    def _participant(self, seat: Seat, now: float) -> dict[str, object]:
+        """One engineer's share of the session: bytes each way, rights, time."""
+        since = seat.active_since if seat.active_since is not None else now
+        return {"seat": seat.console, "engineer": self._engineer(seat).name,
+                "granted": list(seat.granted), "duration_s": round(now - since, 3),
+                "bytes_to_agent": seat.traffic.to_agent,
+                "bytes_to_console": seat.traffic.to_console,
+                "input_dropped_bytes": seat.input_dropped}
+
+    def _deadlines(self) -> list[tuple[float, str, Seat | None]]:
+        """What is due when: the session's own deadlines (seat None) first,
+        then each seat's join that must finish in time."""
         if self._s.ended is not None:
             return []
-        if self._s.active_since is None:
+        due: list[tuple[float, str, Seat | None]] = []
+        if self._s.active_since is not None:
+            due += [(self._s.active_since + self.timeouts.max_session, "max_duration", None),
+                    (self.traffic.last_activity + self.timeouts.idle, "idle_timeout", None)]
+        for seat in self._present():
+            if seat.active_since is not None:
+                continue
             # Pairing and consent must finish in time; before that, the agent
             # must at least answer the join.
-            due = [(self.created + self.timeouts.handshake, "timeout")]
-            if self._s.requested and self._s.phases[AGENT_SESSION] is Phase.HELLO:
-                due.insert(0, (self.created + OPEN_TIMEOUT, "agent_unreachable"))
-            return due
-        return [(self._s.active_since + self.timeouts.max_session, "max_duration"),
-                (self.traffic.last_activity + self.timeouts.idle, "idle_timeout")]
+            if seat.requested and self._s.phases[seat.agent_session] is Phase.HELLO:
+                due.append((seat.created + OPEN_TIMEOUT, "agent_unreachable", seat))
+            due.append((seat.created + self.timeouts.handshake, "timeout", seat))
+        return due
+
+    def _roster(self) -> list[Action]:
+        """Who is in the session now, to every active connection, once it
+        has had a second engineer (a one-engineer session sends none)."""
+        if not self._s.shared or self._s.ended is not None:
+            return []
+        active = [s for s in self._present() if s.active_since is not None]
+        seats = [{"seat": s.console, "login": self._engineer(s).name,
+                  "display": self._engineer(s).display, "rights": list(s.granted)}
+                 for s in active]
+        return [self._send(conn, "roster", seats=seats, you=seat.console)
+                for seat in active for conn in (seat.console, seat.agent_session)]
 
     # -- small helpers ------------------------------------------------------
 
+    def _join_request(self, seat: Seat, nameplate: str) -> Send:
+        engineer = self._engineer(seat)
+        return self._send(AGENT, "join_request", nameplate=nameplate or self.nameplate,
+                          session=self.id, token=seat.token, engineer_login=engineer.name,
+                          engineer_display=engineer.display, engineer_role=engineer.role,
+                          engineer_key=engineer.public_key, wants=list(seat.wants))
+
+    def _awaited(self, token: str) -> Seat | None:
+        if self._s.ended is not None:
+            return None
+        for seat in self._present():
+            if (seat.requested and self._s.phases[seat.agent_session] is Phase.HELLO
+                    and hmac.compare_digest(seat.token.encode(), token.encode())):
+                return seat
+        return None
+
+    def _gone(self, conn: str) -> bool:
+        """A seat's connection after that seat left (or whose join was undone)."""
+        seat = self._s.seats.get(self._s.agent_sides.get(conn, conn))
+        return seat is None or seat.left is not None
+
+    def _present(self) -> list[Seat]:
+        return [s for s in self._s.seats.values() if s.left is None]
+
+    def _seat_of(self, conn: str) -> Seat:
+        return self._s.seats[self._s.agent_sides.get(conn, conn)]
+
+    def _engineer(self, seat: Seat) -> EngineerFacts:
+        return seat.engineer if seat.engineer is not None else self.engineer
+
+    def _seat_body(self, seat: Seat, body: Mapping[str, Any]) -> dict[str, Any]:
+        """An event's body, naming the seat once the session has several."""
+        return {**body, "seat": seat.console} if self._s.shared else dict(body)
+
     def _forward(self, conn: str, data: bytes, now: float) -> list[Action]:
-        to = self._peer(conn)
-        self.traffic.count(len(data), to_agent=to == AGENT_SESSION, now=now)
+        seat, to = self._seat_of(conn), self._peer(conn)
+        seat.traffic.count(len(data), to_agent=to == seat.agent_session, now=now)
         return [Forward(to, data)]
 
-    def _check(self, msg: Message, asked: tuple[str, ...]) -> CheckedReceipt:
+    def _check(self, seat: Seat, msg: Message, asked: tuple[str, ...]) -> CheckedReceipt:
+        engineer = self._engineer(seat)
         return check_receipt(msg, session=self.id, device_id=self.agent.device_id,
-                             device_key=self.agent.device_key, engineer=self.engineer.name,
-                             fingerprint=self.engineer.fingerprint, asked=asked,
-                             seen=self._s.seat.receipts)
+                             device_key=self.agent.device_key, engineer=engineer.name,
+                             fingerprint=engineer.fingerprint, asked=asked,
+                             seen=seat.receipts)
 
     def _receipt_personal(self, msg: Message) -> dict[str, str]:
         """What a consent event keeps encrypted: the signed receipt, and the
@@ -441,8 +680,9 @@ class SessionMachine:
 
     def _record(self, event: str, body: Mapping[str, Any], *,
                 personal: Mapping[str, str] | None = None, quiet: bool = False,
-                sealable: bool = False) -> Record:
-        return Record(event, body, session=self.id, actor=self.engineer.name,
+                sealable: bool = False, seat: Seat | None = None) -> Record:
+        actor = self._engineer(seat).name if seat is not None else self.engineer.name
+        return Record(event, body, session=self.id, actor=actor,
                       subject=self.agent.device_id, personal=personal, quiet=quiet,
                       sealable=sealable)
 
@@ -454,7 +694,8 @@ class SessionMachine:
         return Send(to, msg_type, fields)
 
     def _peer(self, conn: str) -> str:
-        return AGENT_SESSION if conn == self._s.seat.console else self._s.seat.console
+        seat = self._seat_of(conn)
+        return seat.agent_session if conn == seat.console else seat.console
 
     def _known(self, conn: str) -> str:
         if conn not in self._kinds:
@@ -469,7 +710,13 @@ class SessionMachine:
         self._saved = copy.deepcopy(self._s)
 
     def _restore(self) -> None:
+        current = self._s.seats
         self._s = copy.deepcopy(self._saved)
+        # Bytes relayed are a measurement, not a decision: an undo keeps
+        # them, and keeps the very objects the driver's fast relay counts in.
+        for console, seat in self._s.seats.items():
+            if console in current:
+                seat.traffic = current[console].traffic
 
 
 _HANDLERS: dict[str, Handler] = {
@@ -482,4 +729,6 @@ _HANDLERS: dict[str, Handler] = {
     "consent": SessionMachine._on_consent,
     "request_control": SessionMachine._on_request_control,
     "rights": SessionMachine._on_rights,
+    "invite": SessionMachine._on_invite,
+    "remove": SessionMachine._on_remove,
 }
