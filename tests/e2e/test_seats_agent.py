@@ -1,0 +1,115 @@
+"""Two engineers in one session through the real programs: the agent under a
+PTY, two `consentry-console join` processes, a real broker. The customer
+invites a second engineer with Ctrl-] i, approves them view only, removes
+them while the first goes on, and ends the session for everyone."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+
+import pexpect
+
+from tests.e2e.conftest import Deployment, matched, transcript
+
+INVITE_RE = re.compile(r"Your support code:\s+(?:\x1b\[\d+m)?(\d+-\d{3}-\d{3})")
+
+
+def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deployment) -> None:
+    alice_key = running.add_engineer("alice", display="Alice Example")
+    bob_key = running.add_engineer("bob", display="Bob Second")
+    agent = running.agent("--alias", "front desk")
+    agent.expect(INVITE_RE)
+    first_code = matched(agent)
+
+    # Engineer A, with control.
+    alice = running.console(first_code, alice_key, "alice", "--control")
+    agent.expect(r"A support engineer asks to connect")
+    agent.expect(r"\[n/Enter\] deny")
+    agent.send("c")
+    alice.expect("connected to front desk")
+    alice.expect(r"\$ ")
+    agent.expect(r"Alice Example \(alice\) is viewing and typing")
+
+    # The customer makes a code for one more engineer.
+    agent.send("\x1d")
+    agent.expect(r"\[i\] invite")
+    agent.send("i")
+    agent.expect("a code for one more engineer")
+    agent.expect(INVITE_RE)
+    invite = matched(agent)
+    assert invite != first_code
+    agent.expect("works once, for one more")
+
+    # Engineer B joins the running session, view only.
+    bob = running.console(invite, bob_key, "bob")
+    agent.expect("join the session already running")
+    agent.expect("with Alice Example")
+    agent.expect(r"\[n/Enter\] deny")
+    agent.send("v")
+    bob.expect("connected to front desk")
+    agent.expect(r"\[1\] Alice Example can type; \[2\] Bob Second is watching")
+
+    # A's keystrokes reach the one shell: seen by the customer and both engineers.
+    marker = "SEAT" + secrets.token_hex(6)
+    alice.send(f"echo {marker}-$((6*7))\r")
+    alice.expect(f"{marker}-42")
+    bob.expect(f"{marker}-42")
+    agent.expect(f"{marker}-42")
+
+    # B's are dropped.
+    dropped = "DROP" + secrets.token_hex(6)
+    bob.send(f"echo {dropped}-$((2+3))\r")
+    bob.expect("view only: your keystrokes are not sent")
+    alice.send("echo AFTER$((1+1))\r")
+    alice.expect("AFTER2")
+    agent.expect("AFTER2")
+    for child in (agent, alice, bob):
+        assert f"{dropped}-5" not in transcript(child)
+
+    # The customer removes B; A's session goes on.
+    agent.send("\x1d")
+    agent.expect(r"\[r\] remove")
+    agent.send("r")
+    agent.expect(r"Remove:\s+\[1\] Alice Example\s+\[2\] Bob Second")
+    agent.send("2")
+    bob.expect(pexpect.EOF, timeout=20)
+    agent.expect("You removed Bob Second from the session.")
+    alice.send("echo STILL$((3+4))\r")
+    alice.expect("STILL7")
+    agent.expect("STILL7")
+
+    # The customer ends the session: A's console exits with the reason.
+    agent.send("\x1d")
+    agent.expect(r"\[e\] end the session now")
+    agent.send("e")
+    alice.expect("The customer ended the session.")
+    alice.expect(pexpect.EOF)
+    agent.expect("You ended the session with Alice Example.")
+    running.stop()
+
+    result = running.cli("audit", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    granted = [e for e in events if e["type"] == "consent_granted"]
+    assert len(granted) == 2
+    assert len({e["session"] for e in granted}) == 1
+    session = granted[0]["session"]
+    removed = [e for e in events if e["type"] == "engineer_removed"]
+    assert [e["session"] for e in removed] == [session]
+    ended = [e for e in events if e["type"] == "session_ended" and e["session"] == session]
+    assert len(ended) == 1 and "customer_ended" in json.dumps(ended[0])
+    # Each engineer's own signed receipt, under the one session id: in the
+    # log, and in the customer's own copy.
+    logged = [json.loads(base64.b64decode(e["personal"]["receipt"])) for e in granted]
+    assert sorted((r["engineer"], tuple(r["granted"])) for r in logged) == [
+        ("alice", ("view", "control")), ("bob", ("view",))]
+    kept = (running.root / "agent-state" / "receipts.jsonl").read_text().splitlines()
+    mine = [json.loads(json.loads(line)["receipt"]) for line in kept]
+    assert sorted(r["engineer"] for r in mine if r["session"] == session) == ["alice", "bob"]
+
+    for path in [*running.data_dir.rglob("*"), running.broker_stdout]:
+        if path.is_file():
+            assert marker.encode() not in path.read_bytes(), f"marker leaked into {path}"
