@@ -88,6 +88,9 @@ def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deploymen
     alice.expect("The customer ended the session.")
     alice.expect(pexpect.EOF)
     agent.expect("You ended the session with Alice Example.")
+    for console in (alice, bob):
+        console.close()
+        assert console.exitstatus is not None and "Traceback" not in transcript(console)
     running.stop()
 
     result = running.cli("audit", "list", "--json")
