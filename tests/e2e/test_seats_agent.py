@@ -1,6 +1,7 @@
 """Two engineers in one session through the real programs: the agent under a
 PTY, two `consentry-console join` processes, a real broker. The customer
-invites a second engineer with Ctrl-] i, approves them view only, removes
+invites a second engineer with Ctrl-] i, approves them view only, grants
+them control when they ask and takes it back from them alone, removes
 them while the first goes on, and ends the session for everyone."""
 
 from __future__ import annotations
@@ -69,6 +70,28 @@ def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deploymen
     for child in (agent, alice, bob):
         assert f"{dropped}-5" not in transcript(child)
 
+    # B asks for control and gets it, for B alone; the customer then takes
+    # it back from B (by number) while A keeps typing.
+    bob.send("\x1dc")
+    bob.expect("asking the customer for control")
+    agent.expect("now asks for control")
+    agent.expect(r"\[c\] allow control")
+    agent.send("c")
+    bob.expect("you can type now")
+    agent.expect(r"\[2\] Bob Second can type")
+    bob.send("echo BOB$((5+5))\r")
+    alice.expect("BOB10")
+    agent.send("\x1d")
+    agent.expect(r"\[v\] take control")
+    agent.send("v")
+    agent.expect(r"Take control from:\s+\[1\] Alice Example\s+\[2\] Bob Second")
+    agent.send("2")
+    bob.expect("rights to: view only")
+    agent.expect(r"\[1\] Alice Example can type; \[2\] Bob Second is watching")
+    alice.send("echo ALICE$((2*4))\r")
+    alice.expect("ALICE8")
+    bob.expect("ALICE8")
+
     # The customer removes B; A's session goes on.
     agent.send("\x1d")
     agent.expect(r"\[r\] remove")
@@ -98,7 +121,7 @@ def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deploymen
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     granted = [e for e in events if e["type"] == "consent_granted"]
-    assert len(granted) == 2
+    assert [bool(e["body"].get("upgrade")) for e in granted] == [False, False, True]
     assert len({e["session"] for e in granted}) == 1
     session = granted[0]["session"]
     removed = [e for e in events if e["type"] == "engineer_removed"]
@@ -108,11 +131,16 @@ def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deploymen
     # Each engineer's own signed receipt, under the one session id: in the
     # log, and in the customer's own copy.
     logged = [json.loads(base64.b64decode(e["personal"]["receipt"])) for e in granted]
-    assert sorted((r["engineer"], tuple(r["granted"])) for r in logged) == [
-        ("alice", ("view", "control")), ("bob", ("view",))]
+    assert [(r["engineer"], tuple(r["granted"])) for r in logged] == [
+        ("alice", ("view", "control")), ("bob", ("view",)), ("bob", ("view", "control"))]
+    changed = [e for e in events if e["type"] == "rights_changed" and e["session"] == session]
+    # Bob's rights, twice; Alice's never changed.
+    assert [(e["actor"], e["body"]["granted"]) for e in changed] == [
+        ("bob", ["view", "control"]), ("bob", ["view"])]
     kept = (running.root / "agent-state" / "receipts.jsonl").read_text().splitlines()
     mine = [json.loads(json.loads(line)["receipt"]) for line in kept]
-    assert sorted(r["engineer"] for r in mine if r["session"] == session) == ["alice", "bob"]
+    assert sorted(r["engineer"] for r in mine if r["session"] == session) == [
+        "alice", "bob", "bob"]
 
     for path in [*running.data_dir.rglob("*"), running.broker_stdout]:
         if path.is_file():
