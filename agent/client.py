@@ -697,24 +697,38 @@ class Agent:
         return tuple(a.viewer.display for a in running.seats if not a.ended.is_set())
 
     async def _end_everything(self, reason: str) -> None:
-        for active in list(self.sessions.values()):
-            await self._end(active, reason)
+        seats = list(self.sessions.values())
+        for active in seats:
+            active.gate.control = False
+            await self._report_dropped(active)  # every seat's final total, before `end`
+        await asyncio.gather(*(self._end(active, reason) for active in seats))
 
     async def _end(self, active: ActiveSession, reason: str) -> None:
-        if active.ended_by is None:
-            active.ended_by = reason
         # Not one more keystroke lands from here on; the broker hears why
         # before the SSH connection drops, so the engineer is told the reason
         # rather than just seeing the connection close.
         active.gate.control = False
-        await self._report_dropped(active)  # the final total, before `end`
         running = self.shells.get(active.id)
         # One `end` ends the session for every engineer (the shell is
         # shared): the broker tells the others, on their own connections.
-        if running is None or not running.end_sent:
-            if running is not None:
-                running.end_sent = True
+        # (Checked and set before any await: `_end_everything` runs these
+        # side by side.)
+        first = running is None or not running.end_sent
+        if running is not None:
+            running.end_sent = True
+        if first:
+            if active.ended_by is None:
+                active.ended_by = reason
+            await self._report_dropped(active)  # the final total, before `end`
             await _quietly(active.link.send("end", reason=reason))
+        else:
+            # Another seat's `end` ended it: closing this seat's connections
+            # first could reach the broker before that `end` and read as this
+            # seat lost, so wait (briefly) for the broker's `ended` here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(active.ended.wait(), _ENDED_GRACE)
+            if active.ended_by is None:
+                active.ended_by = reason
         if active.conn is not None:
             active.conn.close()
         active.ended.set()

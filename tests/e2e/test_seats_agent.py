@@ -18,7 +18,8 @@ from tests.e2e.conftest import Deployment, matched, transcript
 INVITE_RE = re.compile(r"Your support code:\s+(?:\x1b\[\d+m)?(\d+-\d{3}-\d{3})")
 
 
-def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deployment) -> None:
+def two_engineers(running: Deployment) -> tuple[pexpect.spawn, pexpect.spawn, pexpect.spawn]:
+    """Alice joins with control; the customer invites; Bob joins view only."""
     alice_key = running.add_engineer("alice", display="Alice Example")
     bob_key = running.add_engineer("bob", display="Bob Second")
     agent = running.agent("--alias", "front desk")
@@ -52,6 +53,11 @@ def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deploymen
     agent.send("v")
     bob.expect("connected to front desk")
     agent.expect(r"\[1\] Alice Example can type; \[2\] Bob Second is watching")
+    return agent, alice, bob
+
+
+def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deployment) -> None:
+    agent, alice, bob = two_engineers(running)
 
     # A's keystrokes reach the one shell: seen by the customer and both engineers.
     marker = "SEAT" + secrets.token_hex(6)
@@ -145,3 +151,23 @@ def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deploymen
     for path in [*running.data_dir.rglob("*"), running.broker_stdout]:
         if path.is_file():
             assert marker.encode() not in path.read_bytes(), f"marker leaked into {path}"
+
+
+def test_ending_with_two_engineers_ends_it_for_both_with_one_end(running: Deployment) -> None:
+    agent, alice, bob = two_engineers(running)
+    agent.send("\x1d")
+    agent.expect(r"\[e\] end for")
+    agent.send("e")
+    for console in (alice, bob):
+        console.expect("The customer ended the session.")
+        console.expect(pexpect.EOF)
+    agent.expect(INVITE_RE)  # a fresh code for the next call
+    running.stop()
+    result = running.cli("audit", "list", "--json")
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    ended = [e for e in events if e["type"] == "session_ended"]
+    assert len(ended) == 1 and ended[0]["body"]["reason"] == "customer_ended", ended
+    # Nobody's seat read as lost: both were ended by the customer.
+    assert {p["engineer"]: p["left"] for p in ended[0]["body"]["participants"]} == {
+        "alice": "customer_ended", "bob": "customer_ended"}
+    assert "agent_lost" not in result.stdout
