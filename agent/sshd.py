@@ -113,6 +113,10 @@ class SharedShell:
     def input_pending(self) -> int:
         return self._shell.input_pending if self._shell is not None else 0
 
+    @property
+    def engineers(self) -> int:
+        return len(self._members)
+
     def resize(self, width: int, height: int) -> None:
         if self._shell is not None:
             self._shell.resize(width, height)
@@ -260,7 +264,9 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:
         self._size = (width, height)
-        if self._attached:
+        # The one window size follows an engineer who types (or one alone):
+        # a viewer resizing their window must not reflow the others' screen.
+        if self._attached and (self._gate.control or self._shared.engineers == 1):
             self._shared.resize(width, height)
 
     def pause_writing(self) -> None:

@@ -265,6 +265,12 @@ async def test_two_engineers_share_one_shell_and_only_the_one_with_control_types
         assert mirrored.count(b"A-42") == a_seen.data.count(b"A-42")  # the customer, once
         await asyncio.sleep(0.5)
         assert not touched.exists() and b_gate.dropped_bytes == len(f"touch {touched}\r")
+        # The viewer's window size does not reflow the typing engineer's screen.
+        b_chan.change_terminal_size(120, 40)
+        await asyncio.sleep(0.2)
+        a_chan.write(b"stty size\r")
+        await until(lambda: b"24 80" in a_seen.data)
+        assert b"40 120" not in a_seen.data
 
         a_conn.close()  # the first engineer leaves: the shell is still there for B
         await until(a_gate.closed.is_set)
