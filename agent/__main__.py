@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="consentry-agent",
         description="Show a support code, and let an engineer in only if you approve. "
-        "You see everything they do; Ctrl-] then e ends the session at once.",
+        "You see everything they do; Ctrl-] then e ends the session at once, and Ctrl-] "
+        "then i shows a new code for one more engineer.",
     )
     add_version(p)
     p.add_argument("--broker", default="wss://127.0.0.1:8443", metavar="URL",

@@ -11,6 +11,16 @@ forwards `control_request`, which means only "ask the customer". The
 customer is asked again (or, on a computer that allows view only, the
 request is refused at once), a new receipt is signed, kept and sent, and the
 engineer's keystrokes pass only once the broker confirms it recorded a grant.
+
+Several engineers: while a session runs the customer may ask for a code for
+one more engineer (`invite` on the session's connection; the broker answers
+with an `invitation`'s nameplate and the agent draws the secret digits, so
+only a customer who reads the code out can add anyone). That engineer's
+`join_request` carries the running session's id; it pairs and is asked about
+exactly as the first, on a session connection of its own (a *seat*), and a
+grant gives them their own SSH connection to the same shell
+(`agent.sshd.SharedShell`). Each seat has its own rights and receipt; the
+customer can take control from one or remove one, and ending ends all.
 """
 
 from __future__ import annotations
@@ -35,12 +45,13 @@ from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
 from agent.liveness import Heartbeat, InputGuard
 from agent.screen import CustomerScreen, Viewer
-from agent.sshd import Gate, serve_shell
+from agent.sshd import Gate, SharedShell, serve_shell
 from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
 from broker.wire.code import JoinCode, draw_secret
 from broker.wire.errors import WireError
+from broker.wire.limits import MAX_ENGINEERS_PER_SESSION
 from broker.wire.machine.handshake import (
     STEP_TIMEOUT,
     AgentSide,
@@ -81,6 +92,8 @@ _UPGRADE = ("view", "control")
 
 @dataclass(eq=False)
 class ActiveSession:
+    """One engineer's seat in a running session."""
+
     id: str
     link: BrokerLink
     viewer: Viewer
@@ -102,6 +115,10 @@ class ActiveSession:
     next_check: int = 0
     reported_dropped: int = 0
     report: asyncio.TimerHandle | None = None
+    # The key of this seat (in `Agent.sessions` and on the customer's banner).
+    seat: str = ""
+    # Set while this seat's `invite` awaits the broker's `invitation`.
+    inviting: bool = False
 
     def settle_checks(self, live: bool, check: int | None = None) -> None:
         for key in [check] if check is not None else list(self.live_checks):
@@ -125,7 +142,13 @@ class Agent:
         self.identity = identity
         self.screen = screen
         self.codes: OrderedDict[str, JoinCode] = OrderedDict()
+        # Every engineer's seat, by seat key (the session id for the first).
         self.sessions: dict[str, ActiveSession] = {}
+        # The running sessions: their one shell, shared by their seats.
+        self.shells: dict[str, RunningSession] = {}
+        # Codes the customer made for one more engineer, by nameplate.
+        self.invites: dict[str, Invite] = {}
+        self._seat_count = 0
         self.registered = False  # once true, a lost broker is retried, not fatal
         # Set while the "lost the support service" notice is up: the first new
         # code replaces it, so the screen never says "retrying" once it is back.
@@ -135,6 +158,8 @@ class Agent:
         self.joining: set[asyncio.Task[None]] = set()
         screen.on_end_all = self.end_all
         screen.on_view_only = self.view_only
+        screen.on_remove = self.remove
+        screen.on_invite = self.invite
         screen.on_customer_input = self.customer_typed
 
     async def run(self) -> None:
@@ -220,7 +245,13 @@ class Agent:
                     self.codes.popitem(last=False)
                 self.screen.set_code(str(code), msg["expires_in"])
             elif msg.type == "join_request":
-                claimed = self.codes.pop(msg["nameplate"], None)
+                if msg["session"] in self.shells:
+                    # One more engineer for a running session: only with the
+                    # code the customer made for it (the request names the
+                    # session, and its nameplate may be the session's first).
+                    claimed = self._claim_invite(msg["session"], msg["nameplate"])
+                else:
+                    claimed = self.codes.pop(msg["nameplate"], None)
                 if claimed is not None:
                     task = group.create_task(self._join(msg, claimed))
                     self.joining.add(task)
@@ -336,6 +367,7 @@ class Agent:
             session=request["session"], engineer_login=request["engineer_login"],
             engineer_display=request["engineer_display"], engineer_role=request["engineer_role"],
             key_fingerprint=fingerprint, wants=tuple(request["wants"]), sas=paired.sas,
+            joining=self._connected_to(request["session"]),
         )
         prompt = asyncio.ensure_future(self.screen.ask_consent(
             ask, self.config.consent_timeout, self.config.max_rights))
@@ -397,6 +429,15 @@ class Agent:
                         control="control" in decision.granted)
         gate = Gate(control=viewer.control, on_output=self.screen.mirror)
         active = ActiveSession(session_id, link, viewer, gate, ask)
+        running = self.shells.get(session_id)
+        if running is None:
+            active.seat = session_id  # the first engineer: as for a session of one
+            running = self.shells[session_id] = RunningSession(
+                session_id, SharedShell(self.config.shell, self.screen.mirror))
+        else:
+            self._seat_count += 1
+            active.seat = f"{session_id}#{self._seat_count}"
+        running.seats.append(active)
 
         async def on_control(msg: Message) -> None:
             if msg.type == "control_request":
@@ -414,6 +455,18 @@ class Agent:
                     active.confirm.set_result(tuple(msg["granted"]))
             elif msg.type == "live":
                 active.settle_checks(True, msg["id"])
+            elif msg.type == "invitation":
+                if active.inviting:  # only the customer asks for a code
+                    active.inviting = False
+                    self._invited(active, msg["nameplate"], int(msg["expires_in"]))
+            elif msg.type == "roster":
+                # Who the broker says is in the session; the banner shows the
+                # agent's own list (each seat it paired and asked about).
+                running.roster = [
+                    (printable(str(seat.get("display", "")), 40),
+                     printable(str(seat.get("rights", "")), 40))
+                    for seat in msg["seats"] if isinstance(seat, dict)
+                ][:16]
             elif msg.type == "ended":
                 active.ended_by = active.ended_by or msg["reason"]
                 active.ended.set()
@@ -430,12 +483,12 @@ class Agent:
         heartbeat.start()
         relay = SSHRelay(link, on_control)
         pump = relay.task  # ends when the link closes
-        self.sessions[session_id] = active
-        self.screen.session_started(session_id, viewer)
+        self.sessions[active.seat] = active
+        self.screen.session_started(active.seat, viewer)
         try:
             active.conn = await serve_shell(
                 tunnel=relay, host_key=host_key, engineer_key=request["engineer_key"],
-                shell=self.config.shell, gate=gate,
+                shell=self.config.shell, gate=gate, shared=running.shell,
             )
             waiters = [asyncio.ensure_future(w) for w in
                        (gate.closed.wait(), active.ended.wait())]
@@ -460,13 +513,19 @@ class Agent:
             active.settle_checks(False)
             if active.report is not None:
                 active.report.cancel()
-            self.sessions.pop(session_id, None)
+            self.sessions.pop(active.seat, None)
+            if active in running.seats:
+                running.seats.remove(active)
+            if not running.seats and self.shells.get(session_id) is running:
+                del self.shells[session_id]
+                for nameplate in [n for n, i in self.invites.items() if i.session == session_id]:
+                    self.invites.pop(nameplate).claimed.set()
             for task in list(active.tasks):
                 task.cancel()  # an open prompt for this session closes with it
             if active.conn is not None:
                 active.conn.close()
             pump.cancel()
-            self.screen.session_ended(session_id, _ended_text(active.ended_by, viewer))
+            self.screen.session_ended(active.seat, _ended_text(active.ended_by, viewer))
 
     async def _confirm_live(self, active: ActiveSession) -> bool:
         """Ask the broker whether this session is still live (see
@@ -545,7 +604,7 @@ class Agent:
                 return
             if "control" in rights and active.epoch == epoch and not active.ended.is_set():
                 active.gate.control = True
-                self.screen.set_control(active.id, True)
+                self.screen.set_control(active.seat, True)
         except (LinkError, WireError, ConnectionClosed) as exc:
             log.info("request for control not answered: %s", exc)
         finally:
@@ -564,34 +623,136 @@ class Agent:
                 active.gate.local_input(data)
                 return
 
-    def view_only(self) -> None:
-        for active in list(self.sessions.values()):
+    def view_only(self, seat: str | None = None) -> None:
+        """Take control back: from every engineer, or from the one at `seat`."""
+        for key, active in list(self.sessions.items()):
+            if seat is not None and key != seat:
+                continue
             if active.gate.control or active.confirm is not None:
                 # Also a grant the broker has not confirmed yet: it must not
                 # open the gate once it is, and the broker narrows it again.
                 active.epoch += 1
                 active.gate.control = False
-                self.screen.set_control(active.id, False)
+                self.screen.set_control(active.seat, False)
                 asyncio.get_running_loop().create_task(
                     _quietly(active.link.send("rights", granted=["view"]))
                 )
 
+    def remove(self, seat: str) -> None:
+        """The customer removes one engineer; the others go on. The broker
+        answers on that seat's connection (`ended engineer_removed`)."""
+        active = self.sessions.get(seat)
+        if active is None or active.ended.is_set():
+            return
+        active.epoch += 1
+        active.gate.control = False  # not one more keystroke of theirs
+        self.screen.set_control(seat, False)
+        asyncio.get_running_loop().create_task(_quietly(active.link.send("remove")))
+
+    def invite(self) -> None:
+        """The customer asks for a code for one more engineer, on the newest
+        running session's first live seat's connection."""
+        for running in reversed(list(self.shells.values())):
+            active = next((a for a in running.seats
+                           if a.conn is not None and not a.ended.is_set()), None)
+            if active is None:
+                continue
+            if len(running.seats) >= MAX_ENGINEERS_PER_SESSION:
+                self.screen.flash(f"At most {MAX_ENGINEERS_PER_SESSION} engineers can share "
+                                  "a session.")
+                return
+            active.inviting = True
+            asyncio.get_running_loop().create_task(_quietly(active.link.send("invite")))
+            return
+
+    def _invited(self, active: ActiveSession, nameplate: str, expires_in: int) -> None:
+        """The broker's `invitation`: draw the secret and show the code."""
+        for old in [n for n, i in self.invites.items() if i.session == active.id]:
+            self.invites.pop(old).claimed.set()  # a new code replaces the previous
+        invite = Invite(active.id, JoinCode(nameplate, draw_secret()))
+        self.invites[nameplate] = invite
+        task = asyncio.get_running_loop().create_task(
+            self.screen.show_invite(str(invite.code), expires_in, invite.claimed))
+        active.tasks.add(task)
+        task.add_done_callback(active.tasks.discard)
+
+    def _claim_invite(self, session: str, nameplate: str) -> JoinCode | None:
+        """The code the customer made for one more engineer in `session`,
+        spent (there is at most one: a new code replaces the previous)."""
+        chosen = self.invites.get(nameplate)
+        if chosen is None or chosen.session != session:
+            chosen = next((i for i in self.invites.values() if i.session == session), None)
+        if chosen is None:
+            return None
+        for key in [n for n, i in self.invites.items() if i is chosen]:
+            del self.invites[key]
+        chosen.claimed.set()
+        return chosen.code
+
+    def _connected_to(self, session: str) -> tuple[str, ...]:
+        """Who is already in `session` (empty for a new session)."""
+        running = self.shells.get(session)
+        if running is None:
+            return ()
+        return tuple(a.viewer.display for a in running.seats if not a.ended.is_set())
+
     async def _end_everything(self, reason: str) -> None:
-        for active in list(self.sessions.values()):
-            await self._end(active, reason)
+        seats = list(self.sessions.values())
+        for active in seats:
+            active.gate.control = False
+            await self._report_dropped(active)  # every seat's final total, before `end`
+        await asyncio.gather(*(self._end(active, reason) for active in seats))
 
     async def _end(self, active: ActiveSession, reason: str) -> None:
-        if active.ended_by is None:
-            active.ended_by = reason
         # Not one more keystroke lands from here on; the broker hears why
         # before the SSH connection drops, so the engineer is told the reason
         # rather than just seeing the connection close.
         active.gate.control = False
-        await self._report_dropped(active)  # the final total, before `end`
-        await _quietly(active.link.send("end", reason=reason))
+        running = self.shells.get(active.id)
+        # One `end` ends the session for every engineer (the shell is
+        # shared): the broker tells the others, on their own connections.
+        # (Checked and set before any await: `_end_everything` runs these
+        # side by side.)
+        first = running is None or not running.end_sent
+        if running is not None:
+            running.end_sent = True
+        if first:
+            if active.ended_by is None:
+                active.ended_by = reason
+            await self._report_dropped(active)  # the final total, before `end`
+            await _quietly(active.link.send("end", reason=reason))
+        else:
+            # Another seat's `end` ended it: closing this seat's connections
+            # first could reach the broker before that `end` and read as this
+            # seat lost, so wait (briefly) for the broker's `ended` here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(active.ended.wait(), _ENDED_GRACE)
+            if active.ended_by is None:
+                active.ended_by = reason
         if active.conn is not None:
             active.conn.close()
         active.ended.set()
+
+
+@dataclass(eq=False)
+class RunningSession:
+    """A session's one shell and the seats sharing it."""
+
+    id: str
+    shell: SharedShell
+    seats: list[ActiveSession] = field(default_factory=list)
+    end_sent: bool = False
+    # The broker's last `roster` (display, rights), escaped.
+    roster: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Invite:
+    """A code the customer made for one more engineer in `session`."""
+
+    session: str
+    code: JoinCode
+    claimed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 # End reasons that mean the engineer is gone,
@@ -634,6 +795,7 @@ def _ended_text(reason: str | None, viewer: Viewer) -> str:
         "customer_ended": f"You ended the session with {who}.",
         "agent_quit": f"The session with {who} ended.",
         "engineer_left": f"{who} left the session.",
+        "engineer_removed": f"You removed {who} from the session.",
         "shell_exited": f"The shell exited; the session with {who} ended.",
         "idle_timeout": f"The session with {who} was idle too long and ended.",
         "max_duration": f"The session with {who} reached its time limit.",

@@ -31,6 +31,9 @@ class ConsentRequest:
     sas: str
     # True when the engineer is already connected (viewing) and asks for control.
     upgrade: bool = False
+    # Who is already connected, when this engineer asks to join a session
+    # that is running (names as the network gave them: escaped when shown).
+    joining: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,14 @@ def prompt_lines(request: ConsentRequest, seconds_left: float, max_rights: str) 
     if request.upgrade:
         return _upgrade_lines(request, seconds_left, max_rights)
     can_control = "control" in offer(request, max_rights)
+    if request.joining:
+        others = ", ".join(printable(name, 40) for name in request.joining)
+        first = ("Another support engineer asks to join the session already running "
+                 f"with {others}.")
+    else:
+        first = "A support engineer asks to connect to this computer."
     lines = [
-        "A support engineer asks to connect to this computer.",
+        first,
         "",
         f"  Engineer:  {printable(request.engineer_display)} "
         f"({printable(request.engineer_login)}, {printable(request.engineer_role)})",

@@ -2,8 +2,10 @@
 mirrored session under a one-line banner.
 
 The terminal is in raw mode while the agent runs, so every key reaches us:
-Ctrl-] opens the options (``e`` ends every session at once, ``v`` takes
-control back, ``q`` ends everything and quits). While a session runs, the
+Ctrl-] opens the options (``e`` ends the session for everyone, ``v`` takes
+control back, ``i`` shows a code for one more engineer, ``q`` ends
+everything and quits; with several engineers, ``v`` and ``r`` — remove one —
+ask which, by the number the banner gives them). While a session runs, the
 customer's other keys go to the shared shell — it is their machine, and
 showing the engineer something is half of a support call; with no session,
 Ctrl-C quits. Everything that came from
@@ -68,11 +70,25 @@ FLASH_SECONDS = 8.0
 # The Ctrl-] menu on the banner row, longest first (see `_banner_text`).
 _MENU_TEXTS = (
     "Options:  [e] end the session now   [v] view only (take back control)   "
-    "[q] end and quit   [any other key] back",
-    "[e] end the session now  [v] view only  [q] end and quit  [other key] back",
-    "[e] end session  [v] view only  [q] quit  [other] back",
-    "[e] end [v] view [q] quit",
+    "[i] invite another engineer   [q] end and quit   [any other key] back",
+    "[e] end the session now  [v] view only  [i] invite  [q] end and quit  [other key] back",
+    "[e] end the session now  [v] view  [i] invite  [q] end and quit [other key] back",
+    "[e] end session  [v] view only  [i] invite  [q] quit  [other] back",
+    "[e] end [v] view [i] invite [q] quit",
 )
+# The same menu while several engineers are connected: `v` and `r` then
+# ask which one (by the number the banner gives each).
+_SEATS_MENU_TEXTS = (
+    "Options:  [e] end the session for everyone   [v] take control from one   "
+    "[r] remove one   [i] invite another   [q] end and quit   [any other key] back",
+    "[e] end for everyone  [v] take control from one  [r] remove one  [i] invite  "
+    "[q] quit  [other] back",
+    "[e] end for all [v] take control [r] remove [i] invite [q] quit [other] back",
+    "[e] end [v] view [r] remove [i] invite [q] quit",
+)
+# How long the code for another engineer stays on screen at most (the
+# broker's invitation lasts 10 minutes; the customer can close it sooner).
+INVITE_SHOWN_SECONDS = 600.0
 
 
 @dataclass
@@ -123,7 +139,10 @@ class CustomerScreen:
         self.in_fd, self.out_fd = in_fd, out_fd
         self.quit = asyncio.Event()
         self.on_end_all: Callable[[], None] = lambda: None
-        self.on_view_only: Callable[[], None] = lambda: None
+        # Called with the seat to narrow, or None for everyone (one engineer).
+        self.on_view_only: Callable[[str | None], None] = lambda _seat: None
+        self.on_remove: Callable[[str], None] = lambda _seat: None
+        self.on_invite: Callable[[], None] = lambda: None
         self.on_customer_input: Callable[[bytes], None] = lambda _data: None
         self._saved_tty: list[Any] | None = None  # termios.tcgetattr's attributes
         self._code: str | None = None
@@ -131,6 +150,10 @@ class CustomerScreen:
         self._notice = ""
         self._viewers: dict[str, Viewer] = {}
         self._menu = False
+        # After `v` or `r` with several engineers connected: which one.
+        self._picking: str | None = None
+        # The open code for another engineer (its lines), to redraw on a resize.
+        self._inviting: list[str] | None = None
         self._keys: asyncio.Queue[str] | None = None
         # The open prompt (request, started, timeout, max_rights), to redraw on a resize.
         self._asking: tuple[ConsentRequest, float, float, str] | None = None
@@ -256,7 +279,7 @@ class CustomerScreen:
         typed = bytearray()
         for byte in data:
             if (self._viewers and self._keys is None and not self._menu
-                    and byte != CTRL_RBRACKET):
+                    and self._picking is None and byte != CTRL_RBRACKET):
                 typed.append(byte)
                 continue
             if typed:
@@ -272,12 +295,27 @@ class CustomerScreen:
         elif self._keys is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self._keys.put_nowait(chr(byte))
+        elif self._picking is not None:
+            action, self._picking = self._picking, None
+            seats = list(self._viewers)
+            if ord("1") <= byte < ord("1") + len(seats):
+                seat = seats[byte - ord("1")]
+                (self.on_view_only if action == "v" else self.on_remove)(seat)
+            self.draw_banner()
         elif self._menu:
             self._menu = False
+            several = len(self._viewers) > 1
             if byte in (ord("e"), ord("E")):
                 self.on_end_all()
             elif byte in (ord("v"), ord("V")):
-                self.on_view_only()
+                if several:
+                    self._picking = "v"
+                else:
+                    self.on_view_only(None)
+            elif byte in (ord("r"), ord("R")) and several:
+                self._picking = "r"
+            elif byte in (ord("i"), ord("I")):
+                self.on_invite()
             elif byte in (ord("q"), ord("Q")):
                 self.quit.set()
             self.draw_banner()
@@ -347,7 +385,9 @@ class CustomerScreen:
                 # The session as it stands, laid out again (and the cursor back
                 # where the output left it, not at the top of the region).
                 self._paint_recent()
-        if self._asking is not None:
+        if self._inviting is not None:
+            self._draw_invite(self._inviting)
+        elif self._asking is not None:
             request, started, timeout, max_rights = self._asking
             self._draw_prompt(request, remaining(started, time.monotonic(), timeout),
                               max_rights)
@@ -386,6 +426,43 @@ class CustomerScreen:
                 self._keys = None
                 self._asking = None
                 self._close_prompt()
+
+    async def show_invite(self, code: str, expires_in: int, claimed: asyncio.Event) -> None:
+        """Show the code for one more engineer, as the waiting code is shown,
+        until the customer presses a key, the code is used, or it expires.
+        The session's output is held meanwhile, as under a prompt."""
+        async with self._prompt_lock:
+            if claimed.is_set() or not self._viewers:
+                return
+            self._keys = asyncio.Queue(maxsize=64)
+            minutes = max(1, math.ceil(expires_in / 60))
+            self._inviting = [
+                f"{BOLD}consentry: a code for one more engineer{RESET}", "",
+                f"  Your support code:  {BOLD}{code}{RESET}",
+                f"  Read it to the engineer you want to add. It works once, for one more "
+                f"engineer, and expires in {minutes} min.",
+                "",
+                "  They join the session already running, and you are asked to approve them "
+                "as usual.",
+                "  Press any key to go back to the session.",
+            ]
+            waiters = [asyncio.ensure_future(self._keys.get()),
+                       asyncio.ensure_future(claimed.wait())]
+            try:
+                self._draw_invite(self._inviting)
+                await asyncio.wait(waiters, timeout=min(expires_in, INVITE_SHOWN_SECONDS),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                self._keys = None
+                self._inviting = None
+                self._close_prompt()
+
+    def _draw_invite(self, lines: list[str]) -> None:
+        cols, _rows = self._size()
+        self._emit("\x1b[2;1H\x1b[J")
+        self._lines(fit_lines(lines, cols))
 
     def _close_prompt(self) -> None:
         if not self._viewers:
@@ -436,6 +513,7 @@ class CustomerScreen:
     def session_ended(self, session: str, message: str) -> None:
         self._viewers.pop(session, None)
         self._menu = False
+        self._picking = None
         if not self._viewers:
             self._recent.clear()  # no session's output kept once nobody is connected
         self.flash(message)  # on the code screen, or beside who is still connected
@@ -472,7 +550,18 @@ class CustomerScreen:
             # The longest wording that fits: every choice must stay on the
             # customer's one banner row, whatever its width.
             cols, _rows = self._size()
-            return next((text for text in _MENU_TEXTS if len(text) <= cols), _MENU_TEXTS[-1])
+            texts = _SEATS_MENU_TEXTS if len(self._viewers) > 1 else _MENU_TEXTS
+            return next((text for text in texts if len(text) <= cols), texts[-1])
+        if self._picking is not None:
+            what = "Take control from" if self._picking == "v" else "Remove"
+            names = "  ".join(f"[{n}] {printable(v.display, 24)}"
+                              for n, v in enumerate(self._viewers.values(), 1))
+            return f"{what}:  {names}  [other key] back"
+        if len(self._viewers) > 1:
+            # Numbered, so the menu can name one; short, so all of them fit.
+            who = "; ".join(f"[{n}] {v.brief()}" for n, v in enumerate(self._viewers.values(), 1))
+            note = printable(self._notice, 160) if self._notice else "Ctrl-] for options"
+            return f"consentry: {who} -- {note}"
         if self._notice:
             # Who is connected comes first, always: it is the customer's
             # privacy indicator; the note rides beside it (who in short, to

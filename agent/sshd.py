@@ -1,4 +1,5 @@
-"""The agent's SSH server: one paired engineer, one shell, over the relay.
+"""The agent's SSH server: one per paired engineer, over the relay, to the
+session's one shell.
 
 asyncssh gives us the end-to-end encryption and authentication: the server
 key is fresh per session and was sent to the console under the PAKE key, and
@@ -48,25 +49,131 @@ class Gate:
         self.on_dropped()
 
 
-class ShellSession(asyncssh.SSHServerSession[bytes]):
-    def __init__(self, shell: str, gate: Gate) -> None:
+class SharedShell:
+    """One shell in one PTY, shared by every engineer of a session.
+
+    The first engineer's shell session starts it; an engineer who joins the
+    running session attaches to it. Everything the shell writes goes to every
+    attached channel and to the customer's mirror, so all of them see the
+    same screen; the shell waits (stops being read) while any one of them is
+    behind, so nobody misses any of it. It is hung up once the last engineer
+    has gone, not when the first does.
+    """
+
+    def __init__(self, shell: str, on_output: Callable[[bytes], asyncio.Future[None] | None]
+                 ) -> None:
         self._shell_path = shell
+        self._on_output = on_output
+        self._members: list[ShellSession] = []
+        self._shell: PtyShell | None = None
+        self._running = False
+        self._customer_behind = False
+        self.exit_status: int | None = None
+
+    def attach(self, member: ShellSession, term: str, size: tuple[int, int]) -> None:
+        self._members.append(member)
+        if self.exit_status is not None:
+            member.shell_exited(self.exit_status)
+        elif self._shell is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENTRY_")}
+            env["TERM"] = term
+            self._shell = PtyShell(
+                [self._shell_path], cols=size[0], rows=size[1], env=env,
+                on_output=self._output, on_exit=self._exited, on_input_room=self._input_room,
+            )
+            asyncio.get_running_loop().create_task(self._start())
+        elif self._running:
+            member.shell_running()
+
+    def detach(self, member: ShellSession) -> None:
+        if member in self._members:
+            self._members.remove(member)
+        if not self._members and self._shell is not None:
+            self._shell.close()
+        else:
+            self.flow()
+
+    async def _start(self) -> None:
+        assert self._shell is not None
+        try:
+            await self._shell.start()
+        except OSError as exc:
+            for member in list(self._members):
+                member.cannot_start(f"consentry: cannot start {self._shell_path}: {exc}\r\n")
+            return
+        self._running = True
+        for member in list(self._members):
+            member.shell_running()
+
+    def write(self, data: bytes) -> None:
+        if self._shell is not None:
+            self._shell.write(data)
+
+    @property
+    def input_pending(self) -> int:
+        return self._shell.input_pending if self._shell is not None else 0
+
+    @property
+    def engineers(self) -> int:
+        return len(self._members)
+
+    def resize(self, width: int, height: int) -> None:
+        if self._shell is not None:
+            self._shell.resize(width, height)
+
+    def _output(self, data: bytes) -> None:
+        for member in list(self._members):
+            member.send(data)
+        ready = self._on_output(data)
+        if ready is not None and not ready.done() and not self._customer_behind:
+            self._customer_behind = True
+            ready.add_done_callback(self._customer_caught_up)
+            self.flow()
+
+    def _customer_caught_up(self, _ready: asyncio.Future[None]) -> None:
+        self._customer_behind = False
+        self.flow()
+
+    def flow(self) -> None:
+        """Read the shell only while every engineer and the customer keep up."""
+        if self._shell is None:
+            return
+        if self._customer_behind or any(m.engineer_behind for m in self._members):
+            self._shell.pause_reading()
+        else:
+            self._shell.resume_reading()
+
+    def _exited(self, status: int) -> None:
+        if not self._members:
+            return  # we hung it up because the last engineer went away
+        self.exit_status = status
+        for member in list(self._members):
+            member.shell_exited(status)
+
+    def _input_room(self) -> None:
+        for member in list(self._members):
+            member.input_room()
+
+
+class ShellSession(asyncssh.SSHServerSession[bytes]):
+    """One engineer's channel to the session's shared shell."""
+
+    def __init__(self, shared: SharedShell, gate: Gate) -> None:
+        self._shared = shared
         self._gate = gate
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._term = "xterm-256color"
         self._size = (80, 24)
-        self._shell: PtyShell | None = None
+        self._attached = False
         self._hung_up = False
         # Why engineer input is not read now: the shell is behind (its queue
         # is past INPUT_HIGH_WATER), or input waits for the liveness check.
         self._shell_behind = False
         self._held_for_check = False
         self._input_paused = False
-        # Why the shell's output is not read now: the engineer's side has not
-        # taken what was sent (SSH flow control), or the customer's screen is
-        # behind. Either one waits for the other: both see all of it.
-        self._engineer_behind = False
-        self._customer_behind = False
+        # The engineer's side has not taken what was sent (SSH flow control):
+        # the shared shell waits for them (see `SharedShell.flow`).
+        self.engineer_behind = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
@@ -90,74 +197,55 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
         return False
 
     def session_started(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENTRY_")}
-        env["TERM"] = self._term
-        self._shell = PtyShell(
-            [self._shell_path], cols=self._size[0], rows=self._size[1], env=env,
-            on_output=self._output, on_exit=self._exited, on_input_room=self._input_room,
-        )
-        asyncio.get_running_loop().create_task(self._start())
+        self._attached = True
+        self._shared.attach(self, self._term, self._size)
 
-    async def _start(self) -> None:
-        assert self._shell is not None and self._chan is not None
-        try:
-            await self._shell.start()
-            self._gate.local_input = self._shell.write
-        except OSError as exc:
-            self._chan.write(f"consentry: cannot start {self._shell_path}: {exc}\r\n".encode())
+    # -- from the shared shell ------------------------------------------------
+
+    def shell_running(self) -> None:
+        self._gate.local_input = self._shared.write
+
+    def cannot_start(self, text: str) -> None:
+        if self._chan is not None:
+            self._chan.write(text.encode())
             self._chan.exit(127)
 
-    def _output(self, data: bytes) -> None:
-        assert self._chan is not None
+    def send(self, data: bytes) -> None:
+        if self._chan is None or self._hung_up:
+            return
         # Output racing the channel's close (the engineer just left) has
         # nowhere to go on that side; the customer still sees it.
-        with contextlib.suppress(BrokenPipeError):
+        with contextlib.suppress(BrokenPipeError, asyncssh.Error):
             self._chan.write(data)
-        ready = self._gate.on_output(data)
-        if ready is not None and not ready.done() and not self._customer_behind:
-            self._customer_behind = True
-            ready.add_done_callback(self._customer_caught_up)
-            self._output_flow()
 
-    def _customer_caught_up(self, _ready: asyncio.Future[None]) -> None:
-        self._customer_behind = False
-        self._output_flow()
-
-    def _output_flow(self) -> None:
-        if self._shell is None:
-            return
-        if self._engineer_behind or self._customer_behind:
-            self._shell.pause_reading()
-        else:
-            self._shell.resume_reading()
-
-    def _exited(self, status: int) -> None:
-        if self._hung_up:
-            return  # we hung it up because the engineer's side went away
+    def shell_exited(self, status: int) -> None:
         self._gate.exit_status = status
-        if self._chan is not None:
+        if self._chan is not None and not self._hung_up:
             self._chan.exit(max(0, status))
 
+    def input_room(self) -> None:
+        self._shell_behind = False
+        self._input_flow()
+
+    # -- from the engineer -----------------------------------------------------
+
     def data_received(self, data: bytes, datatype: int | None) -> None:
-        if self._shell is None:
+        if not self._attached:
             return
         gate = self._gate
+        shared = self._shared
         if not gate.control:
-            gate.drop(len(data))  # view only: the engineer cannot type
+            gate.drop(len(data))  # view only: this engineer cannot type
             return
-        if gate.guard is None or gate.guard.admit(data, self._shell.write,
+        if gate.guard is None or gate.guard.admit(data, shared.write,
                                                   lambda: gate.control, self._check_settled):
-            self._shell.write(data)
+            shared.write(data)
         else:
             self._held_for_check = True  # the rest waits on the engineer's side
-        if self._shell.input_pending > INPUT_HIGH_WATER:
+        if shared.input_pending > INPUT_HIGH_WATER:
             # A paste faster than the program reads it: hold the rest back
             # in the engineer's console, as a local terminal would.
             self._shell_behind = True
-        self._input_flow()
-
-    def _input_room(self) -> None:
-        self._shell_behind = False
         self._input_flow()
 
     def _check_settled(self) -> None:
@@ -176,21 +264,24 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:
         self._size = (width, height)
-        if self._shell is not None:
-            self._shell.resize(width, height)
+        # The one window size follows an engineer who types (or one alone):
+        # a viewer resizing their window must not reflow the others' screen.
+        if self._attached and (self._gate.control or self._shared.engineers == 1):
+            self._shared.resize(width, height)
 
     def pause_writing(self) -> None:
-        self._engineer_behind = True
-        self._output_flow()
+        self.engineer_behind = True
+        self._shared.flow()
 
     def resume_writing(self) -> None:
-        self._engineer_behind = False
-        self._output_flow()
+        self.engineer_behind = False
+        self._shared.flow()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._hung_up = True
-        if self._shell is not None:
-            self._shell.close()
+        self.engineer_behind = False
+        if self._attached:
+            self._shared.detach(self)
         self._gate.closed.set()
 
 
@@ -198,8 +289,8 @@ class PairedServer(asyncssh.SSHServer):
     """Public-key auth only (the key list holds exactly the paired engineer),
     and one shell session per connection."""
 
-    def __init__(self, shell: str, gate: Gate) -> None:
-        self._shell = shell
+    def __init__(self, shared: SharedShell, gate: Gate) -> None:
+        self._shared = shared
         self._gate = gate
         self._sessions = 0
 
@@ -207,7 +298,7 @@ class PairedServer(asyncssh.SSHServer):
         self._sessions += 1
         if self._sessions > 1:
             return False  # one shell per consented session
-        return ShellSession(self._shell, self._gate)
+        return ShellSession(self._shared, self._gate)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gate.closed.set()
@@ -233,20 +324,28 @@ async def serve_shell(
     engineer_key: str,
     shell: str,
     gate: Gate,
+    shared: SharedShell | None = None,
 ) -> asyncssh.SSHServerConnection:
     """Run the SSH server until the engineer is authenticated: over a
     connected socket, or over the relay (`tunnel`, a `broker.client.relay.SSHRelay`,
-    which asyncssh asks for the connection through its `tunnel` option)."""
+    which asyncssh asks for the connection through its `tunnel` option).
+
+    `shared` is the session's shell when another engineer already uses it;
+    without it this engineer's shell session starts a shell of its own."""
     if (sock is None) == (tunnel is None):
         raise ValueError("serve_shell needs exactly one of sock or tunnel")
     extra: dict[str, object] = {"tunnel": tunnel} if tunnel is not None else {}
+    if shared is None:
+        # Looked up on each write: the gate's mirror may be set after this.
+        shared = SharedShell(shell, lambda data: gate.on_output(data))
+    hub = shared
     return await asyncssh.run_server(
         sock,
         config=None,
         **extra,
         server_host_keys=[host_key],
         authorized_client_keys=asyncssh.import_authorized_keys(engineer_key + "\n"),
-        server_factory=lambda: PairedServer(shell, gate),
+        server_factory=lambda: PairedServer(hub, gate),
         encoding=None,
         line_editor=False,
         allow_pty=True,

@@ -166,3 +166,14 @@ def test_upgrade_prompt_shows_network_strings_literally() -> None:
     text = "\n".join(prompt_lines(evil, 10, "control"))
     assert "\x1b" not in text and "\x07" not in text
     assert printable("\x1b]0;pwned\x07Eve") in text
+
+
+def test_a_second_engineer_is_asked_about_joining_the_running_session() -> None:
+    """The prompt names who is already connected, escaped like every name."""
+    ask = ConsentRequest(**{**request().__dict__, "engineer_display": "Bob",
+                            "joining": ("Alice Example", "Eve\x1b[2J")})
+    first = prompt_lines(ask, 60, "control")[0]
+    assert first.startswith("Another support engineer asks to join the session already running")
+    assert "with Alice Example, Eve" in first and "\x1b" not in first
+    assert prompt_lines(FULL, 60, "control")[0] == (
+        "A support engineer asks to connect to this computer.")

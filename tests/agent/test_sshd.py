@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 
 from agent.liveness import MAX_HELD_INPUT, STALL_AFTER, Heartbeat, InputGuard
-from agent.sshd import Gate, serve_shell
+from agent.sshd import Gate, SharedShell, serve_shell
 
 
 class Collect(asyncssh.SSHClientSession[bytes]):
@@ -226,3 +226,60 @@ async def test_a_customer_screen_that_is_behind_pauses_the_shell_whatever_the_en
     await until(lambda: b"OUT42DONE" in session.data and b"OUT42DONE" in mirrored, 30)
     assert session.data.count(b"A") == mirrored.count(b"A") == 4_000_000
     conn.close()
+
+
+async def test_two_engineers_share_one_shell_and_only_the_one_with_control_types(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """Two seats, each its own SSH connection, one `SharedShell`: both see
+    the same output (and the customer once), only the seat holding control
+    types, and the shell outlives the first engineer who leaves."""
+    monkeypatch.setenv("PS1", "$ ")
+    mirrored = bytearray()
+    shared = SharedShell("/bin/sh", lambda data: mirrored.extend(data))
+    seats = []
+    for control in (True, False):
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        engineer = asyncssh.generate_private_key("ssh-ed25519")
+        gate = Gate(control=control)
+        ours, theirs = socket.socketpair()
+        server = asyncio.create_task(serve_shell(
+            ours, host_key=host_key, engineer_key=engineer.export_public_key().decode().strip(),
+            shell="/bin/sh", gate=gate, shared=shared))
+        conn = await asyncssh.connect(
+            sock=theirs, host="consentry-agent", username="e", client_keys=[engineer],
+            agent_path=None, config=None, known_hosts=([host_key.convert_to_public()], [], []),
+            preferred_auth="publickey")
+        await server
+        chan, session = await conn.create_session(Collect, term_type="xterm",
+                                                  term_size=(80, 24), encoding=None)
+        assert isinstance(session, Collect)
+        seats.append((gate, conn, chan, session, ours, theirs))
+    (a_gate, a_conn, a_chan, a_seen, *_), (b_gate, _b_conn, b_chan, b_seen, *_) = seats
+    try:
+        await until(lambda: b"$ " in a_seen.data)
+        touched = tmp_path / "from-b"
+        b_chan.write(f"touch {touched}\r".encode())
+        a_chan.write(b"echo A-$((40+2))\r")
+        await until(lambda: b"A-42" in a_seen.data and b"A-42" in b_seen.data)
+        assert mirrored.count(b"A-42") == a_seen.data.count(b"A-42")  # the customer, once
+        await asyncio.sleep(0.5)
+        assert not touched.exists() and b_gate.dropped_bytes == len(f"touch {touched}\r")
+        # The viewer's window size does not reflow the typing engineer's screen.
+        b_chan.change_terminal_size(120, 40)
+        await asyncio.sleep(0.2)
+        a_chan.write(b"stty size\r")
+        await until(lambda: b"24 80" in a_seen.data)
+        assert b"40 120" not in a_seen.data
+
+        a_conn.close()  # the first engineer leaves: the shell is still there for B
+        await until(a_gate.closed.is_set)
+        b_gate.control = True
+        b_chan.write(b"echo B-$((3+4))\r")
+        await until(lambda: b"B-7" in b_seen.data)
+        assert b_gate.exit_status is None
+    finally:
+        for _gate, conn, _chan, _seen, ours, theirs in seats:
+            conn.close()
+            ours.close()
+            theirs.close()
