@@ -110,3 +110,40 @@ async def test_a_one_engineer_session_has_no_roster(running: Setup) -> None:
     assert report["participants"] == [] and report["outcome"] == "ended"
     text = format_report(report)
     assert "shared session" not in text and "[console" not in text
+
+
+async def test_the_tui_session_view_shows_the_roster_from_the_real_reply(
+        running: Setup) -> None:
+    from broker.admin_api import event_object
+    from broker.wire.messages import decode
+    from console.screens.audit import session_timeline
+
+    await shared_session(running)
+    events = await running.broker.audit.session_events("s1")
+    # As the admin's console receives them: the broker's reply frame, decoded.
+    frame = encode("audit_session", events=[event_object(e, with_receipt=True) for e in events],
+                   more=False)
+    text = session_timeline("s1", list(decode(frame)["events"])).plain
+    roster = text.split("join_requested", 1)[0]  # above the first event
+    assert "3 engineers in this session" in roster
+    for who in ("alice [console]", "bob [console-2]", "carol [console-3]"):
+        assert who in roster
+    assert roster.count("consent granted · receipt valid") == 3
+    assert "removed by the customer (engineer_removed)" in roster
+    assert "13 B to the console" in roster
+    assert "left (engineer_left)" in roster and "in it at the end (customer_ended)" in roster
+    assert "rights now view at" in roster
+    assert "engineer_removed  bob [console-2]" in text  # the timeline names whose event
+
+
+async def test_the_tui_session_view_of_one_engineer_has_no_roster(running: Setup) -> None:
+    from broker.admin_api import event_object
+    from console.screens.audit import session_timeline
+
+    setup = running
+    await setup.start()
+    await setup.receive(CONSOLE, encode("end", reason="engineer_left"))
+    events = [event_object(e, with_receipt=True)
+              for e in await setup.broker.audit.session_events("s1")]
+    text = session_timeline("s1", events).plain
+    assert "engineers in this session" not in text and "[console" not in text
