@@ -52,6 +52,7 @@ from console.errors import (
     KeyMismatch,
     LinkLost,
     NotApproved,
+    SessionFull,
     UsageError,
     WrongCode,
 )
@@ -71,8 +72,8 @@ BROKER_FAILURES = frozenset({"broker_shutdown", "audit_unavailable", "protocol_e
 CUSTOMER_WITHDREW = frozenset({"agent_quit", "customer_ended"})
 
 
-REMOVED_TEXT = ("the customer removed you from the session; it goes on for the others, and "
-                "only the customer can let you back in (with a new code)")
+REMOVED_TEXT = ("The customer removed you from the session; it goes on for the others, and "
+                "only the customer can let you back in (with a new code).")
 SESSION_FULL_TEXT = (f"the session already has {limits.MAX_ENGINEERS_PER_SESSION} engineers, "
                      "the most one session may have; the customer was not asked. Ask them to "
                      "remove one, or to start a new session for you")
@@ -189,7 +190,7 @@ class JoinedSession:
             # The broker's words are the customer's view ("removed the
             # engineer"); said to the engineer, it is "you". Exit 0: an end
             # the customer chose, like any other.
-            return REMOVED_TEXT[0].upper() + REMOVED_TEXT[1:] + "."
+            return REMOVED_TEXT
         if ended.type == "error" or ended["reason"] in BROKER_FAILURES:
             raise BrokerError(message)
         return message
@@ -414,7 +415,7 @@ def join_failure(failed: Failed, *, waiting: bool) -> ConsoleError:
         if reason in ("unknown_code", "rate_limited"):
             return JoinRefused(failed.message)
         if reason == "session_full":
-            return JoinRefused(SESSION_FULL_TEXT)
+            return SessionFull(SESSION_FULL_TEXT)
         return BrokerError(f"the broker refused: {failed.message}")
     if waiting and failed.source is Source.ENDED and reason in CUSTOMER_WITHDREW:
         return NotApproved("the customer closed the support program before answering, so "

@@ -10,7 +10,7 @@ from broker.wire.machine.handshake import Failed, Handshake
 from broker.wire.machine.session import SESSION_FULL
 from broker.wire.messages import Message, decode, encode
 from console.client import JoinedSession, join_failure
-from console.errors import JoinRefused
+from console.errors import SessionFull
 from console.roster import Roster
 from tests.wire.handshakes import CODE, console_side
 
@@ -91,6 +91,23 @@ def test_a_full_session_refuses_the_join_exit_5_without_asking() -> None:
     failed = [e for e in events if isinstance(e, Failed)]
     assert len(failed) == 1
     error = join_failure(failed[0], waiting=False)
-    assert type(error) is JoinRefused and error.exit_code == 5
+    assert type(error) is SessionFull and error.exit_code == 5
     assert "already has 4 engineers" in str(error)
     assert "customer was not asked" in str(error)
+
+
+async def test_the_full_screen_console_hears_the_roster_and_the_removal() -> None:
+    from console.backend import RelaySession, SessionEvent
+
+    session = joined()
+    events: list[SessionEvent] = []
+    relay = RelaySession(session)
+    relay._on_event = events.append
+    session.on_roster.append(relay._roster)  # as `start` wires it
+    session.on_control.append(relay._control)
+    await session._dispatch(decode(roster_frame(ALICE, BOB)))
+    await session._dispatch(decode(ended_frame("engineer_removed")))
+    assert [e.kind for e in events] == ["roster", "ended"]
+    assert events[0].others == "Bob Builder (view)"
+    assert events[0].text == "Now in this session: Alice Example (control), Bob Builder (view)."
+    assert events[1].text.startswith("The customer removed you from the session")
