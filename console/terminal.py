@@ -46,6 +46,11 @@ CONTROL_RESULT_TEXT = {
 }
 
 
+def roster_status(roster: Roster) -> str:
+    """The status line for a new roster (names escaped by `Roster`)."""
+    return f"now in this session: {roster.text()}"
+
+
 def status(text: str) -> None:
     """A status line for the engineer, kept apart from the remote output."""
     sys.stderr.write(f"consentry: {text}\r\n")
@@ -208,8 +213,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             done.set()
 
     async def on_roster(roster: Roster) -> None:
-        # Names escaped in `Roster` (they are the broker's labels).
-        say(f"now in this session: {roster.text()}")
+        say(roster_status(roster))
 
     async def ask_for_control() -> None:
         try:

@@ -111,3 +111,49 @@ async def test_the_full_screen_console_hears_the_roster_and_the_removal() -> Non
     assert events[0].others == "Bob Builder (view)"
     assert events[0].text == "Now in this session: Alice Example (control), Bob Builder (view)."
     assert events[1].text.startswith("The customer removed you from the session")
+
+
+async def test_the_plain_console_says_each_roster_as_a_status_line() -> None:
+    from console.terminal import roster_status
+
+    session = joined()
+    await session._dispatch(decode(roster_frame(ALICE, BOB)))
+    assert session.roster is not None
+    assert (f"consentry: {roster_status(session.roster)}"
+            == "consentry: now in this session: Alice Example (control), Bob Builder (view)")
+
+
+async def test_frames_from_a_real_link_reach_the_session_in_order() -> None:
+    """The relay's control reader on a loopback WebSocket: the broker's roster
+    while the shell runs, then its `ended engineer_removed`, then the close."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from broker.client.link import BrokerLink, FastClientConnection
+    from broker.client.relay import SSHRelay
+
+    async def broker(ws: ServerConnection) -> None:
+        await ws.send(roster_frame(ALICE, BOB))
+        await ws.send(roster_frame(ALICE))
+        await ws.send(ended_frame("engineer_removed"))
+        await ws.close(1000, "engineer_removed")
+
+    heard: list[Roster] = []
+
+    async def on_roster(roster: Roster) -> None:
+        heard.append(roster)
+
+    async with serve(broker, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}",
+                           create_connection=FastClientConnection) as ws:
+            session = joined()
+            session.link = BrokerLink(ws)
+            session.on_roster.append(on_roster)
+            relay = SSHRelay(session.link, session._dispatch)  # as `open_ssh` runs it
+            await asyncio.wait_for(relay.task, 5)
+    assert [r.others_text() for r in heard] == ["Bob Builder (view)", "nobody else"]
+    assert session.removed
+    assert session.outcome(left=False).startswith("The customer removed you")
