@@ -5,6 +5,7 @@ with their join, signed receipt, rights changes, departure and bytes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nacl.signing
 import pytest
@@ -147,3 +148,21 @@ async def test_the_tui_session_view_of_one_engineer_has_no_roster(running: Setup
               for e in await setup.broker.audit.session_events("s1")]
     text = session_timeline("s1", events).plain
     assert "engineers in this session" not in text and "[console" not in text
+
+
+async def test_audit_show_json_has_each_engineer(running: Setup, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.broker.test_audit_review import await_cli
+
+    await shared_session(running)
+    await running.broker.audit.close()  # the CLI opens the log itself
+    code, out, _ = await_cli(capsys, "audit", "show", "s1", "--json",
+                             "--data-dir", str(tmp_path / "var"))
+    assert code == 0
+    report = json.loads(out)
+    assert [(p["seat"], p["engineer"], p["outcome"]) for p in report["participants"]] == [
+        ("console", "alice", "ended"), ("console-2", "bob", "removed"),
+        ("console-3", "carol", "left")]
+    assert all(p["consents"][0]["signature_valid"] for p in report["participants"])
+    code, out, _ = await_cli(capsys, "audit", "show", "s1", "--data-dir", str(tmp_path / "var"))
+    assert code == 0 and "3 in this shared session" in out
