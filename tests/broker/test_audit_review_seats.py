@@ -4,6 +4,7 @@ with their join, signed receipt, rights changes, departure and bytes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from broker.registry import Engineer
 from broker.server import Broker
 from broker.session import AgentLink
 from broker.wire.machine.session import AGENT_SESSION, CONSOLE
-from broker.wire.messages import encode
+from broker.wire.messages import b64encode, encode
+from broker.wire.receipt import Receipt, sign_receipt
 from tests.broker.test_session_driver import MemorySocket, Setup
 from tests.broker.test_session_driver import parts as parts  # the fixture
 from tests.broker.test_session_driver_seats import consent_for, engineer, invite
@@ -166,3 +168,31 @@ async def test_audit_show_json_has_each_engineer(running: Setup, tmp_path: Path,
     assert all(p["consents"][0]["signature_valid"] for p in report["participants"])
     code, out, _ = await_cli(capsys, "audit", "show", "s1", "--data-dir", str(tmp_path / "var"))
     assert code == 0 and "3 in this shared session" in out
+
+
+async def test_a_second_engineer_refused_does_not_end_the_session_in_the_review(
+        running: Setup) -> None:
+    setup = running
+    setup.broker.sessions["s1"] = setup.driver
+    await setup.start()
+    await invite(setup)
+    bob = engineer("bob")
+    await setup.driver.add_seat(MemorySocket(), bob, ("view",))  # type: ignore[arg-type]
+    request = setup.agent_link.last("join_request")  # type: ignore[attr-defined]
+    agent_side = await setup.driver.attach(MemorySocket(), request["token"])  # type: ignore[arg-type]
+    assert agent_side is not None
+    receipt = Receipt.make(
+        session="s1", device_id="dev-1", engineer="bob", key_fingerprint=bob.fingerprint,
+        asked=("view",), granted=(), decision="denied",
+        now=dt.datetime(2025, 3, 1, 13, 0, 9, tzinfo=dt.UTC))
+    data, signature = sign_receipt(receipt, setup.device)
+    await setup.receive(agent_side, encode("consent", receipt=b64encode(data),
+                                           signature=b64encode(signature)))
+    report = await load_session(setup.broker.audit, "s1")
+    assert report["outcome"] == "active" and report["ended"] is None  # alice goes on
+    alice, bob_seat = report["participants"]
+    assert (bob_seat["outcome"], bob_seat["joined"]) == ("denied", None)
+    assert bob_seat["consents"][0]["signature_valid"] is True
+    assert alice["outcome"] == "joined" and alice["left"] is None
+    assert "consent denied at" in format_report(report)
+    setup.driver.stop()
