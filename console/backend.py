@@ -22,6 +22,7 @@ from broker.wire.messages import Message
 from console.client import ConsoleClient, JoinedSession, Progress
 from console.errors import ConsoleError, UsageError
 from console.identity import load_file_identity
+from console.roster import Roster
 from console.session_end import outcome_after_shell
 
 __all__ = [
@@ -62,9 +63,12 @@ class Profile:
 class SessionEvent:
     """Something the broker or customer did to a running session."""
 
-    kind: str  # "rights" | "control_result" | "ended" | "notice"
+    kind: str  # "rights" | "control_result" | "roster" | "ended" | "notice"
     text: str
     granted: tuple[str, ...] = ()
+    # "roster": who else is in the shared session, with their rights, escaped
+    # ("Bob Builder (view)", or "nobody else" once they have all gone).
+    others: str = ""
 
 
 OutputHandler = Callable[[bytes], None]
@@ -169,6 +173,7 @@ class RelaySession:
                     on_event: EventHandler) -> None:
         self.on_output, self._on_event = on_output, on_event
         self._joined.on_control.append(self._control)
+        self._joined.on_roster.append(self._roster)
         self._conn, self._pump = await self._joined.open_ssh()
         self._chan, _ = await self._conn.create_session(
             lambda: _Sink(self), term_type="xterm-256color", term_size=(cols, rows),
@@ -189,6 +194,9 @@ class RelaySession:
                 tuple(msg["granted"])))
         elif msg.type in ("ended", "error"):
             self.closed()  # in the same words as the plain terminal (a broker restart...)
+
+    async def _roster(self, roster: Roster) -> None:
+        self._on_event(roster_event(roster))
 
     def closed(self) -> None:
         """The broker said the session ended (or failed): say why at once."""
@@ -268,6 +276,14 @@ class RelaySession:
         await self._joined.leave()
         if self._pump is not None:
             self._pump.cancel()
+
+
+def roster_event(roster: Roster) -> SessionEvent:
+    """The broker's latest roster, for the session's pane: a notice naming
+    everyone, and who else is in it for the status bar. The names are
+    escaped by `Roster`; the pane shows them literally as well."""
+    return SessionEvent("roster", f"Now in this session: {roster.text()}.",
+                        others=roster.others_text())
 
 
 def _sentence(exc: ConsoleError) -> str:

@@ -52,10 +52,12 @@ from console.errors import (
     KeyMismatch,
     LinkLost,
     NotApproved,
+    SessionFull,
     UsageError,
     WrongCode,
 )
 from console.identity import Identity
+from console.roster import Roster
 
 HANDSHAKE_TIMEOUT = STEP_TIMEOUT  # each step of the login, as of the join
 # An audit page from a large log is still one indexed query on the broker.
@@ -68,6 +70,13 @@ BROKER_FAILURES = frozenset({"broker_shutdown", "audit_unavailable", "protocol_e
 # End reasons, while the customer is being asked, that mean they withdrew
 # (quit the agent, or ended it from its menu): not approved, exit 7.
 CUSTOMER_WITHDREW = frozenset({"agent_quit", "customer_ended"})
+
+
+REMOVED_TEXT = ("The customer removed you from the session; it goes on for the others, and "
+                "only the customer can let you back in (with a new code).")
+SESSION_FULL_TEXT = (f"the session already has {limits.MAX_ENGINEERS_PER_SESSION} engineers, "
+                     "the most one session may have; the customer was not asked. Ask them to "
+                     "remove one, or to start a new session for you")
 
 
 SHUTDOWN_TEXT = ("the broker shut down or restarted, so the session is over (nothing is left "
@@ -102,6 +111,11 @@ class JoinedSession:
     identity: Identity
     on_control: list[Callable[[Message], Awaitable[None]]] = field(default_factory=list)
     ended: Message | None = None
+    # Who is in the session, once it has had a second engineer: the latest
+    # `roster` (None for a session nobody else ever joined). `on_roster`
+    # handlers hear each new one, after `roster` is updated.
+    roster: Roster | None = None
+    on_roster: list[Callable[[Roster], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def control(self) -> bool:
@@ -115,8 +129,18 @@ class JoinedSession:
             self.granted = tuple(msg["granted"])
         elif msg.type in ("ended", "error"):
             self.ended = msg
+        elif msg.type == "roster":
+            self.roster = Roster.from_message(msg)
+            for listener in self.on_roster:
+                await listener(self.roster)
         for handler in self.on_control:
             await handler(msg)
+
+    @property
+    def removed(self) -> bool:
+        """The customer removed this engineer (the session goes on for the others)."""
+        return (self.ended is not None and self.ended.type == "ended"
+                and self.ended["reason"] == "engineer_removed")
 
     async def open_ssh(self) -> tuple[asyncssh.SSHClientConnection, asyncio.Task[None]]:
         """SSH to the agent over the relay, its host key pinned from pairing."""
@@ -162,6 +186,11 @@ class JoinedSession:
         message = printable(ended["message"], 200)
         if ended.type == "ended" and ended["reason"] == "broker_shutdown":
             raise BrokerShutdown(SHUTDOWN_TEXT)
+        if self.removed:
+            # The broker's words are the customer's view ("removed the
+            # engineer"); said to the engineer, it is "you". Exit 0: an end
+            # the customer chose, like any other.
+            return REMOVED_TEXT
         if ended.type == "error" or ended["reason"] in BROKER_FAILURES:
             raise BrokerError(message)
         return message
@@ -380,10 +409,13 @@ def join_failure(failed: Failed, *, waiting: bool) -> ConsoleError:
     if reason == "broker_shutdown":
         return BrokerShutdown(SHUTDOWN_TEXT)
     if failed.source is Source.ERROR:
-        # Refused before it reached a customer: no such code, or too many
-        # codes that found nobody (the join limits): a join refusal, exit 5.
+        # Refused before it reached a customer: no such code, too many codes
+        # that found nobody (the join limits), or a shared session already
+        # at its limit of engineers: a join refusal, exit 5.
         if reason in ("unknown_code", "rate_limited"):
             return JoinRefused(failed.message)
+        if reason == "session_full":
+            return SessionFull(SESSION_FULL_TEXT)
         return BrokerError(f"the broker refused: {failed.message}")
     if waiting and failed.source is Source.ENDED and reason in CUSTOMER_WITHDREW:
         return NotApproved("the customer closed the support program before answering, so "

@@ -9,6 +9,7 @@
     │   └── BrokerShutdown    the broker was stopped or restarted by its operator
     └── JoinRefused           the join did not lead to a session
         ├── WrongCode         the code did not match (it is now burned)
+        ├── SessionFull       the shared session already has the most engineers
         ├── NotApproved       the customer declined or did not answer
         └── KeyMismatch       the customer's computer saw another engineer key
                               than the broker announced (possible interception)
@@ -55,6 +56,12 @@ class BrokerShutdown(BrokerError):
 
 class JoinRefused(ConsoleError):
     exit_code = 5
+
+
+class SessionFull(JoinRefused):
+    """The customer's invitation is for a session that already has
+    MAX_ENGINEERS_PER_SESSION engineers: refused by the broker, the customer
+    not asked. Exit 5, like any join refusal."""
 
 
 class WrongCode(JoinRefused):

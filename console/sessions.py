@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from console.backend import LiveSession, Progress
-from console.errors import ConsoleError, JoinRefused, KeyMismatch, NotApproved, WrongCode
+from console.errors import (
+    ConsoleError,
+    JoinRefused,
+    KeyMismatch,
+    NotApproved,
+    SessionFull,
+    WrongCode,
+)
 
 # What the engineer can do next, per outcome.
 NEXT_STEP = {
@@ -15,6 +22,7 @@ NEXT_STEP = {
     "declined": "The customer said no. Ask them if they want to try again with a new code.",
     "timed out": "The customer did not answer. Ask them to look at their screen; "
                  "a new code is shown there.",
+    "session full": "Nobody else can join until an engineer leaves or is removed.",
     "refused": "Check the code with the customer; codes work once and expire after 10 minutes.",
     "failed": "Check the broker settings or try again.",
 }
@@ -34,6 +42,9 @@ class SessionRecord:
     ended_at: float | None = None
     deadline: float | None = None
     live: LiveSession | None = None
+    # Who else is in a shared session, with their rights (escaped text from
+    # the broker's latest roster); "" while nobody else ever joined.
+    others: str = ""
 
     @property
     def open(self) -> bool:
@@ -71,6 +82,8 @@ class SessionRecord:
             outcome = "key mismatch"
         elif isinstance(exc, NotApproved):
             outcome = "timed out" if "did not answer" in str(exc) else "declined"
+        elif isinstance(exc, SessionFull):
+            outcome = "session full"
         elif isinstance(exc, JoinRefused):
             outcome = "refused"
         else:

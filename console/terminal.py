@@ -3,7 +3,9 @@
 Raw mode while the session runs; ``Ctrl-]`` then ``q`` leaves, ``Ctrl-]``
 then ``c`` asks the customer for control (``Ctrl-]`` twice sends one
 ``Ctrl-]``). In view-only mode keystrokes are not sent and a one-line notice
-says so. Window resizes are sent to the agent.
+says so. Window resizes are sent to the agent. In a session shared with
+other engineers, each change of who is in it (and with which rights) is a
+status line.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
 from console.errors import ConsoleError, TerminalError
+from console.roster import Roster
 from console.session_end import outcome_after_shell
 
 CTRL_RBRACKET = 0x1D
@@ -41,6 +44,11 @@ CONTROL_RESULT_TEXT = {
     "unchanged": "nothing to ask: you already have control, or the customer is still "
                  "deciding on your request",
 }
+
+
+def roster_status(roster: Roster) -> str:
+    """The status line for a new roster (names escaped by `Roster`)."""
+    return f"now in this session: {roster.text()}"
 
 
 def status(text: str) -> None:
@@ -204,6 +212,9 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         elif msg.type in ("ended", "error"):
             done.set()
 
+    async def on_roster(roster: Roster) -> None:
+        say(roster_status(roster))
+
     async def ask_for_control() -> None:
         try:
             await joined.request_control()
@@ -213,6 +224,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         say("asking the customer for control...")
 
     joined.on_control.append(on_control)
+    joined.on_roster.append(on_roster)
     conn, pump = await joined.open_ssh()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     # uvloop makes a watched descriptor non-blocking and never undoes it;

@@ -19,6 +19,18 @@ each answers a different question:
   can be erased), so this is what ties the receipt to the tamper-evident log.
 - ``matches_event``: what it says (session, engineer, key, rights, decision)
   is what the event body says.
+
+A shared session (the customer invited more engineers) is one session id
+whose events name their seat (`seat` in the body) once a second engineer
+came; the first engineer's events before that name none and are seat
+``console``. Its report also lists ``participants``, one per seat in the
+order they asked to join: each engineer's join, consent receipts, rights
+changes, requests for control, how they left (left, removed, lost, or a
+join that never became a seat) and, from `session_ended`'s
+``participants`` (or their own closing event), their time and bytes each
+way. The session-wide fields (outcome, granted, consents) stay the first
+engineer's and the totals, as for a session only one engineer ever had;
+for that session ``participants`` is empty.
 """
 
 from __future__ import annotations
@@ -112,6 +124,92 @@ def _consent(event: AuditEvent) -> dict[str, Any]:
     }
 
 
+# The first engineer's seat: the one whose early events name no seat.
+FIRST_SEAT = "console"
+# A seat's closing events once it was in the session, and what they mean.
+_DEPARTURES = {"engineer_left": "left", "engineer_removed": "removed"}
+# A seat's closing events before it was (its join never became a seat).
+_JOIN_ENDS = ("join_abandoned", "pairing_failed")
+_SHARE_FIELDS = ("duration_s", "bytes_to_agent", "bytes_to_console", "input_dropped_bytes")
+
+
+def _seat_of(event: AuditEvent) -> str:
+    seat = event.body.get("seat")
+    return seat if isinstance(seat, str) else FIRST_SEAT
+
+
+def _new_participant(seat: str, engineer: str | None) -> dict[str, Any]:
+    return {"seat": seat, "engineer": engineer, "requested": None, "wants": [],
+            "joined": None, "granted": [], "consents": [], "rights_changes": [],
+            "control_requests": [], "left": None, "left_reason": None, "outcome": "requested",
+            **{key: None for key in _SHARE_FIELDS}}
+
+
+def _participants(events: list[AuditEvent]) -> list[dict[str, Any]]:
+    """Each engineer of a shared session, in the order they asked to join;
+    empty for a session that only ever had one engineer."""
+    shared = any("seat" in e.body for e in events) or any(
+        e.type == "session_ended" and "participants" in e.body for e in events)
+    if not shared:
+        return []
+    seats: dict[str, dict[str, Any]] = {}
+
+    def seat(event: AuditEvent) -> dict[str, Any]:
+        name = _seat_of(event)
+        if name not in seats:
+            seats[name] = _new_participant(name, event.actor)
+        return seats[name]
+
+    for event in events:
+        body = event.body
+        if event.type == "join_requested":
+            one = seat(event)
+            one["requested"], one["wants"] = event.time, _as_list(body.get("wants"))
+        elif event.type.startswith("consent_"):
+            one = seat(event)
+            consent = _consent(event)
+            one["consents"].append(consent)
+            if not consent["upgrade"] and consent["decision"] != "granted":
+                one["outcome"], one["left"] = consent["decision"], event.time
+                one["left_reason"] = consent["decision"]
+        elif event.type in ("session_started", "engineer_joined"):
+            one = seat(event)
+            one["joined"], one["outcome"] = event.time, "joined"
+            one["granted"] = _as_list(body.get("granted"))
+        elif event.type == "rights_changed":
+            one = seat(event)
+            one["granted"] = _as_list(body.get("granted"))
+            one["rights_changes"].append({
+                "seq": event.seq, "time": event.time, "granted": one["granted"],
+                "by": body.get("by"), "upgrade": bool(body.get("upgrade"))})
+        elif event.type == "control_requested":
+            seat(event)["control_requests"].append({"seq": event.seq, "time": event.time})
+        elif event.type in _DEPARTURES:
+            one = seat(event)
+            one["outcome"], one["left"] = _DEPARTURES[event.type], event.time
+            one["left_reason"] = body.get("reason")
+            one.update({key: body[key] for key in _SHARE_FIELDS if key in body})
+        elif event.type in _JOIN_ENDS and ("seat" in body or FIRST_SEAT not in seats
+                                           or seats[FIRST_SEAT]["joined"] is None):
+            one = seat(event)
+            one["outcome"] = "abandoned" if event.type == "join_abandoned" else "pairing_failed"
+            one["left"], one["left_reason"] = event.time, body.get("reason")
+        elif event.type == "session_ended":
+            for share in body.get("participants") or []:
+                if not isinstance(share, dict) or not isinstance(share.get("seat"), str):
+                    continue
+                one = seats.setdefault(share["seat"],
+                                       _new_participant(share["seat"], share.get("engineer")))
+                if one["left"] is None:  # still in it when the session ended
+                    one["outcome"], one["left"] = "ended", event.time
+                    one["left_reason"] = share.get("left") or body.get("reason")
+                # What a departure recorded when they went stands (the end's
+                # list measures a departed seat's time up to the end).
+                one.update({key: share[key] for key in _SHARE_FIELDS
+                            if key in share and one[key] is None})
+    return list(seats.values())
+
+
 def session_report(
     session: str, events: list[AuditEvent], device: AuditEvent | None = None
 ) -> dict[str, Any]:
@@ -127,6 +225,7 @@ def session_report(
         "outcome": "unknown", "end_reason": None, "duration_s": None,
         "bytes_to_agent": None, "bytes_to_console": None, "granted": [],
         "consents": [], "rights_changes": [], "control_requests": [],
+        "participants": _participants(events), "invitations": 0, "refused_joins": [],
     }
     if device is not None:
         personal = device.personal or {}
@@ -139,6 +238,16 @@ def session_report(
         body = event.body
         report["engineer"] = report["engineer"] or event.actor
         report["subject"] = report["subject"] or event.subject
+        if event.type == "invite_issued":
+            report["invitations"] += 1
+            continue
+        if event.type == "join_refused":
+            report["refused_joins"].append({"seq": event.seq, "time": event.time,
+                                            "engineer": event.actor,
+                                            "reason": body.get("reason")})
+            continue
+        if _seat_of(event) != FIRST_SEAT:
+            continue  # another engineer's: in their participant entry
         if event.type == "join_requested":
             report["requested"] = event.time
             report["wants"] = _as_list(body.get("wants"))

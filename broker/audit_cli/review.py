@@ -17,7 +17,7 @@ from broker.errors import AuditError
 from broker.wire.text import printable
 
 # Body keys shown on a timeline line, in this order; the rest is in --json.
-_DETAIL_KEYS = ("wants", "decision", "asked", "granted", "by", "upgrade", "reason",
+_DETAIL_KEYS = ("seat", "wants", "decision", "asked", "granted", "by", "upgrade", "reason",
                 "duration_s", "bytes_to_agent", "bytes_to_console", "key_fingerprint")
 
 
@@ -84,6 +84,47 @@ def _consent_lines(consent: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _receipt_words(consent: dict[str, Any]) -> str:
+    if not consent.get("held"):
+        return "receipt not held"
+    return ("receipt signature " + _yes_no(consent["signature_valid"], "VALID", "INVALID",
+                                           "not checkable")
+            + _yes_no(consent["matches_log"] is not False and consent["matches_event"]
+                      is not False, "", " (DOES NOT match the log or the event)", ""))
+
+
+_LEFT_WORDS = {"left": "left", "removed": "removed by the customer", "ended": "in it at the end",
+               "abandoned": "join abandoned", "pairing_failed": "pairing failed",
+               "denied": "consent denied", "timeout": "consent not answered"}
+
+
+def _participant_lines(one: dict[str, Any]) -> list[str]:
+    """One engineer of a shared session: join, receipts, rights, how they left, bytes."""
+    head = f"  {printable(one['seat'], 20):<15} {printable(one['engineer'] or '?', 64)}"
+    lines = [head + (f": asked {_words(one['wants'])} at {printable(one['requested'])}"
+                     if one["requested"] else "")]
+    pad = f"  {'':<15} "
+    for consent in one["consents"]:
+        what = "control request" if consent["upgrade"] else "consent"
+        lines.append(f"{pad}{what} {printable(consent['decision'], 20)} at "
+                     f"{printable(consent['time'])} (seq {consent['seq']}), "
+                     + _receipt_words(consent))
+    if one["joined"]:
+        lines.append(f"{pad}joined {printable(one['joined'])}")
+    for change in one["rights_changes"]:
+        lines.append(f"{pad}rights now {_words(change['granted'])} at "
+                     f"{printable(change['time'])} (by {printable(change['by'] or '?', 20)})")
+    if one["left"]:
+        line = (f"{pad}{_LEFT_WORDS.get(one['outcome'], printable(one['outcome'], 20))} at "
+                f"{printable(one['left'])} ({printable(one['left_reason'] or '?', 40)})")
+        if one["duration_s"] is not None:
+            line += (f", after {printable(one['duration_s'], 20)} s; "
+                     f"{_bytes(one['bytes_to_agent'])} to the agent, "
+                     f"{_bytes(one['bytes_to_console'])} to the console")
+        lines.append(line)
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report for a terminal; everything recorded from the network made inert."""
     lines = [f"Session {printable(report['session'], 64)}"]
@@ -96,19 +137,45 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {'device':<15} {named} (connected {printable(device['connected'])})")
     lines.append(f"  {'subject':<15} {printable(report['subject'] or '-', 64)}")
     lines.append(f"  {'engineer':<15} {printable(report['engineer'] or '-', 64)}")
+    participants = report.get("participants") or []
+    if participants:
+        lines.append(f"  {'engineers':<15} {len(participants)} in this shared session "
+                     f"(invitations issued: {report.get('invitations', 0)})")
+        for one in participants:
+            lines += _participant_lines(one)
     # The story in the order it happened.
     consents = {consent["seq"]: consent for consent in report["consents"]}
+    for one in participants:
+        consents.update({consent["seq"]: consent for consent in one["consents"]})
     for event in report["timeline"]:
         body, when = event["body"], printable(event["time"])
+        seat = f" [{printable(body['seat'], 20)}]" if isinstance(body.get("seat"), str) else ""
         if event["type"] == "join_requested":
-            lines.append(f"  {'requested':<15} {when}: {_words(body.get('wants'))}")
+            lines.append(f"  {'requested':<15} {when}: {_words(body.get('wants'))}"
+                         + (f" by {printable(event['actor'] or '?', 64)}{seat}" if seat else ""))
         elif event["seq"] in consents:
             lines += _consent_lines(consents[event["seq"]])
         elif event["type"] == "session_started":
             lines.append(f"  {'started':<15} {when} with {_words(body.get('granted'))}")
         elif event["type"] == "rights_changed":
             lines.append(f"  {'rights':<15} {when}: now {_words(body.get('granted'))} "
-                         f"(by {printable(body.get('by') or '?', 20)})")
+                         f"(by {printable(body.get('by') or '?', 20)})" + seat)
+        elif event["type"] == "invite_issued":
+            lines.append(f"  {'invited':<15} {when}: the customer issued a code for "
+                         "another engineer")
+        elif event["type"] == "engineer_joined":
+            lines.append(f"  {'joined':<15} {when}: {printable(event['actor'] or '?', 64)}"
+                         f" with {_words(body.get('granted'))}" + seat)
+        elif event["type"] in ("engineer_left", "engineer_removed"):
+            lines.append(f"  {event['type'].removeprefix('engineer_'):<15} {when}: "
+                         f"{printable(event['actor'] or '?', 64)} "
+                         f"({printable(body.get('reason') or '?', 40)})" + seat)
+        elif event["type"] == "join_refused":
+            lines.append(f"  {'refused':<15} {when}: {printable(event['actor'] or '?', 64)} "
+                         f"({printable(body.get('reason') or '?', 40)}; nobody was asked)")
+        elif event["type"] in ("join_abandoned", "pairing_failed") and seat:
+            lines.append(f"  {'join failed':<15} {when}: {printable(event['actor'] or '?', 64)}"
+                         f" ({printable(body.get('reason') or '?', 40)}){seat}")
         elif event["type"] in ("session_ended", "join_abandoned", "pairing_failed"):
             line = f"  {'ended':<15} {when}: {printable(body.get('reason') or '?', 40)}"
             if "duration_s" in body:
@@ -125,7 +192,7 @@ def format_report(report: dict[str, Any]) -> str:
             for key in _DETAIL_KEYS if key in event["body"])
         lines.append(f"  {event['seq']:>6} {printable(event['time'])} "
                      f"{printable(event['type'], 40):<20} {details}".rstrip())
-    for consent in report["consents"]:
+    for consent in sorted(consents.values(), key=lambda c: c["seq"]):
         if consent.get("receipt") is not None:
             lines.append("")
             lines.append(f"Signed consent receipt (seq {consent['seq']}):")
@@ -211,7 +278,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              common: argparse.ArgumentParser) -> None:
     p = add_parser(sub, common, "show",
                    "one session: its timeline, consent receipts (signature checked), rights, "
-                   "end, duration and bytes (this read is logged)")
+                   "end, duration and bytes; for a shared session each engineer's join, "
+                   "receipts, rights, departure and bytes (this read is logged)")
     p.add_argument("session", metavar="SESSION",
                    help="the session id, as in `audit list`, or enough of its start "
                         f"(at least {MIN_PREFIX} characters) to name one session")

@@ -20,8 +20,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Static
 
 from broker.wire.text import printable
+from console.audit_roster import session_roster
 from console.errors import ConsoleError
-from console.format import literal
+from console.format import literal, size
 from console.screens.app_access import backend_of
 
 PAGE_SIZE = 50
@@ -318,12 +319,16 @@ def session_timeline(session: str, events: list[dict[str, Any]]) -> Text:
     out = Text()
     out.append("Session ", style="bold")
     out.append_text(literal(session, 40, "bold"))
+    out.append_text(roster_text(events))
     for event in events:
         out.append("\n")
         out.append_text(literal(str(event.get("time", ""))[:19], 30, "dim"))
         out.append("  ")
         out.append_text(literal(event.get("type"), 40, "bold"))
         body = event.get("body") or {}
+        if "seat" in body:  # a shared session: whose event this is
+            out.append("  ")
+            out.append_text(literal(f"{event.get('actor') or '?'} [{body['seat']}]", 90))
         for key in ("reason", "granted", "asked", "decision", "duration_s",
                     "bytes_to_agent", "bytes_to_console", "wants"):
             if key in body:
@@ -345,6 +350,48 @@ def session_timeline(session: str, events: list[dict[str, Any]]) -> Text:
                                     "italic"))
     if not events:
         out.append("\n(no events)")
+    return out
+
+
+_VERDICT = {True: ("receipt valid", "green"), False: ("receipt DOES NOT VERIFY", "bold red"),
+            None: ("receipt not checkable", "dim")}
+
+
+def roster_text(events: list[dict[str, Any]]) -> Text:
+    """A shared session's engineers, one block each: joined, receipts,
+    rights changes, how they left, time and bytes. Empty for one engineer."""
+    out = Text()
+    roster = session_roster(events)
+    if not roster:
+        return out
+    out.append(f"\n{len(roster)} engineers in this session", style="bold")
+    for one in roster:
+        out.append("\n  ")
+        out.append_text(literal(one.engineer, 64, "bold"))
+        out.append_text(literal(f" [{one.seat}]", 30, "dim"))
+        if one.joined:
+            out.append_text(literal(f"  joined {one.joined[:19]} with "
+                                    f"{', '.join(one.granted) or '-'}", 120))
+        for decision, verified in one.consents:
+            out.append("\n    consent ")
+            out.append_text(literal(decision, 20))
+            out.append(" · ")
+            out.append(*_VERDICT.get(verified, _VERDICT[None]))
+        for when, rights in one.rights_changes:
+            out.append("\n    ")
+            out.append_text(literal(f"rights now {', '.join(rights)} at {when[:19]}", 120))
+        if one.left:
+            out.append("\n    ")
+            line = f"{one.left} ({one.left_reason})" if one.left_reason else one.left
+            share = one.share
+            if "duration_s" in share:
+                line += f" after {share['duration_s']} s"
+            if isinstance(share.get("bytes_to_agent"), int) and isinstance(
+                    share.get("bytes_to_console"), int):
+                line += (f"; {size(share['bytes_to_agent'])} to the agent, "
+                         f"{size(share['bytes_to_console'])} to the console")
+            out.append_text(literal(line, 200))
+    out.append("\n")
     return out
 
 

@@ -16,7 +16,7 @@ from console.sessions import SessionRecord
 STATE_STYLE = {
     "active": "bold green", "waiting": "yellow", "pairing": "yellow", "joining": "yellow",
     "ended": "dim", "wrong code": "bold red", "declined": "red", "timed out": "red",
-    "key mismatch": "bold red", "refused": "red", "failed": "red",
+    "key mismatch": "bold red", "refused": "red", "session full": "red", "failed": "red",
 }
 
 

@@ -52,6 +52,8 @@ class SessionPane(Vertical):
         if event.kind in ("rights", "control_result") and event.granted:
             self.record.granted = event.granted
             self.terminal.set_read_only("control" not in event.granted)
+        if event.kind == "roster":
+            self.record.others = event.others
         if event.kind == "ended":
             self.record.end(event.text, time.monotonic())
             self.terminal.set_read_only(True)
@@ -67,7 +69,10 @@ class SessionPane(Vertical):
         record, live = self.record, self.record.live
         parts: list[Text | str] = [literal(record.alias or "-", 40, "bold")]
         if live is not None:
-            parts += [rights(record.granted), f"pairing {live.sas}"]
+            parts.append(rights(record.granted))
+            if record.others:  # a shared session: who else, before anything less vital
+                parts.append(literal(f"with {record.others}", 160))
+            parts.append(f"pairing {live.sas}")
         if self.notice:
             parts.append(literal(self.notice, 200, "italic"))
         parts.append("customer is watching" if record.state == "active" else record.state)

@@ -9,13 +9,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from console.backend import EventHandler, OutputHandler, Profile, Progress, SessionEvent, Settings
-from console.errors import BrokerError, KeyMismatch, NotApproved, WrongCode
+from broker.wire.messages import decode, encode
+from console.backend import (
+    EventHandler,
+    OutputHandler,
+    Profile,
+    Progress,
+    SessionEvent,
+    Settings,
+    roster_event,
+)
+from console.client import REMOVED_TEXT, SESSION_FULL_TEXT
+from console.errors import BrokerError, KeyMismatch, NotApproved, SessionFull, WrongCode
+from console.roster import Roster
 
 WRONG_CODE = "1111-111-111"
 DECLINED = "2222-222-222"
 VIEW_ONLY = "3333-333-333"
 KEY_MISMATCH = "4444-444-444"
+SESSION_FULL = "5555-555-555"
 
 
 @dataclass
@@ -80,6 +92,18 @@ class FakeLive:
     async def leave(self) -> None:
         self.left = True
 
+    def roster(self, *seats: tuple[str, str, tuple[str, ...]], you: str = "console") -> None:
+        """The broker's roster of a shared session: (seat, display, rights) each."""
+        assert self.on_event is not None
+        frame = encode("roster", you=you, seats=[
+            {"seat": seat, "login": seat.replace("-", ""), "display": display,
+             "rights": list(rights)} for seat, display, rights in seats])
+        self.on_event(roster_event(Roster.from_message(decode(frame))))
+
+    def customer_removes(self) -> None:
+        assert self.on_event is not None
+        self.on_event(SessionEvent("ended", REMOVED_TEXT))
+
     def customer_ends(self) -> None:
         assert self.on_event is not None
         self.on_event(SessionEvent("ended", "The customer ended the session."))
@@ -140,6 +164,8 @@ class FakeBackend:
         await asyncio.sleep(self.consent_delay)
         if code == DECLINED:
             raise NotApproved("the customer declined the request")
+        if code == SESSION_FULL:
+            raise SessionFull(SESSION_FULL_TEXT)
         if code == "9999-999-999":
             raise BrokerError("cannot reach the broker at 127.0.0.1:9: Connection refused")
         granted = ("view", "control") if control and code != VIEW_ONLY else ("view",)

@@ -19,7 +19,14 @@ from console.screens.connect import ConnectScreen
 from console.screens.home import HomePane
 from console.screens.main import MainScreen
 from console.screens.session import SessionPane
-from tests.console.fakes import DECLINED, KEY_MISMATCH, VIEW_ONLY, WRONG_CODE, FakeBackend
+from tests.console.fakes import (
+    DECLINED,
+    KEY_MISMATCH,
+    SESSION_FULL,
+    VIEW_ONLY,
+    WRONG_CODE,
+    FakeBackend,
+)
 
 SETTINGS = Settings(broker="wss://127.0.0.1:8443", ca=Path("certs/ca.crt"),
                     identity=Path("/tmp/id_ed25519"), user="alice")
@@ -313,3 +320,48 @@ async def test_a_key_mismatch_is_shown_as_such_not_as_a_wrong_code() -> None:
         assert "did not match the key the broker announced" in record.detail
         assert "The code was right" in record.detail
         assert "new code" not in record.detail
+
+
+async def test_a_shared_session_shows_who_else_is_in_it_live() -> None:
+    harness = Harness()
+    async with harness.app.run_test(size=(160, 30)) as pilot:
+        await connect(pilot, harness.app)
+        await join(pilot, harness.app, "4821-193-775", control=True)
+        await until(pilot, lambda: harness.app.screen.query(SessionPane))
+        live = harness.backend.sessions[0]
+        await until(pilot, lambda: live.on_event is not None)
+        pane = harness.app.screen.query_one(SessionPane)
+        status = pane.query_one(".session-status", Static)
+        assert "with " not in text_of(status)  # nobody else has joined
+        live.roster(("console", "Alice Example", ("view", "control")),
+                    ("console-2", "[bold]Bob[/bold] Builder", ("view",)))
+        await pilot.pause()
+        assert "with [bold]Bob[/bold] Builder (view)" in text_of(status)  # literal, no markup
+        assert "Now in this session: Alice Example (control)" in pane.notice
+        live.roster(("console", "Alice Example", ("view", "control")))  # Bob left
+        await pilot.pause()
+        assert "with nobody else" in text_of(status)
+        # Four engineers with long names on 80 columns: still the one row.
+        await pilot.resize_terminal(80, 24)
+        live.roster(*[(f"console-{n}", f"Engineer Number {n} With A Long Name", ("view",))
+                      for n in range(1, 5)], you="console-1")
+        await pilot.pause()
+        assert status.region.height == 1 and "with Engineer Number 2" in text_of(status)
+        live.customer_removes()
+        await pilot.pause()
+        assert "The customer removed you from the session" in pane.notice
+        await pilot.press("z")
+        assert bytes(live.written) == b""
+
+
+async def test_a_full_session_is_its_own_outcome() -> None:
+    harness = Harness()
+    async with harness.app.run_test(size=(100, 30)) as pilot:
+        await connect(pilot, harness.app)
+        await join(pilot, harness.app, SESSION_FULL, control=False)
+        status = harness.app.screen.query_one("#join-status", Static)
+        await until(pilot, lambda: "customer was not asked" in text_of(status))
+        assert "until an engineer leaves or is removed" in text_of(status)
+        await pilot.pause(1.1)  # the table refreshes every second
+        table = harness.app.screen.query_one("#sessions", DataTable)
+        assert "session full" in str(table.get_row_at(0)[1])
