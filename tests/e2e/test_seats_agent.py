@@ -104,7 +104,7 @@ def test_customer_invites_a_second_engineer_to_the_same_shell(running: Deploymen
     agent.send("r")
     agent.expect(r"Remove:\s+\[1\] Alice Example\s+\[2\] Bob Second")
     agent.send("2")
-    bob.expect("The customer removed the engineer from the session.")
+    bob.expect("The customer removed you from the session")
     bob.expect(pexpect.EOF)
     agent.expect("You removed Bob Second from the session.")
     alice.send("echo STILL$((3+4))\r")
