@@ -295,6 +295,16 @@ def test_the_last_engineer_leaving_ends_the_session(two: Two) -> None:
     assert_ended(actions, "engineer_left", [CONSOLE, AGENT_SESSION])
 
 
+def test_an_engineer_who_left_early_counts_their_own_time_in_the_summary(two: Two) -> None:
+    two.bob_active()  # bob active since 4.0
+    two.receive(B_AGENT, frame("remove"), now=6.0)
+    actions = two.receive(AGENT_SESSION, frame("end", reason="customer_ended"), now=20.0)
+    (ended,) = records(actions)
+    participants = {p["engineer"]: p for p in ended.body["participants"]}
+    assert participants["bob"]["duration_s"] == 2.0  # until he was removed, not the end
+    assert participants["bob"]["left"] == "engineer_removed"
+
+
 # -- the customer ends it for all -----------------------------------------------
 
 def test_the_customer_ending_ends_it_for_every_engineer(two: Two) -> None:

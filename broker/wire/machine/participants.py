@@ -79,8 +79,10 @@ class Seat:
     # join_request went to the agent for this seat (its code is spent).
     requested: bool = False
     active_since: float | None = None
-    # Why this seat left, once it has (the session may go on without it).
+    # Why this seat left, once it has (the session may go on without it),
+    # and when: its share of the session ends there, not at the session's end.
     left: str | None = None
+    left_at: float | None = None
     traffic: Traffic = field(default_factory=Traffic)
     # A request for control is with the customer; a second one is not forwarded.
     control_pending: bool = False

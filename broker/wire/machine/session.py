@@ -493,7 +493,7 @@ class SessionMachine:
         others. The last seat going is the session's end."""
         if not [s for s in self._present() if s is not seat]:
             return self._end(reason, now, closing=closing, then=then, violation=violation)
-        seat.left = reason
+        seat.left, seat.left_at = reason, now
         extra = {"violation": dict(violation)} if violation else {}
         if closing is None:
             if seat.active_since is not None:
@@ -520,7 +520,7 @@ class SessionMachine:
         self._s.ended = reason
         present = self._present()
         for seat in present:
-            seat.left = reason
+            seat.left, seat.left_at = reason, now
         extra = {"violation": dict(violation)} if violation else {}
         closings: list[Action] = []
         if self._s.active_since is not None:
@@ -584,9 +584,10 @@ class SessionMachine:
 
     def _participant(self, seat: Seat, now: float) -> dict[str, object]:
         """One engineer's share of the session: bytes each way, rights, time."""
-        since = seat.active_since if seat.active_since is not None else now
+        until = seat.left_at if seat.left_at is not None else now
+        since = seat.active_since if seat.active_since is not None else until
         return {"seat": seat.console, "engineer": self._engineer(seat).name,
-                "granted": list(seat.granted), "duration_s": round(now - since, 3),
+                "granted": list(seat.granted), "duration_s": round(until - since, 3),
                 "bytes_to_agent": seat.traffic.to_agent,
                 "bytes_to_console": seat.traffic.to_console,
                 "input_dropped_bytes": seat.input_dropped}
