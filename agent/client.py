@@ -50,7 +50,7 @@ from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
 from broker.wire.code import JoinCode, draw_secret
-from broker.wire.codes import UPGRADE, EndReason, ErrorCode
+from broker.wire.codes import UPGRADE, EndReason, ErrorCode, Right
 from broker.wire.errors import WireError
 from broker.wire.limits import MAX_ENGINEERS_PER_SESSION
 from broker.wire.machine.handshake import (
@@ -427,7 +427,7 @@ class Agent:
         """Run the shell for the engineer until someone ends it."""
         session_id = request["session"]
         viewer = Viewer(display=request["engineer_display"], login=request["engineer_login"],
-                        control="control" in decision.granted)
+                        control=Right.CONTROL in decision.granted)
         gate = Gate(control=viewer.control, on_output=self.screen.mirror)
         active = ActiveSession(session_id, link, viewer, gate, ask)
         running = self.shells.get(session_id)
@@ -575,7 +575,7 @@ class Agent:
         ask = replace(active.request, wants=_UPGRADE, upgrade=True)
         who = printable(ask.engineer_display, 40)
         try:
-            if self.config.max_rights != "control":
+            if self.config.max_rights != Right.CONTROL:
                 # The customer's own rule answers: no prompt to click through.
                 decision = DENY
                 self.screen.flash("Control declined: this computer allows view only.")
@@ -592,7 +592,7 @@ class Agent:
             await active.link.send("consent", receipt=b64encode(data),
                                    signature=b64encode(signature))
             if not granted:
-                if self.config.max_rights == "control":
+                if self.config.max_rights == Right.CONTROL:
                     what = "did not answer" if decision.decision == "timeout" else "said no"
                     self.screen.flash(f"You {what}: they can still only watch.")
                 return
@@ -603,7 +603,7 @@ class Agent:
                 self.screen.flash(f"The support service did not confirm the change, so {who} "
                                   "can still only watch.")
                 return
-            if "control" in rights and active.epoch == epoch and not active.ended.is_set():
+            if Right.CONTROL in rights and active.epoch == epoch and not active.ended.is_set():
                 active.gate.control = True
                 self.screen.set_control(active.seat, True)
         except (LinkError, WireError, ConnectionClosed) as exc:
@@ -636,7 +636,7 @@ class Agent:
                 active.gate.control = False
                 self.screen.set_control(active.seat, False)
                 asyncio.get_running_loop().create_task(
-                    _quietly(active.link.send("rights", granted=["view"]))
+                    _quietly(active.link.send("rights", granted=[Right.VIEW]))
                 )
 
     def remove(self, seat: str) -> None:

@@ -27,7 +27,7 @@ from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
 from broker.wire import limits
 from broker.wire.code import JoinCode
-from broker.wire.codes import EndReason
+from broker.wire.codes import EndReason, Right
 from broker.wire.errors import ProtocolError, WireError
 from broker.wire.limits import SSH_CIPHERS
 from broker.wire.login import login_payload
@@ -121,7 +121,7 @@ class JoinedSession:
 
     @property
     def control(self) -> bool:
-        return "control" in self.granted
+        return Right.CONTROL in self.granted
 
     async def _dispatch(self, msg: Message) -> None:
         # `control_result` carries the rights in force after a request for
@@ -283,7 +283,7 @@ class ConsoleClient:
             elif isinstance(event, Established):
                 assert host_key is not None and run.handshake.session is not None
                 on_progress(Progress("approved", "Approved: " + (
-                    "view and control." if "control" in event.granted else "view only.")))
+                    "view and control." if Right.CONTROL in event.granted else "view only.")))
                 return JoinedSession(
                     link=link, session=run.handshake.session, alias=alias,
                     sas=run.handshake.sas or "", host_key=host_key, granted=event.granted,

@@ -23,8 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.wire.codes import RIGHTS as _RIGHTS
-from broker.wire.codes import ErrorCode
+from broker.wire.codes import RIGHTS, ErrorCode, Right
 from broker.wire.errors import ProtocolError
 from broker.wire.limits import (
     MAX_ADMIN_FRAME,
@@ -55,9 +54,9 @@ __all__ = [
     "parse_time",
 ]
 
-# What an engineer may ask for and a customer may grant. `view` is implied
-# by any session; `control` lets the engineer type.
-RIGHTS = _RIGHTS
+# What an engineer may ask for and a customer may grant (`RIGHTS`, from
+# broker/wire/codes.py): `view` is implied by any session; `control` lets the
+# engineer type.
 
 # The answers to a `request_control`: the customer's three (as signed in the
 # receipt), and "unchanged" — the broker's own answer when there was nothing
@@ -180,7 +179,7 @@ def _check_roster_seat(where: str, obj: dict[str, Any]) -> None:
         if problem is not None:
             raise ProtocolError(f"{where}.{key} {problem}")
     rights = obj["rights"]
-    if (not isinstance(rights, list) or "view" not in rights
+    if (not isinstance(rights, list) or Right.VIEW not in rights
             or not all(isinstance(r, str) and r in RIGHTS for r in rights)
             or len(set(rights)) != len(rights)):
         raise ProtocolError(f"{where}.rights must be a list of known rights, with view")

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import nacl.exceptions
 import nacl.signing
 
-from broker.wire.codes import RIGHTS, ErrorCode
+from broker.wire.codes import RIGHTS, ErrorCode, Right
 from broker.wire.errors import ProtocolError
 
 __all__ = ["DECISIONS", "Receipt", "sign_receipt", "verify_receipt"]
@@ -103,6 +103,6 @@ def verify_receipt(data: bytes, signature: bytes, device_key: bytes) -> Receipt:
         raise ProtocolError("consent receipt grants more than was asked", ErrorCode.BAD_RECEIPT)
     if receipt.decision != "granted" and receipt.granted:
         raise ProtocolError("a refused consent cannot grant rights", ErrorCode.BAD_RECEIPT)
-    if receipt.decision == "granted" and "view" not in receipt.granted:
+    if receipt.decision == "granted" and Right.VIEW not in receipt.granted:
         raise ProtocolError("a granted consent includes view", ErrorCode.BAD_RECEIPT)
     return receipt

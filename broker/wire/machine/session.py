@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.wire.codes import UPGRADE as _UPGRADE
-from broker.wire.codes import EndReason, ErrorCode
+from broker.wire.codes import EndReason, ErrorCode, Right
 from broker.wire.errors import LocalProtocolError, ProtocolError
 from broker.wire.limits import (
     AGENT_END_REASONS,
@@ -409,7 +409,7 @@ class SessionMachine:
         consent = self._record(f"consent_{receipt.decision}", self._seat_body(seat, checked.body),
                                personal=self._receipt_personal(msg), sealable=True, seat=seat)
         result = self._send(seat.console, "consent_result", decision=receipt.decision,
-                            granted=list(receipt.granted) or ["view"],
+                            granted=list(receipt.granted) or [Right.VIEW],
                             receipt=msg["receipt"], signature=msg["signature"])
         if receipt.decision != "granted":
             # The seal goes before `ended` closes the agent's side.
@@ -468,7 +468,7 @@ class SessionMachine:
         to ask (control held, or a request already with the customer) is
         answered `unchanged` at once, without bothering anyone."""
         seat = self._seat_of(conn)
-        if "control" in seat.granted or seat.control_pending:
+        if Right.CONTROL in seat.granted or seat.control_pending:
             return [self._send(conn, "control_result", decision="unchanged",
                                granted=list(seat.granted))]
         seat.control_pending = True
@@ -480,7 +480,7 @@ class SessionMachine:
         """The customer narrows this seat's rights (takes control from this engineer)."""
         seat = self._seat_of(conn)
         granted = tuple(msg["granted"])
-        if "view" not in granted or not set(granted) <= set(seat.granted):
+        if Right.VIEW not in granted or not set(granted) <= set(seat.granted):
             raise ProtocolError("rights can only be narrowed here", ErrorCode.BAD_RIGHTS)
         seat.granted = granted
         return [self._record("rights_changed",
