@@ -13,6 +13,7 @@ from agent.identity import load_identity
 from agent.screen import CustomerScreen, require_terminal
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
+from broker.wire.codes import RIGHTS, Right
 from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT, MAX_CONSENT_TIMEOUT, MIN_CONSENT_TIMEOUT
 
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS", help="deny a request nobody answers within this time "
                                            f"({MIN_CONSENT_TIMEOUT:g} to "
                                            f"{MAX_CONSENT_TIMEOUT:g} s)")
-    p.add_argument("--max-rights", choices=("view", "control"), default="control",
+    p.add_argument("--max-rights", choices=RIGHTS, default=Right.CONTROL,
                    help="the most any engineer may ever be granted on this computer")
     p.add_argument("--share-hostname", action="store_true",
                    help="tell the broker this computer's hostname (off by default)")

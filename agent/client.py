@@ -50,6 +50,7 @@ from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
 from broker.wire.code import JoinCode, draw_secret
+from broker.wire.codes import UPGRADE, EndReason, ErrorCode, Right
 from broker.wire.errors import WireError
 from broker.wire.limits import MAX_ENGINEERS_PER_SESSION
 from broker.wire.machine.handshake import (
@@ -74,8 +75,8 @@ HANDSHAKE_TIMEOUT = STEP_TIMEOUT  # also how long a grant of control waits for t
 # Link failures worth retrying once registered: the broker went away or is
 # temporarily unable to record sessions, or pacing registrations from this
 # address. Anything else (untrusted certificate, protocol refusal) needs a person.
-_RETRY_CODES = frozenset({"closed", "unreachable", "timeout", "audit_unavailable",
-                          "rate_limited"})
+_RETRY_CODES = frozenset({"closed", "unreachable", ErrorCode.TIMEOUT,
+                          ErrorCode.AUDIT_UNAVAILABLE, ErrorCode.RATE_LIMITED})
 _MAX_RETRY_DELAY = 30.0
 # How long to wait for the broker to say why, when the engineer's SSH closes.
 _ENDED_GRACE = 5.0
@@ -87,7 +88,7 @@ DROPPED_REPORT_INTERVAL = 1.0
 
 
 # What a request for control asks for (and what its receipt says was asked).
-_UPGRADE = ("view", "control")
+_UPGRADE = UPGRADE
 
 
 @dataclass(eq=False)
@@ -200,7 +201,7 @@ class Agent:
         quit_task.cancel()
         for task in list(self.joining):
             task.cancel()
-        await self._end_everything("agent_quit")
+        await self._end_everything(EndReason.AGENT_QUIT)
 
     async def _wait_for_engineers(self, sessions: asyncio.TaskGroup,
                                   quit_task: asyncio.Future[Literal[True]]) -> None:
@@ -308,7 +309,7 @@ class Agent:
         except asyncio.CancelledError:
             # The customer quit while this join was pairing or being asked:
             # the engineer hears it now, not when the prompt would have timed out.
-            await _quietly(run.perform(run.handshake.withdraw("agent_quit")))
+            await _quietly(run.perform(run.handshake.withdraw(EndReason.AGENT_QUIT)))
             raise
         finally:
             await link.close()
@@ -426,7 +427,7 @@ class Agent:
         """Run the shell for the engineer until someone ends it."""
         session_id = request["session"]
         viewer = Viewer(display=request["engineer_display"], login=request["engineer_login"],
-                        control="control" in decision.granted)
+                        control=Right.CONTROL in decision.granted)
         gate = Gate(control=viewer.control, on_output=self.screen.mirror)
         active = ActiveSession(session_id, link, viewer, gate, ask)
         running = self.shells.get(session_id)
@@ -504,8 +505,8 @@ class Agent:
                 # The link broke with no word from the broker: nobody chose this.
                 active.ended_by = "broker_lost"
             if active.ended_by is None:
-                await self._end(active, "shell_exited" if gate.exit_status is not None
-                                else "customer_ended")
+                await self._end(active, EndReason.SHELL_EXITED if gate.exit_status is not None
+                                else EndReason.CUSTOMER_ENDED)
         except (OSError, asyncssh.Error) as exc:
             log.info("ssh session ended: %s", exc)
         finally:
@@ -574,7 +575,7 @@ class Agent:
         ask = replace(active.request, wants=_UPGRADE, upgrade=True)
         who = printable(ask.engineer_display, 40)
         try:
-            if self.config.max_rights != "control":
+            if self.config.max_rights != Right.CONTROL:
                 # The customer's own rule answers: no prompt to click through.
                 decision = DENY
                 self.screen.flash("Control declined: this computer allows view only.")
@@ -591,7 +592,7 @@ class Agent:
             await active.link.send("consent", receipt=b64encode(data),
                                    signature=b64encode(signature))
             if not granted:
-                if self.config.max_rights == "control":
+                if self.config.max_rights == Right.CONTROL:
                     what = "did not answer" if decision.decision == "timeout" else "said no"
                     self.screen.flash(f"You {what}: they can still only watch.")
                 return
@@ -602,7 +603,7 @@ class Agent:
                 self.screen.flash(f"The support service did not confirm the change, so {who} "
                                   "can still only watch.")
                 return
-            if "control" in rights and active.epoch == epoch and not active.ended.is_set():
+            if Right.CONTROL in rights and active.epoch == epoch and not active.ended.is_set():
                 active.gate.control = True
                 self.screen.set_control(active.seat, True)
         except (LinkError, WireError, ConnectionClosed) as exc:
@@ -614,7 +615,7 @@ class Agent:
     # -- the customer's controls ---------------------------------------------
 
     def end_all(self) -> None:
-        asyncio.get_running_loop().create_task(self._end_everything("customer_ended"))
+        asyncio.get_running_loop().create_task(self._end_everything(EndReason.CUSTOMER_ENDED))
 
     def customer_typed(self, data: bytes) -> None:
         """The customer's keys go to the newest session's shell (theirs to use)."""
@@ -635,7 +636,7 @@ class Agent:
                 active.gate.control = False
                 self.screen.set_control(active.seat, False)
                 asyncio.get_running_loop().create_task(
-                    _quietly(active.link.send("rights", granted=["view"]))
+                    _quietly(active.link.send("rights", granted=[Right.VIEW]))
                 )
 
     def remove(self, seat: str) -> None:
@@ -757,7 +758,7 @@ class Invite:
 
 # End reasons that mean the engineer is gone,
 # so a pending request is withdrawn: gave up, or their connection dropped.
-_ENGINEER_GONE = frozenset({"engineer_left", "console_lost"})
+_ENGINEER_GONE = frozenset({EndReason.ENGINEER_LEFT, EndReason.CONSOLE_LOST})
 
 
 class Withdrawn(Exception):
@@ -791,20 +792,22 @@ async def _quietly(coro: Awaitable[object]) -> None:
 
 def _ended_text(reason: str | None, viewer: Viewer) -> str:
     who = printable(viewer.display, 40)
-    return {
-        "customer_ended": f"You ended the session with {who}.",
-        "agent_quit": f"The session with {who} ended.",
-        "engineer_left": f"{who} left the session.",
-        "engineer_removed": f"You removed {who} from the session.",
-        "shell_exited": f"The shell exited; the session with {who} ended.",
-        "idle_timeout": f"The session with {who} was idle too long and ended.",
-        "max_duration": f"The session with {who} reached its time limit.",
-        "console_lost": f"The connection to {who} was lost.",
+    texts: dict[str, str] = {
+        EndReason.CUSTOMER_ENDED: f"You ended the session with {who}.",
+        EndReason.AGENT_QUIT: f"The session with {who} ended.",
+        EndReason.ENGINEER_LEFT: f"{who} left the session.",
+        EndReason.ENGINEER_REMOVED: f"You removed {who} from the session.",
+        EndReason.SHELL_EXITED: f"The shell exited; the session with {who} ended.",
+        EndReason.IDLE_TIMEOUT: f"The session with {who} was idle too long and ended.",
+        EndReason.MAX_DURATION: f"The session with {who} reached its time limit.",
+        EndReason.CONSOLE_LOST: f"The connection to {who} was lost.",
         "broker_lost": f"The connection to the support service was lost; the session with "
                        f"{who} ended.",
-        "broker_shutdown": f"The support service shut down or restarted; the session with "
+        EndReason.BROKER_SHUTDOWN: f"The support service shut down or restarted; the session with "
                            f"{who} ended. A new code appears once it is back.",
-    }.get(reason or "", f"The session with {who} ended ({printable(reason or 'unknown', 40)}).")
+    }
+    shown = printable(reason or "unknown", 40)
+    return texts.get(reason or "", f"The session with {who} ended ({shown}).")
 
 
 def _now() -> datetime:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import SetupError
+from broker.wire.codes import RIGHTS, Right
 from broker.wire.limits import (
     DEFAULT_CONSENT_TIMEOUT,
     MAX_CONSENT_TIMEOUT,
@@ -32,7 +33,7 @@ class AgentConfig:
     ca: Path = Path("certs/ca.crt")
     alias: str = "unnamed device"
     consent_timeout: float = DEFAULT_CONSENT_TIMEOUT
-    max_rights: str = "control"  # "view" or "control"
+    max_rights: str = Right.CONTROL  # Right.VIEW or Right.CONTROL
     share_hostname: bool = False
     share_user: bool = False
     state_dir: Path = field(default_factory=default_state_dir)
@@ -47,5 +48,5 @@ class AgentConfig:
                 f"--consent-timeout must be between {MIN_CONSENT_TIMEOUT:g} and "
                 f"{MAX_CONSENT_TIMEOUT:g} seconds"
             )
-        if self.max_rights not in ("view", "control"):
+        if self.max_rights not in RIGHTS:
             raise SetupError("--max-rights must be 'view' or 'control'")

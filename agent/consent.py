@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.wire.codes import RIGHTS, Right
 from broker.wire.text import printable
 
 __all__ = ["ConsentRequest", "Decision", "decide", "prompt_lines", "remaining"]
@@ -48,9 +49,9 @@ TIMEOUT = Decision("timeout")
 
 def offer(request: ConsentRequest, max_rights: str) -> tuple[str, ...]:
     """The most that may be granted: what was asked, capped by the agent."""
-    if "control" in request.wants and max_rights == "control":
-        return ("view", "control")
-    return ("view",)
+    if Right.CONTROL in request.wants and max_rights == Right.CONTROL:
+        return RIGHTS
+    return (Right.VIEW,)
 
 
 def decide(key: str, request: ConsentRequest, max_rights: str) -> Decision | None:
@@ -61,9 +62,9 @@ def decide(key: str, request: ConsentRequest, max_rights: str) -> Decision | Non
     if key == "v":
         # In an upgrade, "view only" is what the customer has already granted:
         # keeping it is a no to the request.
-        return DENY if request.upgrade else Decision("granted", ("view",))
-    if key == "c" and "control" in offer(request, max_rights):
-        return Decision("granted", ("view", "control"))
+        return DENY if request.upgrade else Decision("granted", (Right.VIEW,))
+    if key == "c" and Right.CONTROL in offer(request, max_rights):
+        return Decision("granted", RIGHTS)
     return None
 
 
@@ -73,14 +74,14 @@ def remaining(started: float, now: float, timeout: float) -> float:
 
 
 def _rights_text(rights: tuple[str, ...]) -> str:
-    return "view and control (type)" if "control" in rights else "view only"
+    return "view and control (type)" if Right.CONTROL in rights else "view only"
 
 
 def prompt_lines(request: ConsentRequest, seconds_left: float, max_rights: str) -> list[str]:
     """The prompt, line by line, with every network string shown literally."""
     if request.upgrade:
         return _upgrade_lines(request, seconds_left, max_rights)
-    can_control = "control" in offer(request, max_rights)
+    can_control = Right.CONTROL in offer(request, max_rights)
     if request.joining:
         others = ", ".join(printable(name, 40) for name in request.joining)
         first = ("Another support engineer asks to join the session already running "
@@ -96,7 +97,7 @@ def prompt_lines(request: ConsentRequest, seconds_left: float, max_rights: str) 
         f"  Pairing:   {request.sas}   (the engineer sees the same on their screen)",
         f"  Asks for:  {_rights_text(request.wants)}",
     ]
-    if "control" in request.wants and not can_control:
+    if Right.CONTROL in request.wants and not can_control:
         lines.append("  This computer allows view only, so control cannot be granted.")
     lines.append("")
     keys = ["[c] allow view and control"] if can_control else []
@@ -107,7 +108,7 @@ def prompt_lines(request: ConsentRequest, seconds_left: float, max_rights: str) 
 
 
 def _upgrade_lines(request: ConsentRequest, seconds_left: float, max_rights: str) -> list[str]:
-    can_control = "control" in offer(request, max_rights)
+    can_control = Right.CONTROL in offer(request, max_rights)
     lines = [
         "The support engineer watching this computer now asks for control.",
         "",

@@ -40,6 +40,7 @@ from broker.audit.store import AuditEvent, AuditLog
 from broker.errors import AuditError
 from broker.registry import Engineer
 from broker.session import utcnow
+from broker.wire.codes import ErrorCode
 from broker.wire.errors import ProtocolError
 from broker.wire.limits import MAX_SESSION_EVENTS
 from broker.wire.messages import AUDIT_FILTERS, Message, b64decode, encode, parse_time
@@ -206,7 +207,7 @@ async def answer_audit_request(
     if engineer.role != "admin":
         await audit.append("audit_read_refused", now=utcnow(), actor=engineer.name,
                            body={"request": msg.type, "role": engineer.role})
-        raise ProtocolError("the audit log is for admins only", "forbidden")
+        raise ProtocolError("the audit log is for admins only", ErrorCode.FORBIDDEN)
     if msg.type == "audit_verify":
         await ws.send(await _verify(audit, engineer, checkpoint_file))
         return

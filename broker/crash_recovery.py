@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit.store import AuditLog
+from broker.wire.codes import EndReason
 
 __all__ = [
     "CRASH_REASON",
@@ -41,7 +42,7 @@ __all__ = [
 
 RUN_STARTED = "broker_started"
 RUN_STOPPED = "broker_stopped"
-CRASH_REASON = "broker_crashed"
+CRASH_REASON = EndReason.BROKER_CRASHED
 
 _SESSION_CLOSERS = frozenset({"session_ended", "join_abandoned", "pairing_failed"})
 _REFUSALS = frozenset({"consent_denied", "consent_timeout"})

@@ -60,6 +60,7 @@ from broker.registry import Engineer, Registry
 from broker.session import AgentLink, SessionDriver, close_quietly, refuse, utcnow
 from broker.throttle import JoinLimits, LoginThrottle
 from broker.wire import limits
+from broker.wire.codes import RIGHTS, ErrorCode, Right
 from broker.wire.errors import ProtocolError
 from broker.wire.login import NONCE_BYTES
 from broker.wire.machine.lobby import Lobby
@@ -157,12 +158,13 @@ class Broker:
             await refuse(ws, exc.code, str(exc))
         except AuditWriteError as exc:
             log.error("audit log unavailable: %s", exc)
-            await refuse(ws, "audit_unavailable", AUDIT_UNAVAILABLE)
+            await refuse(ws, ErrorCode.AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE)
         except ConnectionClosed:
             pass
         except Exception:
             log.exception("internal error on %s", ws.request.path)
-            await refuse(ws, "internal_error", "internal broker error; the operator has details")
+            await refuse(ws, ErrorCode.INTERNAL_ERROR,
+                         "internal broker error; the operator has details")
 
     # -- agents -----------------------------------------------------------
 
@@ -171,7 +173,8 @@ class Broker:
         hello = await recv_control(ws, lobby)
         if not self.hello_attempts.allow(_peer(ws), time.monotonic()):
             raise ProtocolError("too many support programs connected from this address in "
-                                "the last minute; it will be let in shortly", "rate_limited")
+                                "the last minute; it will be let in shortly",
+                                ErrorCode.RATE_LIMITED)
         device_key = b64decode(hello["device_key"])
         if len(device_key) != 32:
             raise ProtocolError("hello.device_key must be a 32-byte Ed25519 key")
@@ -182,7 +185,7 @@ class Broker:
             raise ProtocolError(
                 "the support service knows this computer's id with a different key, so "
                 "it cannot be registered (were the agent's identity files copied from "
-                "another computer?); tell the support team", "device_key_mismatch")
+                "another computer?); tell the support team", ErrorCode.DEVICE_KEY_MISMATCH)
         link = AgentLink(
             conn_id=secrets.token_hex(8), ws=ws, device_id=hello["device_id"],
             device_key=device_key, alias=hello["alias"], ip=_peer(ws),
@@ -226,7 +229,7 @@ class Broker:
         attach = await recv_control(ws, Lobby(Conn.AGENT_SESSION, time.monotonic()))
         session = self.sessions.get(attach["session"])
         if session is None:
-            raise ProtocolError("unknown or expired session", "unknown_session")
+            raise ProtocolError("unknown or expired session", ErrorCode.UNKNOWN_SESSION)
         # The machine says if it is awaited, and for which seat.
         conn = await session.attach(ws, attach["token"])
         await session.pump(conn, ws)
@@ -248,13 +251,13 @@ class Broker:
                                        checkpoint_file=self.config.checkpoint_file)
 
     async def join(self, ws: ServerConnection, engineer: Engineer, join: Message) -> None:
-        wants = ("view", "control") if "control" in join["wants"] else ("view",)
+        wants = RIGHTS if Right.CONTROL in join["wants"] else (Right.VIEW,)
         source = _peer(ws)
         # Asked before the claim: a refused join spends no customer's code.
         refusal = self.join_limits.refusal(engineer.name, source, time.monotonic())
         if refusal is not None:
             await self.record_join_failure(engineer, "rate_limited")
-            raise ProtocolError(refusal, "rate_limited")
+            raise ProtocolError(refusal, ErrorCode.RATE_LIMITED)
         owner = self.book.claim(join["nameplate"], time.monotonic())
         invited = self.sessions.get(owner.removeprefix(_INVITE)) if owner and owner.startswith(
             _INVITE) else None
@@ -268,7 +271,7 @@ class Broker:
             raise ProtocolError(
                 "no customer is waiting with that code: check it, or ask the customer "
                 "for the code now on their screen (codes are single-use and expire)",
-                "unknown_code",
+                ErrorCode.UNKNOWN_CODE,
             )
         machine = SessionMachine(
             session_id=secrets.token_urlsafe(9), token=secrets.token_urlsafe(24),
@@ -367,7 +370,7 @@ class Broker:
             await self.record_login_failure(ws, user, "unknown_user_or_key")
             raise ProtocolError(
                 "login refused: this user is not registered with the broker, or the key "
-                "does not match the one registered", "login_failed",
+                "does not match the one registered", ErrorCode.LOGIN_FAILED,
             )
         await self.audit.append("engineer_login", now=utcnow(), actor=engineer.name,
                                 body={"role": engineer.role, "key": engineer.fingerprint})

@@ -12,6 +12,7 @@ from broker import eventloop
 from broker.cli_style import add_version, finish_parser
 from broker.client.link import LinkError, broker_url
 from broker.wire.code import parse_code
+from broker.wire.codes import RIGHTS, Right
 from broker.wire.errors import CodeError
 from console.client import ConsoleClient
 from console.errors import ConsoleError, UsageError
@@ -85,7 +86,7 @@ async def _join(args: argparse.Namespace) -> int:
         prompt = tty_passphrase if sys.stdin.isatty() else None
         identity = load_file_identity(args.user, args.identity.expanduser(), prompt)
     client = ConsoleClient(args.broker, args.ca, identity)
-    wants = ("view", "control") if args.control else ("view",)
+    wants = RIGHTS if args.control else (Right.VIEW,)
     printer = ProgressPrinter()
     try:
         joined = await client.join(code, wants, printer)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from broker.wire.code import parse_code
+from broker.wire.codes import RIGHTS, Right
 from broker.wire.errors import CodeError
 from broker.wire.messages import Message
 from console.client import ConsoleClient, JoinedSession, Progress
@@ -182,11 +183,11 @@ class RelaySession:
 
     async def _control(self, msg: Message) -> None:
         if msg.type == "rights":
-            if "control" not in msg["granted"]:
+            if Right.CONTROL not in msg["granted"]:
                 self._pending.clear()  # the customer took control back: not one more key
             self._on_event(SessionEvent(
                 "rights", "The customer changed your rights to "
-                + ("view and control." if "control" in msg["granted"] else "view only."),
+                + ("view and control." if Right.CONTROL in msg["granted"] else "view only."),
                 tuple(msg["granted"])))
         elif msg.type == "control_result":
             self._on_event(SessionEvent(
@@ -239,7 +240,7 @@ class RelaySession:
     def write(self, data: bytes) -> None:
         """Send keys or a paste, in order, as fast as the agent takes them;
         `bytes_out` counts what has gone. Never blocks."""
-        if self._chan is None or "control" not in self.granted or self._ended:
+        if self._chan is None or Right.CONTROL not in self.granted or self._ended:
             return
         room = MAX_PENDING_INPUT - len(self._pending)
         if len(data) > room:
@@ -321,7 +322,7 @@ class BrokerBackend:
             parsed = parse_code(code)
         except CodeError as exc:
             raise UsageError(str(exc)) from exc
-        wants = ("view", "control") if control else ("view",)
+        wants = RIGHTS if control else (Right.VIEW,)
         joined = await self._require_client().join(parsed, wants, on_progress)
         session = RelaySession(joined)
         self._sessions.append(session)

@@ -27,6 +27,7 @@ from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
 from broker.wire import limits
 from broker.wire.code import JoinCode
+from broker.wire.codes import EndReason, Right
 from broker.wire.errors import ProtocolError, WireError
 from broker.wire.limits import SSH_CIPHERS
 from broker.wire.login import login_payload
@@ -66,10 +67,11 @@ AUDIT_TIMEOUT = 60.0
 VERIFY_TIMEOUT = 15 * 60.0
 DEFAULT_AUDIT_LIMIT = 50
 # End reasons that are the broker's failure, not anyone's choice: exit 4.
-BROKER_FAILURES = frozenset({"broker_shutdown", "audit_unavailable", "protocol_error"})
+BROKER_FAILURES = frozenset({EndReason.BROKER_SHUTDOWN, EndReason.AUDIT_UNAVAILABLE,
+                             EndReason.PROTOCOL_ERROR})
 # End reasons, while the customer is being asked, that mean they withdrew
 # (quit the agent, or ended it from its menu): not approved, exit 7.
-CUSTOMER_WITHDREW = frozenset({"agent_quit", "customer_ended"})
+CUSTOMER_WITHDREW = frozenset({EndReason.AGENT_QUIT, EndReason.CUSTOMER_ENDED})
 
 
 REMOVED_TEXT = ("The customer removed you from the session; it goes on for the others, and "
@@ -119,7 +121,7 @@ class JoinedSession:
 
     @property
     def control(self) -> bool:
-        return "control" in self.granted
+        return Right.CONTROL in self.granted
 
     async def _dispatch(self, msg: Message) -> None:
         # `control_result` carries the rights in force after a request for
@@ -140,7 +142,7 @@ class JoinedSession:
     def removed(self) -> bool:
         """The customer removed this engineer (the session goes on for the others)."""
         return (self.ended is not None and self.ended.type == "ended"
-                and self.ended["reason"] == "engineer_removed")
+                and self.ended["reason"] == EndReason.ENGINEER_REMOVED)
 
     async def open_ssh(self) -> tuple[asyncssh.SSHClientConnection, asyncio.Task[None]]:
         """SSH to the agent over the relay, its host key pinned from pairing."""
@@ -184,7 +186,7 @@ class JoinedSession:
             raise LinkLost("the connection to the broker was lost; the session is over "
                            "(the customer's computer ends it too)")
         message = printable(ended["message"], 200)
-        if ended.type == "ended" and ended["reason"] == "broker_shutdown":
+        if ended.type == "ended" and ended["reason"] == EndReason.BROKER_SHUTDOWN:
             raise BrokerShutdown(SHUTDOWN_TEXT)
         if self.removed:
             # The broker's words are the customer's view ("removed the
@@ -197,7 +199,7 @@ class JoinedSession:
 
     async def leave(self) -> None:
         with contextlib.suppress(Exception):
-            await self.link.send("end", reason="engineer_left")
+            await self.link.send("end", reason=EndReason.ENGINEER_LEFT)
         await self.link.close()
 
 
@@ -250,7 +252,7 @@ class ConsoleClient:
                 # The engineer gave up (Ctrl-C): said as such, so the customer's
                 # prompt closes as withdrawn at once, not as a lost connection.
                 with contextlib.suppress(Exception):
-                    await run.perform(run.handshake.withdraw("engineer_left"))
+                    await run.perform(run.handshake.withdraw(EndReason.ENGINEER_LEFT))
             await link.close()
             raise
 
@@ -281,7 +283,7 @@ class ConsoleClient:
             elif isinstance(event, Established):
                 assert host_key is not None and run.handshake.session is not None
                 on_progress(Progress("approved", "Approved: " + (
-                    "view and control." if "control" in event.granted else "view only.")))
+                    "view and control." if Right.CONTROL in event.granted else "view only.")))
                 return JoinedSession(
                     link=link, session=run.handshake.session, alias=alias,
                     sas=run.handshake.sas or "", host_key=host_key, granted=event.granted,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from broker.wire.codes import Right
 from broker.wire.text import printable
 
 
@@ -33,4 +34,4 @@ def size(count: int) -> str:
 def rights(granted: tuple[str, ...] | list[str]) -> str:
     if not granted:
         return "-"
-    return "view + control" if "control" in granted else "view only"
+    return "view + control" if Right.CONTROL in granted else "view only"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.wire.codes import Right
 from broker.wire.messages import Message
 from broker.wire.text import printable
 
@@ -21,7 +22,7 @@ _NAME_CHARS = 40
 
 def rights_word(rights: tuple[str, ...] | list[str]) -> str:
     """One engineer's rights in one word: control implies view."""
-    return "control" if "control" in rights else "view"
+    return Right.CONTROL if Right.CONTROL in rights else Right.VIEW
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from broker.client.terminal_io import (
     TerminalOutput,
     set_nonblocking,
 )
+from broker.wire.codes import Right
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
@@ -206,7 +207,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     async def on_control(msg: Message) -> None:
         if msg.type == "rights":
             say("the customer changed your rights to: "
-                + ("view and control" if "control" in msg["granted"] else "view only"))
+                + ("view and control" if Right.CONTROL in msg["granted"] else "view only"))
         elif msg.type == "control_result":
             say(CONTROL_RESULT_TEXT.get(msg["decision"], printable(msg["decision"], 40)))
         elif msg.type in ("ended", "error"):

@@ -27,6 +27,7 @@ WIRE_MODULES = [
     "broker.wire.machine.participants",
     "broker.wire.machine.handshake",
     "broker.wire.code",
+    "broker.wire.codes",
     "broker.wire.e2e",
     "broker.wire.receipt",
     "broker.wire.text",

@@ -6,6 +6,13 @@ never surprised by a close from the other side.
 
 from __future__ import annotations
 
+# Why a session ended, as each side may say it in an `end` message, and why
+# pairing failed: defined with the other codes in broker/wire/codes.py, and
+# re-exported here where they always were.
+from broker.wire.codes import AGENT_END_REASONS as AGENT_END_REASONS
+from broker.wire.codes import CONSOLE_END_REASONS as CONSOLE_END_REASONS
+from broker.wire.codes import PAIRING_FAILURES as PAIRING_FAILURES
+
 PROTOCOL_VERSION = 1
 
 # A control frame (JSON text) never needs more than a few hundred bytes; the
@@ -122,13 +129,6 @@ OPEN_TIMEOUT = 10.0
 # Labels chosen by people (aliases, display names).
 MAX_LABEL = 64
 
-# Why a session ended, as each side may say it in an `end` message.
-AGENT_END_REASONS = frozenset({"customer_ended", "shell_exited", "agent_quit"})
-CONSOLE_END_REASONS = frozenset({"engineer_left"})
-
-# Why pairing failed, as the agent reports it in `pairing_failed`; each is
-# also the session's end reason, so the engineer is told which it was.
-PAIRING_FAILURES = ("wrong_code", "key_mismatch")
 
 # Engineer input the agent dropped (view only, or held across a stall and
 # then discarded), reported as a running total in `input_dropped`. The total

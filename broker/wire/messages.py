@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.wire.codes import RIGHTS, ErrorCode, Right
 from broker.wire.errors import ProtocolError
 from broker.wire.limits import (
     MAX_ADMIN_FRAME,
@@ -53,9 +54,9 @@ __all__ = [
     "parse_time",
 ]
 
-# What an engineer may ask for and a customer may grant. `view` is implied
-# by any session; `control` lets the engineer type.
-RIGHTS = ("view", "control")
+# What an engineer may ask for and a customer may grant (`RIGHTS`, from
+# broker/wire/codes.py): `view` is implied by any session; `control` lets the
+# engineer type.
 
 # The answers to a `request_control`: the customer's three (as signed in the
 # receipt), and "unchanged" — the broker's own answer when there was nothing
@@ -129,11 +130,11 @@ def check_event(where: str, obj: dict[str, Any]) -> None:
     unknown = set(obj) - set(_EVENT_KEYS) - set(_OPTIONAL_EVENT_KEYS)
     if unknown:
         names = ", ".join(sorted(str(n)[:40] for n in unknown)[:5])
-        raise ProtocolError(f"{where} has unknown key(s): {names}", "unknown_field")
+        raise ProtocolError(f"{where} has unknown key(s): {names}", ErrorCode.UNKNOWN_FIELD)
     for key, kinds in (*_EVENT_KEYS.items(), *_OPTIONAL_EVENT_KEYS.items()):
         if key not in obj:
             if key in _EVENT_KEYS:
-                raise ProtocolError(f"{where} lacks {key!r}", "missing_field")
+                raise ProtocolError(f"{where} lacks {key!r}", ErrorCode.MISSING_FIELD)
             continue
         value = obj[key]
         # `type(...) in`: a JSON true is not an integer sequence number.
@@ -178,7 +179,7 @@ def _check_roster_seat(where: str, obj: dict[str, Any]) -> None:
         if problem is not None:
             raise ProtocolError(f"{where}.{key} {problem}")
     rights = obj["rights"]
-    if (not isinstance(rights, list) or "view" not in rights
+    if (not isinstance(rights, list) or Right.VIEW not in rights
             or not all(isinstance(r, str) and r in RIGHTS for r in rights)
             or len(set(rights)) != len(rights)):
         raise ProtocolError(f"{where}.rights must be a list of known rights, with view")
@@ -400,15 +401,15 @@ def _check_field(msg_type: str, name: str, spec: Field, value: Any) -> None:
 def validate(msg_type: str, fields: Mapping[str, Any]) -> Message:
     schema = SCHEMA.get(msg_type)
     if schema is None:
-        raise ProtocolError(f"unknown message type {msg_type[:40]!r}", "unknown_type")
+        raise ProtocolError(f"unknown message type {msg_type[:40]!r}", ErrorCode.UNKNOWN_TYPE)
     unknown = set(fields) - set(schema)
     if unknown:
         names = ", ".join(sorted(n[:40] for n in unknown)[:5])
-        raise ProtocolError(f"{msg_type} has unknown field(s): {names}", "unknown_field")
+        raise ProtocolError(f"{msg_type} has unknown field(s): {names}", ErrorCode.UNKNOWN_FIELD)
     for name, spec in schema.items():
         if name not in fields:
             if spec.required:
-                raise ProtocolError(f"{msg_type} lacks field {name!r}", "missing_field")
+                raise ProtocolError(f"{msg_type} lacks field {name!r}", ErrorCode.MISSING_FIELD)
             continue
         _check_field(msg_type, name, spec, fields[name])
     return Message(msg_type, dict(fields))
@@ -424,7 +425,7 @@ def encode(msg_type: str, **fields: Any) -> str:
     )
     limit = FRAME_LIMITS.get(msg_type, MAX_CONTROL_FRAME)
     if len(frame.encode()) > limit:
-        raise ProtocolError(f"{msg_type} frame would exceed {limit} bytes", "too_big")
+        raise ProtocolError(f"{msg_type} frame would exceed {limit} bytes", ErrorCode.TOO_BIG)
     return frame
 
 
@@ -440,30 +441,30 @@ def decode(frame: str | bytes, *, limit: int = MAX_CONTROL_FRAME) -> Message:
     try:
         size = len(frame) if len(frame) > limit else len(frame.encode())
     except UnicodeEncodeError as exc:
-        raise ProtocolError("control frame is not valid Unicode text", "bad_json") from exc
+        raise ProtocolError("control frame is not valid Unicode text", ErrorCode.BAD_JSON) from exc
     if size > limit:
-        raise ProtocolError(f"control frame larger than {limit} bytes", "too_big")
+        raise ProtocolError(f"control frame larger than {limit} bytes", ErrorCode.TOO_BIG)
     try:
         obj = json.loads(frame)
     # ValueError also covers integers longer than Python's int-string limit.
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError("control frame is not valid JSON", "bad_json") from exc
+        raise ProtocolError("control frame is not valid JSON", ErrorCode.BAD_JSON) from exc
     if not isinstance(obj, dict):
-        raise ProtocolError("control frame must be a JSON object", "bad_json")
+        raise ProtocolError("control frame must be a JSON object", ErrorCode.BAD_JSON)
     version = obj.pop("v", None)
     # `type(...) is int`: true and 1.0 compare equal to 1 but are not versions.
     if type(version) is not int or version != PROTOCOL_VERSION:
         shown = str(version)[:10] if isinstance(version, int | str) else type(version).__name__
         raise ProtocolError(
             f"unsupported protocol version {shown!r}, expected {PROTOCOL_VERSION}",
-            "bad_version",
+            ErrorCode.BAD_VERSION,
         )
     msg_type = obj.pop("type", None)
     if not isinstance(msg_type, str):
-        raise ProtocolError("control frame lacks a string 'type'", "bad_json")
+        raise ProtocolError("control frame lacks a string 'type'", ErrorCode.BAD_JSON)
     type_limit = FRAME_LIMITS.get(msg_type, MAX_CONTROL_FRAME)
     if size > type_limit:
         raise ProtocolError(
-            f"{msg_type[:40]} frame larger than {type_limit} bytes", "too_big"
+            f"{msg_type[:40]} frame larger than {type_limit} bytes", ErrorCode.TOO_BIG
         )
     return validate(msg_type, obj)

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import nacl.exceptions
 import nacl.signing
 
+from broker.wire.codes import RIGHTS, ErrorCode, Right
 from broker.wire.errors import ProtocolError
-from broker.wire.messages import RIGHTS
 
 __all__ = ["DECISIONS", "Receipt", "sign_receipt", "verify_receipt"]
 
@@ -77,7 +77,7 @@ def verify_receipt(data: bytes, signature: bytes, device_key: bytes) -> Receipt:
     try:
         nacl.signing.VerifyKey(device_key).verify(data, signature)
     except (nacl.exceptions.BadSignatureError, ValueError, TypeError) as exc:
-        raise ProtocolError("consent receipt signature is invalid", "bad_receipt") from exc
+        raise ProtocolError("consent receipt signature is invalid", ErrorCode.BAD_RECEIPT) from exc
     try:
         fields = json.loads(data)
         receipt = Receipt(
@@ -92,17 +92,17 @@ def verify_receipt(data: bytes, signature: bytes, device_key: bytes) -> Receipt:
         )
     # ValueError covers bad JSON and bad UTF-8.
     except (ValueError, RecursionError, KeyError, TypeError) as exc:
-        raise ProtocolError("consent receipt is malformed", "bad_receipt") from exc
+        raise ProtocolError("consent receipt is malformed", ErrorCode.BAD_RECEIPT) from exc
     if not all(isinstance(r, str) for r in receipt.asked + receipt.granted):
-        raise ProtocolError("consent receipt rights must be strings", "bad_receipt")
+        raise ProtocolError("consent receipt rights must be strings", ErrorCode.BAD_RECEIPT)
     if receipt.canonical() != data:
-        raise ProtocolError("consent receipt is not in canonical form", "bad_receipt")
+        raise ProtocolError("consent receipt is not in canonical form", ErrorCode.BAD_RECEIPT)
     if receipt.decision not in DECISIONS:
-        raise ProtocolError("consent receipt has an unknown decision", "bad_receipt")
+        raise ProtocolError("consent receipt has an unknown decision", ErrorCode.BAD_RECEIPT)
     if not set(receipt.granted) <= set(receipt.asked) <= set(RIGHTS):
-        raise ProtocolError("consent receipt grants more than was asked", "bad_receipt")
+        raise ProtocolError("consent receipt grants more than was asked", ErrorCode.BAD_RECEIPT)
     if receipt.decision != "granted" and receipt.granted:
-        raise ProtocolError("a refused consent cannot grant rights", "bad_receipt")
-    if receipt.decision == "granted" and "view" not in receipt.granted:
-        raise ProtocolError("a granted consent includes view", "bad_receipt")
+        raise ProtocolError("a refused consent cannot grant rights", ErrorCode.BAD_RECEIPT)
+    if receipt.decision == "granted" and Right.VIEW not in receipt.granted:
+        raise ProtocolError("a granted consent includes view", ErrorCode.BAD_RECEIPT)
     return receipt

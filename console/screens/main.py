@@ -13,6 +13,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from broker.wire.codes import Right
 from broker.wire.text import printable
 from console.backend import Profile, Progress, SessionEvent
 from console.errors import ConsoleError
@@ -101,7 +102,7 @@ class MainScreen(Screen[None]):
         await tabs.add_pane(TabPane(title, pane, id=record.key))
         tabs.active = record.key
         terminal = pane.terminal
-        terminal.set_read_only("control" not in live.granted)
+        terminal.set_read_only(Right.CONTROL not in live.granted)
         terminal.focus()
         # Start the shell at the size the engineer will actually see, so the
         # first screenful is drawn for it rather than reflowed afterwards.
@@ -119,7 +120,7 @@ class MainScreen(Screen[None]):
             # tell the shell the size the engineer sees now.
             if terminal.size_cells != (cols, rows):
                 live.resize(*terminal.size_cells)
-        if "control" not in live.granted:
+        if Right.CONTROL not in live.granted:
             pane.set_notice("View only. F7 asks the customer for control.")
         self.tick()
 
@@ -171,7 +172,7 @@ class MainScreen(Screen[None]):
         if record is None or record.live is None or record.state != "active":
             self.notify("Open a session tab first (F6).", severity="warning")
             return
-        if "control" in record.granted:
+        if Right.CONTROL in record.granted:
             self.notify("You already have control.")
             return
         self.query_one(f"#pane-{record.key}", SessionPane).set_notice(

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from broker.wire.codes import Right
 from console.backend import SessionEvent
 from console.format import clock, literal, rights, size
 from console.sessions import SessionRecord
@@ -36,7 +37,7 @@ class SessionPane(Vertical):
 
     def _input(self, data: bytes) -> None:
         live = self.record.live
-        if live is not None and self.record.state == "active" and "control" in live.granted:
+        if live is not None and self.record.state == "active" and Right.CONTROL in live.granted:
             live.write(data)
 
     def on_terminal_view_input_dropped(self) -> None:
@@ -51,7 +52,7 @@ class SessionPane(Vertical):
     def session_event(self, event: SessionEvent) -> None:
         if event.kind in ("rights", "control_result") and event.granted:
             self.record.granted = event.granted
-            self.terminal.set_read_only("control" not in event.granted)
+            self.terminal.set_read_only(Right.CONTROL not in event.granted)
         if event.kind == "roster":
             self.record.others = event.others
         if event.kind == "ended":

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from broker.wire.codes import ErrorCode
 from broker.wire.errors import ProtocolError
 from broker.wire.messages import Message, b64decode
 from broker.wire.receipt import Receipt, verify_receipt
@@ -39,10 +40,11 @@ def check_receipt(msg: Message, *, session: str, device_id: str, device_key: byt
         or len(receipt.asked) != len(asked)
         or set(receipt.asked) != set(asked)
     ):
-        raise ProtocolError("the consent receipt does not match this session", "bad_receipt")
+        raise ProtocolError("the consent receipt does not match this session",
+                            ErrorCode.BAD_RECEIPT)
     digest = hashlib.sha256(data).hexdigest()
     if digest in seen:
-        raise ProtocolError("this consent receipt was already used", "bad_receipt")
+        raise ProtocolError("this consent receipt was already used", ErrorCode.BAD_RECEIPT)
     body: dict[str, object] = {
         "engineer": receipt.engineer, "key_fingerprint": receipt.key_fingerprint,
         "asked": list(receipt.asked), "granted": list(receipt.granted),

@@ -45,6 +45,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from broker.wire.code import JoinCode
+from broker.wire.codes import EndReason, ErrorCode
 from broker.wire.e2e import Pairing
 from broker.wire.errors import LocalProtocolError, PairingError, ProtocolError
 from broker.wire.machine.protocol import (
@@ -98,11 +99,14 @@ _CONSENT_TIMEOUT_RANGE = (1, 600)
 class Failure(StrEnum):
     """Reasons this machine finds itself (the broker's come as they are)."""
 
-    WRONG_CODE = "wrong_code"  # the peer's pake or sealed did not open: another code
-    KEY_MISMATCH = "key_mismatch"  # agent: the sealed engineer key is not the announced one
+    # the peer's pake or sealed did not open: another code
+    WRONG_CODE = EndReason.WRONG_CODE.value
+    # agent: the sealed engineer key is not the announced one
+    KEY_MISMATCH = EndReason.KEY_MISMATCH.value
     BAD_SEALED = "bad_sealed"  # it opened (right code) but does not say what it must
-    UNEXPECTED = "unexpected_message"  # a message the catalogue or this step does not allow
-    UNREADABLE = "protocol_error"  # a frame that is not a valid control message
+    # a message the catalogue or this step does not allow
+    UNEXPECTED = ErrorCode.UNEXPECTED_MESSAGE.value
+    UNREADABLE = ErrorCode.PROTOCOL_ERROR.value  # a frame that is not a valid control message
     TIMEOUT = "timeout"  # the broker said nothing before the step's deadline
     CLOSED = "closed"  # the link closed (or a send on it failed)
     WITHDRAWN = "withdrawn"  # our own side gave up (`withdraw`)
@@ -420,7 +424,7 @@ class Handshake:
         if not isinstance(ssh_key, str) or not same_public_key(ssh_key, self.side.engineer_key):
             # The code was right, but the key is not the one the broker
             # announced: someone between console and broker may have swapped it.
-            out = self._send("pairing_failed", reason="key_mismatch")
+            out = self._send("pairing_failed", reason=EndReason.KEY_MISMATCH)
             return [out, *self._fail(Failure.KEY_MISMATCH, "the engineer's key did not match "
                                      "the one the support service announced")]
         out = self._send("sealed", body=b64encode(self._pairing.seal(
@@ -450,7 +454,8 @@ class Handshake:
         # The agent says so, which spends the code and tells the engineer;
         # a console that finds it (the agent's pake was bad) just stops.
         out: list[Output] = (
-            [self._send("pairing_failed", reason="wrong_code")] if self.role == "agent" else [])
+            [self._send("pairing_failed", reason=EndReason.WRONG_CODE)]
+            if self.role == "agent" else [])
         return [*out, *self._fail(Failure.WRONG_CODE, "the code did not match: pairing failed")]
 
     def _fail(self, reason: Failure, message: str) -> list[Output]:

@@ -13,6 +13,7 @@ connection, so a phase is never reached by a message that was refused.
 
 from __future__ import annotations
 
+from broker.wire.codes import ErrorCode
 from broker.wire.errors import ProtocolError
 from broker.wire.limits import OPEN_TIMEOUT
 from broker.wire.machine.protocol import CATALOGUE, Conn, Party, Phase, check_inbound
@@ -63,4 +64,4 @@ class Lobby:
 
     def timed_out(self) -> ProtocolError:
         """The error for a connection that did not send in time."""
-        return ProtocolError("timed out waiting for the next message", "timeout")
+        return ProtocolError("timed out waiting for the next message", ErrorCode.TIMEOUT)

@@ -67,6 +67,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from broker.wire.codes import ErrorCode
 from broker.wire.errors import ProtocolError
 
 __all__ = [
@@ -272,7 +273,7 @@ def check_inbound(conn: Conn, phase: Phase, msg_type: str) -> None:
     if msg_type not in INBOUND.get((conn, phase), frozenset()):
         raise ProtocolError(
             f"{msg_type[:40]!r} is not allowed from {conn.value} while {phase.value}",
-            "unexpected_message",
+            ErrorCode.UNEXPECTED_MESSAGE,
         )
 
 
@@ -280,7 +281,7 @@ def check_binary(conn: Conn, phase: Phase) -> None:
     if (conn, phase) not in BINARY:
         raise ProtocolError(
             f"binary data is not allowed from {conn.value} while {phase.value}",
-            "unexpected_binary",
+            ErrorCode.UNEXPECTED_BINARY,
         )
 
 

@@ -7,31 +7,36 @@ and kept in the closing audit event.
 
 from __future__ import annotations
 
+from broker.wire.codes import EndReason
+
 __all__ = ["AUDIT_UNAVAILABLE", "END_MESSAGES", "end_message"]
 
 # Human wording of each end reason, shown on the other side's screen.
 END_MESSAGES: dict[str, str] = {
-    "customer_ended": "The customer ended the session.",
-    "engineer_left": "The engineer left the session.",
-    "engineer_removed": "The customer removed the engineer from the session.",
-    "shell_exited": "The remote shell exited.",
-    "agent_quit": "The customer closed the support program.",
-    "wrong_code": "The code did not match. The customer has been warned and shown a new code.",
+    EndReason.CUSTOMER_ENDED: "The customer ended the session.",
+    EndReason.ENGINEER_LEFT: "The engineer left the session.",
+    EndReason.ENGINEER_REMOVED: "The customer removed the engineer from the session.",
+    EndReason.SHELL_EXITED: "The remote shell exited.",
+    EndReason.AGENT_QUIT: "The customer closed the support program.",
+    EndReason.WRONG_CODE: ("The code did not match. The customer has been warned and shown a new "
+                           "code."),
     # Not the code: the customer's computer refused the engineer key offered
     # in pairing, as it is not the one the broker announced for this engineer.
-    "key_mismatch": "The customer's computer refused the connection: the engineer's key it "
-                    "received did not match the one the broker announced (possible "
-                    "interception). The customer has been warned and shown a new code.",
-    "denied": "The customer declined the request.",
-    "timeout": "The customer did not answer in time, so the request was declined.",
-    "idle_timeout": "The session was idle for too long and was ended.",
-    "max_duration": "The session reached its maximum duration and was ended.",
-    "agent_lost": "The connection to the customer's computer was lost.",
-    "console_lost": "The connection to the engineer was lost.",
-    "agent_unreachable": "The customer's computer did not answer the join request.",
-    "protocol_error": "A protocol error ended the session.",
-    "audit_unavailable": "The broker cannot record sessions right now, so none can start.",
-    "broker_shutdown": "The broker is shutting down.",
+    EndReason.KEY_MISMATCH: ("The customer's computer refused the connection: the engineer's key "
+                             "it received did not match the one the broker announced (possible "
+                             "interception). The customer has been warned and shown a new code."),
+    EndReason.DENIED: "The customer declined the request.",
+    EndReason.TIMEOUT: "The customer did not answer in time, so the request was declined.",
+    EndReason.IDLE_TIMEOUT: "The session was idle for too long and was ended.",
+    EndReason.MAX_DURATION: "The session reached its maximum duration and was ended.",
+    EndReason.AGENT_LOST: "The connection to the customer's computer was lost.",
+    EndReason.CONSOLE_LOST: "The connection to the engineer was lost.",
+    EndReason.AGENT_UNREACHABLE: "The customer's computer did not answer the join request.",
+    EndReason.PROTOCOL_ERROR: "A protocol error ended the session.",
+    EndReason.AUDIT_UNAVAILABLE: "The broker cannot record sessions right now, so none can start.",
+    EndReason.BROKER_SHUTDOWN: "The broker is shutting down.",
+    # Only in the audit log: crash recovery closes what a dead broker left open.
+    EndReason.BROKER_CRASHED: "The broker stopped unexpectedly, which ended the session.",
 }
 
 # Fail closed: what an agent or console is told when the audit log cannot be

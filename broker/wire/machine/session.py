@@ -46,6 +46,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.wire.codes import UPGRADE as _UPGRADE
+from broker.wire.codes import EndReason, ErrorCode, Right
 from broker.wire.errors import LocalProtocolError, ProtocolError
 from broker.wire.limits import (
     AGENT_END_REASONS,
@@ -87,11 +89,11 @@ AGENT_SESSION = "agent_session"
 CONSOLE = "console"  # the first seat's console; the next are console-2, console-3, ...
 
 # What a request for control asks for, and so what its receipt must say was asked.
-UPGRADE = ("view", "control")
+UPGRADE = _UPGRADE
 # A refused consent's decision -> the reason its session ends with.
-_REFUSAL_REASON = {"denied": "denied", "timeout": "timeout"}
+_REFUSAL_REASON = {"denied": EndReason.DENIED, "timeout": EndReason.TIMEOUT}
 # A seat's departure -> the event that closes it (once it was active).
-_DEPARTURE_EVENT = {"engineer_removed": "engineer_removed"}
+_DEPARTURE_EVENT: dict[str, str] = {EndReason.ENGINEER_REMOVED: "engineer_removed"}
 SESSION_FULL = (f"this session already has {MAX_ENGINEERS_PER_SESSION} engineers, the most "
                 "one session may have; the customer was not asked. Ask the customer to "
                 "remove one, or to start a new session for you")
@@ -212,18 +214,19 @@ class SessionMachine:
         (for that console) if the session has ended."""
         if self._s.ended is not None:
             raise ProtocolError("no customer is waiting with that code: the session it "
-                                "invited to has ended", "unknown_code")
+                                "invited to has ended", ErrorCode.UNKNOWN_CODE)
         self._save()
         number = self._s.joined = self._s.joined + 1
         console, agent_side = f"{CONSOLE}-{number}", f"{AGENT_SESSION}-{number}"
         self._kinds[console], self._kinds[agent_side] = Conn.CONSOLE, Conn.AGENT_SESSION
         if len(self._present()) >= MAX_ENGINEERS_PER_SESSION:
             self._joining = None
-            refused = Record("join_refused", {"reason": "session_full",
+            refused = Record("join_refused", {"reason": ErrorCode.SESSION_FULL,
                                               "limit": MAX_ENGINEERS_PER_SESSION},
                              session=self.id, actor=engineer.name,
                              subject=self.agent.device_id, quiet=True)
-            return console, self._out([refused, Refuse(console, "session_full", SESSION_FULL)])
+            refuse = Refuse(console, ErrorCode.SESSION_FULL, SESSION_FULL)
+            return console, self._out([refused, refuse])
         seat = Seat(console, wants, agent_session=agent_side, engineer=engineer, token=token,
                     created=now, requested=True, traffic=Traffic(last_activity=now))
         self._s.seats[console] = seat
@@ -243,7 +246,7 @@ class SessionMachine:
         self._undoable = False
         seat = self._awaited(token)
         if seat is None:
-            raise ProtocolError("unknown or expired session", "unknown_session")
+            raise ProtocolError("unknown or expired session", ErrorCode.UNKNOWN_SESSION)
         self._save()
         self._s.phases[seat.agent_session] = Phase.PAIRING
         actions: list[Action] = [self._send(seat.console, "joined", session=self.id,
@@ -287,13 +290,14 @@ class SessionMachine:
             actions: list[Action] = []
             for seat in self._present():
                 if self._s.ended is None and self._s.phases[seat.agent_session] is Phase.HELLO:
-                    actions += self._depart(seat, "agent_unreachable", now)
+                    actions += self._depart(seat, EndReason.AGENT_UNREACHABLE, now)
             return self._out(actions)
         if self._gone(self._known(conn)):
             return self._out([])
         seat, kind = self._seat_of(conn), self._kinds[conn]
         return self._out(self._depart(
-            seat, "agent_lost" if kind is Conn.AGENT_SESSION else "console_lost", now))
+            seat, EndReason.AGENT_LOST if kind is Conn.AGENT_SESSION else EndReason.CONSOLE_LOST,
+            now))
 
     def tick(self, now: float) -> list[Action]:
         """End the session, or a seat's join, if one of its deadlines has passed."""
@@ -324,11 +328,12 @@ class SessionMachine:
             raise LocalProtocolError("audit_failed without a record that had to be written")
         self._restore()
         refuse_agent = not self.seat.requested
-        actions = self._end("audit_unavailable", now)
+        actions = self._end(EndReason.AUDIT_UNAVAILABLE, now)
         if refuse_agent:
-            actions.insert(-1, Refuse(AGENT, "audit_unavailable", AUDIT_UNAVAILABLE))
+            actions.insert(-1, Refuse(AGENT, ErrorCode.AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE))
         if self._joining is not None and self._joining not in self._s.seats:
-            actions.insert(-1, Refuse(self._joining, "audit_unavailable", AUDIT_UNAVAILABLE))
+            actions.insert(-1, Refuse(self._joining, ErrorCode.AUDIT_UNAVAILABLE,
+                                      AUDIT_UNAVAILABLE))
         self._joining = None
         return self._out(actions)
 
@@ -337,7 +342,7 @@ class SessionMachine:
             return self._out([])
         self._save()
         self._joining = None
-        return self._out(self._end("broker_shutdown", now))
+        return self._out(self._end(EndReason.BROKER_SHUTDOWN, now))
 
     # -- the messages -------------------------------------------------------
 
@@ -348,15 +353,16 @@ class SessionMachine:
     def _on_end(self, conn: str, msg: Message, now: float) -> list[Action]:
         if self._kinds[conn] is Conn.CONSOLE:
             # One engineer leaving: the others go on (the last one ends it).
-            reason = msg["reason"] if msg["reason"] in CONSOLE_END_REASONS else "engineer_left"
+            reason = (msg["reason"] if msg["reason"] in CONSOLE_END_REASONS
+                      else EndReason.ENGINEER_LEFT)
             return self._depart(self._seat_of(conn), reason, now)
         # The customer's side: the shell is shared, so it ends for everyone.
-        reason = msg["reason"] if msg["reason"] in AGENT_END_REASONS else "customer_ended"
+        reason = msg["reason"] if msg["reason"] in AGENT_END_REASONS else EndReason.CUSTOMER_ENDED
         return self._end(reason, now)
 
     def _on_remove(self, conn: str, msg: Message, now: float) -> list[Action]:
         """The customer removes this seat's engineer; the others go on."""
-        return self._depart(self._seat_of(conn), "engineer_removed", now)
+        return self._depart(self._seat_of(conn), EndReason.ENGINEER_REMOVED, now)
 
     def _on_invite(self, conn: str, msg: Message, now: float) -> list[Action]:
         """The customer asks for a code for another engineer: recorded, then
@@ -403,7 +409,7 @@ class SessionMachine:
         consent = self._record(f"consent_{receipt.decision}", self._seat_body(seat, checked.body),
                                personal=self._receipt_personal(msg), sealable=True, seat=seat)
         result = self._send(seat.console, "consent_result", decision=receipt.decision,
-                            granted=list(receipt.granted) or ["view"],
+                            granted=list(receipt.granted) or [Right.VIEW],
                             receipt=msg["receipt"], signature=msg["signature"])
         if receipt.decision != "granted":
             # The seal goes before `ended` closes the agent's side.
@@ -434,12 +440,12 @@ class SessionMachine:
         ends told; the agent lets the engineer type only once it hears back."""
         if not seat.control_pending:
             raise ProtocolError("no request for control is waiting for an answer",
-                                "unexpected_message")
+                                ErrorCode.UNEXPECTED_MESSAGE)
         checked = self._check(seat, msg, UPGRADE)
         receipt = checked.receipt
         if receipt.decision == "granted" and set(receipt.granted) != set(UPGRADE):
             raise ProtocolError("a granted request for control must grant control",
-                                "bad_receipt")
+                                ErrorCode.BAD_RECEIPT)
         seat.receipts.add(checked.digest)
         seat.control_pending = False
         actions: list[Action] = [self._record(
@@ -462,7 +468,7 @@ class SessionMachine:
         to ask (control held, or a request already with the customer) is
         answered `unchanged` at once, without bothering anyone."""
         seat = self._seat_of(conn)
-        if "control" in seat.granted or seat.control_pending:
+        if Right.CONTROL in seat.granted or seat.control_pending:
             return [self._send(conn, "control_result", decision="unchanged",
                                granted=list(seat.granted))]
         seat.control_pending = True
@@ -474,8 +480,8 @@ class SessionMachine:
         """The customer narrows this seat's rights (takes control from this engineer)."""
         seat = self._seat_of(conn)
         granted = tuple(msg["granted"])
-        if "view" not in granted or not set(granted) <= set(seat.granted):
-            raise ProtocolError("rights can only be narrowed here", "bad_rights")
+        if Right.VIEW not in granted or not set(granted) <= set(seat.granted):
+            raise ProtocolError("rights can only be narrowed here", ErrorCode.BAD_RIGHTS)
         seat.granted = granted
         return [self._record("rights_changed",
                              self._seat_body(seat, {"granted": list(granted), "by": "customer"}),
@@ -559,7 +565,7 @@ class SessionMachine:
         if self._kinds[conn] is Conn.CONSOLE:
             return [error, *self._depart(self._seat_of(conn), "protocol_error", now,
                                          violation=violation)]
-        return [error, *self._end("protocol_error", now, violation=violation)]
+        return [error, *self._end(EndReason.PROTOCOL_ERROR, now, violation=violation)]
 
     def summary(self, now: float) -> dict[str, object]:
         """The `session_ended` body: reason, duration, bytes — never content.
@@ -599,16 +605,17 @@ class SessionMachine:
             return []
         due: list[tuple[float, str, Seat | None]] = []
         if self._s.active_since is not None:
-            due += [(self._s.active_since + self.timeouts.max_session, "max_duration", None),
-                    (self.traffic.last_activity + self.timeouts.idle, "idle_timeout", None)]
+            due += [(self._s.active_since + self.timeouts.max_session, EndReason.MAX_DURATION,
+                     None),
+                    (self.traffic.last_activity + self.timeouts.idle, EndReason.IDLE_TIMEOUT, None)]
         for seat in self._present():
             if seat.active_since is not None:
                 continue
             # Pairing and consent must finish in time; before that, the agent
             # must at least answer the join.
             if seat.requested and self._s.phases[seat.agent_session] is Phase.HELLO:
-                due.append((seat.created + OPEN_TIMEOUT, "agent_unreachable", seat))
-            due.append((seat.created + self.timeouts.handshake, "timeout", seat))
+                due.append((seat.created + OPEN_TIMEOUT, EndReason.AGENT_UNREACHABLE, seat))
+            due.append((seat.created + self.timeouts.handshake, EndReason.TIMEOUT, seat))
         return due
 
     def _roster(self) -> list[Action]:
