@@ -96,6 +96,7 @@ class PtyShell:
             os.close(slave)
         os.set_blocking(master, False)
         self._master = master
+        set_winsize(master, self._cols, self._rows)  # resized while spawning?
         self.resume_reading()
         self._flush()  # typeahead that arrived while the shell was starting
         asyncio.get_running_loop().create_task(self._wait_exit())
@@ -198,6 +199,9 @@ class PtyShell:
             self._on_input_room()
 
     def resize(self, cols: int, rows: int) -> None:
+        # Kept, so a resize while the shell is still being spawned is the
+        # size `start` gives it (the engineer's window settles meanwhile).
+        self._cols, self._rows = cols, rows
         if self._master >= 0:
             set_winsize(self._master, cols, rows)
             if self._proc is not None:

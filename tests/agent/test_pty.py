@@ -54,3 +54,20 @@ async def test_output_that_piled_up_leaves_in_large_chunks_and_whole() -> None:
     shell.close()
     assert b"".join(chunks).count(b"x") == 30000
     assert max(len(chunk) for chunk in chunks) > 8192
+
+
+async def test_a_resize_while_the_shell_starts_is_the_size_it_gets() -> None:
+    """The engineer's window settles while the shell is being spawned: that
+    size, not the first one, is what `stty size` must report."""
+    output = bytearray()
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    shell = PtyShell(["/bin/sh"], cols=80, rows=24, env=dict(os.environ),
+                     on_output=output.extend, on_exit=done.set_result)
+    starting = asyncio.create_task(shell.start())
+    await asyncio.sleep(0)  # start() is now spawning the process
+    shell.resize(100, 30)
+    await starting
+    shell.write(b"stty size; exit\r")
+    await asyncio.wait_for(done, 10)
+    shell.close()
+    assert b"30 100" in output, bytes(output)
