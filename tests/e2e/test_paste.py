@@ -120,13 +120,18 @@ def test_an_echoed_paste_of_short_lines_arrives_while_the_terminal_reads_slowly(
         assert target.read_bytes() == data
         console.send("echo ECHO$((40+2))DONE\r")
         console.expect("ECHO42DONE", timeout=30)
-        console.send("\x1dq")
-        console.expect("You left the session.")
-        console.expect(pexpect.EOF)
-        console.close()
-        assert console.exitstatus == 0
+        leave(console)
     finally:
         drain.close()
+
+
+def leave(console: pexpect.spawn) -> None:
+    """Ctrl-] q: the engineer's normal leave, exit 0."""
+    console.send("\x1dq")
+    console.expect("You left the session.")
+    console.expect(pexpect.EOF)
+    console.close()
+    assert console.exitstatus == 0
 
 
 def test_large_output_to_a_slow_terminal_arrives_whole(running: Deployment) -> None:
@@ -146,11 +151,7 @@ def test_large_output_to_a_slow_terminal_arrives_whole(running: Deployment) -> N
             time.sleep(0.001)  # a slow terminal
         assert b"OUT42DONE" in received
         assert received.count(b"A") == 4_000_000
-        console.send("\x1dq")
-        console.expect("You left the session.")
-        console.expect(pexpect.EOF)
-        console.close()
-        assert console.exitstatus == 0
+        leave(console)
     finally:
         drain.close()
 

@@ -680,6 +680,17 @@ def test_every_path_into_the_end_records_one_closing_event() -> None:
         _one_closing_event(steps)
 
 
+def perform_as_the_driver(performed: list[list[Action]], step: str,
+                          batch: list[Action]) -> None:
+    """Add `batch` to what was performed; after `audit_failed`, the batch
+    before it stops at its first record that had to be written."""
+    if step == "audit_failed" and batch:
+        before = performed[-1]
+        cut = next(i for i, a in enumerate(before) if isinstance(a, Record) and not a.quiet)
+        performed[-1] = before[:cut]
+    performed.append(batch)
+
+
 def _one_closing_event(steps: tuple[str, ...]) -> None:
     """Performed as the driver does: `audit_failed` means the batch before it
     stopped at its first record that had to be written."""
@@ -687,11 +698,7 @@ def _one_closing_event(steps: tuple[str, ...]) -> None:
     performed = [setup.run(setup.machine.open(0.0))]
     for index, step in enumerate(("attach", *steps, "shutdown")):
         batch = setup.run(INPUTS[step](setup, 1.0 + index))
-        if step == "audit_failed" and batch:
-            before = performed[-1]
-            cut = next(i for i, a in enumerate(before) if isinstance(a, Record) and not a.quiet)
-            performed[-1] = before[:cut]
-        performed.append(batch)
+        perform_as_the_driver(performed, step, batch)
     done = [a for batch in performed for a in batch]
     ends = [a for a in done if isinstance(a, Ended)]
     assert len(ends) == 1 and ends[0].reason == setup.machine.ended, steps
