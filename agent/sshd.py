@@ -4,9 +4,11 @@ session's one shell.
 asyncssh gives us the end-to-end encryption and authentication: the server
 key is fresh per session and was sent to the console under the PAKE key, and
 the only client key accepted is the one the engineer proved in pairing. No
-port forwarding, no agent or X11 forwarding, no exec, no subsystems — a
-shell in a PTY, mirrored to the customer, input dropped unless control was
-granted.
+port forwarding, no agent or X11 forwarding, no exec. Each session
+channel is routed by what it asks for (`ChannelRouter`): the one shell in a
+PTY, mirrored to the customer, input dropped unless control was granted; and
+the session's services (`Services`) as subsystems — SFTP only while the
+`files` right holds, the chat line — each refused when not offered.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncssh
+from asyncssh.channel import SSHChannel
 
 from agent.liveness import InputGuard
 from agent.pty import INPUT_HIGH_WATER, PtyShell
@@ -42,6 +45,16 @@ class Gate:
     guard: InputGuard | None = None
     # Told each time `dropped_bytes` grows (the agent reports the total).
     on_dropped: Callable[[], None] = lambda: None
+    # The `files` right, now: SFTP is refused without it, and a transfer
+    # running when the customer withdraws it stops.
+    files: bool = False
+    # Told of each file that moved (or did not): direction "upload" (engineer
+    # to customer) or "download", the byte count, and the outcome
+    # ("complete", "cancelled", "refused", "failed"); the agent reports it to
+    # the broker as metadata, never with the name.
+    on_file_transferred: Callable[[str, int, str], None] = lambda _d, _n, _o: None
+    # Told of each chat line this engineer sent (the audit keeps only a count).
+    on_chat: Callable[[], None] = lambda: None
 
     def drop(self, count: int) -> None:
         """Engineer input that did not reach the shell, counted for the log."""
@@ -153,6 +166,31 @@ class SharedShell:
     def _input_room(self) -> None:
         for member in list(self._members):
             member.input_room()
+
+
+# The subsystem name of the chat line (asyncssh and OpenSSH allow any
+# "name@domain" subsystem; this one is ours).
+CHAT_SUBSYSTEM = "chat@consentry"
+# Channels one SSH connection may have open at once besides the shell: an
+# SFTP client or two and the chat line; more is a client gone wrong.
+MAX_SERVICE_CHANNELS = 8
+
+# SFTP version 3: what OpenSSH's sftp and scp speak, and asyncssh's client.
+SFTP_VERSION = 3
+
+SftpFactory = Callable[["SSHChannel[bytes]", Gate], asyncssh.SFTPServer]
+ChatHandler = Callable[["asyncssh.SSHReader[bytes]", "asyncssh.SSHWriter[bytes]", Gate],
+                       Awaitable[None]]
+
+
+@dataclass
+class Services:
+    """What a session offers besides its shell, as SSH subsystems: each is
+    None until the agent provides it, and a subsystem it does not provide is
+    refused."""
+
+    sftp: SftpFactory | None = None
+    chat: ChatHandler | None = None
 
 
 class ShellSession(asyncssh.SSHServerSession[bytes]):
@@ -285,20 +323,159 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
         self._gate.closed.set()
 
 
-class PairedServer(asyncssh.SSHServer):
-    """Public-key auth only (the key list holds exactly the paired engineer),
-    and one shell session per connection."""
+class _ServiceSession(asyncssh.stream.SSHServerStreamSession[bytes]):
+    """A subsystem channel: SFTP (asyncssh's own server protocol, with the
+    agent's file system policy) or the chat line. Nothing else is offered."""
 
-    def __init__(self, shared: SharedShell, gate: Gate) -> None:
+    def __init__(self, gate: Gate, services: Services) -> None:
+        sftp = services.sftp
+        chat = services.chat
+        super().__init__(
+            (lambda reader, writer, _stderr: chat(reader, writer, gate)) if chat else None,
+            (lambda chan: sftp(chan, gate)) if sftp else None,
+            SFTP_VERSION,
+        )
+        self._gate = gate
+        self._services = services
+
+    def shell_requested(self) -> bool:
+        return False
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem == "sftp":
+            return self._services.sftp is not None and self._gate.files
+        if subsystem == CHAT_SUBSYSTEM:
+            return self._services.chat is not None
+        return False
+
+
+class ChannelRouter(asyncssh.SSHServerSession[bytes]):
+    """One session channel, routed by its first request: a shell goes to the
+    session's shared shell (one per connection), a subsystem to the service
+    that offers it; anything else is refused. asyncssh picks a channel's
+    handler when it opens, before the request is known, so this hands every
+    callback on to the handler chosen then."""
+
+    def __init__(self, shared: SharedShell, gate: Gate, services: Services,
+                 take_shell: Callable[[], bool], closed: Callable[[], None]) -> None:
+        self._shared = shared
+        self._closed = closed
+        self._gate = gate
+        self._services = services
+        self._take_shell = take_shell
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._pty: tuple[str, tuple[int, int, int, int], object] | None = None
+        self._target: asyncssh.SSHServerSession[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: object) -> bool:
+        if self._target is not None:
+            return False
+        self._pty = (term_type, term_size, term_modes)
+        return True
+
+    def _route(self, target: asyncssh.SSHServerSession[bytes]) -> None:
+        assert self._chan is not None
+        self._target = target
+        target.connection_made(self._chan)
+
+    def shell_requested(self) -> bool:
+        if self._target is not None or not self._take_shell():
+            return False
+        shell = ShellSession(self._shared, self._gate)
+        self._route(shell)
+        if self._pty is not None:
+            shell.pty_requested(*self._pty)
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if self._target is not None:
+            return False
+        service = _ServiceSession(self._gate, self._services)
+        if not service.subsystem_requested(subsystem):
+            return False
+        self._route(service)
+        return True
+
+    # -- handed on to the chosen handler --------------------------------------
+
+    def session_started(self) -> None:
+        if self._target is not None:
+            self._target.session_started()
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self._target is not None:
+            self._target.data_received(data, datatype)
+
+    def eof_received(self) -> bool:
+        return self._target.eof_received() if self._target is not None else False
+
+    def pause_writing(self) -> None:
+        if self._target is not None:
+            self._target.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._target is not None:
+            self._target.resume_writing()
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int,
+                              pixheight: int) -> None:
+        if self._target is not None:
+            self._target.terminal_size_changed(width, height, pixwidth, pixheight)
+
+    def break_received(self, msec: int) -> bool:
+        return self._target.break_received(msec) if self._target is not None else False
+
+    def signal_received(self, signal: str) -> None:
+        if self._target is not None:
+            self._target.signal_received(signal)
+
+    def soft_eof_received(self) -> None:
+        if self._target is not None:
+            self._target.soft_eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed()
+        if self._target is not None:
+            self._target.connection_lost(exc)
+
+
+class PairedServer(asyncssh.SSHServer):
+    """Public-key auth only (the key list holds exactly the paired engineer);
+    one shell per connection, and a bounded number of service channels."""
+
+    def __init__(self, shared: SharedShell, gate: Gate, services: Services | None = None
+                 ) -> None:
         self._shared = shared
         self._gate = gate
-        self._sessions = 0
+        self._services = services or Services()
+        self._open_channels = 0
+        self._shell_taken = False
 
-    def session_requested(self) -> ShellSession | bool:
-        self._sessions += 1
-        if self._sessions > 1:
+    def _take_shell(self) -> bool:
+        if self._shell_taken:
             return False  # one shell per consented session
-        return ShellSession(self._shared, self._gate)
+        self._shell_taken = True
+        return True
+
+    def session_requested(self) -> ChannelRouter | bool:
+        if self._open_channels >= 1 + MAX_SERVICE_CHANNELS:
+            return False
+        self._open_channels += 1
+        return ChannelRouter(self._shared, self._gate, self._services, self._take_shell,
+                             self._channel_closed)
+
+    def _channel_closed(self) -> None:
+        self._open_channels -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gate.closed.set()
@@ -325,6 +502,7 @@ async def serve_shell(
     shell: str,
     gate: Gate,
     shared: SharedShell | None = None,
+    services: Services | None = None,
 ) -> asyncssh.SSHServerConnection:
     """Run the SSH server until the engineer is authenticated: over a
     connected socket, or over the relay (`tunnel`, a `broker.client.relay.SSHRelay`,
@@ -345,7 +523,7 @@ async def serve_shell(
         **extra,
         server_host_keys=[host_key],
         authorized_client_keys=asyncssh.import_authorized_keys(engineer_key + "\n"),
-        server_factory=lambda: PairedServer(hub, gate),
+        server_factory=lambda: PairedServer(hub, gate, services),
         encoding=None,
         line_editor=False,
         allow_pty=True,

@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 
 from agent.liveness import MAX_HELD_INPUT, STALL_AFTER, Heartbeat, InputGuard
-from agent.sshd import Gate, SharedShell, serve_shell
+from agent.sshd import CHAT_SUBSYSTEM, Gate, Services, SharedShell, serve_shell
 
 
 class Collect(asyncssh.SSHClientSession[bytes]):
@@ -53,6 +53,7 @@ async def paired(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple]:
     engineer = asyncssh.generate_private_key("ssh-ed25519")
     mirrored = bytearray()
     gate = Gate(control=False, on_output=mirrored.extend)
+    services = Services()
     ours, theirs = socket.socketpair()
     server_task = asyncio.create_task(
         serve_shell(
@@ -61,6 +62,7 @@ async def paired(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple]:
             engineer_key=engineer.export_public_key().decode().strip(),
             shell="/bin/sh",
             gate=gate,
+            services=services,
         )
     )
 
@@ -76,7 +78,7 @@ async def paired(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple]:
             preferred_auth="publickey",
         )
 
-    yield gate, mirrored, connect, engineer, server_task
+    yield gate, mirrored, connect, engineer, server_task, services
     server_task.cancel()
     ours.close()
     theirs.close()
@@ -85,7 +87,7 @@ async def paired(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple]:
 async def test_view_only_input_is_dropped_and_control_lets_it_through(
     paired: tuple, tmp_path: Path
 ) -> None:
-    gate, mirrored, connect, engineer, server_task = paired
+    gate, mirrored, connect, engineer, server_task, _services = paired
     conn = await connect(engineer)
     server = await server_task
     pair = Pair(gate, conn, server)
@@ -106,14 +108,14 @@ async def test_view_only_input_is_dropped_and_control_lets_it_through(
 
 
 async def test_only_the_paired_key_gets_in(paired: tuple) -> None:
-    _gate, _mirrored, connect, _engineer, _server_task = paired
+    _gate, _mirrored, connect, _engineer, _server_task, _services = paired
     stranger = asyncssh.generate_private_key("ssh-ed25519")
     with pytest.raises(asyncssh.PermissionDenied):
         await connect(stranger)
 
 
 async def test_no_exec_no_forwarding(paired: tuple) -> None:
-    _gate, _mirrored, connect, engineer, server_task = paired
+    _gate, _mirrored, connect, engineer, server_task, _services = paired
     conn = await connect(engineer)
     await server_task
     with pytest.raises(asyncssh.ChannelOpenError):
@@ -123,10 +125,43 @@ async def test_no_exec_no_forwarding(paired: tuple) -> None:
     conn.close()
 
 
+async def test_one_shell_per_connection_and_no_subsystem_that_is_not_offered(
+    paired: tuple
+) -> None:
+    gate, _mirrored, connect, engineer, server_task, _services = paired
+    conn = await connect(engineer)
+    pair = Pair(gate, conn, await server_task)
+    await pair.shell()
+    with pytest.raises(asyncssh.ChannelOpenError):
+        await conn.create_session(Collect, term_type="xterm", encoding=None)  # a second shell
+    gate.files = True  # even with the right, SFTP needs the agent to offer it
+    for subsystem in ("sftp", CHAT_SUBSYSTEM, "netconf"):
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.create_session(Collect, subsystem=subsystem, encoding=None)
+    conn.close()
+
+
+async def test_sftp_is_a_subsystem_only_while_the_files_right_holds(
+    paired: tuple, tmp_path: Path
+) -> None:
+    gate, _mirrored, connect, engineer, server_task, services = paired
+    services.sftp = lambda chan, _gate: asyncssh.SFTPServer(chan, chroot=bytes(tmp_path))
+    conn = await connect(engineer)
+    await server_task
+    with pytest.raises(asyncssh.ChannelOpenError):
+        async with conn.start_sftp_client():
+            pass  # no files right: the subsystem is refused
+    gate.files = True
+    (tmp_path / "log.txt").write_bytes(b"hello")
+    async with conn.start_sftp_client() as sftp:
+        assert await sftp.getsize("log.txt") == 5
+    conn.close()
+
+
 async def test_keys_typed_before_the_shell_starts_are_kept(
     paired: tuple, tmp_path: Path
 ) -> None:
-    gate, _mirrored, connect, engineer, server_task = paired
+    gate, _mirrored, connect, engineer, server_task, _services = paired
     gate.control = True
     conn = await connect(engineer)
     await server_task
@@ -144,7 +179,7 @@ async def test_a_paste_faster_than_the_program_reads_waits_instead_of_being_cut(
 ) -> None:
     """The shell's input queue is bounded; past it the channel stops reading,
     so the engineer's side waits (SSH flow control) and nothing is dropped."""
-    gate, _mirrored, connect, engineer, server_task = paired
+    gate, _mirrored, connect, engineer, server_task, _services = paired
     gate.control = True
     conn = await connect(engineer)
     server = await server_task
@@ -169,7 +204,7 @@ async def test_a_paste_held_for_the_liveness_check_waits_instead_of_being_cut(
 ) -> None:
     """After a stall, input waits for the broker's `live`; meanwhile the
     channel stops reading, so a paste larger than the guard holds is not cut."""
-    gate, _mirrored, connect, engineer, server_task = paired
+    gate, _mirrored, connect, engineer, server_task, _services = paired
     gate.control = True
     conn = await connect(engineer)
     server = await server_task
@@ -206,7 +241,7 @@ async def test_a_customer_screen_that_is_behind_pauses_the_shell_whatever_the_en
     """The engineer's side keeps up (its window reopens, `resume_writing`),
     yet the shell waits while the customer's screen says it is behind; all
     of the output arrives on both sides once the screen has caught up."""
-    gate, mirrored, connect, engineer, server_task = paired
+    gate, mirrored, connect, engineer, server_task, _services = paired
     behind: list[asyncio.Future[None]] = []  # set while the customer's screen is behind
 
     def show(data: bytes) -> asyncio.Future[None] | None:
