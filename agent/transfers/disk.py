@@ -319,3 +319,11 @@ def set_times(roots: Roots, place: Place, atime: int, mtime: int) -> None:
 def space(roots: Roots, place: Place) -> os.statvfs_result:
     with os_errors(place):
         return os.statvfs(roots.root(place))
+
+
+def link_target(roots: Roots, place: Place) -> str:
+    """Where a link leads, in the engineer's view (only if it stays inside)."""
+    with os_errors(place):
+        root, names = _resolve(roots, place, follow_last=True)
+        base = "/shared" if place.area == SHARED else ""
+        return base + "/" + "/".join(names) if names else base or "/"

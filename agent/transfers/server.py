@@ -90,6 +90,10 @@ class OpenFile:
         # asyncssh's sparse-ranges extension asks the handle for its descriptor.
         return self.fd
 
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        # ... and seeks it for the data ranges (SEEK_DATA / SEEK_HOLE).
+        return os.lseek(self.fd, offset, whence)
+
 
 @contextlib.contextmanager
 def _answer() -> Iterator[None]:
@@ -346,8 +350,7 @@ class TransferServer(asyncssh.SFTPServer):
 
     def readlink(self, path: bytes) -> bytes:
         with _answer():
-            self._place(path)
-            raise Refusal(FX_PERMISSION_DENIED, "refused: links are not shown")
+            return disk.link_target(self._hub.roots, self._place(path)).encode()
 
     def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         raise SFTPError(FX_PERMISSION_DENIED, NO_LINKS)
