@@ -11,6 +11,9 @@ from agent.config import AgentConfig, default_state_dir
 from agent.errors import AgentError
 from agent.identity import load_identity
 from agent.screen import CustomerScreen, require_terminal
+from agent.transfers.jail import MAX_FILE_BYTES, MAX_SESSION_BYTES
+from agent.transfers.record import RECORD_FILE, read_record, record_lines
+from agent.transfers.sizes import parse_size
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
 from broker.wire.codes import RIGHTS, Right
@@ -45,7 +48,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the device key and your consent receipts are kept")
     p.add_argument("--shell", default=None, metavar="PROGRAM",
                    help="shell to run for the engineer (default: $SHELL, else /bin/sh)")
+    p.add_argument("--transfers-dir", type=Path, default=None, metavar="DIR",
+                   help="where files an engineer sends you go, a folder per session "
+                        "(default: ~/consentry-transfers)")
+    p.add_argument("--share", type=Path, default=None, metavar="DIR",
+                   help="a folder engineers with the files right may copy from "
+                        "(read-only, seen as /shared)")
+    p.add_argument("--max-file-size", type=_size, default=MAX_FILE_BYTES, metavar="SIZE",
+                   help="the largest file one transfer may move, e.g. 500M or 2G")
+    p.add_argument("--max-session-size", type=_size, default=MAX_SESSION_BYTES,
+                   metavar="SIZE", help="the most one session may move in files, e.g. 10G")
     return finish_parser(p)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def show_transfers(argv: list[str]) -> int:
+    """`consentry-agent transfers`: the customer's record of every file."""
+    p = argparse.ArgumentParser(prog="consentry-agent transfers",
+                                description="Print the record of every file engineers sent "
+                                            "to or copied from this computer.")
+    p.add_argument("--state-dir", type=Path, default=default_state_dir(), metavar="DIR",
+                   help="the agent's state directory")
+    args = finish_parser(p).parse_args(argv)
+    lines = record_lines(read_record(args.state_dir / RECORD_FILE))
+    print("\n".join(lines) if lines else "No file has been transferred.")
+    return 0
 
 
 async def _run(config: AgentConfig) -> None:
@@ -55,6 +88,9 @@ async def _run(config: AgentConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["transfers"]:
+        return show_transfers(given[1:])
     args = build_parser().parse_args(argv)
     try:
         require_terminal()
@@ -65,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             broker=args.broker, ca=args.ca, alias=args.alias,
             consent_timeout=args.consent_timeout, max_rights=args.max_rights,
             share_hostname=args.share_hostname, share_user=args.share_user,
-            state_dir=args.state_dir, **kwargs,
+            state_dir=args.state_dir, transfers_dir=args.transfers_dir, share=args.share,
+            max_file_bytes=args.max_file_size, max_session_bytes=args.max_session_size,
+            **kwargs,
         )
         eventloop.run(_run(config))
     except AgentError as exc:

@@ -45,7 +45,13 @@ from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
 from agent.liveness import Heartbeat, InputGuard
 from agent.screen import CustomerScreen, Viewer
-from agent.sshd import Gate, SharedShell, serve_shell
+from agent.sshd import Gate, Services, SharedShell, serve_shell
+from agent.transfers.disk import Roots
+from agent.transfers.hub import TransferHub
+from agent.transfers.jail import Limits
+from agent.transfers.server import Engineer
+from agent.transfers.session import session_hub, sftp_factory
+from agent.transfers.view import TransferView
 from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
@@ -162,6 +168,10 @@ class Agent:
         screen.on_remove = self.remove
         screen.on_invite = self.invite
         screen.on_customer_input = self.customer_typed
+        # What the customer sees of file transfers, in every running session.
+        self.transfer_view = TransferView(screen, config.state_dir)
+        screen.on_cancel_transfers = self.transfer_view.cancel
+        screen.on_files = lambda: self._show_files()
 
     async def run(self) -> None:
         """Wait for engineers until the customer quits (Ctrl-C).
@@ -434,7 +444,9 @@ class Agent:
         if running is None:
             active.seat = session_id  # the first engineer: as for a session of one
             running = self.shells[session_id] = RunningSession(
-                session_id, SharedShell(self.config.shell, self.screen.mirror))
+                session_id, SharedShell(self.config.shell, self.screen.mirror),
+                transfers=self._transfer_hub(session_id))
+            self.transfer_view.watch(running.transfers)
         else:
             self._seat_count += 1
             active.seat = f"{session_id}#{self._seat_count}"
@@ -490,6 +502,8 @@ class Agent:
             active.conn = await serve_shell(
                 tunnel=relay, host_key=host_key, engineer_key=request["engineer_key"],
                 shell=self.config.shell, gate=gate, shared=running.shell,
+                services=Services(sftp=sftp_factory(
+                    running.transfers, Engineer(viewer.display, viewer.login))),
             )
             waiters = [asyncio.ensure_future(w) for w in
                        (gate.closed.wait(), active.ended.wait())]
@@ -519,6 +533,7 @@ class Agent:
                 running.seats.remove(active)
             if not running.seats and self.shells.get(session_id) is running:
                 del self.shells[session_id]
+                self.transfer_view.unwatch(running.transfers)
                 for nameplate in [n for n, i in self.invites.items() if i.session == session_id]:
                     self.invites.pop(nameplate).claimed.set()
             for task in list(active.tasks):
@@ -527,6 +542,19 @@ class Agent:
                 active.conn.close()
             pump.cancel()
             self.screen.session_ended(active.seat, _ended_text(active.ended_by, viewer))
+
+    def _transfer_hub(self, session_id: str) -> TransferHub:
+        config = self.config
+        return session_hub(session_id, transfers_dir=config.transfers_dir, share=config.share,
+                           limits=Limits(config.max_file_bytes, config.max_session_bytes),
+                           state_dir=config.state_dir)
+
+    def _show_files(self) -> None:
+        """Ctrl-] f: where files go and what moved (x there cancels)."""
+        task = asyncio.get_running_loop().create_task(
+            self.screen.show_panel(self.transfer_view.panel, self.transfer_view.cancel))
+        self.joining.add(task)
+        task.add_done_callback(self.joining.discard)
 
     async def _confirm_live(self, active: ActiveSession) -> bool:
         """Ask the broker whether this session is still live (see
@@ -745,6 +773,9 @@ class RunningSession:
     end_sent: bool = False
     # The broker's last `roster` (display, rights), escaped.
     roster: list[tuple[str, str]] = field(default_factory=list)
+    # The session's file transfers, shared by its seats' SFTP channels.
+    transfers: TransferHub = field(default_factory=lambda: TransferHub(
+        "", Roots("/nonexistent"), Limits()))
 
 
 @dataclass(eq=False)

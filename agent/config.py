@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import SetupError
+from agent.transfers.jail import MAX_FILE_BYTES, MAX_SESSION_BYTES
 from broker.wire.codes import RIGHTS, Right
 from broker.wire.limits import (
     DEFAULT_CONSENT_TIMEOUT,
@@ -38,6 +39,13 @@ class AgentConfig:
     share_user: bool = False
     state_dir: Path = field(default_factory=default_state_dir)
     shell: str = os.environ.get("SHELL") or "/bin/sh"
+    # File transfer: where files engineers send go (a folder per session
+    # under it; default ~/consentry-transfers), a folder shared read-only,
+    # and the customer's limits (per file, per session, either way).
+    transfers_dir: Path | None = None
+    share: Path | None = None
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_session_bytes: int = MAX_SESSION_BYTES
 
     def __post_init__(self) -> None:
         problem = validate_label(self.alias, MAX_LABEL)
@@ -50,3 +58,7 @@ class AgentConfig:
             )
         if self.max_rights not in RIGHTS:
             raise SetupError("--max-rights must be 'view' or 'control'")
+        if self.share is not None and not self.share.is_dir():
+            raise SetupError(f"--share {self.share} is not a folder")
+        if self.max_file_bytes <= 0 or self.max_session_bytes <= 0:
+            raise SetupError("--max-file-size and --max-session-size must be more than 0")

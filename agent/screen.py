@@ -70,21 +70,19 @@ FLASH_SECONDS = 8.0
 # The Ctrl-] menu on the banner row, longest first (see `_banner_text`).
 _MENU_TEXTS = (
     "Options:  [e] end the session now   [v] view only (take back control)   "
-    "[i] invite another engineer   [q] end and quit   [any other key] back",
-    "[e] end the session now  [v] view only  [i] invite  [q] end and quit  [other key] back",
-    "[e] end the session now  [v] view  [i] invite  [q] end and quit [other key] back",
-    "[e] end session  [v] view only  [i] invite  [q] quit  [other] back",
-    "[e] end [v] view [i] invite [q] quit",
+    "[i] invite another engineer   [f] files   [q] end and quit   [any other key] back",
+    "[e] end the session now  [v] view only  [i] invite  [f] files  [q] quit  [other] back",
+    "[e] end session  [v] view only  [i] invite  [f] files  [q] quit  [other] back",
+    "[e] end [v] view [i] invite [f] files [q] quit",
 )
 # The same menu while several engineers are connected: `v` and `r` then
 # ask which one (by the number the banner gives each).
 _SEATS_MENU_TEXTS = (
     "Options:  [e] end the session for everyone   [v] take control from one   "
-    "[r] remove one   [i] invite another   [q] end and quit   [any other key] back",
-    "[e] end for everyone  [v] take control from one  [r] remove one  [i] invite  "
-    "[q] quit  [other] back",
-    "[e] end for all [v] take control [r] remove [i] invite [q] quit [other] back",
-    "[e] end [v] view [r] remove [i] invite [q] quit",
+    "[r] remove one   [i] invite another   [f] files   [q] end and quit   [any other key] back",
+    "[e] end for all [v] take control [r] remove [i] invite [f] files [q] quit [other] back",
+    "[e] end for all [v] take control [r] remove [i] invite [f] files [q] quit",
+    "[e]end [v]view [r]remove [i]add [f]files [q]quit",
 )
 # How long the code for another engineer stays on screen at most (the
 # broker's invitation lasts 10 minutes; the customer can close it sooner).
@@ -144,6 +142,11 @@ class CustomerScreen:
         self.on_remove: Callable[[str], None] = lambda _seat: None
         self.on_invite: Callable[[], None] = lambda: None
         self.on_customer_input: Callable[[bytes], None] = lambda _data: None
+        # File transfers (agent.transfers.view): Ctrl-] x cancels the running
+        # ones, Ctrl-] f shows where files go and what moved.
+        self.on_cancel_transfers: Callable[[], object] = lambda: None
+        self.on_files: Callable[[], None] = lambda: None
+        self._activity = ""
         self._saved_tty: list[Any] | None = None  # termios.tcgetattr's attributes
         self._code: str | None = None
         self._code_expires = 0.0
@@ -316,6 +319,10 @@ class CustomerScreen:
                 self._picking = "r"
             elif byte in (ord("i"), ord("I")):
                 self.on_invite()
+            elif byte in (ord("x"), ord("X")):
+                self.on_cancel_transfers()
+            elif byte in (ord("f"), ord("F")):
+                self.on_files()
             elif byte in (ord("q"), ord("Q")):
                 self.quit.set()
             self.draw_banner()
@@ -560,7 +567,8 @@ class CustomerScreen:
         if len(self._viewers) > 1:
             # Numbered, so the menu can name one; short, so all of them fit.
             who = "; ".join(f"[{n}] {v.brief()}" for n, v in enumerate(self._viewers.values(), 1))
-            note = printable(self._notice, 160) if self._notice else "Ctrl-] for options"
+            note = (printable(self._notice, 160) if self._notice
+                    else self._activity or "Ctrl-] for options")
             return f"consentry: {who} -- {note}"
         if self._notice:
             # Who is connected comes first, always: it is the customer's
@@ -568,8 +576,37 @@ class CustomerScreen:
             # leave the note room) while it lasts.
             who = "; ".join(v.brief() for v in self._viewers.values())
             return f"consentry: {who} -- {printable(self._notice, 160)}"
+        if self._activity:
+            who = "; ".join(v.brief() for v in self._viewers.values())
+            return f"consentry: {who} -- {self._activity}"
         who = "; ".join(v.describe() for v in self._viewers.values())
         return f"consentry: {who} -- Ctrl-] for options"
+
+    def set_activity(self, text: str) -> None:
+        """The running file transfers' line (escaped by its maker), shown
+        beside who is connected while no notice is; "" when none runs."""
+        self._activity = text
+        self.draw_banner()
+
+    async def show_panel(self, lines: Callable[[], list[str]],
+                         on_x: Callable[[], object]) -> None:
+        """A page over the session (as the invite code is shown) until a key:
+        `x` there calls `on_x` first. Output is held meanwhile."""
+        async with self._prompt_lock:
+            if not self._viewers:
+                return
+            self._keys = asyncio.Queue(maxsize=64)
+            self._inviting = lines()
+            try:
+                self._draw_invite(self._inviting)
+                with contextlib.suppress(TimeoutError):
+                    key = await asyncio.wait_for(self._keys.get(), INVITE_SHOWN_SECONDS)
+                    if key in ("x", "X"):
+                        on_x()
+            finally:
+                self._keys = None
+                self._inviting = None
+                self._close_prompt()
 
     def _set_region(self) -> None:
         _cols, rows = self._size()

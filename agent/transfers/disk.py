@@ -324,6 +324,6 @@ def space(roots: Roots, place: Place) -> os.statvfs_result:
 def link_target(roots: Roots, place: Place) -> str:
     """Where a link leads, in the engineer's view (only if it stays inside)."""
     with os_errors(place):
-        root, names = _resolve(roots, place, follow_last=True)
+        _root, names = _resolve(roots, place, follow_last=True)
         base = "/shared" if place.area == SHARED else ""
         return base + "/" + "/".join(names) if names else base or "/"
