@@ -132,14 +132,14 @@ async def test_the_options_menu_fits_the_customers_terminal(running: Deployment)
     a choice cut off the edge is one the customer cannot know about."""
     async with view_only_session(running) as (agent, _engineer):
         term = Terminal(agent)
-        for cols, wanted in ((80, ("[e] end the session now", "[q] end and quit",
-                                   "[other key] back")),
-                             (50, ("[e] end", "[v] view", "[q] quit"))):
+        for cols, wanted in ((80, ("[e] end session", "[f] files", "[q] quit",
+                                   "[other] back")),
+                             (50, ("[e] end", "[v] view", "[f] files", "[q] quit"))):
             await asyncio.to_thread(term.resize, 24, cols)
             agent.send("\x1d")
             await asyncio.to_thread(term.settle, 0.3)
             banner = term.lines()[0]
             assert all(choice in banner for choice in wanted), banner
-            agent.send("x")  # any other key: back
+            agent.send("z")  # any other key: back
             await asyncio.to_thread(term.settle, 0.3)
             assert term.lines()[0].startswith("consentry: Alice Example"), term.lines()[0]
