@@ -157,3 +157,35 @@ async def test_a_file_over_the_limit_is_refused(sftp: tuple, tmp_path: Path) -> 
         await client.put(str(big), "big")
     assert not (setup.incoming / "s1" / "big").exists()
     assert setup.moved[-1][2] == "refused"
+
+
+async def test_a_connection_lost_mid_upload_is_a_failed_transfer(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    hub = session_hub("s1", transfers_dir=setup.incoming, share=None, limits=Limits(),
+                      state_dir=setup.state)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    engineer = asyncssh.generate_private_key("ssh-ed25519")
+    gate = Gate(control=False, files=True,
+                on_file_transferred=lambda d, n, o: setup.moved.append((d, n, o)))
+    ours, theirs = socket.socketpair()
+    server_task = asyncio.create_task(serve_shell(
+        ours, host_key=host_key, engineer_key=engineer.export_public_key().decode().strip(),
+        shell="/bin/sh", gate=gate,
+        services=Services(sftp=sftp_factory(hub, Engineer("Alice", "alice")))))
+    conn = await asyncssh.connect(
+        sock=theirs, host="consentry-agent", username="alice", client_keys=[engineer],
+        agent_path=None, config=None, known_hosts=([host_key.convert_to_public()], [], []),
+        preferred_auth="publickey")
+    server = await server_task
+    client = await conn.start_sftp_client()
+    remote = await client.open("half.bin", "wb")
+    await remote.write(b"h" * 1000)
+    conn.abort()
+    async with asyncio.timeout(10):
+        while not setup.moved:
+            await asyncio.sleep(0.05)
+    assert setup.moved == [("upload", 1000, "failed")]
+    assert not (setup.incoming / "s1" / "half.bin").exists()
+    server.close()
+    ours.close()
+    theirs.close()
