@@ -98,7 +98,7 @@ class FilesPane(Vertical):
     # -- listing --------------------------------------------------------------------
 
     @work(group="files-list", exclusive=True)
-    async def refresh_listing(self, path: str | None = None) -> None:
+    async def refresh_listing(self, path: str | None = None, *, announce: bool = True) -> None:
         if self.transfers is None:
             self.say("The session's connection is not open yet.", error=True)
             return
@@ -120,8 +120,9 @@ class FilesPane(Vertical):
                            "bold" if entry.is_dir else "")
             table.add_row(name, Text("" if entry.is_dir else size(entry.size)),
                           key=str(index))
-        self.say(f"{len(entries)} entries" + (" (more not shown)" if cut else "")
-                 + ". Enter: open a folder or download a file.")
+        if announce or cut:
+            self.say(f"{len(entries)} entries" + (" (more not shown)" if cut else "")
+                     + ". Enter: open a folder or download a file.")
 
     @on(DataTable.RowSelected)
     def _chosen(self, event: DataTable.RowSelected) -> None:
@@ -199,4 +200,4 @@ class FilesPane(Vertical):
         text = f"↑ {name}: {size(row.done)} sent as {shown(sent)}"
         row.finish(literal(text, 300))
         self.say(text)
-        self.refresh_listing()
+        self.refresh_listing(announce=False)  # the upload's result stays in view

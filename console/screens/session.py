@@ -45,6 +45,9 @@ class SessionPane(Vertical):
         pane = self.files
         opening = not pane.has_class("-open")
         pane.set_class(opening, "-open")
+        pane.display = opening
+        # The terminal's new width, once laid out, is the shell's new size.
+        self.call_after_refresh(self.terminal.fit)
         if not opening:
             self.terminal.focus()
             return
