@@ -29,6 +29,15 @@ def default_download_dir() -> Path:
     return downloads if downloads.is_dir() else Path.cwd()
 
 
+def tilde(path: Path) -> str:
+    """A local path as the engineer writes it: ~ for their home folder."""
+    home = Path.home()
+    try:
+        return "~/" + str(path.relative_to(home)) if path != home else "~"
+    except ValueError:
+        return str(path)
+
+
 class TransferRow(Vertical):
     """One transfer: what moves, and its bar; the result replaces the bar's label."""
 
@@ -69,7 +78,7 @@ class FilesPane(Vertical):
         yield DataTable(classes="files-list", cursor_type="row", zebra_stripes=True)
         yield Static(Text(""), classes="files-status")
         yield Label("Save to:", classes="files-label")
-        yield Input(str(self.local_dir), classes="files-local",
+        yield Input(tilde(self.local_dir), classes="files-local",
                     placeholder="folder for downloads")
         yield Label("Send (local path, Enter):", classes="files-label")
         yield Input("", classes="files-upload", placeholder="e.g. ~/fix.patch")
@@ -148,10 +157,14 @@ class FilesPane(Vertical):
         path = Path(event.value).expanduser()
         if not path.is_dir():
             self.say(f"{event.value} is not a folder here; downloads still go to "
-                     f"{self.local_dir}.", error=True)
+                     f"{tilde(self.local_dir)}.", error=True)
             return
+        self.set_local_dir(path)
+        self.say(f"Downloads go to {tilde(path)}.")
+
+    def set_local_dir(self, path: Path) -> None:
         self.local_dir = path
-        self.say(f"Downloads go to {path}.")
+        self.query_one(".files-local", Input).value = tilde(path)
 
     @on(Input.Submitted, ".files-upload")
     def _upload(self, event: Input.Submitted) -> None:
@@ -180,7 +193,7 @@ class FilesPane(Vertical):
             row.finish(literal(f"↓ {name}: {exc}", 300), error=True)
             self.say(str(exc), error=True)
             return
-        text = f"↓ {name}: {size(row.done)} saved as {got}"
+        text = f"↓ {name}: {size(row.done)} saved as {tilde(got)}"
         row.finish(literal(text, 300))
         self.say(text)
 
