@@ -22,6 +22,7 @@ from broker.wire.errors import CodeError
 from broker.wire.messages import Message
 from console.client import ConsoleClient, JoinedSession, Progress
 from console.errors import ConsoleError, UsageError
+from console.files import FileTransfers
 from console.identity import load_file_identity
 from console.roster import Roster
 from console.session_end import outcome_after_shell
@@ -92,6 +93,9 @@ class LiveSession(Protocol):
     def resize(self, cols: int, rows: int) -> None: ...
     async def request_control(self) -> None: ...
     async def leave(self) -> None: ...
+    def file_transfers(self) -> FileTransfers | None:
+        """SFTP over this session's SSH connection; None until it is open."""
+        ...
 
 
 class Backend(Protocol):
@@ -158,6 +162,7 @@ class RelaySession:
         self._on_event: EventHandler = lambda _e: None
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._files: FileTransfers | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ended = False
         self._left = False
@@ -267,8 +272,15 @@ class RelaySession:
     async def request_control(self) -> None:
         await self._joined.request_control()
 
+    def file_transfers(self) -> FileTransfers | None:
+        if self._files is None and self._conn is not None and not self._ended:
+            self._files = FileTransfers(self._conn)
+        return self._files
+
     async def leave(self) -> None:
         self._ended = self._left = True
+        if self._files is not None:
+            self._files.forget()
         self._pending.clear()
         if self._settling is not None:
             self._settling.cancel()  # nothing left to decide: we left

@@ -1,11 +1,12 @@
 """The plain-terminal join: the remote shell on your own terminal.
 
 Raw mode while the session runs; ``Ctrl-]`` then ``q`` leaves, ``Ctrl-]``
-then ``c`` asks the customer for control (``Ctrl-]`` twice sends one
-``Ctrl-]``). In view-only mode keystrokes are not sent and a one-line notice
-says so. Window resizes are sent to the agent. In a session shared with
-other engineers, each change of who is in it (and with which rights) is a
-status line.
+then ``c`` asks the customer for control, ``Ctrl-]`` then ``f`` opens the
+files prompt (`console.files_prompt`; the shell's output is held meanwhile);
+``Ctrl-]`` twice sends one ``Ctrl-]``. In view-only mode keystrokes are
+not sent and a one-line notice says so. Window resizes are sent to the
+agent. In a session shared with other engineers, each change of who is in
+it (and with which rights) is a status line.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
 from console.errors import ConsoleError, TerminalError
+from console.files import FileTransfers
+from console.files_prompt import FilesPrompt
 from console.roster import Roster
 from console.session_end import outcome_after_shell
 
@@ -97,17 +100,33 @@ class _Output(asyncssh.SSHClientSession[bytes]):
         self.output = output
         self.keys = keys
         self.error: Exception | None = None  # why asyncssh closed the channel, if it failed
+        # The terminal is behind (flow control), or a prompt of ours is on
+        # it: the shell's output waits in the channel while either holds.
+        self._behind = False
+        self._held = False
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self._chan = chan
 
-    def pause_output(self) -> None:
+    def _flow(self) -> None:
         if self._chan is not None:
-            self._chan.pause_reading()
+            if self._behind or self._held:
+                self._chan.pause_reading()
+            else:
+                self._chan.resume_reading()
+
+    def pause_output(self) -> None:
+        self._behind = True
+        self._flow()
 
     def resume_output(self) -> None:
-        if self._chan is not None:
-            self._chan.resume_reading()
+        self._behind = False
+        self._flow()
+
+    def hold(self, held: bool) -> None:
+        """Hold the shell's output while a prompt is shown (and release it)."""
+        self._held = held
+        self._flow()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.output.write(data)
@@ -148,6 +167,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     failure: TerminalFailed | None = None
     escape = False
+    prompt: FilesPrompt | None = None  # Ctrl-] f, once the SSH connection is up
     leaving = False  # the engineer chose to leave (Ctrl-] q)
     warned_view_only = False
     requests: set[asyncio.Task[None]] = set()
@@ -159,9 +179,12 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         done.set()
 
     def on_keys(data: bytes) -> None:
-        nonlocal escape, warned_view_only, leaving
+        nonlocal escape, leaving
         out = bytearray()
-        for byte in data:
+        for index, byte in enumerate(data):
+            if prompt is not None and prompt.active:
+                prompt.feed(data[index:])  # the rest is the prompt's
+                break
             if escape:
                 escape = False
                 if byte in (ord("q"), ord("Q")):
@@ -169,6 +192,13 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                     done.set()
                     keys.close()
                     return
+                if byte in (ord("f"), ord("F")) and prompt is not None:
+                    if out:
+                        send(bytes(out))
+                        out.clear()
+                    session.hold(True)
+                    prompt.open()
+                    continue
                 if byte in (ord("c"), ord("C")):
                     task = loop.create_task(ask_for_control())
                     requests.add(task)
@@ -181,14 +211,17 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                 escape = True
                 continue
             out.append(byte)
-        if not out:
-            return
+        if out:
+            send(bytes(out))
+
+    def send(data: bytes) -> None:
+        nonlocal warned_view_only
         if joined.control:
-            chan.write(bytes(out))
+            chan.write(data)
         elif not warned_view_only:
             warned_view_only = True
-            say("view only: your keystrokes are not sent "
-                "(Ctrl-] then c asks for control, Ctrl-] then q leaves)")
+            say("view only: your keystrokes are not sent (Ctrl-] then c asks for control, "
+                "Ctrl-] then f transfers files, Ctrl-] then q leaves)")
 
     keys = TerminalInput(stdin, on_data=on_keys, on_error=failed)
     session = _Output(done, TerminalOutput(stdout, on_pause=lambda: session.pause_output(),
@@ -227,6 +260,9 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     joined.on_control.append(on_control)
     joined.on_roster.append(on_roster)
     conn, pump = await joined.open_ssh()
+    transfers = FileTransfers(conn)
+    prompt = FilesPrompt(transfers, lambda text: session.output.write(text.encode()),
+                         lambda: session.hold(False))
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     # uvloop makes a watched descriptor non-blocking and never undoes it;
     # we do it on purpose, and undo it, for stdin and stdout alike.
@@ -253,6 +289,11 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         keys.close()
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signal.SIGWINCH)
+        if prompt.busy is not None:
+            prompt.busy.cancel()  # its partial file is removed as it stops
+            with contextlib.suppress(BaseException):
+                await prompt.busy
+        transfers.forget()
         conn.close()
         if finished and failure is None and not leaving:
             await session.output.drain()  # the shell's last words

@@ -7,9 +7,12 @@ reproducible and need no broker.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -18,9 +21,11 @@ from textual.widgets import DataTable, Input, TabbedContent  # noqa: E402
 
 from console.app import ConsoleApp  # noqa: E402
 from console.backend import Settings  # noqa: E402
+from console.files import FileTransfers  # noqa: E402
 from console.screens.main import MainScreen  # noqa: E402
 from console.screens.session import SessionPane  # noqa: E402
 from tests.console.fakes import DECLINED, FakeBackend  # noqa: E402
+from tests.console.sftp_server import sftp_server  # noqa: E402
 
 SETTINGS = Settings(broker="wss://support.example.com:8443", ca=Path("certs/ca.crt"),
                     identity=Path("~/.ssh/id_ed25519"), user="alice")
@@ -46,6 +51,35 @@ async def _wait(pilot, predicate, timeout: float = 10.0) -> None:  # type: ignor
         if time.monotonic() > deadline:
             raise RuntimeError("the app did not reach the state to photograph")
         await pilot.pause(0.05)
+
+
+async def _files(pilot, app: ConsoleApp, live, outdir: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The files pane (F4) on a real SFTP server holding a customer's logs."""
+    # The engineer's home, as the pane shows it (~/Downloads), is this run's.
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"HOME": tmp}):
+        remote, local = Path(tmp) / "transfers", Path(tmp) / "Downloads"
+        (remote / "archive").mkdir(parents=True)
+        local.mkdir()
+        for name, size in (("access.log", 4096), ("error.log", 1873), ("app.conf", 640)):
+            (remote / name).write_bytes(b"x" * size)
+        (local / "fix-4711.patch").write_bytes(b"p" * 2210)
+        async with sftp_server(remote) as conn:
+            live.transfers = FileTransfers(conn)
+            pane = app.screen.query_one(SessionPane)
+            await pilot.press("f4")
+            files = pane.files
+            await _wait(pilot, lambda: files.rows())
+            files.set_local_dir(local)
+            files.upload(local / "fix-4711.patch")
+            await _wait(pilot, lambda: "sent as" in files.status_text)
+            files.download("error.log")
+            await _wait(pilot, lambda: "saved as" in files.status_text)
+            await pilot.pause(0.5)
+            shot = Path(app.save_screenshot("console-files.svg", str(outdir)))
+            await pilot.press("f4")
+            await live.transfers.close()
+            live.transfers = None
+    return shot
 
 
 async def take(outdir: Path) -> list[Path]:
@@ -78,6 +112,7 @@ async def take(outdir: Path) -> list[Path]:
         live.emit(LISTING)
         await pilot.pause(1.2)
         written.append(Path(app.save_screenshot("console-session.svg", str(outdir))))
+        written.append(await _files(pilot, app, live, outdir))
 
         tabs = app.screen.query_one("#tabs", TabbedContent)
         tabs.active = "home"

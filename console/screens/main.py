@@ -27,6 +27,7 @@ from console.sessions import SessionRecord
 
 class MainScreen(Screen[None]):
     BINDINGS = [
+        Binding("f4", "files", "Files"),
         Binding("f6", "next_tab", "Next tab"),
         Binding("f7", "ask_control", "Ask for control"),
         Binding("f8", "leave", "Leave session"),
@@ -128,7 +129,7 @@ class MainScreen(Screen[None]):
 
     # F7 and F8 act on the session tab in front: elsewhere they are left out
     # of the footer, which at 80 columns has no room for keys that do nothing.
-    _SESSION_ACTIONS = frozenset({"ask_control", "leave"})
+    _SESSION_ACTIONS = frozenset({"ask_control", "leave", "files"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self._SESSION_ACTIONS:
@@ -165,6 +166,13 @@ class MainScreen(Screen[None]):
         record = self.records.get(message.key)
         if record is not None and record.live is not None and record.state == "active":
             self.show_tab(record.key)
+
+    def action_files(self) -> None:
+        record = self._current()
+        if record is None:
+            self.notify("Open a session tab first (F6).", severity="warning")
+            return
+        self.query_one(f"#pane-{record.key}", SessionPane).toggle_files()
 
     @work(group="actions")
     async def action_ask_control(self) -> None:

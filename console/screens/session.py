@@ -6,12 +6,13 @@ import time
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from broker.wire.codes import Right
 from console.backend import SessionEvent
 from console.format import clock, literal, rights, size
+from console.screens.files import FilesPane
 from console.sessions import SessionRecord
 from console.widgets.terminal import TerminalView
 
@@ -25,12 +26,39 @@ class SessionPane(Vertical):
         self.notice = ""
 
     def compose(self) -> ComposeResult:
-        yield TerminalView(self._input, self._resize, id=f"term-{self.record.key}")
+        with Horizontal(classes="session-body"):
+            yield TerminalView(self._input, self._resize, id=f"term-{self.record.key}")
+            yield FilesPane(self.record.key)
         yield Static("", classes="session-status")
 
     @property
     def terminal(self) -> TerminalView:
         return self.query_one(TerminalView)
+
+    @property
+    def files(self) -> FilesPane:
+        return self.query_one(FilesPane)
+
+    def toggle_files(self) -> None:
+        """F4: show the files pane beside the terminal (which narrows, and the
+        shell is told its new size), or hide it again."""
+        pane = self.files
+        opening = not pane.has_class("-open")
+        pane.set_class(opening, "-open")
+        pane.display = opening
+        # The terminal's new width, once laid out, is the shell's new size.
+        self.call_after_refresh(self.terminal.fit)
+        if not opening:
+            self.terminal.focus()
+            return
+        live = self.record.live
+        if pane.transfers is None and live is not None:
+            pane.transfers = live.file_transfers()
+        if self.record.state != "active":
+            pane.say("The session has ended: no more transfers.", error=True)
+        else:
+            pane.refresh_listing()
+        pane.query_one("DataTable").focus()
 
     def terminal_text(self) -> str:
         return "\n".join(self.terminal.text_lines)

@@ -21,7 +21,7 @@ from textual.keys import REPLACED_KEYS, key_to_character
 #: the remote, so the app's bindings fire. The remote program therefore never
 #: sees F6-F10 or Ctrl-\ (so no SIGQUIT via Ctrl-\ either).
 RESERVED_KEYS: Final[frozenset[str]] = frozenset(
-    {"f6", "f7", "f8", "f9", "f10", "ctrl+backslash"}
+    {"f4", "f6", "f7", "f8", "f9", "f10", "ctrl+backslash"}
 )
 
 #: Private mode number of DECCKM (application cursor keys). pyte does not

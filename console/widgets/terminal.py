@@ -569,6 +569,11 @@ class TerminalView(Widget, can_focus=True):
     def on_mount(self) -> None:
         self._fit()
 
+    def fit(self) -> None:
+        """Fit the grid to the widget's size now: for a neighbour shown or
+        hidden beside it, whose Resize event Textual does not always send."""
+        self._fit()
+
     def _fit(self) -> None:
         width, height = self.size
         if width <= 0 or height <= 0:

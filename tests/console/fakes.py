@@ -21,6 +21,7 @@ from console.backend import (
 )
 from console.client import REMOVED_TEXT, SESSION_FULL_TEXT
 from console.errors import BrokerError, KeyMismatch, NotApproved, SessionFull, WrongCode
+from console.files import FileTransfers
 from console.roster import Roster
 
 WRONG_CODE = "1111-111-111"
@@ -49,6 +50,11 @@ class FakeLive:
     left: bool = False
     on_output: OutputHandler | None = None
     on_event: EventHandler | None = None
+    # Set by a test to a real SFTP client (tests/console/sftp_server.py).
+    transfers: FileTransfers | None = None
+
+    def file_transfers(self) -> FileTransfers | None:
+        return self.transfers
 
     @property
     def granted(self) -> tuple[str, ...]:

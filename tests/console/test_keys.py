@@ -115,7 +115,7 @@ def test_application_cursor_mode(key: str, expected: bytes) -> None:
 
 
 def test_reserved_keys_are_the_apps() -> None:
-    assert frozenset({"f6", "f7", "f8", "f9", "f10", "ctrl+backslash"}) == RESERVED_KEYS
+    assert frozenset({"f4", "f6", "f7", "f8", "f9", "f10", "ctrl+backslash"}) == RESERVED_KEYS
 
 
 def test_control_characters_never_pass_as_printable() -> None:
