@@ -16,7 +16,7 @@ from agent.transfers.record import RECORD_FILE, read_record, record_lines
 from agent.transfers.sizes import parse_size
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
-from broker.wire.codes import RIGHTS, Right
+from broker.wire.codes import RIGHTS
 from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT, MAX_CONSENT_TIMEOUT, MIN_CONSENT_TIMEOUT
 
 
@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS", help="deny a request nobody answers within this time "
                                            f"({MIN_CONSENT_TIMEOUT:g} to "
                                            f"{MAX_CONSENT_TIMEOUT:g} s)")
-    p.add_argument("--max-rights", choices=RIGHTS, default=Right.CONTROL,
-                   help="the most any engineer may ever be granted on this computer")
+    p.add_argument("--max-rights", default=",".join(RIGHTS), metavar="RIGHTS",
+                   help="the most any engineer may ever be granted on this computer: a "
+                        "comma list drawn from view, control, files (default: all three)")
     p.add_argument("--share-hostname", action="store_true",
                    help="tell the broker this computer's hostname (off by default)")
     p.add_argument("--share-user", action="store_true",

@@ -40,7 +40,7 @@ import asyncssh
 from websockets.exceptions import ConnectionClosed
 
 from agent.config import AgentConfig
-from agent.consent import DENY, ConsentRequest, Decision
+from agent.consent import DENY, ConsentRequest, Decision, allowed
 from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
 from agent.liveness import Heartbeat, InputGuard
@@ -56,7 +56,7 @@ from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
 from broker.wire.code import JoinCode, draw_secret
-from broker.wire.codes import UPGRADE, EndReason, ErrorCode, Right
+from broker.wire.codes import EndReason, ErrorCode, Right, upgrade_for
 from broker.wire.errors import WireError
 from broker.wire.limits import MAX_ENGINEERS_PER_SESSION
 from broker.wire.machine.handshake import (
@@ -93,8 +93,6 @@ LIVENESS_TIMEOUT = 10.0
 DROPPED_REPORT_INTERVAL = 1.0
 
 
-# What a request for control asks for (and what its receipt says was asked).
-_UPGRADE = UPGRADE
 
 
 @dataclass(eq=False)
@@ -438,7 +436,8 @@ class Agent:
         session_id = request["session"]
         viewer = Viewer(display=request["engineer_display"], login=request["engineer_login"],
                         control=Right.CONTROL in decision.granted)
-        gate = Gate(control=viewer.control, on_output=self.screen.mirror)
+        gate = Gate(control=viewer.control, on_output=self.screen.mirror,
+                    files=Right.FILES in decision.granted)
         active = ActiveSession(session_id, link, viewer, gate, ask)
         running = self.shells.get(session_id)
         if running is None:
@@ -525,6 +524,7 @@ class Agent:
             log.info("ssh session ended: %s", exc)
         finally:
             heartbeat.stop()
+            self._withdraw_files(active)  # the seat ends: so do its transfers
             active.settle_checks(False)
             if active.report is not None:
                 active.report.cancel()
@@ -600,10 +600,13 @@ class Agent:
     async def _ask_for_control(self, active: ActiveSession) -> None:
         """Answer the engineer's request for control with a signed receipt,
         and open the gate only once the broker has recorded a grant."""
-        ask = replace(active.request, wants=_UPGRADE, upgrade=True)
+        # What the broker expects an upgrade to ask for at this seat: view
+        # and control, and the files right if the seat holds it (never dropped).
+        ask = replace(active.request, upgrade=True, wants=upgrade_for(
+            (Right.VIEW, Right.FILES) if active.gate.files else (Right.VIEW,)))
         who = printable(ask.engineer_display, 40)
         try:
-            if self.config.max_rights != Right.CONTROL:
+            if Right.CONTROL not in allowed(self.config.max_rights):
                 # The customer's own rule answers: no prompt to click through.
                 decision = DENY
                 self.screen.flash("Control declined: this computer allows view only.")
@@ -620,7 +623,7 @@ class Agent:
             await active.link.send("consent", receipt=b64encode(data),
                                    signature=b64encode(signature))
             if not granted:
-                if self.config.max_rights == Right.CONTROL:
+                if Right.CONTROL in allowed(self.config.max_rights):
                     what = "did not answer" if decision.decision == "timeout" else "said no"
                     self.screen.flash(f"You {what}: they can still only watch.")
                 return
@@ -657,15 +660,24 @@ class Agent:
         for key, active in list(self.sessions.items()):
             if seat is not None and key != seat:
                 continue
-            if active.gate.control or active.confirm is not None:
+            if active.gate.control or active.gate.files or active.confirm is not None:
                 # Also a grant the broker has not confirmed yet: it must not
                 # open the gate once it is, and the broker narrows it again.
                 active.epoch += 1
                 active.gate.control = False
+                self._withdraw_files(active)
                 self.screen.set_control(active.seat, False)
                 asyncio.get_running_loop().create_task(
                     _quietly(active.link.send("rights", granted=[Right.VIEW]))
                 )
+
+    def _withdraw_files(self, active: ActiveSession) -> None:
+        """The seat loses the files right: no new transfer, and its running
+        ones stop (the hub is shared by the session's seats)."""
+        active.gate.files = False
+        running = self.shells.get(active.id)
+        if running is not None:
+            running.transfers.withdraw(active.gate)
 
     def remove(self, seat: str) -> None:
         """The customer removes one engineer; the others go on. The broker
@@ -675,6 +687,7 @@ class Agent:
             return
         active.epoch += 1
         active.gate.control = False  # not one more keystroke of theirs
+        self._withdraw_files(active)
         self.screen.set_control(seat, False)
         asyncio.get_running_loop().create_task(_quietly(active.link.send("remove")))
 

@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.consent import parse_max_rights
 from agent.errors import SetupError
 from agent.transfers.jail import MAX_FILE_BYTES, MAX_SESSION_BYTES
-from broker.wire.codes import RIGHTS, Right
+from broker.wire.codes import RIGHTS
 from broker.wire.limits import (
     DEFAULT_CONSENT_TIMEOUT,
     MAX_CONSENT_TIMEOUT,
@@ -34,7 +35,9 @@ class AgentConfig:
     ca: Path = Path("certs/ca.crt")
     alias: str = "unnamed device"
     consent_timeout: float = DEFAULT_CONSENT_TIMEOUT
-    max_rights: str = Right.CONTROL  # Right.VIEW or Right.CONTROL
+    # A comma list of rights, e.g. "view,files"; `control` alone means view
+    # and control (see agent.consent.allowed).
+    max_rights: str = ",".join(RIGHTS)
     share_hostname: bool = False
     share_user: bool = False
     state_dir: Path = field(default_factory=default_state_dir)
@@ -56,8 +59,9 @@ class AgentConfig:
                 f"--consent-timeout must be between {MIN_CONSENT_TIMEOUT:g} and "
                 f"{MAX_CONSENT_TIMEOUT:g} seconds"
             )
-        if self.max_rights not in RIGHTS:
-            raise SetupError("--max-rights must be 'view' or 'control'")
+        if parse_max_rights(self.max_rights) is None:
+            raise SetupError("--max-rights must be a comma list drawn from "
+                             f"{', '.join(RIGHTS)} (for example view,files)")
         if self.share is not None and not self.share.is_dir():
             raise SetupError(f"--share {self.share} is not a folder")
         if self.max_file_bytes <= 0 or self.max_session_bytes <= 0:

@@ -251,7 +251,8 @@ class Broker:
                                        checkpoint_file=self.config.checkpoint_file)
 
     async def join(self, ws: ServerConnection, engineer: Engineer, join: Message) -> None:
-        wants = RIGHTS if Right.CONTROL in join["wants"] else (Right.VIEW,)
+        # The asked set as it is (files is orthogonal to control), in order.
+        wants = (Right.VIEW, *(r for r in RIGHTS if r != Right.VIEW and r in join["wants"]))
         source = _peer(ws)
         # Asked before the claim: a refused join spends no customer's code.
         refusal = self.join_limits.refusal(engineer.name, source, time.monotonic())

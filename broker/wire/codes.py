@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum, unique
 
 __all__ = ["AGENT_END_REASONS", "CONSOLE_END_REASONS", "PAIRING_FAILURES", "RIGHTS", "UPGRADE",
-           "EndReason", "ErrorCode", "Right"]
+           "EndReason", "ErrorCode", "Right", "ordered", "upgrade_for"]
 
 
 @unique
@@ -74,12 +74,30 @@ class Right(StrEnum):
 
     VIEW = "view"
     CONTROL = "control"
+    # Copy files to and from the folder the customer shares; orthogonal to
+    # control (view and files without control is a valid grant).
+    FILES = "files"
 
 
 # Every right, in the order they are asked for; view always comes first.
-RIGHTS: tuple[Right, ...] = (Right.VIEW, Right.CONTROL)
-# What a request for control asks for: everything.
-UPGRADE: tuple[Right, ...] = RIGHTS
+RIGHTS: tuple[Right, ...] = (Right.VIEW, Right.CONTROL, Right.FILES)
+# What a request for control asks for (a seat's files right, if it holds
+# one, is kept: see `upgrade_for`).
+UPGRADE: tuple[Right, ...] = (Right.VIEW, Right.CONTROL)
+
+
+def ordered(rights: object) -> tuple[Right, ...]:
+    """The known rights among `rights`, in canonical order (unknown dropped)."""
+    given = {str(r) for r in rights} if isinstance(rights, (list, tuple, set, frozenset)) else set()
+    return tuple(r for r in RIGHTS if r.value in given)
+
+
+def upgrade_for(granted: object) -> tuple[Right, ...]:
+    """What a request for control asks for at a seat holding `granted`:
+    view and control, plus files if the seat holds it, so an upgrade never
+    takes a right away."""
+    held = ordered(granted)
+    return tuple(r for r in RIGHTS if r in UPGRADE or r in held)
 
 # The reasons an agent may give in its `end`, and a console in its.
 AGENT_END_REASONS = frozenset({EndReason.CUSTOMER_ENDED, EndReason.SHELL_EXITED,

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from agent.consent import ConsentRequest, Decision, decide, prompt_lines, remaining
+from agent.consent import (
+    ConsentRequest,
+    Decision,
+    allowed,
+    decide,
+    parse_max_rights,
+    prompt_lines,
+    remaining,
+)
+from broker.wire.codes import upgrade_for
 from broker.wire.text import printable
 
 
@@ -177,3 +186,85 @@ def test_a_second_engineer_is_asked_about_joining_the_running_session() -> None:
     assert "with Alice Example, Eve" in first and "\x1b" not in first
     assert prompt_lines(FULL, 60, "control")[0] == (
         "A support engineer asks to connect to this computer.")
+
+
+# -- the files right (issue 12) ---------------------------------------------
+
+ALL = request(("view", "control", "files"))
+VIEW_FILES = request(("view", "files"))
+EVERYTHING = "view,control,files"
+
+
+def test_a_grants_everything_asked_and_allowed() -> None:
+    assert decide("a", ALL, EVERYTHING) == Decision("granted", ("view", "control", "files"))
+    assert decide("A", VIEW_FILES, EVERYTHING) == Decision("granted", ("view", "files"))
+    # Never more than the computer allows, nor more than was asked.
+    assert decide("a", ALL, "view,files") == Decision("granted", ("view", "files"))
+    assert decide("a", FULL, EVERYTHING) == BOTH
+    assert decide("a", VIEW, EVERYTHING) is None
+    assert decide("a", ALL, "view") is None
+
+
+def test_c_grants_view_and_control_without_files() -> None:
+    assert decide("c", ALL, EVERYTHING) == BOTH
+    assert decide("c", VIEW_FILES, EVERYTHING) is None
+    assert decide("v", ALL, EVERYTHING) == VIEW_ONLY
+    assert decide("n", ALL, EVERYTHING) == Decision("denied")
+    assert decide("\r", ALL, EVERYTHING) == Decision("denied")
+
+
+def test_files_named_in_words_on_its_own_line() -> None:
+    lines = prompt_lines(ALL, 30.0, EVERYTHING)
+    files = [line for line in lines if line.lstrip().startswith("Files:")]
+    assert files == ["  Files:     copy files to and from a folder on this computer "
+                     "(you see each one)"]
+    text = "\n".join(lines)
+    assert "[a] allow all of this" in text and "[c] allow view and control (no files)" in text
+    assert "[v] view only" in text and "[n/Enter] deny" in text
+    assert "Files:" not in "\n".join(prompt_lines(FULL, 30.0, EVERYTHING))
+
+
+def test_a_not_offered_for_view_and_control_only() -> None:
+    text = "\n".join(prompt_lines(FULL, 30.0, EVERYTHING))
+    assert "[a]" not in text and "[c] allow view and control" in text
+
+
+def test_prompt_says_when_files_are_not_allowed() -> None:
+    text = "\n".join(prompt_lines(ALL, 30.0, "view,control"))
+    assert "does not allow copying files" in text
+    assert "[a]" not in text and "[c]" in text
+    text = "\n".join(prompt_lines(VIEW_FILES, 30.0, "view,control"))
+    assert "does not allow copying files" in text and "[a]" not in text
+
+
+def test_view_and_files_without_control() -> None:
+    text = "\n".join(prompt_lines(VIEW_FILES, 30.0, EVERYTHING))
+    assert "[a] allow all of this" in text and "[c]" not in text
+
+
+def test_upgrade_keeps_files_the_seat_holds() -> None:
+    held = request(("view", "control", "files"), upgrade=True)  # type: ignore[arg-type]
+    assert decide("c", held, EVERYTHING) == Decision("granted", ("view", "control", "files"))
+    assert decide("a", held, EVERYTHING) is None
+    assert decide("v", held, EVERYTHING) == Decision("denied")
+    assert "keep view and files" in "\n".join(prompt_lines(held, 10.0, EVERYTHING))
+
+
+@pytest.mark.parametrize(("text", "rights"), [
+    ("view", ("view",)), ("control", ("view", "control")), ("view,control", ("view", "control")),
+    ("view,files", ("view", "files")), ("view,control,files", ("view", "control", "files")),
+    ("files", ("view", "files")),
+])
+def test_max_rights_parses_a_comma_list(text: str, rights: tuple[str, ...]) -> None:
+    assert parse_max_rights(text) == rights
+    assert allowed(text) == rights
+
+
+@pytest.mark.parametrize("text", ["", "all", "view,admin", "view;files", "VIEW"])
+def test_max_rights_refuses_unknown_names(text: str) -> None:
+    assert parse_max_rights(text) is None
+
+
+def test_upgrade_asks_for_the_files_the_seat_holds() -> None:
+    assert upgrade_for(["view"]) == ("view", "control")
+    assert upgrade_for(["view", "files"]) == ("view", "control", "files")

@@ -109,4 +109,4 @@ def test_values_are_unique_and_equal_their_wire_strings() -> None:
         values = [member.value for member in enum]
         assert len(values) == len(set(values))
         assert all(member == member.value for member in enum)
-    assert RIGHTS == ("view", "control") and UPGRADE == RIGHTS
+    assert RIGHTS == ("view", "control", "files") and UPGRADE == ("view", "control")

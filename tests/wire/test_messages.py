@@ -350,9 +350,10 @@ def test_bad_rights(value: Any) -> None:
 
 
 def test_every_right_subset_accepted() -> None:
-    for wants in (["view"], ["control"], ["view", "control"], ["control", "view"]):
+    for wants in (["view"], ["control"], ["view", "control"], ["control", "view"],
+                  ["view", "files"], ["view", "control", "files"], ["files"]):
         assert decode(encode("join", nameplate="482", wants=wants))["wants"] == wants
-    assert set(RIGHTS) == {"view", "control"}
+    assert set(RIGHTS) == {"view", "control", "files"}
 
 
 @pytest.mark.parametrize(

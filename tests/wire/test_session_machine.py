@@ -446,6 +446,33 @@ def test_a_granted_request_is_recorded_before_anyone_hears(setup: Setup) -> None
                 "control_result").fields["decision"] == "unchanged"
 
 
+def test_a_request_for_control_keeps_the_files_the_seat_holds() -> None:
+    setup = Setup(wants=("view", "files"))
+    setup.to_active()
+    actions = setup.receive(CONSOLE, frame("request_control"))
+    assert records(actions)[0].body == {"asked": ["view", "control", "files"]}
+    # An upgrade that would drop files does not answer this request.
+    assert kinds(setup.receive(AGENT_SESSION, setup.consent(
+        asked=("view", "control"))))[0] != ("record", "consent_granted")
+
+
+def test_a_granted_request_at_a_files_seat_grants_all_three() -> None:
+    setup = Setup(wants=("view", "files"))
+    setup.to_control_pending()
+    actions = setup.receive(AGENT_SESSION, setup.consent(asked=("view", "control", "files")))
+    _, rights = records(actions)
+    assert rights.body["granted"] == ["view", "control", "files"]
+    assert sent(actions, CONSOLE, "control_result").fields["granted"] == [
+        "view", "control", "files"]
+
+
+def test_the_customer_may_narrow_files_away() -> None:
+    setup = Setup(wants=("view", "control", "files"))
+    setup.to_active()
+    actions = setup.receive(AGENT_SESSION, frame("rights", granted=["view", "control"]))
+    assert sent(actions, CONSOLE, "rights").fields == {"granted": ["view", "control"]}
+
+
 @pytest.mark.parametrize("decision", ["denied", "timeout"])
 def test_a_refused_request_leaves_view_only_and_may_be_asked_again(
         setup: Setup, decision: str) -> None:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.wire.codes import UPGRADE as _UPGRADE
-from broker.wire.codes import EndReason, ErrorCode, Right
+from broker.wire.codes import EndReason, ErrorCode, Right, upgrade_for
 from broker.wire.errors import LocalProtocolError, ProtocolError
 from broker.wire.limits import (
     AGENT_END_REASONS,
@@ -441,9 +441,10 @@ class SessionMachine:
         if not seat.control_pending:
             raise ProtocolError("no request for control is waiting for an answer",
                                 ErrorCode.UNEXPECTED_MESSAGE)
-        checked = self._check(seat, msg, UPGRADE)
+        asked = upgrade_for(seat.granted)
+        checked = self._check(seat, msg, asked)
         receipt = checked.receipt
-        if receipt.decision == "granted" and set(receipt.granted) != set(UPGRADE):
+        if receipt.decision == "granted" and set(receipt.granted) != set(asked):
             raise ProtocolError("a granted request for control must grant control",
                                 ErrorCode.BAD_RECEIPT)
         seat.receipts.add(checked.digest)
@@ -453,8 +454,8 @@ class SessionMachine:
             personal=self._receipt_personal(msg), sealable=True, seat=seat)]
         if receipt.decision == "granted":
             actions.append(self._record("rights_changed", self._seat_body(seat, {
-                "granted": list(UPGRADE), "by": "customer", "upgrade": True}), seat=seat))
-            seat.granted = UPGRADE
+                "granted": list(asked), "by": "customer", "upgrade": True}), seat=seat))
+            seat.granted = asked
         for to in (seat.console, seat.agent_session):
             actions.append(self._send(to, "control_result", decision=receipt.decision,
                                       granted=list(seat.granted)))
@@ -473,7 +474,8 @@ class SessionMachine:
                                granted=list(seat.granted))]
         seat.control_pending = True
         return [self._record("control_requested",
-                             self._seat_body(seat, {"asked": list(UPGRADE)}), seat=seat),
+                             self._seat_body(seat, {"asked": list(upgrade_for(seat.granted))}),
+                             seat=seat),
                 self._send(seat.agent_session, "control_request")]
 
     def _on_rights(self, conn: str, msg: Message, now: float) -> list[Action]:
