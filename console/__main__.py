@@ -12,10 +12,11 @@ from broker import eventloop
 from broker.cli_style import add_version, finish_parser
 from broker.client.link import LinkError, broker_url
 from broker.wire.code import parse_code
-from broker.wire.codes import RIGHTS, Right
+from broker.wire.codes import Right
 from broker.wire.errors import CodeError
 from console.client import ConsoleClient
 from console.errors import ConsoleError, UsageError
+from console.format import asked_rights, granted_text
 from console.identity import load_agent_identity, load_file_identity, tty_passphrase
 from console.terminal import ProgressPrinter, run_terminal_session, status
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the key held by ssh-agent instead of reading --identity")
     join.add_argument("--control", action="store_true",
                       help="ask to type, not just view (the customer decides)")
+    join.add_argument("--files", action="store_true",
+                      help="ask to copy files to and from the customer's shared folder "
+                           "(the customer decides)")
     return finish_parser(p)
 
 
@@ -86,7 +90,7 @@ async def _join(args: argparse.Namespace) -> int:
         prompt = tty_passphrase if sys.stdin.isatty() else None
         identity = load_file_identity(args.user, args.identity.expanduser(), prompt)
     client = ConsoleClient(args.broker, args.ca, identity)
-    wants = RIGHTS if args.control else (Right.VIEW,)
+    wants = asked_rights(control=args.control, files=args.files)
     printer = ProgressPrinter()
     try:
         joined = await client.join(code, wants, printer)
@@ -94,6 +98,9 @@ async def _join(args: argparse.Namespace) -> int:
         printer.stop()
     if args.control and not joined.control:
         status("the customer granted view only: you can watch, not type.")
+    if args.files and Right.FILES not in joined.granted:
+        status("the customer did not grant files: you cannot copy files.")
+    status(f"granted: {granted_text(joined.granted)}.")
     status(f"connected to {joined.alias}. Ctrl-] then q leaves.")
     reason = await run_terminal_session(joined)
     status(reason)

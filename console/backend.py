@@ -17,12 +17,13 @@ from typing import Any, Protocol
 import asyncssh
 
 from broker.wire.code import parse_code
-from broker.wire.codes import RIGHTS, Right
+from broker.wire.codes import Right
 from broker.wire.errors import CodeError
 from broker.wire.messages import Message
 from console.client import ConsoleClient, JoinedSession, Progress
 from console.errors import ConsoleError, UsageError
 from console.files import FileTransfers
+from console.format import asked_rights, granted_text
 from console.identity import load_file_identity
 from console.roster import Roster
 from console.session_end import outcome_after_shell
@@ -192,7 +193,7 @@ class RelaySession:
                 self._pending.clear()  # the customer took control back: not one more key
             self._on_event(SessionEvent(
                 "rights", "The customer changed your rights to "
-                + ("view and control." if Right.CONTROL in msg["granted"] else "view only."),
+                + granted_text(msg["granted"]) + ".",
                 tuple(msg["granted"])))
         elif msg.type == "control_result":
             self._on_event(SessionEvent(
@@ -329,12 +330,13 @@ class BrokerBackend:
         return Profile(identity.user, display, role)
 
     async def join(self, code: str, control: bool,
-                   on_progress: Callable[[Progress], None]) -> LiveSession:
+                   on_progress: Callable[[Progress], None],
+                   files: bool = False) -> LiveSession:
         try:
             parsed = parse_code(code)
         except CodeError as exc:
             raise UsageError(str(exc)) from exc
-        wants = RIGHTS if control else (Right.VIEW,)
+        wants = asked_rights(control=control, files=files)
         joined = await self._require_client().join(parsed, wants, on_progress)
         session = RelaySession(joined)
         self._sessions.append(session)

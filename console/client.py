@@ -57,6 +57,7 @@ from console.errors import (
     UsageError,
     WrongCode,
 )
+from console.format import granted_text
 from console.identity import Identity
 from console.roster import Roster
 
@@ -282,8 +283,7 @@ class ConsoleClient:
                 ))
             elif isinstance(event, Established):
                 assert host_key is not None and run.handshake.session is not None
-                on_progress(Progress("approved", "Approved: " + (
-                    "view and control." if Right.CONTROL in event.granted else "view only.")))
+                on_progress(Progress("approved", "Approved: " + granted_text(event.granted) + "."))
                 return JoinedSession(
                     link=link, session=run.handshake.session, alias=alias,
                     sas=run.handshake.sas or "", host_key=host_key, granted=event.granted,

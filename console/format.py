@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from broker.wire.codes import Right
+from broker.wire.codes import RIGHTS, Right
 from broker.wire.text import printable
 
 
@@ -31,7 +31,23 @@ def size(count: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def asked_rights(*, control: bool, files: bool) -> tuple[Right, ...]:
+    """What a join asks for: view always, control and files as chosen."""
+    return (Right.VIEW, *((Right.CONTROL,) if control else ()), *((Right.FILES,) if files else ()))
+
+
 def rights(granted: tuple[str, ...] | list[str]) -> str:
     if not granted:
         return "-"
-    return "view + control" if Right.CONTROL in granted else "view only"
+    return " + ".join(r for r in RIGHTS if r in granted) if len(granted) > 1 else "view only"
+
+
+def granted_text(granted: tuple[str, ...] | list[str]) -> str:
+    """The rights an engineer holds, in words: "view only", "view and
+    control", "view, control, files" (known rights only, in order)."""
+    known = [r.value for r in RIGHTS if r in granted]
+    if len(known) <= 1:
+        return "view only"
+    if len(known) == 2:
+        return " and ".join(known)
+    return ", ".join(known)

@@ -28,13 +28,13 @@ from broker.client.terminal_io import (
     TerminalOutput,
     set_nonblocking,
 )
-from broker.wire.codes import Right
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.client import JoinedSession, Progress
 from console.errors import ConsoleError, TerminalError
 from console.files import FileTransfers
 from console.files_prompt import FilesPrompt
+from console.format import granted_text
 from console.roster import Roster
 from console.session_end import outcome_after_shell
 
@@ -239,8 +239,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
 
     async def on_control(msg: Message) -> None:
         if msg.type == "rights":
-            say("the customer changed your rights to: "
-                + ("view and control" if Right.CONTROL in msg["granted"] else "view only"))
+            say("the customer changed your rights to: " + granted_text(msg["granted"]))
         elif msg.type == "control_result":
             say(CONTROL_RESULT_TEXT.get(msg["decision"], printable(msg["decision"], 40)))
         elif msg.type in ("ended", "error"):

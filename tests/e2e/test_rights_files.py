@@ -1,0 +1,97 @@
+"""The files right with real processes: asked by the engineer, named to the
+customer in words, granted with [a], and it opens (and, taken back, closes)
+the SFTP subsystem."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncssh
+import pexpect
+import pytest
+
+from broker.wire.code import parse_code
+from console.client import ConsoleClient
+from console.identity import load_file_identity
+from tests.e2e.conftest import Deployment, read_code
+from tests.e2e.test_control import expect
+
+
+def test_console_asks_for_files_and_hears_what_was_granted(running: Deployment) -> None:
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk", "--share", str(running.root))
+    console = running.console(read_code(agent), key, "alice", "--control", "--files")
+    agent.expect("copy files to and from a folder on this computer")
+    agent.expect(r"\[a\] allow all of this")
+    agent.send("a")
+    console.expect("granted: view, control, files")
+    console.expect("connected to front desk")
+    console.send("\x1dq")
+    console.expect(pexpect.EOF)
+
+
+def test_view_and_files_without_control(running: Deployment) -> None:
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk", "--share", str(running.root))
+    console = running.console(read_code(agent), key, "alice", "--files")
+    agent.expect(r"\[a\] allow all of this")
+    agent.send("a")
+    console.expect("granted: view and files")
+    console.send("\x1dq")
+    console.expect(pexpect.EOF)
+
+
+def test_a_computer_that_does_not_allow_files_says_so(running: Deployment) -> None:
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk", "--share", str(running.root),
+                          "--max-rights", "view,control")
+    console = running.console(read_code(agent), key, "alice", "--files")
+    agent.expect("does not allow copying files")
+    agent.send("v")
+    console.expect("the customer did not grant files")
+    console.send("\x1dq")
+    console.expect(pexpect.EOF)
+
+
+async def test_granted_files_open_sftp(running: Deployment) -> None:
+    key = running.add_engineer("alice", display="Alice Example")
+    (running.root / "hello.txt").write_bytes(b"hi")
+    agent = running.agent("--alias", "front desk", "--share", str(running.root))
+    code = read_code(agent)
+    client = ConsoleClient(running.url, running.pki.ca_cert,
+                           load_file_identity("alice", key, None))
+    join = asyncio.create_task(client.join(parse_code(code), ("view", "files")))
+    await expect(agent, r"\[a\] allow all of this")
+    agent.send("a")
+    joined = await asyncio.wait_for(join, 30)
+    assert tuple(joined.granted) == ("view", "files")
+    conn, pump = await joined.open_ssh()
+    try:
+        async with conn.start_sftp_client() as sftp:
+            assert "hello.txt" in await sftp.listdir("shared")
+    finally:
+        conn.close()
+        await joined.leave()
+        pump.cancel()
+
+
+async def test_view_only_answer_to_a_files_request_refuses_sftp(running: Deployment) -> None:
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk", "--share", str(running.root))
+    code = read_code(agent)
+    client = ConsoleClient(running.url, running.pki.ca_cert,
+                           load_file_identity("alice", key, None))
+    join = asyncio.create_task(client.join(parse_code(code), ("view", "files")))
+    await expect(agent, r"\[a\] allow all of this")
+    agent.send("v")
+    joined = await asyncio.wait_for(join, 30)
+    assert tuple(joined.granted) == ("view",)
+    conn, pump = await joined.open_ssh()
+    try:
+        with pytest.raises(asyncssh.ChannelOpenError):
+            async with conn.start_sftp_client():
+                pass
+    finally:
+        conn.close()
+        await joined.leave()
+        pump.cancel()
