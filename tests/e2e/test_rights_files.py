@@ -95,3 +95,36 @@ async def test_view_only_answer_to_a_files_request_refuses_sftp(running: Deploym
         conn.close()
         await joined.leave()
         pump.cancel()
+
+
+async def test_taking_rights_back_closes_sftp(running: Deployment) -> None:
+    key = running.add_engineer("alice", display="Alice Example")
+    agent = running.agent("--alias", "front desk", "--share", str(running.root))
+    code = read_code(agent)
+    client = ConsoleClient(running.url, running.pki.ca_cert,
+                           load_file_identity("alice", key, None))
+    join = asyncio.create_task(client.join(parse_code(code), ("view", "files")))
+    await expect(agent, r"\[a\] allow all of this")
+    agent.send("a")
+    joined = await asyncio.wait_for(join, 30)
+    conn, pump = await joined.open_ssh()
+    try:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.listdir("shared")
+        agent.send("\x1dv")  # Ctrl-] v: view only, for the one engineer
+        # The agent closes the gate as the key arrives; wait until the
+        # customer's choice has reached it (bounded), then SFTP is refused.
+        refused = False
+        for _ in range(200):
+            try:
+                async with conn.start_sftp_client():
+                    pass
+            except asyncssh.ChannelOpenError:
+                refused = True
+                break
+            await asyncio.sleep(0.1)
+        assert refused
+    finally:
+        conn.close()
+        await joined.leave()
+        pump.cancel()
