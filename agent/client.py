@@ -492,6 +492,8 @@ class Agent:
         gate.guard = InputGuard(heartbeat, lambda: self._confirm_live(active),
                                 lambda count: self._discarded(active, count))
         gate.on_dropped = lambda: self._schedule_report(active)
+        gate.on_file_transferred = lambda direction, count, outcome: self._report_file(
+            active, direction, count, outcome)
         heartbeat.start()
         relay = SSHRelay(link, on_control)
         pump = relay.task  # ends when the link closes
@@ -588,6 +590,17 @@ class Agent:
     def _report_now(self, active: ActiveSession) -> None:
         active.report = None
         task = asyncio.get_running_loop().create_task(self._report_dropped(active))
+        active.tasks.add(task)
+        task.add_done_callback(active.tasks.discard)
+
+    def _report_file(self, active: ActiveSession, direction: str, count: int,
+                     outcome: str) -> None:
+        """Tell the broker one file moved (its audit keeps no name); the
+        broker bounds how many it records per session."""
+        if active.ended.is_set():
+            return
+        task = asyncio.get_running_loop().create_task(_quietly(active.link.send(
+            "file_transferred", direction=direction, bytes=max(0, count), outcome=outcome)))
         active.tasks.add(task)
         task.add_done_callback(active.tasks.discard)
 

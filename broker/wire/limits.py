@@ -135,6 +135,11 @@ MAX_LABEL = 64
 # can never exceed the bytes relayed to the agent, which the broker also
 # checks; the cap only keeps the integer a sane JSON number.
 MAX_DROPPED_BYTES = 2**53
+# `file_transferred`: the bytes one file moved (any sane JSON number; the
+# agent's own size limits are far lower), and how many such events one
+# session may record (beyond this they are dropped: the audit stays bounded).
+MAX_TRANSFER_BYTES = 2**53
+MAX_FILE_EVENTS_PER_SESSION = 1000
 # A `confirm_live` carries a counter the agent picks; any int this size will do.
 MAX_LIVENESS_ID = 2**31 - 1
 

@@ -35,6 +35,7 @@ from broker.wire.limits import (
     MAX_LABEL,
     MAX_LIVENESS_ID,
     MAX_SESSION_EVENTS,
+    MAX_TRANSFER_BYTES,
     PAIRING_FAILURES,
     PROTOCOL_VERSION,
 )
@@ -232,6 +233,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
     # discarded after a stall): a claim the broker bounds by what it relayed
     # and records in `session_ended`. Sent at most once a second and before `end`.
     "input_dropped": {"bytes": Field("int", MAX_DROPPED_BYTES)},
+    # One file the engineer of this seat copied, as the agent saw it: which
+    # way, how many bytes actually moved, how it ended. Never a name.
+    "file_transferred": {
+        "direction": Field("choice", choices=("upload", "download")),
+        "bytes": Field("int", MAX_TRANSFER_BYTES),
+        "outcome": Field("choice", choices=("complete", "cancelled", "refused", "failed")),
+    },
     # -- several engineers: the customer asks for a code for a colleague;
     # the broker answers with a nameplate bound to this session.
     "invite": {},

@@ -62,6 +62,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "confirm_live": {"id": 3},
     "live": {"id": 3},
     "input_dropped": {"bytes": 17},
+    "file_transferred": {"direction": "upload", "bytes": 17, "outcome": "complete"},
     "invite": {},
     "invitation": {"nameplate": "48213", "expires_in": 600},
     "remove": {},
@@ -530,6 +531,15 @@ def test_pairing_failed_names_one_of_the_known_failures(reason: str) -> None:
 def test_agent_claims_are_bounded_integers(msg_type: str, field: str, value: Any) -> None:
     with pytest.raises(ProtocolError):
         validate(msg_type, {field: value})
+
+
+@pytest.mark.parametrize("override", [
+    {"direction": "sideways"}, {"direction": ""}, {"outcome": "withdrawn"}, {"outcome": 1},
+    {"bytes": -1}, {"bytes": 2**60}, {"bytes": 1.5}, {"bytes": True}, {"name": "x.txt"},
+])
+def test_file_transferred_is_bounded_and_carries_no_name(override: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        validate("file_transferred", {**SAMPLES["file_transferred"], **override})
 
 
 ROSTER_SEAT = {"seat": "console", "login": "alice", "display": "Alice", "rights": ["view"]}

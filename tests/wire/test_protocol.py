@@ -31,7 +31,7 @@ ALLOWED = {
     # consent: answering request_control; confirm_live, input_dropped: agent claims;
     # invite: a code for another engineer; rights, remove: this seat's engineer only
     (S, Phase.ACTIVE): {"rights", "consent", "confirm_live", "input_dropped", "end",
-                        "invite", "remove"},
+                        "invite", "remove", "file_transferred"},
     (C, Phase.HELLO): {"login"},
     (C, Phase.LOGIN): {"login_proof"},
     (C, Phase.READY): {"join", "audit_query", "audit_session_query", "audit_verify"},

@@ -15,7 +15,7 @@ import pytest
 from broker.wire.code import JoinCode
 from broker.wire.e2e import Pairing
 from broker.wire.errors import LocalProtocolError, ProtocolError
-from broker.wire.limits import OPEN_TIMEOUT
+from broker.wire.limits import MAX_FILE_EVENTS_PER_SESSION, OPEN_TIMEOUT
 from broker.wire.machine import session as session_module
 from broker.wire.machine.actions import (
     Action,
@@ -444,6 +444,23 @@ def test_a_granted_request_is_recorded_before_anyone_hears(setup: Setup) -> None
     # Control is in force: a new request has nothing to ask.
     assert sent(setup.receive(CONSOLE, frame("request_control")), CONSOLE,
                 "control_result").fields["decision"] == "unchanged"
+
+
+def test_a_transferred_file_is_recorded_without_a_name(setup: Setup) -> None:
+    setup.to_active()
+    actions = setup.receive(AGENT_SESSION, frame(
+        "file_transferred", direction="download", bytes=42, outcome="cancelled"))
+    assert kinds(actions) == [("record", "file_transferred")]
+    body = records(actions)[0].body
+    assert body == {"direction": "download", "bytes": 42, "outcome": "cancelled"}
+
+
+def test_file_events_are_bounded_per_session(setup: Setup) -> None:
+    setup.to_active()
+    report = frame("file_transferred", direction="upload", bytes=1, outcome="complete")
+    for _ in range(MAX_FILE_EVENTS_PER_SESSION):
+        assert kinds(setup.receive(AGENT_SESSION, report)) == [("record", "file_transferred")]
+    assert setup.receive(AGENT_SESSION, report) == []  # dropped, not an error
 
 
 def test_a_request_for_control_keeps_the_files_the_seat_holds() -> None:

@@ -201,6 +201,9 @@ CATALOGUE: tuple[Route, ...] = (
     Route("live", B, S, (ACTIVE,), None, "the session is still live: held input may go"),
     Route("input_dropped", S, B, (ACTIVE,), None,
           "a bounded claim, recorded in session_ended"),
+    Route("file_transferred", S, B, (ACTIVE,), None,
+          "file_transferred recorded (direction, bytes, outcome; no name), at most "
+          "MAX_FILE_EVENTS_PER_SESSION per session"),
     # -- several engineers --------------------------------------------------
     Route("invite", S, B, (ACTIVE,), None,
           "invite_issued recorded; invitation with a fresh nameplate bound to this "

@@ -53,6 +53,7 @@ from broker.wire.limits import (
     AGENT_END_REASONS,
     CONSOLE_END_REASONS,
     MAX_ENGINEERS_PER_SESSION,
+    MAX_FILE_EVENTS_PER_SESSION,
     OPEN_TIMEOUT,
 )
 from broker.wire.machine.actions import (
@@ -111,6 +112,7 @@ class _State:
     joined: int = 1  # seats ever made (names the next one)
     active_since: float | None = None
     ended: str | None = None  # the end reason, once ended
+    file_events: int = 0  # `file_transferred` recorded (bounded per session)
 
 
 Handler = Callable[["SessionMachine", str, Message, float], list[Action]]
@@ -392,6 +394,17 @@ class SessionMachine:
         seat.input_dropped = max(seat.input_dropped,
                                  min(msg["bytes"], seat.traffic.to_agent))
         return []
+
+    def _on_file_transferred(self, conn: str, msg: Message, now: float) -> list[Action]:
+        """One file the seat's engineer copied: recorded without a name. Past
+        the per-session bound further reports are dropped, not an error."""
+        seat = self._seat_of(conn)
+        if self._s.file_events >= MAX_FILE_EVENTS_PER_SESSION:
+            return []
+        self._s.file_events += 1
+        return [self._record("file_transferred", self._seat_body(seat, {
+            "direction": msg["direction"], "bytes": msg["bytes"],
+            "outcome": msg["outcome"]}), seat=seat)]
 
     def _on_consent(self, conn: str, msg: Message, now: float) -> list[Action]:
         seat = self._seat_of(conn)
@@ -736,6 +749,7 @@ _HANDLERS: dict[str, Handler] = {
     "pairing_failed": SessionMachine._on_pairing_failed,
     "confirm_live": SessionMachine._on_confirm_live,
     "input_dropped": SessionMachine._on_input_dropped,
+    "file_transferred": SessionMachine._on_file_transferred,
     "consent": SessionMachine._on_consent,
     "request_control": SessionMachine._on_request_control,
     "rights": SessionMachine._on_rights,
