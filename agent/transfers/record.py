@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,9 @@ class TransferRecord:
         line = json.dumps(asdict(entry), ensure_ascii=True, sort_keys=True) + "\n"
         data = line.encode()
         if len(data) > MAX_RECORD_LINE:
-            data = (json.dumps({**asdict(entry), "name": entry.name[:512], "reason": "",
-                                "local_path": ""}, sort_keys=True) + "\n").encode()
+            # An absurdly long name or message: keep the entry, cut the text.
+            cut = replace(entry, name=entry.name[:512], reason=entry.reason[:512], local_path="")
+            data = (json.dumps(asdict(cut), sort_keys=True) + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:
