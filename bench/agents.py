@@ -51,7 +51,7 @@ class HarnessScreen:
 
     async def ask_consent(self, request: ConsentRequest, timeout: float,
                           max_rights: str) -> Decision:
-        return Decision("granted", ("view", "control"))
+        return Decision("granted", tuple(request.wants))  # all that was asked, never more
 
     def notice(self, text: str) -> None: ...
     def flash(self, text: str, seconds: float = 0) -> None: ...
