@@ -44,7 +44,7 @@ from agent.consent import DENY, ConsentRequest, Decision, allowed
 from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
 from agent.liveness import Heartbeat, InputGuard
-from agent.screen import CustomerScreen, Viewer
+from agent.screen import Viewer
 from agent.sshd import Gate, Services, SharedShell, serve_shell
 from agent.transfers.disk import Roots
 from agent.transfers.hub import TransferHub
@@ -52,6 +52,7 @@ from agent.transfers.jail import Limits
 from agent.transfers.server import Engineer
 from agent.transfers.session import session_hub, sftp_factory
 from agent.transfers.view import TransferView
+from agent.ui import CustomerUI
 from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import SSHRelay
@@ -142,7 +143,7 @@ def _same_key(a: str, b: str) -> bool:
 
 class Agent:
     def __init__(self, config: AgentConfig, identity: DeviceIdentity,
-                 screen: CustomerScreen) -> None:
+                 screen: CustomerUI) -> None:
         self.config = config
         self.identity = identity
         self.screen = screen

@@ -1,8 +1,8 @@
 """Agents for the harness, in one process: `python -m bench.agents ...`.
 
 `--sessions N` runs N real `agent.client.Agent`s whose screen is the
-harness's own: consent is answered "view and control" the moment it is
-asked. That is a hook of the harness, not a flag of the agent: the agent
+harness's own: consent is answered with exactly what was asked, the
+moment it is asked. That is a hook of the harness, not a flag of the agent: the agent
 program itself always asks a person. Each new join code is printed as a JSON
 line, so the harness can join.
 
@@ -18,12 +18,14 @@ import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.client import Agent
 from agent.config import AgentConfig
 from agent.consent import ConsentRequest, Decision
 from agent.identity import load_identity
+from agent.screen import Viewer
 from bench.procs import raise_fd_limit
 from broker import eventloop
 from broker.client.link import open_link
@@ -41,9 +43,14 @@ class HarnessScreen:
     def __init__(self, index: int) -> None:
         self.index = index
         self.quit = asyncio.Event()
-        self.on_end_all = lambda: None
-        self.on_view_only = lambda: None
-        self.on_customer_input = lambda _data: None
+        # The agent sets these; nobody presses the keys that call them here.
+        self.on_end_all: Callable[[], None] = lambda: None
+        self.on_view_only: Callable[[str | None], None] = lambda _seat: None
+        self.on_remove: Callable[[str], None] = lambda _seat: None
+        self.on_invite: Callable[[], None] = lambda: None
+        self.on_customer_input: Callable[[bytes], None] = lambda _data: None
+        self.on_cancel_transfers: Callable[[], object] = lambda: None
+        self.on_files: Callable[[], None] = lambda: None
 
     def set_code(self, code: str | None, expires_in: int) -> None:
         if code:
@@ -55,9 +62,14 @@ class HarnessScreen:
 
     def notice(self, text: str) -> None: ...
     def flash(self, text: str, seconds: float = 0) -> None: ...
-    def session_started(self, session: str, viewer: object) -> None: ...
+    async def show_invite(self, code: str, expires_in: int,
+                          claimed: asyncio.Event) -> None: ...
+    async def show_panel(self, lines: Callable[[], list[str]],
+                         on_x: Callable[[], object]) -> None: ...
+    def session_started(self, session: str, viewer: Viewer) -> None: ...
     def session_ended(self, session: str, message: str) -> None: ...
     def set_control(self, session: str, control: bool) -> None: ...
+    def set_activity(self, text: str) -> None: ...
     def mirror(self, data: bytes) -> None: ...
 
 
@@ -68,7 +80,7 @@ async def run_sessions(args: argparse.Namespace) -> None:
         config = AgentConfig(broker=args.broker, ca=args.ca, alias=f"bench-{i}",
                              state_dir=state / str(i), shell=args.shell)
         agents.append(Agent(config, load_identity(config.state_dir),
-                            HarnessScreen(i)))  # type: ignore[arg-type]
+                            HarnessScreen(i)))
     async with asyncio.TaskGroup() as group:
         for agent in agents:
             group.create_task(agent.run())
