@@ -32,6 +32,14 @@ class SessionPane(Vertical):
         yield Static("", classes="session-status")
 
     @property
+    def standing(self) -> bool:
+        """False while the tab is being taken down (leaving removes its
+        widgets one by one, and the clock's tick or a late event from the
+        session can land in between) and after: nothing to draw then."""
+        return (self.is_attached and bool(self.query(".session-status"))
+                and bool(self.query(TerminalView)))
+
+    @property
     def terminal(self) -> TerminalView:
         return self.query_one(TerminalView)
 
@@ -78,14 +86,19 @@ class SessionPane(Vertical):
             live.resize(cols, rows)
 
     def session_event(self, event: SessionEvent) -> None:
+        # The record first: the home tab's table shows it after the tab is gone.
         if event.kind in ("rights", "control_result") and event.granted:
             self.record.granted = event.granted
-            self.terminal.set_read_only(Right.CONTROL not in event.granted)
         if event.kind == "roster":
             self.record.others = event.others
         if event.kind == "ended":
             self.record.end(event.text, time.monotonic())
+        if not self.standing:
+            return
+        if event.kind == "ended":
             self.terminal.set_read_only(True)
+        elif event.kind in ("rights", "control_result") and event.granted:
+            self.terminal.set_read_only(Right.CONTROL not in event.granted)
         self.set_notice(event.text)
 
     def set_notice(self, text: str) -> None:
@@ -95,6 +108,8 @@ class SessionPane(Vertical):
     def refresh_status(self, now: float) -> None:
         """One line, most important first: what does not fit is cut with "…"
         (a second line would take a row from the terminal)."""
+        if not self.standing:
+            return
         record, live = self.record, self.record.live
         parts: list[Text | str] = [literal(record.alias or "-", 40, "bold")]
         if live is not None:

@@ -245,6 +245,21 @@ async def test_several_sessions_switch_with_f6_and_leave_with_f8() -> None:
         await until(pilot, lambda: len(harness.app.screen.query(SessionPane)) == 1)
 
 
+async def test_the_clock_tick_spares_a_pane_being_taken_down() -> None:
+    """Leaving removes the tab's widgets one by one; the once-a-second tick
+    that lands in between must not find the status line gone and crash."""
+    harness = Harness()
+    async with harness.app.run_test(size=(100, 30)) as pilot:
+        await connect(pilot, harness.app)
+        await join(pilot, harness.app, "4821-193-775", control=False)
+        await until(pilot, lambda: harness.app.screen.query(SessionPane))
+        pane = harness.app.screen.query_one(SessionPane)
+        await pane.query_one(".session-status", Static).remove()  # as mid-removal
+        harness.app.screen.tick()
+        await pilot.pause(0.1)
+        assert harness.app.screen.query(SessionPane)
+
+
 async def test_quit_with_an_active_session_asks_first() -> None:
     harness = Harness()
     async with harness.app.run_test(size=(100, 30)) as pilot:
