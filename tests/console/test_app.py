@@ -255,7 +255,9 @@ async def test_the_clock_tick_spares_a_pane_being_taken_down() -> None:
         await until(pilot, lambda: harness.app.screen.query(SessionPane))
         pane = harness.app.screen.query_one(SessionPane)
         await pane.query_one(".session-status", Static).remove()  # as mid-removal
-        harness.app.screen.tick()
+        main = harness.app.screen
+        assert isinstance(main, MainScreen)
+        main.tick()
         await pilot.pause(0.1)
         assert harness.app.screen.query(SessionPane)
 
