@@ -25,6 +25,7 @@ from asyncssh.channel import SSHChannel
 
 from agent.liveness import InputGuard
 from agent.pty import INPUT_HIGH_WATER, PtyShell
+from broker.wire.chat import CHAT_SUBSYSTEM
 from broker.wire.limits import SSH_CIPHERS
 
 
@@ -168,9 +169,6 @@ class SharedShell:
             member.input_room()
 
 
-# The subsystem name of the chat line (asyncssh and OpenSSH allow any
-# "name@domain" subsystem; this one is ours).
-CHAT_SUBSYSTEM = "chat@consentry"
 # Channels one SSH connection may have open at once besides the shell: an
 # SFTP client or two and the chat line; more is a client gone wrong.
 MAX_SERVICE_CHANNELS = 8

@@ -12,7 +12,8 @@ import asyncssh
 import pytest
 
 from agent.liveness import MAX_HELD_INPUT, STALL_AFTER, Heartbeat, InputGuard
-from agent.sshd import CHAT_SUBSYSTEM, Gate, Services, SharedShell, serve_shell
+from agent.sshd import Gate, Services, SharedShell, serve_shell
+from broker.wire.chat import CHAT_SUBSYSTEM
 
 
 class Collect(asyncssh.SSHClientSession[bytes]):
