@@ -36,6 +36,7 @@ class SessionRecord:
     created: float
     state: str = "joining"  # joining|pairing|waiting|active|ended|<outcome in NEXT_STEP>
     detail: str = "Connecting to the broker..."
+    wants_files: bool = False
     alias: str = ""
     granted: tuple[str, ...] = ()
     started: float | None = None

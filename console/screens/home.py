@@ -23,15 +23,20 @@ STATE_STYLE = {
 def control_label(wanted: bool) -> str:
     """The switch's state in words: its colours alone can look the same in
     a terminal with few colours."""
-    return f"ask for control: {'yes' if wanted else 'no'}"
+    return f"control: {'yes' if wanted else 'no'}"
+
+
+def files_label(wanted: bool) -> str:
+    return f"files: {'yes' if wanted else 'no'}"
 
 
 class HomePane(Vertical):
     class JoinRequested(Message):
-        def __init__(self, code: str, wants_control: bool) -> None:
+        def __init__(self, code: str, wants_control: bool, wants_files: bool = False) -> None:
             super().__init__()
             self.code = code
             self.wants_control = wants_control
+            self.wants_files = wants_files
 
     class SessionChosen(Message):
         def __init__(self, key: str) -> None:
@@ -43,8 +48,12 @@ class HomePane(Vertical):
         with Horizontal(id="join-row"):
             # Short enough to show whole at 80 columns beside the switch and button.
             yield Input(id="code", placeholder="code, e.g. 4821-193-775")
+            # What to ask the customer for besides watching: each its own
+            # switch, as each is its own line on the customer's prompt.
             yield Label(control_label(False), id="control-label")
-            yield Switch(id="control", value=False)
+            yield Switch(id="control", value=False, tooltip="Ask to type in the shell")
+            yield Label(files_label(False), id="files-label")
+            yield Switch(id="files", value=False, tooltip="Ask to copy files (F4)")
             yield Button("Join", id="join", variant="primary")
         yield Static("", id="join-status")
         yield Static("Your sessions", classes="section-title")
@@ -59,6 +68,10 @@ class HomePane(Vertical):
     @on(Switch.Changed, "#control")
     def _control_changed(self, event: Switch.Changed) -> None:
         self.query_one("#control-label", Label).update(control_label(event.value))
+
+    @on(Switch.Changed, "#files")
+    def _files_changed(self, event: Switch.Changed) -> None:
+        self.query_one("#files-label", Label).update(files_label(event.value))
 
     @on(Button.Pressed, "#join")
     @on(Input.Submitted, "#code")
@@ -78,7 +91,8 @@ class HomePane(Vertical):
             code_input.focus()
             return
         code_input.value = ""
-        self.post_message(self.JoinRequested(code, self.query_one("#control", Switch).value))
+        self.post_message(self.JoinRequested(code, self.query_one("#control", Switch).value,
+                                             self.query_one("#files", Switch).value))
 
     def show_status(self, text: str, error: bool = False) -> None:
         status = self.query_one("#join-status", Static)

@@ -73,7 +73,8 @@ class MainScreen(Screen[None]):
     @on(HomePane.JoinRequested)
     def _join(self, message: HomePane.JoinRequested) -> None:
         key = f"s{next(self._keys)}"
-        record = SessionRecord(key, message.code, message.wants_control, time.monotonic())
+        record = SessionRecord(key, message.code, message.wants_control, time.monotonic(),
+                               wants_files=message.wants_files)
         self.records[key] = record
         self.tick()
         self._run_join(record)
@@ -88,7 +89,7 @@ class MainScreen(Screen[None]):
 
         try:
             live = await backend_of(self).join(
-                record.code, record.wants_control, progress)
+                record.code, record.wants_control, progress, files=record.wants_files)
         except ConsoleError as exc:
             record.fail(exc, time.monotonic())
             home.show_status(record.detail, error=True)

@@ -140,6 +140,7 @@ class FakeBackend:
         self.alias = alias
         self.sessions: list[FakeLive] = []
         self.joins: list[str] = []  # every code join() was called with
+        self.asked: list[tuple[str, bool, bool]] = []  # (code, control, files) of each join
         self.queries: list[dict[str, Any]] = []
         self.events = make_events(events)
         self.closed = False
@@ -155,8 +156,10 @@ class FakeBackend:
             raise self.login_error
         return Profile(self.settings.user, "Alice Example", self.role)
 
-    async def join(self, code: str, control: bool, on_progress) -> FakeLive:  # type: ignore[no-untyped-def]
+    async def join(self, code: str, control: bool, on_progress,  # type: ignore[no-untyped-def]
+                   files: bool = False) -> FakeLive:
         self.joins.append(code)
+        self.asked.append((code, control, files))
         on_progress(Progress("connecting", "Connecting to the broker..."))
         await asyncio.sleep(0)
         on_progress(Progress("pairing", "Pairing with the customer's computer..."))
@@ -175,6 +178,8 @@ class FakeBackend:
         if code == "9999-999-999":
             raise BrokerError("cannot reach the broker at 127.0.0.1:9: Connection refused")
         granted = ("view", "control") if control and code != VIEW_ONLY else ("view",)
+        if files and code != VIEW_ONLY:
+            granted += ("files",)
         live = FakeLive(self.alias, granted, open_delay=self.open_delay)
         self.sessions.append(live)
         return live

@@ -66,11 +66,14 @@ async def until(pilot, predicate, timeout: float = 10.0) -> None:  # type: ignor
         await pilot.pause(0.02)
 
 
-async def join(pilot, app: ConsoleApp, code: str, control: bool = True) -> None:  # type: ignore[no-untyped-def]
+async def join(pilot, app: ConsoleApp, code: str, control: bool = True,  # type: ignore[no-untyped-def]
+               files: bool = False) -> None:
     screen = app.screen
     screen.query_one("#code", Input).value = code
     if control:
         await pilot.click("#control")
+    if files:
+        await pilot.click("#files")
     await pilot.click("#join")
 
 
@@ -155,6 +158,19 @@ async def test_view_only_does_not_send_and_f7_asks_for_control() -> None:
         await until(pilot, lambda: "granted control" in pane.notice)
         await pilot.press("y")
         assert bytes(live.written) == b"y"
+
+
+async def test_the_files_switch_asks_for_files_on_its_own() -> None:
+    """Files are their own right: the switch asks for them with or without
+    control, and the session's rights show what the customer granted."""
+    harness = Harness()
+    async with harness.app.run_test(size=(100, 30)) as pilot:
+        await connect(pilot, harness.app)
+        await join(pilot, harness.app, "4821-193-775", control=False, files=True)
+        await until(pilot, lambda: harness.app.screen.query(SessionPane))
+        assert harness.backend.asked == [("4821-193-775", False, True)]
+        await until(pilot, lambda: "view + files" in text_of(
+            harness.app.screen.query_one(".session-status", Static)))
 
 
 @pytest.mark.parametrize(("code", "state", "advice"), [

@@ -67,16 +67,18 @@ async def test_home_shows_the_whole_join_row(size: tuple[int, int]) -> None:
         # One free cell after the button, so its edge is not mistaken for a cut.
         assert screen.query_one("#join", Button).region.right <= width - 1
         lines = screen_lines(harness.app)
-        row = next(line for line in lines if "Join" in line and "ask for control" in line)
+        row = next(line for line in lines if "Join" in line and "control" in line)
         assert "code, e.g. 4821-193-775" in row  # the placeholder is whole
-        assert "ask for control: no" in row  # the switch's state in words
+        # Each switch's state in words, whole.
+        assert "control: no" in row and "files: no" in row
         check_snapshot(f"home-{width}x{height}", lines)
 
-        await pilot.click("#control")
-        await pilot.pause()
-        assert screen.query_one("#control", Switch).value
-        assert "ask for control: yes" in str(screen.query_one("#control-label", Label).render())
-        assert any("ask for control: yes" in line for line in screen_lines(harness.app))
+        for switch, words in (("control", "control: yes"), ("files", "files: yes")):
+            await pilot.click(f"#{switch}")
+            await pilot.pause()
+            assert screen.query_one(f"#{switch}", Switch).value
+            assert words in str(screen.query_one(f"#{switch}-label", Label).render())
+            assert any(words in line for line in screen_lines(harness.app))
 
 
 async def open_session(harness: Harness, pilot, *, control: bool = True) -> FakeLive:  # type: ignore[no-untyped-def]

@@ -116,7 +116,8 @@ def test_pastes_through_the_real_terminal_driver_bracketed_or_not(running: Deplo
     tui.send("\r")  # the connect form is filled in from the flags
     tui.expect("Join")
     time.sleep(0.5)
-    for keys in (code, "\t", " ", "\t", "\r"):  # the code, "ask for control" on, Join
+    # The code, "control" on, past "files" (off), Join.
+    for keys in (code, "\t", " ", "\t", "\t", "\r"):
         tui.send(keys)
         time.sleep(0.2)
     agent.expect(r"\[n/Enter\] deny")
