@@ -39,9 +39,11 @@ from tests.e2e.conftest import BIN, Deployment, read_code, transcript
 from tests.e2e.test_control import expect
 
 # Unique per run, so finding it anywhere means this run's data leaked there.
-MARKER = "mk" + secrets.token_hex(6)
-UP, DOWN = f"up-{MARKER}.bin", f"down-{MARKER}.log"
-LIB_UP, LIB_DOWN = f"lib-{MARKER}.bin", f"ld-{MARKER}.log"
+MARKER = "mk" + secrets.token_hex(4)
+# Short names: the customer's 80-column banner has room for about 25
+# characters of name beside who is connected and the size.
+UP, DOWN = f"u-{MARKER}.bin", f"d-{MARKER}.log"
+LIB_UP, LIB_DOWN = f"lu-{MARKER}.bin", f"ld-{MARKER}.log"
 UP_SIZE, DOWN_SIZE, LIB_SIZE = 300_000, 400_000, 250_000
 PROMPT = "files> "
 
@@ -77,10 +79,10 @@ def plain_console_session(dep: Deployment, agent: pexpect.spawn, key: Path, eng:
     console.expect(PROMPT)
     console.send(f"put eng/{UP}\r")
     console.expect(rf"sent {UP}: 293\.0 KiB as \./{UP} on the customer's computer")
-    agent.expect(rf"sent you {UP} \(300 KB\) - done")
+    agent.expect(rf"Received {UP} \(300 KB\)")
     console.send(f"get /shared/{DOWN} eng/\r")
     console.expect(rf"fetched {DOWN}: 390\.6 KiB saved as {eng / DOWN}")
-    agent.expect(rf"copied /shared/{DOWN} \(400 KB\)")
+    agent.expect(rf"Sent /shared/{DOWN} \(400 KB\)")
     console.send("get ../../etc/passwd eng/passwd\r")
     console.expect(r"refused \.\./\.\./etc/passwd: refused: '\.\.' would leave the transfer "
                    "folder")
@@ -132,7 +134,13 @@ async def library_session(dep: Deployment, agent: pexpect.spawn, key: Path) -> R
                     refusals[what] = exc.reason
                 else:  # pragma: no cover - the failure the test is for
                     refusals[what] = "opened!"
-        await expect(agent, r"Refused: engineer Alice tried to copy /shared/escape")
+        await expect(agent, r"Refused sending /shared/escape to Alice")
+        # The customer's files panel (Ctrl-] f) has the whole line of each.
+        agent.send("\x1df")
+        await expect(agent, r"Engineer Alice Example copied /shared/"
+                     + LIB_DOWN.replace(".", r"\.") + r" \(250 KB\)")
+        await expect(agent, r"Press any key to go back")
+        agent.send(" ")
     finally:
         conn.close()
         await joined.leave()
@@ -146,7 +154,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     dep = Deployment(root=root, pki=init_dev_pki(root / "certs"), data_dir=root / "var")
     try:
         dep.start_broker()
-        key = dep.add_engineer("alice", display="Alice")
+        key = dep.add_engineer("alice", display="Alice Example")
         share, eng = root / "share", root / "eng"
         share.mkdir()
         eng.mkdir()
@@ -157,7 +165,12 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         on_disk = {DOWN: blob(DOWN_SIZE), LIB_DOWN: blob(LIB_SIZE)}
         for name, data in on_disk.items():
             (share / name).write_bytes(data)
-        agent = dep.agent("--alias", "front desk", "--share", str(share))
+        # A customer's usual terminal: 80 columns, where the banner must still
+        # name each file and its size beside who is connected.
+        agent = dep.spawn(
+            "consentry-agent", "--broker", dep.url, "--ca", str(dep.pki.ca_cert),
+            "--state-dir", str(root / "agent-state"), "--shell", "/bin/sh",
+            "--alias", "front desk", "--share", str(share), cols=80, rows=24)
         console_screen = plain_console_session(dep, agent, key, eng)
         lib_sent, lib_fetched, refusals = asyncio.run(library_session(dep, agent, key))
         sent.update(lib_sent)
@@ -184,12 +197,13 @@ def test_uploads_and_downloads_are_byte_identical(story: Story) -> None:
 
 def test_the_customer_saw_each_name_and_size(story: Story) -> None:
     screen = story.agent_screen
-    assert f"sent you {UP} (300 KB) - done" in screen
-    assert f"sent you {LIB_UP} (250 KB) - done" in screen
-    # The banner is one row (100 columns here): a download's line is cut
-    # after its size ("... from this computer - done" is the files panel's).
-    assert f"Engineer Alice copied /shared/{DOWN} (400 KB)" in screen
-    assert f"Engineer Alice copied /shared/{LIB_DOWN} (250 KB)" in screen
+    # The banner is one row of 80 columns: the file, its size, then the
+    # engineer (cut here; the row begins with who is connected).
+    assert "consentry: Alice Example is watching -- " in screen
+    assert f"Received {UP} (300 KB)" in screen
+    assert f"Received {LIB_UP} (250 KB)" in screen
+    assert f"Sent /shared/{DOWN} (400 KB)" in screen
+    assert f"Sent /shared/{LIB_DOWN} (250 KB)" in screen
 
 
 def test_escapes_and_control_characters_are_refused(story: Story) -> None:
@@ -207,7 +221,7 @@ def test_escapes_and_control_characters_are_refused(story: Story) -> None:
     assert "not for engineers" not in story.console_screen
     # The customer saw the refused copy (the prompt's attempt stopped at its
     # stat; the library's at the open, which is what a transfer is).
-    assert "Refused: engineer Alice tried to copy /shared/escape" in story.agent_screen
+    assert "Refused sending /shared/escape to Alice" in story.agent_screen
 
 
 def test_the_marker_is_nowhere_at_the_broker(story: Story) -> None:
@@ -265,8 +279,8 @@ def test_the_customers_record_names_the_files(story: Story) -> None:
         capture_output=True, text=True, timeout=30, env=story.dep.env())
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert f"Alice sent to this computer: /{UP} (300 KB) - complete" in out
-    assert f"Alice copied from this computer: /shared/{DOWN} (400 KB) - complete" in out
+    assert f"Alice Example sent to this computer: /{UP} (300 KB) - complete" in out
+    assert f"Alice Example copied from this computer: /shared/{DOWN} (400 KB) - complete" in out
     assert f"/{LIB_UP} (250 KB) - complete" in out
     assert f"/shared/{LIB_DOWN} (250 KB) - complete" in out
     assert "/shared/escape (0 bytes) - refused" in out
