@@ -66,6 +66,35 @@ def describe(transfer: Transfer) -> str:
     return f"{what} - {outcome}" + (f" ({reason})" if reason else "")
 
 
+def banner_line(transfer: Transfer) -> str:
+    """The same for the banner's one row, file first: the row begins with who
+    is connected (the customer's privacy indicator), so on an 80-column
+    terminal a sentence that names the engineer again before the file was
+    cut before the file's name. Here the name, size and progress come first
+    and the engineer last (the row already names who is connected)."""
+    who = printable(transfer.engineer, 40)
+    name = shown_name(transfer)
+    size = format_size(transfer.size)
+    upload = transfer.direction == UPLOAD
+    if transfer.running:
+        if upload:
+            return f"Receiving {name} ({size} so far) from {who}"
+        percent = transfer.percent
+        done = f", {percent}%" if percent is not None else ""
+        return f"Sending {name} ({size}{done}) to {who}"
+    outcome = transfer.outcome or ""
+    reason = printable(transfer.reason, 100)
+    if outcome == "complete":
+        return f"Received {name} ({size}) from {who}" if upload else (
+            f"Sent {name} ({size}) to {who}")
+    if outcome == "refused":
+        return (f"Refused receiving {name} from {who} ({reason})" if upload else
+                f"Refused sending {name} to {who} ({reason})")
+    what = f"Receiving {name} ({size}) from {who}" if upload else (
+        f"Sending {name} ({size}) to {who}")
+    return f"{what}: {outcome}" + (f" ({reason})" if reason else "")
+
+
 def where(transfer: Transfer) -> str:
     """Where an incoming file landed (for the notice when it is done)."""
     if transfer.direction == UPLOAD and transfer.outcome == "complete" and transfer.local_path:
@@ -108,7 +137,7 @@ class TransferView:
 
     def _changed(self, transfer: Transfer) -> None:
         if not transfer.running:
-            self._screen.flash(describe(transfer) + where(transfer))
+            self._screen.flash(banner_line(transfer) + where(transfer))
             self._draw()
             return
         now = self._clock()
@@ -130,7 +159,7 @@ class TransferView:
         running = self.running()
         if not running:
             return ""
-        text = describe(running[0])
+        text = banner_line(running[0])
         if len(running) > 1:
             text += f" (+{len(running) - 1} more)"
         return f"{text} -- Ctrl-] x cancels"

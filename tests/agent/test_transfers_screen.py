@@ -17,7 +17,7 @@ from agent.sshd import Gate
 from agent.transfers.disk import Roots
 from agent.transfers.hub import DOWNLOAD, UPLOAD, Transfer, TransferHub
 from agent.transfers.jail import Limits
-from agent.transfers.view import TransferView, describe
+from agent.transfers.view import TransferView, banner_line, describe
 from tests.agent.test_screen_flow import read_all, read_until
 
 
@@ -36,6 +36,26 @@ def test_each_transfer_in_words_with_the_name_shown_literally() -> None:
     assert describe(down).endswith("from this computer - done")
     hostile = transfer(UPLOAD, "/a\x1b[2Jb", 5, engineer="Eve\x1b]0;x\x07")
     assert "\x1b" not in describe(hostile) and "\\x1b[2J" in describe(hostile)
+
+
+
+def test_the_banner_line_names_the_file_and_size_first() -> None:
+    # The row starts with who is connected; 80 columns must still hold the
+    # file and its size (the engineer, named again, comes last).
+    row = "consentry: Alice Example is watching -- "
+    up = transfer(UPLOAD, "/report.pdf", 1_200_000, engineer="Alice Example")
+    assert banner_line(up) == "Receiving report.pdf (1.2 MB so far) from Alice Example"
+    down = transfer(DOWNLOAD, "/shared/app.log", 300_000, engineer="Alice Example")
+    down.moved = 135_000
+    assert banner_line(down) == "Sending /shared/app.log (300 KB, 45%) to Alice Example"
+    assert "(300 KB, 45%)" in (row + banner_line(down))[:80]
+    down.outcome = "complete"
+    assert banner_line(down) == "Sent /shared/app.log (300 KB) to Alice Example"
+    up.outcome, up.reason = "refused", "refused: the name is too long"
+    assert banner_line(up) == ("Refused receiving report.pdf from Alice Example "
+                               "(refused: the name is too long)")
+    hostile = transfer(UPLOAD, "/a\x1b[2Jb", 5, engineer="Eve\x1b]0;x\x07")
+    assert "\x1b" not in banner_line(hostile) and "\\x1b[2J" in banner_line(hostile)
 
 
 @pytest.fixture
@@ -65,10 +85,10 @@ async def test_the_banner_shows_a_running_transfer_and_ctrl_rbracket_x_cancels_i
     running = hub.start(transfer(DOWNLOAD, "/shared/app.log", 300_000))
     running.on_stop = lambda: stopped.append(True)
     received = bytearray()
-    await read_until(master, received, b"is copying /shared/app.log (300 KB)")
+    await read_until(master, received, b"Sending /shared/app.log (300 KB, 0%) to Alice")
     assert b"Ctrl-] x cancels" in received
     os.write(master, b"\x1dx")
-    await read_until(master, received, b"cancelled (cancelled by the customer)")
+    await read_until(master, received, b"to Alice: cancelled (cancelled by the customer)")
     assert stopped == [True] and not hub.running
     assert running.outcome == "cancelled"
     await asyncio.sleep(0)
