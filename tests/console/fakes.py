@@ -177,7 +177,8 @@ class FakeBackend:
             raise SessionFull(SESSION_FULL_TEXT)
         if code == "9999-999-999":
             raise BrokerError("cannot reach the broker at 127.0.0.1:9: Connection refused")
-        granted = ("view", "control") if control and code != VIEW_ONLY else ("view",)
+        granted: tuple[str, ...] = (
+            ("view", "control") if control and code != VIEW_ONLY else ("view",))
         if files and code != VIEW_ONLY:
             granted += ("files",)
         live = FakeLive(self.alias, granted, open_delay=self.open_delay)
