@@ -458,7 +458,9 @@ class Agent:
                 # through it), so the customer is asked in a task of its own.
                 if not active.asking and not active.ended.is_set():
                     active.asking = True
-                    task = asyncio.get_running_loop().create_task(self._ask_for_control(active))
+                    right = Right(msg.get("right") or Right.CONTROL)
+                    task = asyncio.get_running_loop().create_task(
+                        self._ask_for_control(active, right))
                     active.tasks.add(task)
                     task.add_done_callback(active.tasks.discard)
             elif msg.type == "consent_sealed":
@@ -611,19 +613,24 @@ class Agent:
             active.reported_dropped = total
             await _quietly(active.link.send("input_dropped", bytes=total))
 
-    async def _ask_for_control(self, active: ActiveSession) -> None:
-        """Answer the engineer's request for control with a signed receipt,
-        and open the gate only once the broker has recorded a grant."""
-        # What the broker expects an upgrade to ask for at this seat: view
-        # and control, and the files right if the seat holds it (never dropped).
-        ask = replace(active.request, upgrade=True, wants=upgrade_for(
-            (Right.VIEW, Right.FILES) if active.gate.files else (Right.VIEW,)))
+    async def _ask_for_control(self, active: ActiveSession,
+                               right: Right = Right.CONTROL) -> None:
+        """Answer the engineer's request for control (or files) with a signed
+        receipt, and open the gate only once the broker has recorded a grant."""
+        # What the broker expects an upgrade to ask for at this seat: view,
+        # the right asked for, and every right the seat holds (never dropped).
+        held = [Right.VIEW, *([Right.CONTROL] if active.gate.control else []),
+                *([Right.FILES] if active.gate.files else [])]
+        ask = replace(active.request, upgrade=True, adds=right,
+                      wants=upgrade_for(held, right))
         who = printable(ask.engineer_display, 40)
+        what = "Files" if right == Right.FILES else "Control"
         try:
-            if Right.CONTROL not in allowed(self.config.max_rights):
+            if right not in allowed(self.config.max_rights):
                 # The customer's own rule answers: no prompt to click through.
                 decision = DENY
-                self.screen.flash("Control declined: this computer allows view only.")
+                self.screen.flash(f"{what} declined: this computer does not allow "
+                                  + ("copying files." if right == Right.FILES else "control."))
             else:
                 decision = await self.screen.ask_consent(
                     ask, self.config.consent_timeout, self.config.max_rights)
@@ -636,21 +643,27 @@ class Agent:
             data, signature = self._signed_receipt(ask, decision)
             await active.link.send("consent", receipt=b64encode(data),
                                    signature=b64encode(signature))
+            unchanged = ("can still only watch" if not active.gate.control and
+                         not active.gate.files else "keeps what they had")
             if not granted:
-                if Right.CONTROL in allowed(self.config.max_rights):
-                    what = "did not answer" if decision.decision == "timeout" else "said no"
-                    self.screen.flash(f"You {what}: they can still only watch.")
+                if right in allowed(self.config.max_rights):
+                    said = "did not answer" if decision.decision == "timeout" else "said no"
+                    self.screen.flash(f"You {said}: {who} {unchanged}.")
                 return
             assert active.confirm is not None
             try:
                 rights = await asyncio.wait_for(active.confirm, HANDSHAKE_TIMEOUT)
             except TimeoutError:
                 self.screen.flash(f"The support service did not confirm the change, so {who} "
-                                  "can still only watch.")
+                                  f"{unchanged}.")
                 return
-            if Right.CONTROL in rights and active.epoch == epoch and not active.ended.is_set():
-                active.gate.control = True
-                self.screen.set_control(active.seat, True)
+            if right in rights and active.epoch == epoch and not active.ended.is_set():
+                if right == Right.FILES:
+                    active.gate.files = True
+                    self.screen.flash(f"{who} may now copy files: you see each one here.")
+                else:
+                    active.gate.control = True
+                    self.screen.set_control(active.seat, True)
         except (LinkError, WireError, ConnectionClosed) as exc:
             log.info("request for control not answered: %s", exc)
         finally:

@@ -6,9 +6,10 @@ to run out, or a request for more than this agent allows — all end in no
 access. Only an explicit `a`, `c` or `v` grants anything, and never more than
 was asked or than the agent's own `max_rights`.
 
-An engineer already watching may ask for control (an *upgrade*). The same
-rules hold; only `c` grants it, and `v` keeps the session as it is (view
-only), which is recorded as a refusal of the request.
+An engineer already connected may ask for control or for files (an
+*upgrade*). The same rules hold; only `c` grants control, only `f` grants
+files, and `v` keeps the session as it is, which is recorded as a refusal
+of the request.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ class ConsentRequest:
     key_fingerprint: str
     wants: tuple[str, ...]
     sas: str
-    # True when the engineer is already connected (viewing) and asks for control.
+    # True when the engineer is already connected and asks for one more
+    # right, `adds` (control or files); `wants` is then every right the seat
+    # would hold, the ones it has kept.
     upgrade: bool = False
+    adds: str = Right.CONTROL
     # Who is already connected, when this engineer asks to join a session
     # that is running (names as the network gave them: escaped when shown).
     joining: tuple[str, ...] = ()
@@ -82,13 +86,17 @@ def decide(key: str, request: ConsentRequest,
         # In an upgrade, "view only" is what the customer has already granted:
         # keeping it is a no to the request.
         return DENY if request.upgrade else Decision("granted", (Right.VIEW,))
-    if key == "a" and len(can) > 1 and not request.upgrade:
+    if request.upgrade:
+        # The one key that names the right asked for grants it, with what the
+        # seat holds already; only if all of that is allowed here.
+        accept = "f" if request.adds == Right.FILES else "c"
+        if key == accept and set(request.wants) <= set(can):
+            return Decision("granted", tuple(r for r in RIGHTS if r in request.wants))
+        return None
+    if key == "a" and len(can) > 1:
         return Decision("granted", can)
     if key == "c" and Right.CONTROL in can:
-        # View and control; in an upgrade, the files the seat holds are kept
-        # (they are part of what an upgrade asks for).
-        keep = (Right.FILES,) if request.upgrade and Right.FILES in can else ()
-        return Decision("granted", (Right.VIEW, Right.CONTROL, *keep))
+        return Decision("granted", (Right.VIEW, Right.CONTROL))
     return None
 
 
@@ -149,24 +157,36 @@ def prompt_lines(request: ConsentRequest, seconds_left: float,
     return lines
 
 
+def _kept_text(rights: tuple[str, ...]) -> str:
+    """What the seat holds now, in words: what a "no" keeps."""
+    held = [r.value for r in RIGHTS if r in rights]
+    return "view only" if len(held) == 1 else " and ".join(held) if len(held) == 2 else \
+        ", ".join(held)
+
+
 def _upgrade_lines(request: ConsentRequest, seconds_left: float,
                    max_rights: str | tuple[str, ...]) -> list[str]:
-    can_control = Right.CONTROL in offer(request, max_rights)
-    kept = "view and files" if Right.FILES in request.wants else "view only"
+    files = request.adds == Right.FILES
+    can = set(request.wants) <= set(offer(request, max_rights))
+    kept = _kept_text(tuple(r for r in request.wants if r != request.adds))
+    what = ("to copy files to and from a folder on this computer (you see each one)"
+            if files else "control (to type in the session you are watching)")
     lines = [
-        "The support engineer watching this computer now asks for control.",
+        "The support engineer connected to this computer now asks "
+        + ("to copy files." if files else "for control."),
         "",
         f"  Engineer:  {printable(request.engineer_display)} "
         f"({printable(request.engineer_login)}, {printable(request.engineer_role)})",
         f"  Key:       {printable(request.key_fingerprint)}",
         f"  Pairing:   {request.sas}",
-        "  Asks for:  control (to type in the session you are watching)",
+        f"  Asks for:  {what}",
         "",
     ]
-    if can_control:
-        lines.append(f"  [c] allow control   [n/v/Enter] no, keep {kept}")
+    if can:
+        key = "[f] allow files" if files else "[c] allow control"
+        lines.append(f"  {key}   [n/v/Enter] no, keep {kept}")
     else:
-        lines.append("  This computer does not allow control, so control cannot be granted.")
+        lines += _not_allowed(request, tuple(offer(request, max_rights)))
         lines.append(f"  [n/v/Enter] keep {kept}")
     lines.append(f"  No answer in {int(seconds_left + 0.999)} s means no.")
     return lines

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from enum import StrEnum, unique
 
-__all__ = ["AGENT_END_REASONS", "CONSOLE_END_REASONS", "PAIRING_FAILURES", "RIGHTS", "UPGRADE",
-           "EndReason", "ErrorCode", "Right", "ordered", "upgrade_for"]
+__all__ = ["AGENT_END_REASONS", "CONSOLE_END_REASONS", "PAIRING_FAILURES", "REQUESTABLE",
+           "RIGHTS", "UPGRADE", "EndReason", "ErrorCode", "Right", "ordered", "upgrade_for"]
 
 
 @unique
@@ -92,12 +92,17 @@ def ordered(rights: object) -> tuple[Right, ...]:
     return tuple(r for r in RIGHTS if r.value in given)
 
 
-def upgrade_for(granted: object) -> tuple[Right, ...]:
-    """What a request for control asks for at a seat holding `granted`:
-    view and control, plus files if the seat holds it, so an upgrade never
+# What an engineer may ask for later in a running session (`request_control`
+# with its `right`): control, as before, or files.
+REQUESTABLE: tuple[Right, ...] = (Right.CONTROL, Right.FILES)
+
+
+def upgrade_for(granted: object, right: str = Right.CONTROL) -> tuple[Right, ...]:
+    """What a request for `right` asks for at a seat holding `granted`: view
+    and that right, plus every right the seat holds, so an upgrade never
     takes a right away."""
     held = ordered(granted)
-    return tuple(r for r in RIGHTS if r in UPGRADE or r in held)
+    return tuple(r for r in RIGHTS if r == Right.VIEW or r == right or r in held)
 
 # The reasons an agent may give in its `end`, and a console in its.
 AGENT_END_REASONS = frozenset({EndReason.CUSTOMER_ENDED, EndReason.SHELL_EXITED,

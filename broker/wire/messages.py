@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.wire.codes import RIGHTS, ErrorCode, Right
+from broker.wire.codes import REQUESTABLE, RIGHTS, ErrorCode, Right
 from broker.wire.errors import ProtocolError
 from broker.wire.limits import (
     MAX_ADMIN_FRAME,
@@ -64,6 +64,7 @@ __all__ = [
 # to ask (control is already granted, or a request is already with the
 # customer). "unchanged" never comes from the customer and grants nothing.
 CONTROL_DECISIONS = ("granted", "denied", "timeout", "unchanged")
+_REQUESTABLE = tuple(r.value for r in REQUESTABLE)
 
 # The optional filters of an `audit_query` (its `limit` is required). The
 # event type filter is `event_type`: `type` is the frame's own message type.
@@ -269,8 +270,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
     # The agent answers with a new signed `consent` (asked = view + control);
     # once that is recorded the broker sends `control_result` to the console
     # and to the agent (whose gate opens only on that confirmation).
-    "request_control": {},
-    "control_request": {},
+    # `right` (control when absent, as older consoles send it): files is
+    # asked for the same way, its own line on the customer's prompt.
+    "request_control": {"right": Field("choice", choices=_REQUESTABLE, required=False)},
+    "control_request": {"right": Field("choice", choices=_REQUESTABLE, required=False)},
     "control_result": {
         "decision": Field("choice", choices=CONTROL_DECISIONS),
         "granted": Field("rights"),  # the rights now in force

@@ -181,7 +181,7 @@ async def test_view_only_computer_declines_without_asking(running: Deployment) -
         await engineer.joined.request_control()
         result = await engineer.next_result()
         assert (result["decision"], result["granted"]) == ("denied", ["view"])
-        await expect(agent, "Control declined: this computer allows view only")
+        await expect(agent, "Control declined: this computer does not allow control")
         assert "now asks for control" not in transcript(agent)
     running.stop()
     denied = [e for e in audit_events(running) if e["type"] == "consent_denied"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from broker.wire.codes import Right
+
 __all__ = ["AgentFacts", "EngineerFacts", "Seat", "SessionTimeouts", "Traffic"]
 
 
@@ -84,8 +86,10 @@ class Seat:
     left: str | None = None
     left_at: float | None = None
     traffic: Traffic = field(default_factory=Traffic)
-    # A request for control is with the customer; a second one is not forwarded.
+    # A request for control or files is with the customer; a second one is
+    # not forwarded. `asking` is what the receipt answering it must ask for.
     control_pending: bool = False
+    asking: tuple[Right, ...] = ()
     # SHA-256 of every consent receipt recorded for this seat.
     receipts: set[str] = field(default_factory=set)
     # Engineer input the agent says it dropped (`input_dropped`): its claim,

@@ -185,9 +185,10 @@ CATALOGUE: tuple[Route, ...] = (
           "the signed checkpoint covering a consent event, kept beside the receipt"),
     # -- an active session --------------------------------------------------
     Route("request_control", C, B, (ACTIVE,), None,
-          "control_requested recorded, control_request to the agent; nothing to ask "
-          "(control held, a request pending): control_result unchanged"),
-    Route("control_request", B, S, (ACTIVE,), None, "the customer is asked"),
+          "for its right (control, or files): control_requested recorded, "
+          "control_request to the agent; nothing to ask (the right held, a request "
+          "pending): control_result unchanged"),
+    Route("control_request", B, S, (ACTIVE,), None, "the customer is asked for the right"),
     Route("consent", S, B, (ACTIVE,), None,
           "the answer to control_request, receipt checked: consent_* recorded "
           "(granted: rights_changed too); control_result to both"),

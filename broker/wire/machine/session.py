@@ -454,11 +454,11 @@ class SessionMachine:
         if not seat.control_pending:
             raise ProtocolError("no request for control is waiting for an answer",
                                 ErrorCode.UNEXPECTED_MESSAGE)
-        asked = upgrade_for(seat.granted)
+        asked = seat.asking
         checked = self._check(seat, msg, asked)
         receipt = checked.receipt
         if receipt.decision == "granted" and set(receipt.granted) != set(asked):
-            raise ProtocolError("a granted request for control must grant control",
+            raise ProtocolError("a granted request must grant what was asked",
                                 ErrorCode.BAD_RECEIPT)
         seat.receipts.add(checked.digest)
         seat.control_pending = False
@@ -482,14 +482,16 @@ class SessionMachine:
         to ask (control held, or a request already with the customer) is
         answered `unchanged` at once, without bothering anyone."""
         seat = self._seat_of(conn)
-        if Right.CONTROL in seat.granted or seat.control_pending:
+        right = Right(msg.get("right") or Right.CONTROL)
+        if right in seat.granted or seat.control_pending:
             return [self._send(conn, "control_result", decision="unchanged",
                                granted=list(seat.granted))]
         seat.control_pending = True
+        seat.asking = upgrade_for(seat.granted, right)
         return [self._record("control_requested",
-                             self._seat_body(seat, {"asked": list(upgrade_for(seat.granted))}),
+                             self._seat_body(seat, {"asked": list(seat.asking)}),
                              seat=seat),
-                self._send(seat.agent_session, "control_request")]
+                self._send(seat.agent_session, "control_request", right=right.value)]
 
     def _on_rights(self, conn: str, msg: Message, now: float) -> list[Action]:
         """The customer narrows this seat's rights (takes control from this engineer)."""
