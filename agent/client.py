@@ -39,6 +39,7 @@ from typing import Any, Literal
 import asyncssh
 from websockets.exceptions import ConnectionClosed
 
+from agent.chat import ChatRoom
 from agent.config import AgentConfig
 from agent.consent import DENY, ConsentRequest, Decision, allowed
 from agent.errors import BrokerLost
@@ -171,6 +172,7 @@ class Agent:
         self.transfer_view = TransferView(screen, config.state_dir)
         screen.on_cancel_transfers = self.transfer_view.cancel
         screen.on_files = lambda: self._show_files()
+        screen.on_chat_send = self.customer_chat
 
     async def run(self) -> None:
         """Wait for engineers until the customer quits (Ctrl-C).
@@ -445,7 +447,7 @@ class Agent:
             active.seat = session_id  # the first engineer: as for a session of one
             running = self.shells[session_id] = RunningSession(
                 session_id, SharedShell(self.config.shell, self.screen.mirror),
-                transfers=self._transfer_hub(session_id))
+                transfers=self._transfer_hub(session_id), chat=ChatRoom(self.screen.chat_line))
             self.transfer_view.watch(running.transfers)
         else:
             self._seat_count += 1
@@ -504,8 +506,10 @@ class Agent:
             active.conn = await serve_shell(
                 tunnel=relay, host_key=host_key, engineer_key=request["engineer_key"],
                 shell=self.config.shell, gate=gate, shared=running.shell,
-                services=Services(sftp=sftp_factory(
-                    running.transfers, Engineer(viewer.display, viewer.login))),
+                services=Services(
+                    sftp=sftp_factory(running.transfers, Engineer(viewer.display, viewer.login)),
+                    # Their lines are signed with the name the customer approved.
+                    chat=running.chat.handler(viewer.display)),
             )
             waiters = [asyncio.ensure_future(w) for w in
                        (gate.closed.wait(), active.ended.wait())]
@@ -537,6 +541,7 @@ class Agent:
             if not running.seats and self.shells.get(session_id) is running:
                 del self.shells[session_id]
                 self.transfer_view.unwatch(running.transfers)
+                running.chat.close()  # what was said is forgotten with the session
                 for nameplate in [n for n, i in self.invites.items() if i.session == session_id]:
                     self.invites.pop(nameplate).claimed.set()
             for task in list(active.tasks):
@@ -668,6 +673,15 @@ class Agent:
             if active.gate.local_input is not None:
                 active.gate.local_input(data)
                 return
+
+    def customer_chat(self, text: str) -> None:
+        """The customer's line from the chat page: to the newest running
+        session's chat (the one their keys go to)."""
+        for running in reversed(list(self.shells.values())):
+            if any(not a.ended.is_set() for a in running.seats):
+                running.chat.say(running.chat.customer, text)
+                return
+        self.screen.flash("Nobody is connected to read your message.")
 
     def view_only(self, seat: str | None = None) -> None:
         """Take control back: from every engineer, or from the one at `seat`."""
@@ -803,6 +817,8 @@ class RunningSession:
     # The session's file transfers, shared by its seats' SFTP channels.
     transfers: TransferHub = field(default_factory=lambda: TransferHub(
         "", Roots("/nonexistent"), Limits()))
+    # The session's chat line, shared by its seats' chat channels.
+    chat: ChatRoom = field(default_factory=lambda: ChatRoom(lambda _line: None))
 
 
 @dataclass(eq=False)
