@@ -60,7 +60,7 @@ from broker.client.relay import SSHRelay
 from broker.wire.code import JoinCode, draw_secret
 from broker.wire.codes import EndReason, ErrorCode, Right, upgrade_for
 from broker.wire.errors import WireError
-from broker.wire.limits import MAX_ENGINEERS_PER_SESSION
+from broker.wire.limits import MAX_CHAT_LINES, MAX_ENGINEERS_PER_SESSION
 from broker.wire.machine.handshake import (
     STEP_TIMEOUT,
     AgentSide,
@@ -91,7 +91,8 @@ _ENDED_GRACE = 5.0
 _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
 # How long the broker has to answer `confirm_live` before held input is discarded.
 LIVENESS_TIMEOUT = 10.0
-# The dropped-input total goes to the broker at most this often (and before `end`).
+# The dropped-input and chat totals go to the broker at most this often (and
+# before `end`).
 DROPPED_REPORT_INTERVAL = 1.0
 
 
@@ -121,6 +122,11 @@ class ActiveSession:
     live_checks: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     next_check: int = 0
     reported_dropped: int = 0
+    # Chat lines (counts only, for the audit): this seat's engineer's, and the
+    # customer's while this seat was connected; the last totals reported.
+    chat_engineer: int = 0
+    chat_customer: int = 0
+    reported_chat: tuple[int, int] = (0, 0)
     report: asyncio.TimerHandle | None = None
     # The key of this seat (in `Agent.sessions` and on the customer's banner).
     seat: str = ""
@@ -497,6 +503,7 @@ class Agent:
         gate.on_dropped = lambda: self._schedule_report(active)
         gate.on_file_transferred = lambda direction, count, outcome: self._report_file(
             active, direction, count, outcome)
+        gate.on_chat = lambda: self._chatted(active, engineer=True)
         heartbeat.start()
         relay = SSHRelay(link, on_control)
         pump = relay.task  # ends when the link closes
@@ -595,7 +602,7 @@ class Agent:
 
     def _report_now(self, active: ActiveSession) -> None:
         active.report = None
-        task = asyncio.get_running_loop().create_task(self._report_dropped(active))
+        task = asyncio.get_running_loop().create_task(self._report_totals(active))
         active.tasks.add(task)
         task.add_done_callback(active.tasks.discard)
 
@@ -610,11 +617,31 @@ class Agent:
         active.tasks.add(task)
         task.add_done_callback(active.tasks.discard)
 
+    async def _report_totals(self, active: ActiveSession) -> None:
+        """The seat's running totals the broker records: dropped input and
+        chat lines (each sent only when it grew)."""
+        await self._report_dropped(active)
+        totals = (min(active.chat_engineer, MAX_CHAT_LINES),
+                  min(active.chat_customer, MAX_CHAT_LINES))
+        if totals != active.reported_chat:
+            active.reported_chat = totals
+            await _quietly(active.link.send("chat_lines", engineer=totals[0],
+                                            customer=totals[1]))
+
     async def _report_dropped(self, active: ActiveSession) -> None:
         total = active.gate.dropped_bytes
         if total > active.reported_dropped:
             active.reported_dropped = total
             await _quietly(active.link.send("input_dropped", bytes=total))
+
+    def _chatted(self, active: ActiveSession, *, engineer: bool) -> None:
+        """One chat line said at this seat (the audit keeps the count, never
+        the text): by its engineer, or by the customer while it was there."""
+        if engineer:
+            active.chat_engineer += 1
+        else:
+            active.chat_customer += 1
+        self._schedule_report(active)
 
     async def _ask_for_control(self, active: ActiveSession) -> None:
         """Answer the engineer's request for control with a signed receipt,
@@ -678,8 +705,11 @@ class Agent:
         """The customer's line from the chat page: to the newest running
         session's chat (the one their keys go to)."""
         for running in reversed(list(self.shells.values())):
-            if any(not a.ended.is_set() for a in running.seats):
-                running.chat.say(running.chat.customer, text)
+            present = [a for a in running.seats if not a.ended.is_set()]
+            if present:
+                if running.chat.say(running.chat.customer, text) is not None:
+                    for active in present:
+                        self._chatted(active, engineer=False)
                 return
         self.screen.flash("Nobody is connected to read your message.")
 
@@ -770,7 +800,7 @@ class Agent:
         seats = list(self.sessions.values())
         for active in seats:
             active.gate.control = False
-            await self._report_dropped(active)  # every seat's final total, before `end`
+            await self._report_totals(active)  # every seat's final totals, before `end`
         await asyncio.gather(*(self._end(active, reason) for active in seats))
 
     async def _end(self, active: ActiveSession, reason: str) -> None:
@@ -789,7 +819,7 @@ class Agent:
         if first:
             if active.ended_by is None:
                 active.ended_by = reason
-            await self._report_dropped(active)  # the final total, before `end`
+            await self._report_totals(active)  # the final totals, before `end`
             await _quietly(active.link.send("end", reason=reason))
         else:
             # Another seat's `end` ended it: closing this seat's connections

@@ -62,17 +62,21 @@ async def test_chat_both_ways_and_the_broker_keeps_none_of_it(running: Deploymen
         assert heard == ChatLine("Customer", "customer", f"{answered} thanks")
         await expect(agent, f"You: {answered} thanks")
         agent.send("\x1b")  # back to the session
-        writer.close()
+        writer.write(encode_say("one more"))
+        assert (await next_line(reader, decoder, pending)).text == "one more"
+        # The customer ends it: the agent reports its counts before `end`.
+        agent.send("\x1de")
+        await expect(agent, "You ended the session")
     finally:
         conn.close()
         await joined.leave()
         pump.cancel()
-    await expect(agent, "left the session")
     running.stop_broker()
 
     ended = [e for e in audit_events(running)
              if e["type"] == "session_ended" and e["session"] == session]
     assert len(ended) == 1
+    assert ended[0]["body"]["chat_lines"] == {"engineer": 2, "customer": 1}
     for marker in (said, answered):
         for path in [*running.data_dir.rglob("*"), running.broker_stdout]:
             if path.is_file():
