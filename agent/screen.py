@@ -3,7 +3,8 @@ mirrored session under a one-line banner.
 
 The terminal is in raw mode while the agent runs, so every key reaches us:
 Ctrl-] opens the options (``e`` ends the session for everyone, ``v`` takes
-control back, ``i`` shows a code for one more engineer, ``q`` ends
+control back, ``i`` shows a code for one more engineer, ``f`` shows the
+files panel, ``m`` the message page of the chat line, ``q`` ends
 everything and quits; with several engineers, ``v`` and ``r`` — remove one —
 ask which, by the number the banner gives them). While a session runs, the
 customer's other keys go to the shared shell — it is their machine, and
@@ -186,6 +187,9 @@ class CustomerScreen:
         self.on_chat_send: Callable[[str], None] = lambda _text: None
         self._chat: deque[ChatLine] = deque(maxlen=CHAT_HISTORY)
         self._chat_draft: str | None = None  # the page's line being typed, while open
+        # A prompt needs the screen: the chat page closes, keeping what was typed.
+        self._chat_yield = False
+        self._chat_kept = ""
         self._chat_task: asyncio.Task[None] | None = None
         self._activity = ""
         self._saved_tty: list[Any] | None = None  # termios.tcgetattr's attributes
@@ -454,6 +458,7 @@ class CustomerScreen:
         self, request: ConsentRequest, timeout: float, max_rights: str
     ) -> Decision:
         """Ask, one prompt at a time; silence until `timeout` is a refusal."""
+        self._make_way_for_prompt()
         async with self._prompt_lock:
             self._keys = asyncio.Queue(maxsize=64)
             started = time.monotonic()
@@ -485,6 +490,7 @@ class CustomerScreen:
         """Show the code for one more engineer, as the waiting code is shown,
         until the customer presses a key, the code is used, or it expires.
         The session's output is held meanwhile, as under a prompt."""
+        self._make_way_for_prompt()
         async with self._prompt_lock:
             if claimed.is_set() or not self._viewers:
                 return
@@ -571,6 +577,7 @@ class CustomerScreen:
         if not self._viewers:
             self._recent.clear()  # no session's output kept once nobody is connected
             self._chat.clear()  # nor what was said
+            self._chat_kept = ""
             if self._chat_draft is not None and self._keys is not None:
                 with contextlib.suppress(asyncio.QueueFull):
                     self._keys.put_nowait("")  # the chat page closes
@@ -670,6 +677,14 @@ class CustomerScreen:
         elif line.role != "customer":
             self.flash(chat_banner(line), CHAT_FLASH_SECONDS)
 
+    def _make_way_for_prompt(self) -> None:
+        """A consent prompt or a code must not wait behind the chat page
+        (the engineer's request would time out meanwhile): it closes."""
+        if self._chat_draft is not None and self._keys is not None:
+            self._chat_yield = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self._keys.put_nowait("")
+
     def open_chat(self) -> None:
         """Ctrl-] m: the chat page, unless it is open already."""
         if self._viewers and (self._chat_task is None or self._chat_task.done()):
@@ -684,18 +699,19 @@ class CustomerScreen:
                 return
             keys: asyncio.Queue[str] = asyncio.Queue(maxsize=_CHAT_KEYS)
             self._keys = keys
-            self._chat_draft = ""
+            self._chat_draft, self._chat_kept = self._chat_kept, ""
+            self._chat_yield = False
             # Keys come a byte at a time; a letter outside ASCII is several.
             utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
             try:
                 self._draw_chat()
-                while self._viewers:
+                while self._viewers and not self._chat_yield:
                     try:
                         key = await asyncio.wait_for(keys.get(), CHAT_PAGE_SECONDS)
                     except TimeoutError:
                         break
                     if not key:
-                        continue  # woken: the loop checks who is connected
+                        continue  # woken: the loop checks why
                     code = ord(key)
                     if code in (ESC, CTRL_RBRACKET, CTRL_C):
                         if code != ESC or not await self._escape_sequence(keys):
@@ -714,6 +730,10 @@ class CustomerScreen:
                             self._chat_draft += letters
                     self._draw_chat()
             finally:
+                if self._chat_yield and self._viewers:
+                    self._chat_kept = self._chat_draft or ""
+                    self.flash("The message page closed for a question; Ctrl-] m opens it "
+                               "again with what you typed.")
                 self._keys = None
                 self._chat_draft = None
                 self._close_prompt()

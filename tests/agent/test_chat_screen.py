@@ -14,7 +14,7 @@ import pytest
 from agent.pty import set_winsize
 from agent.screen import CustomerScreen, Viewer, chat_banner, chat_page_line
 from broker.wire.chat import MAX_CHAT_CHARS, ChatLine
-from tests.agent.test_screen_flow import read_all, read_until
+from tests.agent.test_screen_flow import ASK, read_all, read_until
 
 ALICE = "Alice Example"
 
@@ -121,3 +121,31 @@ async def test_the_menu_names_the_chat(screen: tuple) -> None:
     os.write(master, b"\x1d")
     await read_until(master, received, b"[m] message")
     os.write(master, b"z")
+
+
+async def test_a_consent_prompt_closes_the_page_and_the_typed_line_is_kept(
+        screen: tuple) -> None:
+    customer, master, sent = screen
+    received = bytearray()
+    os.write(master, b"\x1dm")
+    await read_until(master, received, b"Your message:")
+    os.write(master, b"half a sen")
+    async with asyncio.timeout(10):
+        while customer._chat_draft != "half a sen":
+            received += read_all(master)
+            await asyncio.sleep(0.01)
+    prompt = asyncio.ensure_future(customer.ask_consent(ASK, 30, "control"))
+    await read_until(master, received, b"[c] allow control")  # not stuck behind the page
+    os.write(master, b"n")
+    assert (await asyncio.wait_for(prompt, 5)).decision == "denied"
+    os.write(master, b"\x1dm")
+    async with asyncio.timeout(10):
+        while customer._chat_draft != "half a sen":
+            received += read_all(master)
+            await asyncio.sleep(0.01)
+    os.write(master, b"tence\r\x1b")
+    async with asyncio.timeout(10):
+        while customer._chat_draft is not None:
+            read_all(master)
+            await asyncio.sleep(0.01)
+    assert sent == ["half a sentence"]
