@@ -77,6 +77,9 @@ async def test_chat_both_ways_and_the_broker_keeps_none_of_it(running: Deploymen
              if e["type"] == "session_ended" and e["session"] == session]
     assert len(ended) == 1
     assert ended[0]["body"]["chat_lines"] == {"engineer": 2, "customer": 1}
+    shown = running.cli("audit", "show", session)
+    assert shown.returncode == 0, shown.stderr
+    assert "chat: 2 lines from the engineer side, 1 from the customer" in shown.stdout
     for marker in (said, answered):
         for path in [*running.data_dir.rglob("*"), running.broker_stdout]:
             if path.is_file():
