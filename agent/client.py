@@ -39,6 +39,7 @@ from typing import Any, Literal
 import asyncssh
 from websockets.exceptions import ConnectionClosed
 
+from agent.chat import ChatRoom
 from agent.config import AgentConfig
 from agent.consent import DENY, ConsentRequest, Decision, allowed
 from agent.errors import BrokerLost
@@ -59,7 +60,7 @@ from broker.client.relay import SSHRelay
 from broker.wire.code import JoinCode, draw_secret
 from broker.wire.codes import EndReason, ErrorCode, Right, upgrade_for
 from broker.wire.errors import WireError
-from broker.wire.limits import MAX_ENGINEERS_PER_SESSION
+from broker.wire.limits import MAX_CHAT_LINES, MAX_ENGINEERS_PER_SESSION
 from broker.wire.machine.handshake import (
     STEP_TIMEOUT,
     AgentSide,
@@ -90,7 +91,8 @@ _ENDED_GRACE = 5.0
 _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
 # How long the broker has to answer `confirm_live` before held input is discarded.
 LIVENESS_TIMEOUT = 10.0
-# The dropped-input total goes to the broker at most this often (and before `end`).
+# The dropped-input and chat totals go to the broker at most this often (and
+# before `end`).
 DROPPED_REPORT_INTERVAL = 1.0
 
 
@@ -120,6 +122,11 @@ class ActiveSession:
     live_checks: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     next_check: int = 0
     reported_dropped: int = 0
+    # Chat lines (counts only, for the audit): this seat's engineer's, and the
+    # customer's while this seat was connected; the last totals reported.
+    chat_engineer: int = 0
+    chat_customer: int = 0
+    reported_chat: tuple[int, int] = (0, 0)
     report: asyncio.TimerHandle | None = None
     # The key of this seat (in `Agent.sessions` and on the customer's banner).
     seat: str = ""
@@ -171,6 +178,7 @@ class Agent:
         self.transfer_view = TransferView(screen, config.state_dir)
         screen.on_cancel_transfers = self.transfer_view.cancel
         screen.on_files = lambda: self._show_files()
+        screen.on_chat_send = self.customer_chat
 
     async def run(self) -> None:
         """Wait for engineers until the customer quits (Ctrl-C).
@@ -445,7 +453,7 @@ class Agent:
             active.seat = session_id  # the first engineer: as for a session of one
             running = self.shells[session_id] = RunningSession(
                 session_id, SharedShell(self.config.shell, self.screen.mirror),
-                transfers=self._transfer_hub(session_id))
+                transfers=self._transfer_hub(session_id), chat=ChatRoom(self.screen.chat_line))
             self.transfer_view.watch(running.transfers)
         else:
             self._seat_count += 1
@@ -497,6 +505,7 @@ class Agent:
         gate.on_dropped = lambda: self._schedule_report(active)
         gate.on_file_transferred = lambda direction, count, outcome: self._report_file(
             active, direction, count, outcome)
+        gate.on_chat = lambda: self._chatted(active, engineer=True)
         heartbeat.start()
         relay = SSHRelay(link, on_control)
         pump = relay.task  # ends when the link closes
@@ -506,8 +515,10 @@ class Agent:
             active.conn = await serve_shell(
                 tunnel=relay, host_key=host_key, engineer_key=request["engineer_key"],
                 shell=self.config.shell, gate=gate, shared=running.shell,
-                services=Services(sftp=sftp_factory(
-                    running.transfers, Engineer(viewer.display, viewer.login))),
+                services=Services(
+                    sftp=sftp_factory(running.transfers, Engineer(viewer.display, viewer.login)),
+                    # Their lines are signed with the name the customer approved.
+                    chat=running.chat.handler(viewer.display)),
             )
             waiters = [asyncio.ensure_future(w) for w in
                        (gate.closed.wait(), active.ended.wait())]
@@ -539,6 +550,7 @@ class Agent:
             if not running.seats and self.shells.get(session_id) is running:
                 del self.shells[session_id]
                 self.transfer_view.unwatch(running.transfers)
+                running.chat.close()  # what was said is forgotten with the session
                 for nameplate in [n for n, i in self.invites.items() if i.session == session_id]:
                     self.invites.pop(nameplate).claimed.set()
             for task in list(active.tasks):
@@ -592,7 +604,7 @@ class Agent:
 
     def _report_now(self, active: ActiveSession) -> None:
         active.report = None
-        task = asyncio.get_running_loop().create_task(self._report_dropped(active))
+        task = asyncio.get_running_loop().create_task(self._report_totals(active))
         active.tasks.add(task)
         task.add_done_callback(active.tasks.discard)
 
@@ -607,11 +619,31 @@ class Agent:
         active.tasks.add(task)
         task.add_done_callback(active.tasks.discard)
 
+    async def _report_totals(self, active: ActiveSession) -> None:
+        """The seat's running totals the broker records: dropped input and
+        chat lines (each sent only when it grew)."""
+        await self._report_dropped(active)
+        totals = (min(active.chat_engineer, MAX_CHAT_LINES),
+                  min(active.chat_customer, MAX_CHAT_LINES))
+        if totals != active.reported_chat:
+            active.reported_chat = totals
+            await _quietly(active.link.send("chat_lines", engineer=totals[0],
+                                            customer=totals[1]))
+
     async def _report_dropped(self, active: ActiveSession) -> None:
         total = active.gate.dropped_bytes
         if total > active.reported_dropped:
             active.reported_dropped = total
             await _quietly(active.link.send("input_dropped", bytes=total))
+
+    def _chatted(self, active: ActiveSession, *, engineer: bool) -> None:
+        """One chat line said at this seat (the audit keeps the count, never
+        the text): by its engineer, or by the customer while it was there."""
+        if engineer:
+            active.chat_engineer += 1
+        else:
+            active.chat_customer += 1
+        self._schedule_report(active)
 
     async def _ask_for_control(self, active: ActiveSession,
                                right: Right = Right.CONTROL) -> None:
@@ -681,6 +713,18 @@ class Agent:
             if active.gate.local_input is not None:
                 active.gate.local_input(data)
                 return
+
+    def customer_chat(self, text: str) -> None:
+        """The customer's line from the chat page: to the newest running
+        session's chat (the one their keys go to)."""
+        for running in reversed(list(self.shells.values())):
+            present = [a for a in running.seats if not a.ended.is_set()]
+            if present:
+                if running.chat.say(running.chat.customer, text) is not None:
+                    for active in present:
+                        self._chatted(active, engineer=False)
+                return
+        self.screen.flash("Nobody is connected to read your message.")
 
     def view_only(self, seat: str | None = None) -> None:
         """Take control back: from every engineer, or from the one at `seat`."""
@@ -769,7 +813,7 @@ class Agent:
         seats = list(self.sessions.values())
         for active in seats:
             active.gate.control = False
-            await self._report_dropped(active)  # every seat's final total, before `end`
+            await self._report_totals(active)  # every seat's final totals, before `end`
         await asyncio.gather(*(self._end(active, reason) for active in seats))
 
     async def _end(self, active: ActiveSession, reason: str) -> None:
@@ -788,7 +832,7 @@ class Agent:
         if first:
             if active.ended_by is None:
                 active.ended_by = reason
-            await self._report_dropped(active)  # the final total, before `end`
+            await self._report_totals(active)  # the final totals, before `end`
             await _quietly(active.link.send("end", reason=reason))
         else:
             # Another seat's `end` ended it: closing this seat's connections
@@ -816,6 +860,8 @@ class RunningSession:
     # The session's file transfers, shared by its seats' SFTP channels.
     transfers: TransferHub = field(default_factory=lambda: TransferHub(
         "", Roots("/nonexistent"), Limits()))
+    # The session's chat line, shared by its seats' chat channels.
+    chat: ChatRoom = field(default_factory=lambda: ChatRoom(lambda _line: None))
 
 
 @dataclass(eq=False)

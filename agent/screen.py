@@ -3,7 +3,8 @@ mirrored session under a one-line banner.
 
 The terminal is in raw mode while the agent runs, so every key reaches us:
 Ctrl-] opens the options (``e`` ends the session for everyone, ``v`` takes
-control back, ``i`` shows a code for one more engineer, ``q`` ends
+control back, ``i`` shows a code for one more engineer, ``f`` shows the
+files panel, ``m`` the message page of the chat line, ``q`` ends
 everything and quits; with several engineers, ``v`` and ``r`` — remove one —
 ask which, by the number the banner gives them). While a session runs, the
 customer's other keys go to the shared shell — it is their machine, and
@@ -27,6 +28,7 @@ and the engineer's side waits through SSH flow control.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import math
 import os
@@ -45,9 +47,11 @@ from agent.consent import TIMEOUT, ConsentRequest, Decision, decide, prompt_line
 from agent.errors import SetupError
 from agent.replay import RecentOutput
 from broker.client.terminal_io import TerminalFailed, TerminalOutput, set_nonblocking
+from broker.wire.chat import CHAT_HISTORY, MAX_CHAT_CHARS, ChatLine
 from broker.wire.text import printable
 
 CTRL_C = 0x03
+CTRL_U = 0x15
 CTRL_RBRACKET = 0x1D  # Ctrl-]
 ESC = 0x1B
 
@@ -70,23 +74,37 @@ FLASH_SECONDS = 8.0
 # The Ctrl-] menu on the banner row, longest first (see `_banner_text`).
 _MENU_TEXTS = (
     "Options:  [e] end the session now   [v] view only (take back control)   "
-    "[i] invite another engineer   [f] files   [q] end and quit   [any other key] back",
-    "[e] end the session now  [v] view only  [i] invite  [f] files  [q] quit  [other] back",
-    "[e] end session  [v] view only  [i] invite  [f] files  [q] quit  [other] back",
-    "[e] end [v] view [i] invite [f] files [q] quit",
+    "[i] invite another engineer   [f] files   [m] message   [q] end and quit   "
+    "[any other key] back",
+    "[e] end the session now  [v] view only  [i] invite  [f] files  [m] message  [q] quit  "
+    "[other] back",
+    "[e] end session  [v] view only  [i] invite  [f] files  [m] message  [q] quit",
+    "[e]end [v]view [i]add [f]files [m]chat [q]quit",
 )
 # The same menu while several engineers are connected: `v` and `r` then
 # ask which one (by the number the banner gives each).
 _SEATS_MENU_TEXTS = (
     "Options:  [e] end the session for everyone   [v] take control from one   "
-    "[r] remove one   [i] invite another   [f] files   [q] end and quit   [any other key] back",
-    "[e] end for all [v] take control [r] remove [i] invite [f] files [q] quit [other] back",
-    "[e] end for all [v] take control [r] remove [i] invite [f] files [q] quit",
-    "[e]end [v]view [r]remove [i]add [f]files [q]quit",
+    "[r] remove one   [i] invite another   [f] files   [m] message   [q] end and quit   "
+    "[any other key] back",
+    "[e] end for all [v] take control [r] remove [i] invite [f] files [m] message [q] quit "
+    "[other] back",
+    "[e] end all [v] take control [r] remove [i] add [f] files [m] message [q] quit",
+    "[e]end [v]view [r]rm [i]add [f]file [m]msg [q]quit",
 )
 # How long the code for another engineer stays on screen at most (the
 # broker's invitation lasts 10 minutes; the customer can close it sooner).
 INVITE_SHOWN_SECONDS = 600.0
+# How long an engineer's chat line stays in the banner: longer than a
+# passing notice, since it is there to be read and perhaps answered.
+CHAT_FLASH_SECONDS = 20.0
+# The chat page closes by itself after this long without a key.
+CHAT_PAGE_SECONDS = 600.0
+# After Esc, how long to wait for the rest of a key's escape sequence (an
+# arrow key sends Esc [ A): a lone Esc closes the chat page.
+ESCAPE_WAIT = 0.05
+# Keys waiting for the chat page: a pasted line of the longest, in UTF-8.
+_CHAT_KEYS = 4 * MAX_CHAT_CHARS + 64
 
 
 @dataclass
@@ -105,6 +123,23 @@ class Viewer:
         """The same, short, for a banner that also carries a note."""
         who = printable(self.display, 40)
         return f"{who} {'can type' if self.control else 'is watching'}"
+
+
+def chat_banner(line: ChatLine) -> str:
+    """A chat line as it flashes in the banner, escaped."""
+    text = printable(line.text, 100)
+    if line.role == "notice":
+        return text
+    return f"{printable(line.sender, 40)}: {text}   (Ctrl-] m to answer)"
+
+
+def chat_page_line(line: ChatLine) -> str:
+    """A chat line on the customer's chat page, escaped; their own as "You"."""
+    text = printable(line.text, MAX_CHAT_CHARS + 20)
+    if line.role == "notice":
+        return f"  ({text})"
+    who = "You" if line.role == "customer" else printable(line.sender, 40)
+    return f"  {who}: {text}"
 
 
 def fit_lines(lines: list[str], cols: int) -> list[str]:
@@ -146,6 +181,16 @@ class CustomerScreen:
         # ones, Ctrl-] f shows where files go and what moved.
         self.on_cancel_transfers: Callable[[], object] = lambda: None
         self.on_files: Callable[[], None] = lambda: None
+        # The chat line (agent.chat): what the customer sends from the chat
+        # page (Ctrl-] m), and the lines of the running sessions, kept for
+        # that page and forgotten once nobody is connected.
+        self.on_chat_send: Callable[[str], None] = lambda _text: None
+        self._chat: deque[ChatLine] = deque(maxlen=CHAT_HISTORY)
+        self._chat_draft: str | None = None  # the page's line being typed, while open
+        # A prompt needs the screen: the chat page closes, keeping what was typed.
+        self._chat_yield = False
+        self._chat_kept = ""
+        self._chat_task: asyncio.Task[None] | None = None
         self._activity = ""
         self._saved_tty: list[Any] | None = None  # termios.tcgetattr's attributes
         self._code: str | None = None
@@ -206,6 +251,8 @@ class CustomerScreen:
         for timer in (self._banner_timer, self._flash_timer):
             if timer is not None:
                 timer.cancel()
+        if self._chat_task is not None:
+            self._chat_task.cancel()
         if self._saved_tty is not None:
             # Cleared first: a mirrored program that left the alternate screen
             # itself (vi's exit) would otherwise leave our drawing behind.
@@ -323,6 +370,8 @@ class CustomerScreen:
                 self.on_cancel_transfers()
             elif byte in (ord("f"), ord("F")):
                 self.on_files()
+            elif byte in (ord("m"), ord("M")):
+                self.open_chat()
             elif byte in (ord("q"), ord("Q")):
                 self.quit.set()
             self.draw_banner()
@@ -394,6 +443,8 @@ class CustomerScreen:
                 self._paint_recent()
         if self._inviting is not None:
             self._draw_invite(self._inviting)
+        elif self._chat_draft is not None:
+            self._draw_chat()
         elif self._asking is not None:
             request, started, timeout, max_rights = self._asking
             self._draw_prompt(request, remaining(started, time.monotonic(), timeout),
@@ -407,6 +458,7 @@ class CustomerScreen:
         self, request: ConsentRequest, timeout: float, max_rights: str
     ) -> Decision:
         """Ask, one prompt at a time; silence until `timeout` is a refusal."""
+        self._make_way_for_prompt()
         async with self._prompt_lock:
             self._keys = asyncio.Queue(maxsize=64)
             started = time.monotonic()
@@ -438,6 +490,7 @@ class CustomerScreen:
         """Show the code for one more engineer, as the waiting code is shown,
         until the customer presses a key, the code is used, or it expires.
         The session's output is held meanwhile, as under a prompt."""
+        self._make_way_for_prompt()
         async with self._prompt_lock:
             if claimed.is_set() or not self._viewers:
                 return
@@ -523,6 +576,11 @@ class CustomerScreen:
         self._picking = None
         if not self._viewers:
             self._recent.clear()  # no session's output kept once nobody is connected
+            self._chat.clear()  # nor what was said
+            self._chat_kept = ""
+            if self._chat_draft is not None and self._keys is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._keys.put_nowait("")  # the chat page closes
         self.flash(message)  # on the code screen, or beside who is still connected
         if not self._viewers and self._asking is not None:
             self.redraw()  # a prompt still open gets the whole screen, banner gone
@@ -607,6 +665,114 @@ class CustomerScreen:
                 self._keys = None
                 self._inviting = None
                 self._close_prompt()
+
+    # -- the chat line -------------------------------------------------------
+
+    def chat_line(self, line: ChatLine) -> None:
+        """A line of a running session's chat: kept for the chat page and,
+        from someone else, shown in the banner at once."""
+        self._chat.append(line)
+        if self._chat_draft is not None:
+            self._draw_chat()
+        elif line.role != "customer":
+            self.flash(chat_banner(line), CHAT_FLASH_SECONDS)
+
+    def _make_way_for_prompt(self) -> None:
+        """A consent prompt or a code must not wait behind the chat page
+        (the engineer's request would time out meanwhile): it closes."""
+        if self._chat_draft is not None and self._keys is not None:
+            self._chat_yield = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self._keys.put_nowait("")
+
+    def open_chat(self) -> None:
+        """Ctrl-] m: the chat page, unless it is open already."""
+        if self._viewers and (self._chat_task is None or self._chat_task.done()):
+            self._chat_task = asyncio.get_running_loop().create_task(self.show_chat())
+
+    async def show_chat(self) -> None:
+        """The chat page: what was said and a line to type. Enter sends it
+        (the page stays, to see the answer); Esc, Ctrl-] or Ctrl-C goes back
+        to the session. The session's output is held meanwhile."""
+        async with self._prompt_lock:
+            if not self._viewers:
+                return
+            keys: asyncio.Queue[str] = asyncio.Queue(maxsize=_CHAT_KEYS)
+            self._keys = keys
+            self._chat_draft, self._chat_kept = self._chat_kept, ""
+            self._chat_yield = False
+            # Keys come a byte at a time; a letter outside ASCII is several.
+            utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
+            try:
+                self._draw_chat()
+                while self._viewers and not self._chat_yield:
+                    try:
+                        key = await asyncio.wait_for(keys.get(), CHAT_PAGE_SECONDS)
+                    except TimeoutError:
+                        break
+                    if not key:
+                        continue  # woken: the loop checks why
+                    code = ord(key)
+                    if code in (ESC, CTRL_RBRACKET, CTRL_C):
+                        if code != ESC or not await self._escape_sequence(keys):
+                            break
+                    elif key in ("\r", "\n"):
+                        draft, self._chat_draft = self._chat_draft, ""
+                        if draft.strip():
+                            self.on_chat_send(draft)
+                    elif code in (0x7F, 0x08):
+                        self._chat_draft = self._chat_draft[:-1]
+                    elif code == CTRL_U:
+                        self._chat_draft = ""
+                    elif code >= 0x20:
+                        letters = utf8.decode(bytes([code]))
+                        if len(self._chat_draft) + len(letters) <= MAX_CHAT_CHARS:
+                            self._chat_draft += letters
+                    self._draw_chat()
+            finally:
+                if self._chat_yield and self._viewers:
+                    self._chat_kept = self._chat_draft or ""
+                    self.flash("The message page closed for a question; Ctrl-] m opens it "
+                               "again with what you typed.")
+                self._keys = None
+                self._chat_draft = None
+                self._close_prompt()
+
+    async def _escape_sequence(self, keys: asyncio.Queue[str]) -> bool:
+        """After Esc: True if an escape sequence followed (an arrow key, read
+        and ignored), False for Esc on its own."""
+        try:
+            first = await asyncio.wait_for(keys.get(), ESCAPE_WAIT)
+        except TimeoutError:
+            return False
+        if first not in ("[", "O"):
+            return False
+        for _ in range(16):  # a CSI sequence ends with a byte in @..~
+            try:
+                key = await asyncio.wait_for(keys.get(), ESCAPE_WAIT)
+            except TimeoutError:
+                break
+            if key and 0x40 <= ord(key) <= 0x7E:
+                break
+        return True
+
+    def _draw_chat(self) -> None:
+        assert self._chat_draft is not None
+        cols, rows = self._size()
+        who = "your support engineers" if len(self._viewers) > 1 else "your support engineer"
+        head = [f"{BOLD}consentry: messages with {who}{RESET}", ""]
+        prefix = "  Your message: "
+        room = max(1, cols - len(prefix) - 1)
+        typed = printable(self._chat_draft, MAX_CHAT_CHARS * 10)[-room:]
+        hint = fit_lines(["  Enter sends it. Esc goes back to the session. The support "
+                          "service's log keeps only how many messages there were."], cols)
+        foot = ["", prefix + typed, *hint]
+        said = fit_lines([chat_page_line(line) for line in self._chat], cols)
+        space = max(1, rows - 1 - len(head) - len(foot))
+        body = said[-space:] if said else ["  No messages yet. Type one below."]
+        self._emit("\x1b[2;1H\x1b[J" + "\x1b[K\r\n".join(head + body + foot) + "\x1b[K")
+        # The cursor where the next letter goes, as in any text box.
+        self._emit(f"\x1b[{len(hint)}A\x1b[{len(prefix) + len(typed) + 1}G")
 
     def _set_region(self) -> None:
         _cols, rows = self._size()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from agent.consent import ConsentRequest, Decision
     from agent.screen import Viewer
+    from broker.wire.chat import ChatLine
 
 
 class CustomerUI(Protocol):
@@ -28,6 +29,7 @@ class CustomerUI(Protocol):
     on_customer_input: Callable[[bytes], None]
     on_cancel_transfers: Callable[[], object]
     on_files: Callable[[], None]
+    on_chat_send: Callable[[str], None]
 
     def set_code(self, code: str | None, expires_in: int) -> None: ...
     def notice(self, text: str) -> None: ...
@@ -43,3 +45,4 @@ class CustomerUI(Protocol):
     def set_control(self, session: str, control: bool) -> None: ...
     def set_activity(self, text: str) -> None: ...
     def mirror(self, data: bytes) -> asyncio.Future[None] | None: ...
+    def chat_line(self, line: ChatLine) -> None: ...

@@ -29,6 +29,7 @@ from agent.screen import Viewer
 from bench.procs import raise_fd_limit
 from broker import eventloop
 from broker.client.link import open_link
+from broker.wire.chat import ChatLine
 from broker.wire.messages import b64encode
 
 
@@ -51,6 +52,7 @@ class HarnessScreen:
         self.on_customer_input: Callable[[bytes], None] = lambda _data: None
         self.on_cancel_transfers: Callable[[], object] = lambda: None
         self.on_files: Callable[[], None] = lambda: None
+        self.on_chat_send: Callable[[str], None] = lambda _text: None
 
     def set_code(self, code: str | None, expires_in: int) -> None:
         if code:
@@ -71,6 +73,7 @@ class HarnessScreen:
     def set_control(self, session: str, control: bool) -> None: ...
     def set_activity(self, text: str) -> None: ...
     def mirror(self, data: bytes) -> None: ...
+    def chat_line(self, line: ChatLine) -> None: ...
 
 
 async def run_sessions(args: argparse.Namespace) -> None:

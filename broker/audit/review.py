@@ -130,7 +130,8 @@ FIRST_SEAT = "console"
 _DEPARTURES = {"engineer_left": "left", "engineer_removed": "removed"}
 # A seat's closing events before it was (its join never became a seat).
 _JOIN_ENDS = ("join_abandoned", "pairing_failed")
-_SHARE_FIELDS = ("duration_s", "bytes_to_agent", "bytes_to_console", "input_dropped_bytes")
+_SHARE_FIELDS = ("duration_s", "bytes_to_agent", "bytes_to_console", "input_dropped_bytes",
+                 "chat_lines")
 
 
 def _seat_of(event: AuditEvent) -> str:

@@ -46,6 +46,17 @@ def _words(values: object) -> str:
     return ", ".join(printable(v, 20) for v in values)
 
 
+def _chat(counts: object) -> str:
+    """The chat line's counts as words ("" when nobody chatted): the audit
+    has only counts, never what was said."""
+    if not isinstance(counts, dict):
+        return ""
+    engineer, customer = counts.get("engineer"), counts.get("customer")
+    if not (isinstance(engineer, int) and isinstance(customer, int)) or engineer + customer <= 0:
+        return ""
+    return f"; chat: {engineer} lines from the engineer side, {customer} from the customer"
+
+
 def _bytes(count: object) -> str:
     if not isinstance(count, int):
         return "?"
@@ -120,7 +131,8 @@ def _participant_lines(one: dict[str, Any]) -> list[str]:
         if one["duration_s"] is not None:
             line += (f", after {printable(one['duration_s'], 20)} s; "
                      f"{_bytes(one['bytes_to_agent'])} to the agent, "
-                     f"{_bytes(one['bytes_to_console'])} to the console")
+                     f"{_bytes(one['bytes_to_console'])} to the console"
+                     + _chat(one.get("chat_lines")))
         lines.append(line)
     return lines
 
@@ -181,7 +193,8 @@ def format_report(report: dict[str, Any]) -> str:
             if "duration_s" in body:
                 line += (f", after {printable(body['duration_s'], 20)} s; "
                          f"{_bytes(body.get('bytes_to_agent'))} to the agent, "
-                         f"{_bytes(body.get('bytes_to_console'))} to the console")
+                         f"{_bytes(body.get('bytes_to_console'))} to the console"
+                         + _chat(body.get("chat_lines")))
             lines.append(line)
     lines.append(f"  {'outcome':<15} {printable(report['outcome'], 40)}")
     lines.append("")

@@ -140,6 +140,11 @@ MAX_DROPPED_BYTES = 2**53
 # session may record (beyond this they are dropped: the audit stays bounded).
 MAX_TRANSFER_BYTES = 2**53
 MAX_FILE_EVENTS_PER_SESSION = 1000
+# `chat_lines`: a seat's running totals of chat lines (its engineer's, and
+# the customer's while it was connected), never their text. The agent
+# allows about a line a second per sender, so a session of the longest
+# allowed duration has far fewer; the cap keeps a claim a sane number.
+MAX_CHAT_LINES = 1_000_000
 # A `confirm_live` carries a counter the agent picks; any int this size will do.
 MAX_LIVENESS_ID = 2**31 - 1
 

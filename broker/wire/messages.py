@@ -29,6 +29,7 @@ from broker.wire.limits import (
     MAX_ADMIN_FRAME,
     MAX_AUDIT_PAGE,
     MAX_AUDIT_SEQ,
+    MAX_CHAT_LINES,
     MAX_CONTROL_FRAME,
     MAX_DROPPED_BYTES,
     MAX_ENGINEERS_PER_SESSION,
@@ -241,6 +242,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bytes": Field("int", MAX_TRANSFER_BYTES),
         "outcome": Field("choice", choices=("complete", "cancelled", "refused", "failed")),
     },
+    # How many chat lines this seat's engineer sent, and the customer sent
+    # while this seat was connected: running totals (never the text), sent
+    # at most once a second and before `end`; recorded in `session_ended`.
+    "chat_lines": {"engineer": Field("int", MAX_CHAT_LINES),
+                   "customer": Field("int", MAX_CHAT_LINES)},
     # -- several engineers: the customer asks for a code for a colleague;
     # the broker answers with a nameplate bound to this session.
     "invite": {},

@@ -132,9 +132,9 @@ async def test_the_options_menu_fits_the_customers_terminal(running: Deployment)
     a choice cut off the edge is one the customer cannot know about."""
     async with view_only_session(running) as (agent, _engineer):
         term = Terminal(agent)
-        for cols, wanted in ((80, ("[e] end session", "[f] files", "[q] quit",
-                                   "[other] back")),
-                             (50, ("[e] end", "[v] view", "[f] files", "[q] quit"))):
+        for cols, wanted in ((80, ("[e] end session", "[f] files", "[m] message",
+                                   "[q] quit")),
+                             (50, ("[e]end", "[v]view", "[f]files", "[m]chat", "[q]quit"))):
             await asyncio.to_thread(term.resize, 24, cols)
             agent.send("\x1d")
             await asyncio.to_thread(term.settle, 0.3)

@@ -12,6 +12,7 @@ from broker.wire.errors import ProtocolError
 from broker.wire.limits import (
     MAX_ADMIN_FRAME,
     MAX_AUDIT_PAGE,
+    MAX_CHAT_LINES,
     MAX_CONTROL_FRAME,
     MAX_LABEL,
     PROTOCOL_VERSION,
@@ -63,6 +64,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "live": {"id": 3},
     "input_dropped": {"bytes": 17},
     "file_transferred": {"direction": "upload", "bytes": 17, "outcome": "complete"},
+    "chat_lines": {"engineer": 3, "customer": 2},
     "invite": {},
     "invitation": {"nameplate": "48213", "expires_in": 600},
     "remove": {},
@@ -531,6 +533,19 @@ def test_pairing_failed_names_one_of_the_known_failures(reason: str) -> None:
 def test_agent_claims_are_bounded_integers(msg_type: str, field: str, value: Any) -> None:
     with pytest.raises(ProtocolError):
         validate(msg_type, {field: value})
+
+
+@pytest.mark.parametrize("field", ["engineer", "customer"])
+@pytest.mark.parametrize("value", [-1, MAX_CHAT_LINES + 1, 1.5, True, "3", None])
+def test_chat_lines_are_bounded_counts(field: str, value: Any) -> None:
+    body: dict[str, Any] = {"engineer": 1, "customer": 1, field: value}
+    with pytest.raises(ProtocolError):
+        validate("chat_lines", body)
+
+
+def test_chat_lines_carry_no_text() -> None:
+    with pytest.raises(ProtocolError):
+        validate("chat_lines", {"engineer": 1, "customer": 1, "text": "hello"})
 
 
 @pytest.mark.parametrize("override", [

@@ -28,10 +28,11 @@ ALLOWED = {
     (A, Phase.HELLO): {"hello"},
     (S, Phase.HELLO): {"attach"},
     (S, Phase.PAIRING): {"pake", "sealed", "pairing_failed", "consent", "end"},
-    # consent: answering request_control; confirm_live, input_dropped: agent claims;
-    # invite: a code for another engineer; rights, remove: this seat's engineer only
+    # consent: answering request_control; confirm_live, input_dropped, chat_lines:
+    # agent claims; invite: a code for another engineer; rights, remove: this
+    # seat's engineer only
     (S, Phase.ACTIVE): {"rights", "consent", "confirm_live", "input_dropped", "end",
-                        "invite", "remove", "file_transferred"},
+                        "invite", "remove", "file_transferred", "chat_lines"},
     (C, Phase.HELLO): {"login"},
     (C, Phase.LOGIN): {"login_proof"},
     (C, Phase.READY): {"join", "audit_query", "audit_session_query", "audit_verify"},

@@ -396,7 +396,23 @@ def test_dropped_input_is_a_bounded_claim_in_session_ended(setup: Setup) -> None
     assert (ended.event, ended.quiet) == ("session_ended", True)
     assert ended.body == {"reason": "customer_ended", "duration_s": 10.0,
                           "bytes_to_agent": 1000, "bytes_to_console": 0,
-                          "input_dropped_bytes": 1000, "granted": ["view"]}
+                          "input_dropped_bytes": 1000,
+                          "chat_lines": {"engineer": 0, "customer": 0}, "granted": ["view"]}
+
+
+def test_chat_lines_are_bounded_claims_in_session_ended(setup: Setup) -> None:
+    setup.to_active()
+    setup.receive(CONSOLE, b"x" * 40)
+    setup.receive(AGENT_SESSION, b"y" * 30)
+    for engineer, customer in ((3, 2), (1, 1)):  # a total never shrinks
+        assert setup.receive(AGENT_SESSION, frame("chat_lines", engineer=engineer,
+                                                  customer=customer)) == []
+    assert (setup.machine.seat.chat_engineer, setup.machine.seat.chat_customer) == (3, 2)
+    # More lines than bytes relayed their way cannot be true.
+    setup.receive(AGENT_SESSION, frame("chat_lines", engineer=10**6, customer=10**6))
+    actions = setup.receive(AGENT_SESSION, frame("end", reason="customer_ended"), now=12.0)
+    (ended,) = records(actions)
+    assert ended.body["chat_lines"] == {"engineer": 40, "customer": 30}
 
 
 def test_the_customer_narrows_rights_and_the_engineer_hears(setup: Setup) -> None:

@@ -325,6 +325,23 @@ def test_the_customer_ending_ends_it_for_every_engineer(two: Two) -> None:
     assert {p["left"] for p in body["participants"]} == {"customer_ended"}
 
 
+def test_chat_lines_are_counted_per_engineer_and_for_the_session(two: Two) -> None:
+    two.bob_active()
+    two.receive(CONSOLE, b"alice typed", now=5.0)
+    two.receive(B_CONSOLE, b"bob typed", now=5.0)
+    two.receive(AGENT_SESSION, b"to alice", now=5.0)
+    two.receive(B_AGENT, b"to bob", now=5.0)
+    two.receive(AGENT_SESSION, frame("chat_lines", engineer=3, customer=4), now=6.0)
+    two.receive(B_AGENT, frame("chat_lines", engineer=2, customer=1), now=6.0)
+    actions = two.receive(AGENT_SESSION, frame("end", reason="customer_ended"), now=12.0)
+    (ended,) = records(actions)
+    # Each engineer's lines add up; the customer's are not counted twice.
+    assert ended.body["chat_lines"] == {"engineer": 5, "customer": 4}
+    participants = {p["engineer"]: p for p in ended.body["participants"]}
+    assert participants["alice"]["chat_lines"] == {"engineer": 3, "customer": 4}
+    assert participants["bob"]["chat_lines"] == {"engineer": 2, "customer": 1}
+
+
 def test_a_bad_frame_from_an_engineer_costs_that_seat_only(two: Two) -> None:
     two.bob_active()
     actions = two.receive(B_CONSOLE, frame("rights", granted=["view"]))

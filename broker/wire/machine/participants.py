@@ -95,3 +95,7 @@ class Seat:
     # Engineer input the agent says it dropped (`input_dropped`): its claim,
     # held to what can be true (see `_on_input_dropped`).
     input_dropped: int = 0
+    # Chat lines the agent says were said at this seat (`chat_lines`): its
+    # engineer's, and the customer's while it was connected. Counts only.
+    chat_engineer: int = 0
+    chat_customer: int = 0

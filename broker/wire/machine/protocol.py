@@ -35,7 +35,8 @@ the relay stays one socket to one socket per seat, with no seat header in
 the binary frames and no demultiplexing on the hot path; backpressure is
 per seat for free (a slow engineer pauses reading only their own agent
 socket, never the others'); and every existing message (``consent``,
-``rights``, ``request_control``, ``confirm_live``, ``input_dropped``) keeps
+``rights``, ``request_control``, ``confirm_live``, ``input_dropped``,
+``chat_lines``) keeps
 its meaning because the connection names the seat. Per seat, then:
 ``rights`` on a seat's agent_session narrows that engineer only,
 ``remove`` removes that engineer only (``ended`` reason
@@ -205,6 +206,9 @@ CATALOGUE: tuple[Route, ...] = (
     Route("file_transferred", S, B, (ACTIVE,), None,
           "file_transferred recorded (direction, bytes, outcome; no name), at most "
           "MAX_FILE_EVENTS_PER_SESSION per session"),
+    Route("chat_lines", S, B, (ACTIVE,), None,
+          "running totals of chat lines (engineer's, customer's; never text), "
+          "a bounded claim recorded in session_ended"),
     # -- several engineers --------------------------------------------------
     Route("invite", S, B, (ACTIVE,), None,
           "invite_issued recorded; invitation with a fresh nameplate bound to this "

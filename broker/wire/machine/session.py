@@ -395,6 +395,17 @@ class SessionMachine:
                                  min(msg["bytes"], seat.traffic.to_agent))
         return []
 
+    def _on_chat_lines(self, conn: str, msg: Message, now: float) -> list[Action]:
+        # Claims like `input_dropped`: totals only grow, and a line needs at
+        # least a byte relayed its way (an engineer's to the agent, the
+        # customer's to this console), so neither exceeds what was relayed.
+        seat = self._seat_of(conn)
+        seat.chat_engineer = max(seat.chat_engineer,
+                                 min(msg["engineer"], seat.traffic.to_agent))
+        seat.chat_customer = max(seat.chat_customer,
+                                 min(msg["customer"], seat.traffic.to_console))
+        return []
+
     def _on_file_transferred(self, conn: str, msg: Message, now: float) -> list[Action]:
         """One file the seat's engineer copied: recorded without a name. Past
         the per-session bound further reports are dropped, not an error."""
@@ -597,6 +608,10 @@ class SessionMachine:
             "bytes_to_agent": traffic.to_agent,
             "bytes_to_console": traffic.to_console,
             "input_dropped_bytes": sum(s.input_dropped for s in seats),
+            # Counts, never text. Every engineer's lines add up; the customer
+            # said at least as many as any one engineer was there for.
+            "chat_lines": {"engineer": sum(s.chat_engineer for s in seats),
+                           "customer": max((s.chat_customer for s in seats), default=0)},
             "granted": list(self.seat.granted),
         }
         if self._s.shared:
@@ -613,7 +628,8 @@ class SessionMachine:
                 "granted": list(seat.granted), "duration_s": round(until - since, 3),
                 "bytes_to_agent": seat.traffic.to_agent,
                 "bytes_to_console": seat.traffic.to_console,
-                "input_dropped_bytes": seat.input_dropped}
+                "input_dropped_bytes": seat.input_dropped,
+                "chat_lines": {"engineer": seat.chat_engineer, "customer": seat.chat_customer}}
 
     def _deadlines(self) -> list[tuple[float, str, Seat | None]]:
         """What is due when: the session's own deadlines (seat None) first,
@@ -752,6 +768,7 @@ _HANDLERS: dict[str, Handler] = {
     "confirm_live": SessionMachine._on_confirm_live,
     "input_dropped": SessionMachine._on_input_dropped,
     "file_transferred": SessionMachine._on_file_transferred,
+    "chat_lines": SessionMachine._on_chat_lines,
     "consent": SessionMachine._on_consent,
     "request_control": SessionMachine._on_request_control,
     "rights": SessionMachine._on_rights,
