@@ -182,7 +182,7 @@ class ChatChannel:
                             "as a file).")
         writer = self._writer
         if writer is None or self.closed_reason is not None:
-            raise ChatClosed(self.closed_reason or "Chat is not open yet.")
+            raise ChatClosed(self.closed_reason or "Chat is not open yet; try again in a moment.")
         try:
             writer.write(encode_say(line))
             await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
