@@ -59,7 +59,7 @@ class ChatBox(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(Text(TITLE), classes="chat-title")
         yield RichLog(classes="chat-log", markup=False, highlight=False, wrap=True,
-                      max_lines=CHAT_HISTORY)
+                      max_lines=CHAT_HISTORY, min_width=20)
         yield Static(Text(""), classes="chat-status")
         yield Input("", classes="chat-input", max_length=MAX_CHAT_CHARS,
                     placeholder="message (the customer and every engineer see it)")
@@ -70,7 +70,7 @@ class ChatBox(Vertical):
 
     def add(self, line: ChatLine) -> None:
         self.lines.append(line)
-        self.query_one(RichLog).write(rendered(line))
+        self._write(line)
         if not self.is_open:
             self.unread += 1
 
@@ -80,6 +80,26 @@ class ChatBox(Vertical):
         if opening:
             self.unread = 0
             self.query_one(Input).focus()
+            # Lines that arrived while hidden were wrapped for no width.
+            self.call_after_refresh(self._rewrap)
+
+    def on_resize(self) -> None:
+        self._rewrap()
+
+    def _rewrap(self) -> None:
+        log = self.query_one(RichLog)
+        if not self.is_open or log.scrollable_content_region.width <= 0:
+            return
+        log.clear()
+        for line in self.lines:
+            self._write(line)
+
+    def _write(self, line: ChatLine) -> None:
+        # Wrapped at the box's width (RichLog would measure a line against
+        # a console 80 wide, whatever the box's); hidden, at its least.
+        log = self.query_one(RichLog)
+        width = log.scrollable_content_region.width
+        log.write(rendered(line), width=width if width > 0 else None)
 
     def say(self, text: str, *, error: bool = False) -> None:
         status = self.query_one(".chat-status", Static)

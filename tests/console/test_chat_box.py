@@ -60,6 +60,11 @@ async def test_f3_opens_the_box_sends_a_line_and_shows_it_with_its_sender() -> N
             assert str(rendered(box.lines[1])) == "Customer: thank you"
             assert rendered(box.lines[1]).spans[0].style == "bold green"
             assert box.unread == 0  # seen: the box is open
+            # Wrapped at the box's width (not at 80 columns, as RichLog would).
+            long = "word " * 19 + "end"
+            server.customer_says(long)
+            await until(pilot, lambda: len(box.lines) == 3)
+            assert any(f"Customer: {long}" in row for row in screen_lines(harness.app))
 
             await pilot.press("escape")  # back to the terminal, the rows back to the shell
             assert not box.is_open and harness.app.focused is pane.terminal
