@@ -18,9 +18,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import asyncssh
 
+from broker.client.link import BrokerLink
 from broker.wire.chat import (
     CHAT_HISTORY,
     CHAT_SUBSYSTEM,
@@ -31,6 +33,8 @@ from broker.wire.chat import (
     decode_say,
     encode_line,
 )
+from console.client import JoinedSession
+from console.identity import Identity
 
 _HOST_KEY = asyncssh.generate_private_key("ssh-ed25519")
 SHELL_PROMPT = "customer@desk:~$ "
@@ -177,3 +181,40 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> No
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+class _NoLink:
+    """The broker's link, of which a loopback session has none."""
+
+    async def send(self, *_args: object, **_fields: object) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class LoopbackJoined(JoinedSession):
+    """A consented session whose SSH goes straight to this server (no
+    broker, no pairing): for the plain terminal and the TUI's backend."""
+
+    port = 0
+
+    async def open_ssh(self) -> tuple[asyncssh.SSHClientConnection, asyncio.Task[None]]:
+        conn = await connect(self.port)
+        # The broker link's pump: runs until the session is over.
+        pump: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._forever())
+        return conn, pump
+
+    @staticmethod
+    async def _forever() -> None:
+        await asyncio.Event().wait()
+
+
+def loopback_joined(port: int, granted: tuple[str, ...] = ("view", "control")
+                    ) -> LoopbackJoined:
+    joined = LoopbackJoined(
+        link=cast(BrokerLink, _NoLink()), session="sessA1", alias="front desk",
+        sas="7F3A-91C2", host_key=asyncssh.generate_private_key("ssh-ed25519"),
+        granted=granted, identity=cast(Identity, None))
+    joined.port = port
+    return joined

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from broker.wire.chat import CHAT_HISTORY, MAX_CHAT_CHARS, ChatLine
+from console.backend import RelaySession, SessionEvent
 from console.chat import (
     GARBAGE_TEXT,
     NO_CHAT_TEXT,
@@ -20,7 +21,14 @@ from console.chat import (
     terminal_line,
 )
 from console.chat_prompt import CANCELLED_TEXT, PROMPT, ChatPrompt
-from tests.console.chat_server import SHELL_PROMPT, ChatServer, chat_server, wait_for
+from tests.console.chat_server import (
+    SHELL_PROMPT,
+    ChatServer,
+    chat_listener,
+    chat_server,
+    loopback_joined,
+    wait_for,
+)
 
 
 async def test_a_line_said_comes_back_stamped_and_the_customer_is_heard() -> None:
@@ -191,3 +199,25 @@ async def test_the_prompt_cancels_on_esc_or_an_empty_line_and_says_why_not_sent(
     await wait_for(lambda: not prompt.sending)
     assert sent == ["hi"]
     assert "not sent: The customer's computer does not offer chat" in screen.text
+
+
+async def test_the_tuis_session_opens_chat_with_the_shell_and_sends_through_it() -> None:
+    server = ChatServer()
+    server.customer_says("waiting for you")
+    async with chat_listener(server) as port:
+        session = RelaySession(loopback_joined(port))
+        events: list[SessionEvent] = []
+        await session.start(80, 24, lambda _data: None, events.append)
+
+        def chats() -> list[ChatLine | None]:
+            return [e.chat for e in events if e.kind == "chat"]
+
+        await wait_for(lambda: chats())
+        assert chats() == [ChatLine("Customer", "customer", "waiting for you")]
+        await session.say("here now")
+        await wait_for(lambda: len(chats()) == 2)
+        assert chats()[1] == ChatLine("Alice Example", "engineer", "here now")
+        assert events[-1].text == "Alice Example: here now"
+        await session.leave()
+        with pytest.raises(ChatClosed, match="session has ended"):
+            await session.say("gone")
