@@ -18,7 +18,7 @@ from console.client import ConsoleClient
 from console.errors import ConsoleError, UsageError
 from console.format import asked_rights, granted_text
 from console.identity import load_agent_identity, load_file_identity, tty_passphrase
-from console.terminal import ProgressPrinter, run_terminal_session, status
+from console.terminal import KEYS_TEXT, ProgressPrinter, run_terminal_session, status
 
 DEFAULT_BROKER = "wss://127.0.0.1:8443"
 
@@ -101,7 +101,7 @@ async def _join(args: argparse.Namespace) -> int:
     if args.files and Right.FILES not in joined.granted:
         status("the customer did not grant files: you cannot copy files.")
     status(f"granted: {granted_text(joined.granted)}.")
-    status(f"connected to {joined.alias}. Ctrl-] then q leaves.")
+    status(f"connected to {joined.alias}. {KEYS_TEXT}.")
     reason = await run_terminal_session(joined)
     status(reason)
     return 0

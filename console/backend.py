@@ -16,10 +16,12 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from broker.wire.chat import ChatLine
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
 from broker.wire.errors import CodeError
 from broker.wire.messages import Message
+from console.chat import GARBAGE_TEXT, ChatChannel, ChatClosed, ChatError, line_text
 from console.client import ConsoleClient, JoinedSession, Progress
 from console.errors import ConsoleError, UsageError
 from console.files import FileTransfers
@@ -37,6 +39,7 @@ __all__ = [
     "Progress",
     "SessionEvent",
     "Settings",
+    "chat_event",
 ]
 
 
@@ -66,12 +69,19 @@ class Profile:
 class SessionEvent:
     """Something the broker or customer did to a running session."""
 
-    kind: str  # "rights" | "control_result" | "roster" | "ended" | "notice"
+    kind: str  # "rights" | "control_result" | "roster" | "ended" | "notice" | "chat"
     text: str
     granted: tuple[str, ...] = ()
     # "roster": who else is in the shared session, with their rights, escaped
     # ("Bob Builder (view)", or "nobody else" once they have all gone).
     others: str = ""
+    # "chat": the line as the agent stamped it (cleaned; still shown literally).
+    chat: ChatLine | None = None
+
+
+def chat_event(line: ChatLine) -> SessionEvent:
+    """A chat line for the session's pane (its text escaped, for a notice)."""
+    return SessionEvent("chat", line_text(line), chat=line)
 
 
 OutputHandler = Callable[[bytes], None]
@@ -93,6 +103,10 @@ class LiveSession(Protocol):
     def write(self, data: bytes) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
     async def request_control(self) -> None: ...
+    async def say(self, text: str) -> None:
+        """Send a chat line; it comes back as a "chat" event once the agent
+        has it. Raises `console.chat.ChatError` with words for the engineer."""
+        ...
     async def leave(self) -> None: ...
     def file_transfers(self) -> FileTransfers | None:
         """SFTP over this session's SSH connection; None until it is open."""
@@ -165,6 +179,8 @@ class RelaySession:
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._files: FileTransfers | None = None
+        self._chat: ChatChannel | None = None
+        self._chat_opening: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ended = False
         self._left = False
@@ -187,6 +203,20 @@ class RelaySession:
             lambda: _Sink(self), term_type="xterm-256color", term_size=(cols, rows),
             encoding=None,
         )
+        # Open now, not when the chat box is: the customer may write first.
+        self._chat = ChatChannel(self._conn, on_line=lambda line: on_event(chat_event(line)),
+                                 on_close=self._chat_closed)
+        self._chat_opening = asyncio.get_running_loop().create_task(
+            self._open_chat(self._chat))
+
+    @staticmethod
+    async def _open_chat(chat: ChatChannel) -> None:
+        with contextlib.suppress(ChatError):  # why is kept, and said when they write
+            await chat.open()
+
+    def _chat_closed(self, reason: str) -> None:
+        if reason == GARBAGE_TEXT and not self._ended:  # the session's end says itself
+            self._on_event(SessionEvent("notice", reason))
 
     async def _control(self, msg: Message) -> None:
         if msg.type == "rights":
@@ -274,6 +304,12 @@ class RelaySession:
     async def request_control(self) -> None:
         await self._joined.request_control()
 
+    async def say(self, text: str) -> None:
+        if self._chat is None or self._ended:
+            raise ChatClosed("The session has ended: no more chat." if self._ended
+                             else "Chat is not open yet; try again in a moment.")
+        await self._chat.say(text)
+
     def file_transfers(self) -> FileTransfers | None:
         if self._files is None and self._conn is not None and not self._ended:
             self._files = FileTransfers(self._conn)
@@ -283,6 +319,8 @@ class RelaySession:
         self._ended = self._left = True
         if self._files is not None:
             self._files.forget()
+        if self._chat is not None:
+            await self._chat.close()
         self._pending.clear()
         if self._settling is not None:
             self._settling.cancel()  # nothing left to decide: we left

@@ -38,9 +38,10 @@ CHUNK = 64 * 1024
 # Entries of one remote folder shown at most: a folder with more is cut,
 # and said to be, rather than held in memory without bound.
 MAX_LISTING = 5000
-# How the engineer asks for the right: the rights work names the keys.
-ASK_HINT = ("ask them to allow it: Ctrl-] then a in a plain join, F9 in the full-screen "
-            "console")
+# How the engineer gets the right: it is asked for when joining (there is
+# no asking for it later in a running session, as there is for control).
+ASK_HINT = ("it is asked for when you join: ask the customer for a new code and join "
+            "again with --files")
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes in all)
 

@@ -77,7 +77,7 @@ def progress_text(name: str, done: int, total: int, elapsed: float) -> str:
     return f"{name}: {size(done)} of {size(total)} {percent} {rate}"
 
 
-def _skip_sequence(data: bytes, index: int) -> int:
+def skip_sequence(data: bytes, index: int) -> int:
     """Past the key sequence whose ESC was just before `index` (CSI or SS3)."""
     if data[index] == ord("O"):
         return min(index + 2, len(data))
@@ -123,7 +123,7 @@ class FilesPrompt:
                     self._task.cancel()
                 continue
             if byte == ESC and index < len(data):
-                index = _skip_sequence(data, index)  # a cursor key, not Esc: ignored
+                index = skip_sequence(data, index)  # a cursor key, not Esc: ignored
                 continue
             if byte in (ESC, CTRL_C):
                 self.close()

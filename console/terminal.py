@@ -2,8 +2,11 @@
 
 Raw mode while the session runs; ``Ctrl-]`` then ``q`` leaves, ``Ctrl-]``
 then ``c`` asks the customer for control, ``Ctrl-]`` then ``f`` opens the
-files prompt (`console.files_prompt`; the shell's output is held meanwhile);
-``Ctrl-]`` twice sends one ``Ctrl-]``. In view-only mode keystrokes are
+files prompt (`console.files_prompt`), ``Ctrl-]`` then ``m`` a one-line
+message to the customer (`console.chat_prompt`; the shell's output is held
+while either is open); ``Ctrl-]`` twice sends one ``Ctrl-]``. Chat lines
+(`console.chat`) are shown between the shell's output, each on a row of
+its own marked "[chat]", escaped. In view-only mode keystrokes are
 not sent and a one-line notice says so. Window resizes are sent to the
 agent. In a session shared with other engineers, each change of who is in
 it (and with which rights) is a status line.
@@ -19,6 +22,7 @@ import sys
 import termios
 import time
 import tty
+from collections import deque
 
 import asyncssh
 
@@ -28,8 +32,11 @@ from broker.client.terminal_io import (
     TerminalOutput,
     set_nonblocking,
 )
+from broker.wire.chat import CHAT_HISTORY, ChatLine
 from broker.wire.messages import Message
 from broker.wire.text import printable
+from console.chat import GARBAGE_TEXT, ChatChannel, ChatError, terminal_line
+from console.chat_prompt import ChatPrompt
 from console.client import JoinedSession, Progress
 from console.errors import ConsoleError, TerminalError
 from console.files import FileTransfers
@@ -39,6 +46,10 @@ from console.roster import Roster
 from console.session_end import outcome_after_shell
 
 CTRL_RBRACKET = 0x1D
+
+# The keys after Ctrl-], said once the session starts and in view only.
+KEYS_TEXT = ("Ctrl-] then q leaves, m sends the customer a message, f transfers files, "
+             "c asks for control")
 
 # What the engineer is told about the answer to Ctrl-] c.
 CONTROL_RESULT_TEXT = {
@@ -168,6 +179,11 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     failure: TerminalFailed | None = None
     escape = False
     prompt: FilesPrompt | None = None  # Ctrl-] f, once the SSH connection is up
+    chat: ChatChannel | None = None  # the chat line, once the SSH connection is up
+    chat_prompt: ChatPrompt | None = None  # Ctrl-] m
+    # Chat lines that arrived while the files prompt was open: shown once it
+    # closes (its own lines would be broken up by them).
+    held_lines: deque[ChatLine] = deque(maxlen=CHAT_HISTORY)
     leaving = False  # the engineer chose to leave (Ctrl-] q)
     warned_view_only = False
     requests: set[asyncio.Task[None]] = set()
@@ -185,6 +201,9 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             if prompt is not None and prompt.active:
                 prompt.feed(data[index:])  # the rest is the prompt's
                 break
+            if chat_prompt is not None and chat_prompt.active:
+                chat_prompt.feed(data[index:])
+                break
             if escape:
                 escape = False
                 if byte in (ord("q"), ord("Q")):
@@ -198,6 +217,17 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                         out.clear()
                     session.hold(True)
                     prompt.open()
+                    continue
+                if byte in (ord("m"), ord("M")) and chat_prompt is not None:
+                    if out:
+                        send(bytes(out))
+                        out.clear()
+                    if chat is None or not chat.is_open:
+                        say(chat.closed_reason if chat is not None and chat.closed_reason
+                            else "chat is not open yet; try again in a moment")
+                        continue
+                    session.hold(True)
+                    chat_prompt.open()
                     continue
                 if byte in (ord("c"), ord("C")):
                     task = loop.create_task(ask_for_control())
@@ -220,8 +250,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             chan.write(data)
         elif not warned_view_only:
             warned_view_only = True
-            say("view only: your keystrokes are not sent (Ctrl-] then c asks for control, "
-                "Ctrl-] then f transfers files, Ctrl-] then q leaves)")
+            say(f"view only: your keystrokes are not sent ({KEYS_TEXT})")
 
     keys = TerminalInput(stdin, on_data=on_keys, on_error=failed)
     session = _Output(done, TerminalOutput(stdout, on_pause=lambda: session.pause_output(),
@@ -248,6 +277,31 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     async def on_roster(roster: Roster) -> None:
         say(roster_status(roster))
 
+    def on_chat_line(line: ChatLine) -> None:
+        if chat_prompt is not None and chat_prompt.active:
+            chat_prompt.show_line(line)
+        elif prompt is not None and prompt.active:
+            held_lines.append(line)
+        else:
+            session.output.write(terminal_line(line).encode())
+
+    def on_chat_closed(reason: str) -> None:
+        # The end of the session closes chat too: said once, by the session.
+        if reason == GARBAGE_TEXT:
+            if chat_prompt is not None:
+                chat_prompt.close()
+            say(reason)
+
+    def files_closed() -> None:
+        session.hold(False)
+        while held_lines:
+            session.output.write(terminal_line(held_lines.popleft()).encode())
+
+    async def open_chat() -> None:
+        assert chat is not None
+        with contextlib.suppress(ChatError):  # why is kept, and said at Ctrl-] m
+            await chat.open()
+
     async def ask_for_control() -> None:
         try:
             await joined.request_control()
@@ -261,7 +315,11 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     conn, pump = await joined.open_ssh()
     transfers = FileTransfers(conn)
     prompt = FilesPrompt(transfers, lambda text: session.output.write(text.encode()),
-                         lambda: session.hold(False))
+                         files_closed)
+    chat = ChatChannel(conn, on_line=on_chat_line, on_close=on_chat_closed)
+    chat_prompt = ChatPrompt(chat.say, lambda text: session.output.write(text.encode()),
+                             lambda: session.hold(False))
+    opening_chat: asyncio.Task[None] | None = None
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     # uvloop makes a watched descriptor non-blocking and never undoes it;
     # we do it on purpose, and undo it, for stdin and stdout alike.
@@ -276,6 +334,8 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         if saved is not None:
             tty.setraw(stdin)
         keys.start()
+        # Open now, not at Ctrl-] m: the customer may write first.
+        opening_chat = loop.create_task(open_chat())
         loop.add_signal_handler(signal.SIGWINCH, lambda: chan.change_terminal_size(*_size()))
         await asyncio.wait(
             [asyncio.ensure_future(done.wait()), pump], return_when=asyncio.FIRST_COMPLETED)
@@ -293,6 +353,8 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             with contextlib.suppress(BaseException):
                 await prompt.busy
         transfers.forget()
+        if opening_chat is not None:
+            opening_chat.cancel()
         conn.close()
         if finished and failure is None and not leaving:
             await session.output.drain()  # the shell's last words

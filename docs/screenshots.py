@@ -24,6 +24,7 @@ from console.backend import Settings  # noqa: E402
 from console.files import FileTransfers  # noqa: E402
 from console.screens.main import MainScreen  # noqa: E402
 from console.screens.session import SessionPane  # noqa: E402
+from tests.console.chat_server import ChatServer, chat_server  # noqa: E402
 from tests.console.fakes import DECLINED, FakeBackend  # noqa: E402
 from tests.console.sftp_server import sftp_server  # noqa: E402
 
@@ -82,6 +83,30 @@ async def _files(pilot, app: ConsoleApp, live, outdir: Path) -> Path:  # type: i
     return shot
 
 
+async def _chat(pilot, app: ConsoleApp, live, outdir: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The chat box (F3) on a real SSH server speaking the chat contract."""
+    server = ChatServer()
+    server.customer_says("Hi, the app says the disk is full again")
+    async with chat_server(server) as (_server, conn):
+        chat = await live.open_chat(conn)
+        live.emit(b"\x1b[H\x1b[2J" + LISTING)  # whole again, after the files pane narrowed it
+        pane = app.screen.query_one(SessionPane)
+        await _wait(pilot, lambda: pane.chat.lines)
+        await pilot.press("f3")
+        await chat.say("I see it: /var/log/app is at 91%. I will clear the old logs "
+                       "and send you a patch.")
+        server.customer_says("Thank you! Go ahead")
+        await _wait(pilot, lambda: len(pane.chat.lines) == 3)
+        field = pane.chat.query_one(Input)
+        field.value = "Done. Could you restart the app?"
+        await pilot.pause(0.5)
+        shot = Path(app.save_screenshot("console-chat.svg", str(outdir)))
+        await pilot.press("f3")
+        await chat.close()
+        live.chat = None
+    return shot
+
+
 async def take(outdir: Path) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a script, not a server
     written: list[Path] = []
@@ -113,6 +138,7 @@ async def take(outdir: Path) -> list[Path]:
         await pilot.pause(1.2)
         written.append(Path(app.save_screenshot("console-session.svg", str(outdir))))
         written.append(await _files(pilot, app, live, outdir))
+        written.append(await _chat(pilot, app, live, outdir))
 
         tabs = app.screen.query_one("#tabs", TabbedContent)
         tabs.active = "home"

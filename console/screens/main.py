@@ -27,6 +27,7 @@ from console.sessions import SessionRecord
 
 class MainScreen(Screen[None]):
     BINDINGS = [
+        Binding("f3", "chat", "Chat"),
         Binding("f4", "files", "Files"),
         Binding("f6", "next_tab", "Next tab"),
         Binding("f7", "ask_control", "Ask for control"),
@@ -128,9 +129,9 @@ class MainScreen(Screen[None]):
 
     # -- actions ------------------------------------------------------------------
 
-    # F7 and F8 act on the session tab in front: elsewhere they are left out
+    # F3, F4, F7 and F8 act on the session tab in front: elsewhere they are left out
     # of the footer, which at 80 columns has no room for keys that do nothing.
-    _SESSION_ACTIONS = frozenset({"ask_control", "leave", "files"})
+    _SESSION_ACTIONS = frozenset({"ask_control", "leave", "files", "chat"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self._SESSION_ACTIONS:
@@ -174,6 +175,13 @@ class MainScreen(Screen[None]):
             self.notify("Open a session tab first (F6).", severity="warning")
             return
         self.query_one(f"#pane-{record.key}", SessionPane).toggle_files()
+
+    def action_chat(self) -> None:
+        record = self._current()
+        if record is None:
+            self.notify("Open a session tab first (F6).", severity="warning")
+            return
+        self.query_one(f"#pane-{record.key}", SessionPane).toggle_chat()
 
     @work(group="actions")
     async def action_ask_control(self) -> None:

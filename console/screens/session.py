@@ -1,17 +1,21 @@
-"""One live session: the remote terminal and a status bar."""
+"""One live session: the remote terminal, the files pane (F4) beside it,
+the chat box (F3) below it, and a status bar."""
 
 from __future__ import annotations
 
 import time
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from broker.wire.codes import Right
+from broker.wire.text import printable
 from console.backend import SessionEvent
 from console.format import clock, literal, rights, size
+from console.screens.chat import ChatBox, unread_text
 from console.screens.files import FilesPane
 from console.sessions import SessionRecord
 from console.widgets.terminal import TerminalView
@@ -29,6 +33,7 @@ class SessionPane(Vertical):
         with Horizontal(classes="session-body"):
             yield TerminalView(self._input, self._resize, id=f"term-{self.record.key}")
             yield FilesPane(self.record.key)
+        yield ChatBox(self.record.key)
         yield Static("", classes="session-status")
 
     @property
@@ -68,6 +73,29 @@ class SessionPane(Vertical):
             pane.refresh_listing()
         pane.query_one("DataTable").focus()
 
+    @property
+    def chat(self) -> ChatBox:
+        return self.query_one(ChatBox)
+
+    def toggle_chat(self) -> None:
+        """F3: show the chat box below the terminal (which loses rows, and the
+        shell is told its new size), or hide it again."""
+        box = self.chat
+        opening = not box.is_open
+        live = self.record.live
+        if box.send is None and live is not None:
+            box.send = live.say
+        box.shown(opening)
+        self.call_after_refresh(self.terminal.fit)
+        if not opening:
+            self.terminal.focus()
+        self.refresh_status(time.monotonic())
+
+    @on(ChatBox.Closed)
+    def _chat_closed(self) -> None:
+        if self.chat.is_open:
+            self.toggle_chat()
+
     def terminal_text(self) -> str:
         return "\n".join(self.terminal.text_lines)
 
@@ -95,11 +123,28 @@ class SessionPane(Vertical):
             self.record.end(event.text, time.monotonic())
         if not self.standing:
             return
+        if event.kind == "chat":
+            self._chat_line(event)
+            return
         if event.kind == "ended":
             self.terminal.set_read_only(True)
         elif event.kind in ("rights", "control_result") and event.granted:
             self.terminal.set_read_only(Right.CONTROL not in event.granted)
         self.set_notice(event.text)
+
+    def _chat_line(self, event: SessionEvent) -> None:
+        box = self.chat
+        if event.chat is None:
+            return
+        box.add(event.chat)
+        if not box.is_open:
+            # The count only: the line itself is the customer's words, for
+            # the box (a toast is not the place to read them).
+            count = box.unread
+            where = printable(self.record.alias or "a session", 40)
+            self.app.notify(f"{count} new chat message{'' if count == 1 else 's'} in {where}: "
+                            "F3 shows it.", title="Chat", markup=False)
+            self.refresh_status(time.monotonic())
 
     def set_notice(self, text: str) -> None:
         self.notice = text
@@ -112,6 +157,9 @@ class SessionPane(Vertical):
             return
         record, live = self.record, self.record.live
         parts: list[Text | str] = [literal(record.alias or "-", 40, "bold")]
+        unread = self.chat.unread if self.query(ChatBox) else 0
+        if unread:  # before anything else: someone is waiting for an answer
+            parts.append(Text(unread_text(unread), style="bold reverse"))
         if live is not None:
             parts.append(rights(record.granted))
             if record.others:  # a shared session: who else, before anything less vital

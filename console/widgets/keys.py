@@ -19,9 +19,9 @@ from textual.keys import REPLACED_KEYS, key_to_character
 #: Keys the console app keeps for itself (switch session, ask for control,
 #: leave, ...). `TerminalView` lets them through without sending anything to
 #: the remote, so the app's bindings fire. The remote program therefore never
-#: sees F6-F10 or Ctrl-\ (so no SIGQUIT via Ctrl-\ either).
+#: sees F3, F4, F6-F10 or Ctrl-\ (so no SIGQUIT via Ctrl-\ either).
 RESERVED_KEYS: Final[frozenset[str]] = frozenset(
-    {"f4", "f6", "f7", "f8", "f9", "f10", "ctrl+backslash"}
+    {"f3", "f4", "f6", "f7", "f8", "f9", "f10", "ctrl+backslash"}
 )
 
 #: Private mode number of DECCKM (application cursor keys). pyte does not

@@ -9,6 +9,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncssh
+
+from broker.wire.chat import ChatLine
 from broker.wire.messages import decode, encode
 from console.backend import (
     EventHandler,
@@ -17,8 +20,10 @@ from console.backend import (
     Progress,
     SessionEvent,
     Settings,
+    chat_event,
     roster_event,
 )
+from console.chat import NO_CHAT_TEXT, ChatChannel, NoChat
 from console.client import REMOVED_TEXT, SESSION_FULL_TEXT
 from console.errors import BrokerError, KeyMismatch, NotApproved, SessionFull, WrongCode
 from console.files import FileTransfers
@@ -52,6 +57,24 @@ class FakeLive:
     on_event: EventHandler | None = None
     # Set by a test to a real SFTP client (tests/console/sftp_server.py).
     transfers: FileTransfers | None = None
+    # Set by `open_chat` to a real chat channel (tests/console/chat_server.py).
+    chat: ChatChannel | None = None
+
+    async def open_chat(self, conn: asyncssh.SSHClientConnection) -> ChatChannel:
+        """Chat over a real SSH connection, its lines to the pane as the real
+        session sends them."""
+        def heard(line: ChatLine) -> None:
+            if self.on_event is not None:
+                self.on_event(chat_event(line))
+
+        self.chat = ChatChannel(conn, on_line=heard)
+        await self.chat.open()
+        return self.chat
+
+    async def say(self, text: str) -> None:
+        if self.chat is None:
+            raise NoChat(NO_CHAT_TEXT)
+        await self.chat.say(text)
 
     def file_transfers(self) -> FileTransfers | None:
         return self.transfers
