@@ -312,7 +312,21 @@ async def run_terminal_session(joined: JoinedSession) -> str:
 
     joined.on_control.append(on_control)
     joined.on_roster.append(on_roster)
-    conn, pump = await joined.open_ssh()
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    if saved is not None:
+        # Keys typed while the shell opens (Ctrl-] q at once) are kept for
+        # the session, not echoed meanwhile: raw mode comes with TCSANOW,
+        # which, unlike setraw's default, does not flush them.
+        quiet = termios.tcgetattr(stdin)
+        quiet[3] &= ~termios.ECHO
+        termios.tcsetattr(stdin, termios.TCSANOW, quiet)
+    try:
+        conn, pump = await joined.open_ssh()
+    except BaseException:
+        if saved is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(stdin, termios.TCSANOW, saved)
+        raise
     transfers = FileTransfers(conn)
     prompt = FilesPrompt(transfers, lambda text: session.output.write(text.encode()),
                          files_closed)
@@ -320,7 +334,6 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     chat_prompt = ChatPrompt(chat.say, lambda text: session.output.write(text.encode()),
                              lambda: session.hold(False))
     opening_chat: asyncio.Task[None] | None = None
-    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     # uvloop makes a watched descriptor non-blocking and never undoes it;
     # we do it on purpose, and undo it, for stdin and stdout alike.
     restore_blocking = set_nonblocking(stdin, stdout)
@@ -332,7 +345,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             lambda: session, term_type=term, term_size=(cols, rows), encoding=None,
         )
         if saved is not None:
-            tty.setraw(stdin)
+            tty.setraw(stdin, termios.TCSANOW)
         keys.start()
         # Open now, not at Ctrl-] m: the customer may write first.
         opening_chat = loop.create_task(open_chat())
