@@ -77,14 +77,11 @@ def test_a_5_mb_paste_arrives_whole_through_the_plain_console(running: Deploymen
     console.send(f"stty raw -echo; sleep 1; head -c {len(data)} > {target}; stty sane; "
                  "echo PASTE$((40+2))DONE\r")
     time.sleep(0.3)  # the shell has switched the terminal to raw mode
-    started = time.monotonic()
     writer = send_in_background(console, data)
-    console.expect("PASTE42DONE", timeout=60)
-    elapsed = time.monotonic() - started
+    console.expect("PASTE42DONE", timeout=90)  # a bound; bench/ measures speed
     writer.join(5)
     assert target.stat().st_size == len(data)
     assert hashlib.sha256(target.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
-    assert elapsed < 30, f"the paste took {elapsed:.1f} s"
     console.send("\x1dq")
     console.expect("You left the session.")
     console.expect(pexpect.EOF)

@@ -30,7 +30,9 @@ async def join_view_only(pilot, app: ConsoleApp, agent: pexpect.spawn,  # type: 
     """Log in, join with `code`, the customer answers view only: the session
     tab once its shell prompt shows."""
     await pilot.click("#connect")
-    await until(pilot, lambda: isinstance(app.screen, MainScreen))
+    # The main screen, once its widgets are there (it is pushed first).
+    await until(pilot, lambda: isinstance(app.screen, MainScreen)
+                and bool(app.screen.query("#code")))
     app.screen.query_one("#code", Input).value = code
     await pilot.click("#join")
     agent.expect(r"\[n/Enter\] deny", timeout=20)
