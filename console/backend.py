@@ -102,7 +102,10 @@ class LiveSession(Protocol):
                     on_event: EventHandler) -> None: ...
     def write(self, data: bytes) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
-    async def request_control(self) -> None: ...
+    async def request_control(self, right: str = Right.CONTROL) -> None:
+        """Ask the customer for control, or with `right` files; the answer
+        comes as a "control_result" event."""
+        ...
     async def say(self, text: str) -> None:
         """Send a chat line; it comes back as a "chat" event once the agent
         has it. Raises `console.chat.ChatError` with words for the engineer."""
@@ -132,6 +135,12 @@ _RESULT_TEXT = {
     "denied": "The customer declined control: you can still watch.",
     "timeout": "The customer did not answer the control request.",
     "unchanged": "Nothing changed: you already have those rights or a request is pending.",
+}
+_FILES_RESULT_TEXT = {
+    "granted": "The customer allowed file transfer: F4 shows their files.",
+    "denied": "The customer declined file transfer.",
+    "timeout": "The customer did not answer the request for file transfer.",
+    "unchanged": _RESULT_TEXT["unchanged"],
 }
 
 
@@ -188,6 +197,8 @@ class RelaySession:
         self.input_paused = False
         # Decides the outcome once the shell's connection has closed.
         self._settling: asyncio.Task[None] | None = None
+        # What the request with the customer asks for, to word its answer.
+        self._asking: str | None = None
 
     @property
     def granted(self) -> tuple[str, ...]:
@@ -227,8 +238,11 @@ class RelaySession:
                 + granted_text(msg["granted"]) + ".",
                 tuple(msg["granted"])))
         elif msg.type == "control_result":
+            texts = _FILES_RESULT_TEXT if self._asking == Right.FILES else _RESULT_TEXT
+            if msg["decision"] != "unchanged":
+                self._asking = None  # answered; "unchanged" answers a second request
             self._on_event(SessionEvent(
-                "control_result", _RESULT_TEXT.get(msg["decision"], msg["decision"]),
+                "control_result", texts.get(msg["decision"], msg["decision"]),
                 tuple(msg["granted"])))
         elif msg.type in ("ended", "error"):
             self.closed()  # in the same words as the plain terminal (a broker restart...)
@@ -301,8 +315,10 @@ class RelaySession:
         if self._chan is not None and not self._ended:
             self._chan.change_terminal_size(cols, rows)
 
-    async def request_control(self) -> None:
-        await self._joined.request_control()
+    async def request_control(self, right: str = Right.CONTROL) -> None:
+        if self._asking is None:
+            self._asking = right
+        await self._joined.request_control(right)
 
     async def say(self, text: str) -> None:
         if self._chat is None or self._ended:

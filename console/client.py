@@ -124,6 +124,10 @@ class JoinedSession:
     def control(self) -> bool:
         return Right.CONTROL in self.granted
 
+    @property
+    def files(self) -> bool:
+        return Right.FILES in self.granted
+
     async def _dispatch(self, msg: Message) -> None:
         # `control_result` carries the rights in force after a request for
         # control ("granted", "denied", "timeout" by the customer, or
@@ -160,8 +164,9 @@ class JoinedSession:
             raise BrokerError(f"the secure shell to the customer failed: {exc}") from exc
         return conn, relay.task
 
-    async def request_control(self) -> None:
-        """Ask the customer to let the engineer type.
+    async def request_control(self, right: str = Right.CONTROL) -> None:
+        """Ask the customer to let the engineer type (or, with `right`
+        files, copy files).
 
         Returns once the request is sent; the answer arrives later as a
         `control_result` message to the `on_control` handlers (after
@@ -169,10 +174,11 @@ class JoinedSession:
         relay. Asking while control is granted or a request is pending is
         answered "unchanged" by the broker.
         """
+        what = "file transfer" if right == Right.FILES else "control"
         try:
-            await self.link.send("request_control")
+            await self.link.send("request_control", right=str(right))
         except ConnectionClosed as exc:
-            raise BrokerError("the session has ended, so control cannot be requested") from exc
+            raise BrokerError(f"the session has ended, so {what} cannot be requested") from exc
 
     def outcome(self, *, left: bool) -> str:
         """How the session ended, in words, once it has: the broker's `ended`

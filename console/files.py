@@ -38,10 +38,9 @@ CHUNK = 64 * 1024
 # Entries of one remote folder shown at most: a folder with more is cut,
 # and said to be, rather than held in memory without bound.
 MAX_LISTING = 5000
-# How the engineer gets the right: it is asked for when joining (there is
-# no asking for it later in a running session, as there is for control).
-ASK_HINT = ("it is asked for when you join: ask the customer for a new code and join "
-            "again with --files")
+# How the engineer gets the right: asked for when joining (`--files`, the
+# TUI's files switch) or later in the session, as control is.
+ASK_HINT = "Ctrl-] f in a plain join, or the files pane's Ask button, asks the customer for it"
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes in all)
 

@@ -33,6 +33,7 @@ from broker.client.terminal_io import (
     set_nonblocking,
 )
 from broker.wire.chat import CHAT_HISTORY, ChatLine
+from broker.wire.codes import Right
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.chat import GARBAGE_TEXT, ChatChannel, ChatError, terminal_line
@@ -48,16 +49,26 @@ from console.session_end import outcome_after_shell
 CTRL_RBRACKET = 0x1D
 
 # The keys after Ctrl-], said once the session starts and in view only.
-KEYS_TEXT = ("Ctrl-] then q leaves, m sends the customer a message, f transfers files, "
-             "c asks for control")
+KEYS_TEXT = ("Ctrl-] then q leaves, m sends the customer a message, f transfers files "
+             "(or asks for them), c asks for control")
+
+# The answers to a request for files (Ctrl-] f without the right).
+FILES_RESULT_TEXT = {
+    "granted": "the customer allowed file transfer: Ctrl-] f opens the files prompt",
+    "denied": "the customer declined file transfer",
+    "timeout": "the customer did not answer the request for file transfer",
+}
+
+UNCHANGED_TEXT = {  # either request, when there was nothing to ask
+    "unchanged": "nothing to ask: you already have that right, or the customer is still "
+                 "deciding on your request",
+}
 
 # What the engineer is told about the answer to Ctrl-] c.
 CONTROL_RESULT_TEXT = {
     "granted": "the customer granted control: you can type now",
     "denied": "the customer declined control: you can still watch",
     "timeout": "the customer did not answer the request for control: you can still watch",
-    "unchanged": "nothing to ask: you already have control, or the customer is still "
-                 "deciding on your request",
 }
 
 
@@ -211,6 +222,13 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                     done.set()
                     keys.close()
                     return
+                if byte in (ord("f"), ord("F")) and not joined.files:
+                    # Without the right, the key asks the customer for it
+                    # (as Ctrl-] c asks for control); with it, the prompt.
+                    task = loop.create_task(ask_for(Right.FILES))
+                    requests.add(task)
+                    task.add_done_callback(requests.discard)
+                    continue
                 if byte in (ord("f"), ord("F")) and prompt is not None:
                     if out:
                         send(bytes(out))
@@ -230,7 +248,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                     chat_prompt.open()
                     continue
                 if byte in (ord("c"), ord("C")):
-                    task = loop.create_task(ask_for_control())
+                    task = loop.create_task(ask_for(Right.CONTROL))
                     requests.add(task)
                     task.add_done_callback(requests.discard)
                     continue
@@ -270,7 +288,13 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         if msg.type == "rights":
             say("the customer changed your rights to: " + granted_text(msg["granted"]))
         elif msg.type == "control_result":
-            say(CONTROL_RESULT_TEXT.get(msg["decision"], printable(msg["decision"], 40)))
+            decision = msg["decision"]
+            texts = FILES_RESULT_TEXT if asking[0] == Right.FILES else CONTROL_RESULT_TEXT
+            if decision == "unchanged":
+                texts = UNCHANGED_TEXT
+            else:
+                asking[0] = None  # answered
+            say(texts.get(decision, printable(decision, 40)))
         elif msg.type in ("ended", "error"):
             done.set()
 
@@ -302,13 +326,20 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         with contextlib.suppress(ChatError):  # why is kept, and said at Ctrl-] m
             await chat.open()
 
-    async def ask_for_control() -> None:
+    # What the request with the customer asks for, to word its answer (a
+    # second request meanwhile is answered "unchanged" at once).
+    asking: list[Right | None] = [None]
+
+    async def ask_for(right: Right) -> None:
+        if asking[0] is None:
+            asking[0] = right
         try:
-            await joined.request_control()
+            await joined.request_control(right)
         except ConsoleError as exc:
             say(str(exc))
             return
-        say("asking the customer for control...")
+        say("asking the customer to allow file transfer..." if right == Right.FILES
+            else "asking the customer for control...")
 
     joined.on_control.append(on_control)
     joined.on_roster.append(on_roster)

@@ -130,6 +130,7 @@ async def take(outdir: Path) -> list[Path]:
         await _wait(pilot, lambda: any(r.state == "declined" for r in main.records.values()))
         app.screen.query_one("#code", Input).value = "4821-193-775"
         await pilot.click("#control")
+        await pilot.click("#files")
         await pilot.click("#join")
         await _wait(pilot, lambda: app.screen.query(SessionPane))
         live = backend.sessions[-1]

@@ -15,7 +15,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, Input, Label, ProgressBar, Static
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
 from console.files import FileTransfers, RemoteEntry, TransferError, shown
 from console.format import literal, size
@@ -77,6 +77,8 @@ class FilesPane(Vertical):
         yield Static(Text("."), classes="files-where")
         yield DataTable(classes="files-list", cursor_type="row", zebra_stripes=True)
         yield Static(Text(""), classes="files-status")
+        # Shown only while the session has no files right: asks the customer.
+        yield Button("Ask the customer for files", classes="files-ask", variant="primary")
         yield Label("Save to:", classes="files-label")
         yield Input(tilde(self.local_dir), classes="files-local",
                     placeholder="folder for downloads")
@@ -90,6 +92,9 @@ class FilesPane(Vertical):
         table.add_column("Size", key="size")
 
     # -- state shown ----------------------------------------------------------------
+
+    def show_ask(self, shown: bool) -> None:
+        self.query_one(".files-ask", Button).display = shown
 
     def say(self, text: str, *, error: bool = False) -> None:
         status = self.query_one(".files-status", Static)

@@ -9,7 +9,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Static
+from textual.widgets import Button, Static
 
 from broker.wire.codes import Right
 from broker.wire.text import printable
@@ -67,11 +67,40 @@ class SessionPane(Vertical):
         live = self.record.live
         if pane.transfers is None and live is not None:
             pane.transfers = live.file_transfers()
+        lacking = Right.FILES not in self.record.granted
+        pane.show_ask(lacking and self.record.state == "active")
         if self.record.state != "active":
             pane.say("The session has ended: no more transfers.", error=True)
+        elif lacking:
+            pane.say("The customer has not allowed file transfer in this session. "
+                     "Ask them: they see the request on their screen.", error=True)
+            pane.query_one(".files-ask").focus()
+            return
         else:
             pane.refresh_listing()
         pane.query_one("DataTable").focus()
+
+    @on(Button.Pressed, ".files-ask")
+    def _ask_for_files(self) -> None:
+        self.run_worker(self._request_files(), group="ask-files", exclusive=True)
+
+    async def _request_files(self) -> None:
+        live = self.record.live
+        if live is None or self.record.state != "active":
+            return
+        self.files.say("Asked the customer to allow file transfer; waiting for their "
+                       "answer ...")
+        self.set_notice("Asked the customer for files; waiting for their answer ...")
+        await live.request_control(Right.FILES)
+
+    def _files_granted(self) -> None:
+        """The right arrived (asked for now, or granted back): the pane works."""
+        pane = self.files
+        pane.show_ask(False)
+        if pane.has_class("-open") and self.record.state == "active":
+            if pane.transfers is None and self.record.live is not None:
+                pane.transfers = self.record.live.file_transfers()
+            pane.refresh_listing()
 
     @property
     def chat(self) -> ChatBox:
@@ -130,6 +159,10 @@ class SessionPane(Vertical):
             self.terminal.set_read_only(True)
         elif event.kind in ("rights", "control_result") and event.granted:
             self.terminal.set_read_only(Right.CONTROL not in event.granted)
+            if Right.FILES in event.granted:
+                self._files_granted()
+            else:
+                self.files.show_ask(self.files.has_class("-open"))
         self.set_notice(event.text)
 
     def _chat_line(self, event: SessionEvent) -> None:

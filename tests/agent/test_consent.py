@@ -166,6 +166,30 @@ def test_upgrade_prompt_says_what_changes() -> None:
     assert "Alice Example (alice, engineer)" in text
 
 
+FILES_LATER = ConsentRequest(
+    session="s-1", engineer_login="alice", engineer_display="Alice Example",
+    engineer_role="engineer", key_fingerprint="SHA256:AbCdEf", sas="7F3A-91C2",
+    wants=("view", "control", "files"), upgrade=True, adds="files",
+)
+
+
+def test_files_asked_later_are_granted_by_f_only_with_what_the_seat_holds() -> None:
+    assert decide("f", FILES_LATER, "control,files") == Decision(
+        "granted", ("view", "control", "files"))
+    assert decide("c", FILES_LATER, "control,files") is None  # not what was asked
+    assert decide("v", FILES_LATER, "control,files") == DENIED
+    assert decide("f", FILES_LATER, "control") is None  # this computer forbids files
+
+
+def test_files_asked_later_prompt_says_what_changes() -> None:
+    text = "\n".join(prompt_lines(FILES_LATER, 30, "control,files"))
+    assert "now asks to copy files" in text
+    assert "copy files to and from a folder on this computer" in text
+    assert "[f] allow files" in text and "keep view and control" in text
+    forbidden = "\n".join(prompt_lines(FILES_LATER, 30, "control"))
+    assert "files cannot be granted" in forbidden and "[f]" not in forbidden
+
+
 def test_upgrade_prompt_shows_network_strings_literally() -> None:
     evil = ConsentRequest(
         session="s-1", engineer_login="a\x1b[2J", engineer_display="\x1b]0;pwned\x07Eve",

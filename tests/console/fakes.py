@@ -51,6 +51,7 @@ class FakeLive:
     open_delay: float = 0.0
     shell_open: bool = False
     control_requests: int = 0
+    requested: list[str] = field(default_factory=list)  # the right of each request
     grant_on_request: bool = True
     left: bool = False
     on_output: OutputHandler | None = None
@@ -110,13 +111,17 @@ class FakeLive:
         if self.shell_open:
             self.resizes.append((cols, rows))
 
-    async def request_control(self) -> None:
+    async def request_control(self, right: str = "control") -> None:
         self.control_requests += 1
+        self.requested.append(right)
         if self.grant_on_request:
-            self.granted_rights = ("view", "control")
+            self.granted_rights = tuple(
+                r for r in ("view", "control", "files")
+                if r == "view" or r == right or r in self.granted_rights)
             assert self.on_event is not None
-            self.on_event(SessionEvent("control_result", "The customer granted control: you "
-                                       "can type.", self.granted_rights))
+            text = ("The customer allowed file transfer: F4 shows their files."
+                    if right == "files" else "The customer granted control: you can type.")
+            self.on_event(SessionEvent("control_result", text, self.granted_rights))
 
     async def leave(self) -> None:
         self.left = True

@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from textual.widgets import DataTable, Input, ProgressBar
+from textual.widgets import Button, DataTable, Input, ProgressBar
 
 from console.files import FileTransfers
 from console.screens.files import FilesPane
@@ -24,10 +24,11 @@ def sha(path: Path) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def session_with_files(harness: Harness, pilot, root: Path | None  # type: ignore[no-untyped-def]
+async def session_with_files(harness: Harness, pilot, root: Path | None,  # type: ignore[no-untyped-def]
+                             *, files: bool = True
                              ) -> AsyncIterator[tuple[FakeLive, SessionPane]]:
     async with sftp_server(root) as conn:
-        live = await open_session(harness, pilot)
+        live = await open_session(harness, pilot, files=files)
         live.transfers = FileTransfers(conn)
         yield live, harness.app.screen.query_one(SessionPane)
         await live.transfers.close()
@@ -94,11 +95,23 @@ async def test_f4_shows_the_listing_and_the_shell_is_told_its_new_size(tmp_path:
             assert harness.app.focused is pane.terminal
 
 
-async def test_without_the_files_right_the_pane_says_so(tmp_path: Path) -> None:
+async def test_without_the_files_right_the_pane_says_so_and_asks(tmp_path: Path) -> None:
+    """Without the right the pane says so and offers to ask; the customer's
+    grant (here at once) makes the listing appear, and the button goes."""
+    (tmp_path / "report.txt").write_bytes(b"x")
     harness = Harness()
     async with harness.app.run_test(size=(80, 24)) as pilot:
-        async with session_with_files(harness, pilot, None) as (_live, pane):
+        async with session_with_files(harness, pilot, tmp_path, files=False) as (live, pane):
             await pilot.press("f4")
             files: FilesPane = pane.files
             await until(pilot, lambda: "has not allowed file transfer" in files.status_text)
             assert files.query_one(".files-status").has_class("error")
+            ask = files.query_one(".files-ask", Button)
+            assert ask.display and harness.app.focused is ask
+            assert any("Ask the customer for files" in line
+                       for line in screen_lines(harness.app))
+            await pilot.press("enter")
+            await until(pilot, lambda: files.rows() == ["report.txt"])
+            assert live.requested == ["files"]
+            assert "files" in pane.record.granted and not ask.display
+            assert "allowed file transfer" in pane.notice

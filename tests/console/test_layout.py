@@ -81,9 +81,10 @@ async def test_home_shows_the_whole_join_row(size: tuple[int, int]) -> None:
             assert any(words in line for line in screen_lines(harness.app))
 
 
-async def open_session(harness: Harness, pilot, *, control: bool = True) -> FakeLive:  # type: ignore[no-untyped-def]
+async def open_session(harness: Harness, pilot, *, control: bool = True,  # type: ignore[no-untyped-def]
+                       files: bool = False) -> FakeLive:
     await connect(pilot, harness.app)
-    await join(pilot, harness.app, "4821-193-775", control=control)
+    await join(pilot, harness.app, "4821-193-775", control=control, files=files)
     await until(pilot, lambda: harness.backends and harness.backend.sessions
                 and harness.backend.sessions[0].shell_open)
     await pilot.pause(0.1)

@@ -462,6 +462,37 @@ def test_a_granted_request_is_recorded_before_anyone_hears(setup: Setup) -> None
                 "control_result").fields["decision"] == "unchanged"
 
 
+def test_files_are_asked_for_later_with_every_right_the_seat_holds() -> None:
+    """A seat with view and control asks for files: the customer is asked
+    for all three (an upgrade takes nothing away), the grant must be all
+    three, and a second request for a held right has nothing to ask."""
+    setup = Setup(wants=("view", "control"))
+    setup.to_active()
+    actions = setup.receive(CONSOLE, frame("request_control", right="files"))
+    assert kinds(actions) == [("record", "control_requested"),
+                              ("send", AGENT_SESSION, "control_request")]
+    assert records(actions)[0].body == {"asked": ["view", "control", "files"]}
+    assert sent(actions, AGENT_SESSION, "control_request").fields == {"right": "files"}
+    asked = ("view", "control", "files")
+    actions = setup.receive(AGENT_SESSION, setup.consent(asked=asked))
+    assert sent(actions, CONSOLE, "control_result").fields == {
+        "decision": "granted", "granted": list(asked)}
+    assert setup.machine.seat.granted == asked
+    for right in ("files", "control"):
+        again = setup.receive(CONSOLE, frame("request_control", right=right))
+        assert sent(again, CONSOLE, "control_result").fields["decision"] == "unchanged"
+
+
+def test_a_grant_of_files_must_grant_what_was_asked() -> None:
+    setup = Setup(wants=("view",))
+    setup.to_active()
+    setup.receive(CONSOLE, frame("request_control", right="files"))
+    # Control instead of files: not the answer to this request.
+    actions = setup.receive(AGENT_SESSION, setup.consent(
+        asked=("view", "files"), granted=("view", "control")))
+    assert sent(actions, AGENT_SESSION, "error").fields["code"] == "bad_receipt"
+
+
 def test_a_transferred_file_is_recorded_without_a_name(setup: Setup) -> None:
     setup.to_active()
     actions = setup.receive(AGENT_SESSION, frame(
