@@ -567,9 +567,11 @@ class Agent:
                            state_dir=config.state_dir)
 
     def _show_files(self) -> None:
-        """Ctrl-] f: where files go and what moved (x there cancels)."""
-        task = asyncio.get_running_loop().create_task(
-            self.screen.show_panel(self.transfer_view.panel, self.transfer_view.cancel))
+        """Ctrl-] f: where files go and what moved (x there cancels the
+        running transfers, w withdraws the files right from everyone)."""
+        task = asyncio.get_running_loop().create_task(self.screen.show_panel(
+            self.transfer_view.panel,
+            {"x": self.transfer_view.cancel, "w": self.withdraw_files}))
         self.joining.add(task)
         task.add_done_callback(self.joining.discard)
 
@@ -741,6 +743,21 @@ class Agent:
                 asyncio.get_running_loop().create_task(
                     _quietly(active.link.send("rights", granted=[Right.VIEW]))
                 )
+
+    def withdraw_files(self) -> None:
+        """The customer takes the files right back from every engineer, and
+        only that: control and watching stay as they are."""
+        took = []
+        for active in list(self.sessions.values()):
+            if not active.gate.files or active.ended.is_set():
+                continue
+            took.append(printable(active.viewer.display, 40))
+            self._withdraw_files(active)
+            kept = [Right.VIEW, *([Right.CONTROL] if active.gate.control else [])]
+            asyncio.get_running_loop().create_task(
+                _quietly(active.link.send("rights", granted=[str(r) for r in kept])))
+        self.screen.flash(f"File transfer is off: {', '.join(took)} can no longer copy files."
+                          if took else "No engineer can copy files now.")
 
     def _withdraw_files(self, active: ActiveSession) -> None:
         """The seat loses the files right: no new transfer, and its running

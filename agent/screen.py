@@ -38,7 +38,7 @@ import textwrap
 import time
 import tty
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -647,9 +647,10 @@ class CustomerScreen:
         self.draw_banner()
 
     async def show_panel(self, lines: Callable[[], list[str]],
-                         on_x: Callable[[], object]) -> None:
+                         actions: Mapping[str, Callable[[], object]]) -> None:
         """A page over the session (as the invite code is shown) until a key:
-        `x` there calls `on_x` first. Output is held meanwhile."""
+        a key in `actions` (lower case) calls its action first. Output is
+        held meanwhile."""
         async with self._prompt_lock:
             if not self._viewers:
                 return
@@ -659,8 +660,9 @@ class CustomerScreen:
                 self._draw_invite(self._inviting)
                 with contextlib.suppress(TimeoutError):
                     key = await asyncio.wait_for(self._keys.get(), INVITE_SHOWN_SECONDS)
-                    if key in ("x", "X"):
-                        on_x()
+                    action = actions.get(key.lower())
+                    if action is not None:
+                        action()
             finally:
                 self._keys = None
                 self._inviting = None

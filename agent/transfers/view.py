@@ -189,6 +189,9 @@ class TransferView:
         running = self.running()
         if running:
             lines.append(f"  Press x to cancel the {len(running)} running transfer(s).")
+        if self.hubs:
+            lines.append("  Press w to stop file transfer for this session (the engineers "
+                         "keep watching, and typing if you allowed it).")
         lines.append(f"  The record of every file is kept in "
                      f"{printable(self._state_dir / RECORD_FILE, 200)}")
         lines.append("  (consentry-agent transfers prints it). Press any key to go back.")

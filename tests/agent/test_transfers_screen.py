@@ -98,7 +98,7 @@ async def test_the_banner_shows_a_running_transfer_and_ctrl_rbracket_x_cancels_i
 async def test_ctrl_rbracket_f_shows_where_files_go(screen: tuple, tmp_path: Path) -> None:
     customer, master, hub, view = screen
     customer.on_files = lambda: asyncio.get_running_loop().create_task(
-        customer.show_panel(view.panel, view.cancel))
+        customer.show_panel(view.panel, {"x": view.cancel}))
     hub.finish(hub.start(transfer(UPLOAD, "/fix.sh", 10)), "complete")
     received = bytearray()
     os.write(master, b"\x1df")
