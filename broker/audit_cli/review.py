@@ -18,7 +18,10 @@ from broker.wire.text import printable
 
 # Body keys shown on a timeline line, in this order; the rest is in --json.
 _DETAIL_KEYS = ("seat", "wants", "decision", "asked", "granted", "by", "upgrade", "reason",
+                "direction", "bytes", "outcome", "chat_lines",
                 "duration_s", "bytes_to_agent", "bytes_to_console", "key_fingerprint")
+# A file's direction in the story: as seen from the customer's computer.
+_DIRECTION_WORDS = {"upload": "to the customer", "download": "from the customer"}
 
 
 async def load_session(audit: AuditLog, session: str) -> dict[str, Any]:
@@ -172,6 +175,14 @@ def format_report(report: dict[str, Any]) -> str:
         elif event["type"] == "rights_changed":
             lines.append(f"  {'rights':<15} {when}: now {_words(body.get('granted'))} "
                          f"(by {printable(body.get('by') or '?', 20)})" + seat)
+        elif event["type"] == "control_requested":
+            lines.append(f"  {'asked':<15} {when}: the engineer asked for "
+                         f"{_words(body.get('asked'))}" + seat)
+        elif event["type"] == "file_transferred":
+            # Never a name: the log has none (a name may be personal data).
+            direction = _DIRECTION_WORDS.get(str(body.get("direction")), "?")
+            lines.append(f"  {'file':<15} {when}: {_bytes(body.get('bytes'))} {direction}, "
+                         f"{printable(body.get('outcome') or '?', 20)}" + seat)
         elif event["type"] == "invite_issued":
             lines.append(f"  {'invited':<15} {when}: the customer issued a code for "
                          "another engineer")

@@ -329,8 +329,8 @@ def session_timeline(session: str, events: list[dict[str, Any]]) -> Text:
         if "seat" in body:  # a shared session: whose event this is
             out.append("  ")
             out.append_text(literal(f"{event.get('actor') or '?'} [{body['seat']}]", 90))
-        for key in ("reason", "granted", "asked", "decision", "duration_s",
-                    "bytes_to_agent", "bytes_to_console", "wants"):
+        for key in ("reason", "granted", "asked", "decision", "direction", "bytes", "outcome",
+                    "chat_lines", "duration_s", "bytes_to_agent", "bytes_to_console", "wants"):
             if key in body:
                 out.append("\n    ")
                 out.append_text(literal(f"{key}: {body[key]}", 200))

@@ -54,7 +54,7 @@ async def record_consent(audit: AuditLog, key: nacl.signing.SigningKey, data: by
 
 
 async def full_session(audit: AuditLog, key: nacl.signing.SigningKey) -> None:
-    """connect, join (view), grant, start, ask for control, grant, narrow, end."""
+    """connect, join (view), grant, start, ask for control, grant, a file, narrow, end."""
     await audit.append("agent_connected", now=T0, subject=DEVICE, body={"shared": []},
                        personal={"alias": "Front Desk", "ip": "192.0.2.7"})
     await audit.append("engineer_login", now=T0, actor="alice", body={"role": "engineer"})
@@ -71,6 +71,9 @@ async def full_session(audit: AuditLog, key: nacl.signing.SigningKey) -> None:
     await audit.append("rights_changed", now=T0 + dt.timedelta(seconds=5), session=SESSION,
                        actor="alice", subject=DEVICE,
                        body={"granted": ["view", "control"], "by": "customer", "upgrade": True})
+    await audit.append("file_transferred", now=T0 + dt.timedelta(seconds=6), session=SESSION,
+                       actor="alice", subject=DEVICE,
+                       body={"direction": "upload", "bytes": 2048, "outcome": "complete"})
     await audit.append("rights_changed", now=T0 + dt.timedelta(seconds=8), session=SESSION,
                        actor="alice", subject=DEVICE, body={"granted": ["view"], "by": "customer"})
     await audit.append("session_ended", now=T0 + dt.timedelta(seconds=9), session=SESSION,
@@ -184,14 +187,16 @@ async def test_show_prints_the_timeline_and_logs_the_read(
     assert "Front Desk" in out and "192.0.2.7" in out
     assert "receipt: signature VALID (device key), matches the hash in the log" in out
     assert "customer_ended, after 6.0 s; 1.2 KiB to the agent, 33.2 KiB to the console" in out
+    assert "the engineer asked for view, control" in out
+    assert "2.0 KiB to the customer, complete" in out  # a file: how much, never its name
     timeline = out.split("Timeline (oldest first)")[1]
     types = [line.split()[2] for line in timeline.splitlines()
              if line.startswith("  ") and line.split()[0].isdigit()]
     assert types == ["join_requested", "consent_granted", "session_started",
                      "control_requested", "consent_granted", "rights_changed",
-                     "rights_changed", "session_ended"]
+                     "file_transferred", "rights_changed", "session_ended"]
     (read,) = await logged(tmp_path, "audit_read")
-    assert read.body == {"command": "show", "session": SESSION, "returned": 8}
+    assert read.body == {"command": "show", "session": SESSION, "returned": 9}
     assert read.actor.startswith("cli:")
 
 
@@ -202,7 +207,7 @@ async def test_show_json_is_one_ascii_object(tmp_path: Path,
                              "--data-dir", str(tmp_path))
     assert code == 0 and out.isascii() and len(out.splitlines()) == 1
     report = json.loads(out)
-    assert report["session"] == SESSION and report["events"] == 8
+    assert report["session"] == SESSION and report["events"] == 9
     assert [c["signature_valid"] for c in report["consents"]] == [True, True]
     assert report["timeline"][0]["type"] == "join_requested"
     assert "personal" not in report["timeline"][0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Static, TabbedContent
 
-from console.screens.audit import PAGE_SIZE, save_session
+from console.screens.audit import PAGE_SIZE, save_session, session_timeline
 from tests.console.test_app import Harness, connect, text_of, until
 
 
@@ -180,3 +180,17 @@ async def test_the_audit_log_is_not_polled_while_it_is_not_shown(
         await pilot.pause(0.8)
         # Every read is an audit event on the broker: none for a hidden page.
         assert len(harness.backend.queries) == queries
+
+
+def test_a_sessions_story_shows_each_file_and_chat_counts_without_names() -> None:
+    story = session_timeline("sessA1", [
+        {"seq": 5, "time": "2026-11-18T10:00:05Z", "type": "file_transferred",
+         "actor": "alice", "body": {"direction": "upload", "bytes": 2048,
+                                    "outcome": "complete"}},
+        {"seq": 6, "time": "2026-11-18T10:01:00Z", "type": "session_ended",
+         "actor": "alice", "body": {"reason": "customer_ended",
+                                    "chat_lines": {"engineer": 2, "customer": 1}}},
+    ]).plain
+    assert "direction: upload" in story and "bytes: 2048" in story
+    assert "outcome: complete" in story
+    assert "chat_lines: {'engineer': 2, 'customer': 1}" in story
