@@ -181,15 +181,18 @@ async def test_the_customer_withdraws_files_alone(running: Deployment) -> None:
     try:
         async with conn.start_sftp_client() as sftp:
             await sftp.listdir("shared")
-        agent.send("\x1df")
-        await expect(agent, "Press w to stop file transfer")
-        agent.send("w")
-        await expect(agent, "File transfer is off: Alice Example can no longer copy files")
-        for _ in range(200):  # bounded: until the narrowing has reached the console
-            if tuple(joined.granted) == ("view", "control"):
-                break
-            await asyncio.sleep(0.05)
-        assert tuple(joined.granted) == ("view", "control")
+            agent.send("\x1df")
+            await expect(agent, "Press w to stop file transfer")
+            agent.send("w")
+            await expect(agent, "File transfer is off: Alice Example can no longer copy files")
+            for _ in range(200):  # bounded: until the narrowing has reached the console
+                if tuple(joined.granted) == ("view", "control"):
+                    break
+                await asyncio.sleep(0.05)
+            assert tuple(joined.granted) == ("view", "control")
+            # The channel opened before is still there, and does nothing now.
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await sftp.listdir("shared")
         with pytest.raises(asyncssh.ChannelOpenError):
             async with conn.start_sftp_client():
                 pass
