@@ -4,6 +4,7 @@ serve_shell: the policy holds against a real client."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import stat
@@ -13,6 +14,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+import agent.transfers.server as server
 from agent.sshd import Gate, Services, serve_shell
 from agent.transfers.hub import TransferHub
 from agent.transfers.jail import CANCELLED, WITHDRAWN, Limits
@@ -157,6 +159,25 @@ async def test_a_file_over_the_limit_is_refused(sftp: tuple, tmp_path: Path) -> 
         await client.put(str(big), "big")
     assert not (setup.incoming / "s1" / "big").exists()
     assert setup.moved[-1][2] == "refused"
+
+
+async def test_the_customers_disk_full_is_said_as_such(
+        sftp: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk cannot be made cheaply in a test; the write the server
+    makes is the one place that meets it, so that write fails as a full
+    disk does (ENOSPC), and everything above it is real."""
+    client, setup, _gate, _hub = sftp
+    patch = tmp_path / "fix.patch"
+    patch.write_bytes(b"p" * 70_000)
+
+    def full(_fd: int, _data: bytes, _offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(server.os, "pwrite", full)
+    with pytest.raises(asyncssh.SFTPFailure, match="the customer's disk is full"):
+        await client.put(str(patch), "fix.patch")
+    assert setup.moved[-1][2] == "failed"
+    assert not (setup.incoming / "s1" / "fix.patch").exists()  # no partial file left
 
 
 async def test_a_connection_lost_mid_upload_is_a_failed_transfer(tmp_path: Path) -> None:
