@@ -14,7 +14,6 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-import agent.transfers.server as server
 from agent.sshd import Gate, Services, serve_shell
 from agent.transfers.hub import TransferHub
 from agent.transfers.jail import CANCELLED, WITHDRAWN, Limits
@@ -173,7 +172,7 @@ async def test_the_customers_disk_full_is_said_as_such(
     def full(_fd: int, _data: bytes, _offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(server.os, "pwrite", full)
+    monkeypatch.setattr(os, "pwrite", full)  # as agent.transfers.server calls it
     with pytest.raises(asyncssh.SFTPFailure, match="the customer's disk is full"):
         await client.put(str(patch), "fix.patch")
     assert setup.moved[-1][2] == "failed"
