@@ -682,7 +682,7 @@ class Agent:
             if not granted:
                 if right in allowed(self.config.max_rights):
                     said = "did not answer" if decision.decision == "timeout" else "said no"
-                    self.screen.flash(f"You {said}: {who} {unchanged}.")
+                    self.screen.flash(f"You {said}: they {unchanged}.")
                 return
             assert active.confirm is not None
             try:

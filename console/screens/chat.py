@@ -16,9 +16,9 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Input, RichLog, Static
+from textual.widgets import Input, Static
 
 from broker.wire.chat import CHAT_HISTORY, MAX_CHAT_CHARS, ChatLine
 from broker.wire.text import printable
@@ -58,8 +58,11 @@ class ChatBox(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(TITLE), classes="chat-title")
-        yield RichLog(classes="chat-log", markup=False, highlight=False, wrap=True,
-                      max_lines=CHAT_HISTORY, min_width=20)
+        # One Static of every line kept (at most CHAT_HISTORY), redrawn whole
+        # on each: it wraps at the box's own width whenever that is known
+        # (a RichLog wraps at the width it had when written, none if hidden).
+        with VerticalScroll(classes="chat-log"):
+            yield Static(Text(""), classes="chat-lines")
         yield Static(Text(""), classes="chat-status")
         yield Input("", classes="chat-input", max_length=MAX_CHAT_CHARS,
                     placeholder="message (the customer and every engineer see it)")
@@ -70,7 +73,7 @@ class ChatBox(Vertical):
 
     def add(self, line: ChatLine) -> None:
         self.lines.append(line)
-        self._write(line)
+        self._draw()
         if not self.is_open:
             self.unread += 1
 
@@ -80,26 +83,13 @@ class ChatBox(Vertical):
         if opening:
             self.unread = 0
             self.query_one(Input).focus()
-            # Lines that arrived while hidden were wrapped for no width.
-            self.call_after_refresh(self._rewrap)
+            self._draw()
 
-    def on_resize(self) -> None:
-        self._rewrap()
-
-    def _rewrap(self) -> None:
-        log = self.query_one(RichLog)
-        if not self.is_open or log.scrollable_content_region.width <= 0:
-            return
-        log.clear()
-        for line in self.lines:
-            self._write(line)
-
-    def _write(self, line: ChatLine) -> None:
-        # Wrapped at the box's width (RichLog would measure a line against
-        # a console 80 wide, whatever the box's); hidden, at its least.
-        log = self.query_one(RichLog)
-        width = log.scrollable_content_region.width
-        log.write(rendered(line), width=width if width > 0 else None)
+    def _draw(self) -> None:
+        self.query_one(".chat-lines", Static).update(
+            Text("\n").join(rendered(line) for line in self.lines))
+        log = self.query_one(".chat-log", VerticalScroll)
+        log.call_after_refresh(log.scroll_end, animate=False)  # the newest in view
 
     def say(self, text: str, *, error: bool = False) -> None:
         status = self.query_one(".chat-status", Static)

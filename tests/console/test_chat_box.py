@@ -32,6 +32,16 @@ def status(pane: SessionPane) -> str:
     return text_of(pane.query_one(".session-status", Static))
 
 
+
+async def shown(pilot, harness: Harness, text: str) -> None:  # type: ignore[no-untyped-def]
+    """Wait (bounded) until `text` is on a row of the screen: rows are read
+    after the next refresh, not the moment a line is added."""
+    try:
+        await until(pilot, lambda: any(text in row for row in screen_lines(harness.app)))
+    except AssertionError:
+        raise AssertionError(f"{text!r} is not on the screen:\n"
+                             + "\n".join(screen_lines(harness.app))) from None
+
 async def test_f3_opens_the_box_sends_a_line_and_shows_it_with_its_sender() -> None:
     harness = Harness()
     async with harness.app.run_test(size=(120, 40)) as pilot:
@@ -49,7 +59,7 @@ async def test_f3_opens_the_box_sends_a_line_and_shows_it_with_its_sender() -> N
             await until(pilot, lambda: len(box.lines) == 1)
             assert server.said == ["on my way"]
             assert box.query_one(Input).value == ""
-            assert any("Alice Example: on my way" in row for row in screen_lines(harness.app))
+            await shown(pilot, harness, "Alice Example: on my way")
             # Typing in the box is not typing in the shell.
             assert b"on my way" not in bytes(live.written)
             text = rendered(box.lines[0])
@@ -60,11 +70,11 @@ async def test_f3_opens_the_box_sends_a_line_and_shows_it_with_its_sender() -> N
             assert str(rendered(box.lines[1])) == "Customer: thank you"
             assert rendered(box.lines[1]).spans[0].style == "bold green"
             assert box.unread == 0  # seen: the box is open
-            # Wrapped at the box's width (not at 80 columns, as RichLog would).
+            # Wrapped at the box's width.
             long = "word " * 19 + "end"
             server.customer_says(long)
             await until(pilot, lambda: len(box.lines) == 3)
-            assert any(f"Customer: {long}" in row for row in screen_lines(harness.app))
+            await shown(pilot, harness, f"Customer: {long}")
 
             await pilot.press("escape")  # back to the terminal, the rows back to the shell
             assert not box.is_open and harness.app.focused is pane.terminal
@@ -83,9 +93,8 @@ async def test_a_line_while_the_box_is_closed_is_a_badge_and_a_notification() ->
             await until(pilot, lambda: "2 new messages (F3)" in status(pane))
             await pilot.press("f3")
             assert "new message" not in status(pane) and pane.chat.unread == 0
-            rows = screen_lines(harness.app)
-            assert any("Customer: are you there?" in row for row in rows)
-            assert any("Customer: hello?" in row for row in rows)
+            await shown(pilot, harness, "Customer: are you there?")
+            await shown(pilot, harness, "Customer: hello?")
 
 
 async def test_network_strings_in_chat_render_literally() -> None:
@@ -97,9 +106,8 @@ async def test_network_strings_in_chat_render_literally() -> None:
             server.customer_says("[link=http://x]click[/link] \x1b[2J done")
             await pilot.press(*"[i]x", "enter")
             await until(pilot, lambda: len(pane.chat.lines) == 2)
-            rows = screen_lines(harness.app)
-            assert any("Customer: [link=http://x]click[/link] [2J done" in row for row in rows)
-            assert any("[bold red]Mallory[/]: [i]x" in row for row in rows)
+            await shown(pilot, harness, "Customer: [link=http://x]click[/link] [2J done")
+            await shown(pilot, harness, "[bold red]Mallory[/]: [i]x")
 
 
 async def test_refusals_are_said_in_the_box_and_the_line_is_kept() -> None:
