@@ -19,7 +19,7 @@ from broker.wire.chat import MAX_CHAT_CHARS, ChatLine
 from broker.wire.text import printable
 from console.chat import line_text
 from console.errors import ConsoleError
-from console.files_prompt import BS, CTRL_C, CTRL_U, DEL, ESC, skip_sequence
+from console.line_edit import Key, LineEdit
 
 PROMPT = "message to the customer: "
 HINT = "Enter sends, Esc or an empty line goes back to the shell"
@@ -41,55 +41,37 @@ class ChatPrompt:
         self._write = write
         self._on_close = on_close
         self.active = False
-        self._line = bytearray()
+        self._edit = LineEdit(lambda text: len(text) <= MAX_CHAT_CHARS)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def text(self) -> str:
-        return self._line.decode("utf-8", "replace")
+        return self._edit.text
 
     def open(self) -> None:
         self.active = True
-        self._line.clear()
+        self._edit.clear()
         self._write(f"\r\n\x1b[Kconsentry: chat ({HINT})\r\n")
         self._redraw()
 
     def feed(self, data: bytes) -> None:
         index = 0
         while index < len(data) and self.active:
-            byte = data[index]
-            index += 1
-            if byte == ESC and index < len(data):
-                index = skip_sequence(data, index)  # a cursor key, not Esc: ignored
-                continue
-            if byte in (ESC, CTRL_C):
+            index, did = self._edit.key(data, index)
+            if did is Key.CANCEL:
                 self._close(CANCELLED_TEXT)
-            elif byte in (0x0D, 0x0A):
+            elif did is Key.SUBMIT:
                 text = self.text
                 if not text.strip():
                     self._close(CANCELLED_TEXT)
                 else:
                     self._close(None)
                     self._start(text)
-            elif byte in (BS, DEL):
-                if self._line:
-                    # A whole UTF-8 character, not one byte of it.
-                    del self._line[-1]
-                    while self._line and self._line[-1] & 0xC0 == 0x80:
-                        del self._line[-1]
-                    self._redraw()
-            elif byte == CTRL_U:
-                self._line.clear()
-                self._redraw()
-            elif byte >= 0x20:
-                self._line.append(byte)
-                if len(self.text) > MAX_CHAT_CHARS:
-                    # The longest line the agent takes: a key past it is
-                    # dropped (as a full field takes no more), said with a bell.
-                    del self._line[-1]
-                    while self._line and self._line[-1] & 0xC0 == 0x80:
-                        del self._line[-1]
-                    self._write("\a")
+            elif did is Key.REFUSED:
+                # The longest line the agent takes: a key past it is dropped
+                # (as a full field takes no more), said with a bell.
+                self._write("\a")
+            elif did is Key.CHANGED:
                 self._redraw()
 
     def show_line(self, line: ChatLine) -> None:

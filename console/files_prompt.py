@@ -26,6 +26,7 @@ from pathlib import Path
 
 from console.files import FileTransfers, TransferError, shown
 from console.format import size
+from console.line_edit import CTRL_C, Key, LineEdit
 
 PROMPT = "files> "
 MAX_LINE = 4096  # a command line longer than any path a person types
@@ -40,7 +41,6 @@ HELP = (
 )
 BACK_TEXT = "back to the shell (press Ctrl-L if the screen needs redrawing)"
 
-ESC, CTRL_C, CTRL_U, BS, DEL = 0x1B, 0x03, 0x15, 0x08, 0x7F
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,6 @@ def progress_text(name: str, done: int, total: int, elapsed: float) -> str:
     return f"{name}: {size(done)} of {size(total)} {percent} {rate}"
 
 
-def skip_sequence(data: bytes, index: int) -> int:
-    """Past the key sequence whose ESC was just before `index` (CSI or SS3)."""
-    if data[index] == ord("O"):
-        return min(index + 2, len(data))
-    if data[index] != ord("["):
-        return index + 1  # Alt+key
-    index += 1
-    while index < len(data) and not 0x40 <= data[index] <= 0x7E:
-        index += 1
-    return index + 1
-
-
 class FilesPrompt:
     """One prompt session at a time; `open()` shows it, `feed()` takes keys,
     `on_close` is called once it has gone (the caller resumes the shell)."""
@@ -101,7 +89,7 @@ class FilesPrompt:
         self.local_dir = local_dir or Path.cwd()
         self.remote_dir = "."
         self.active = False
-        self._line = bytearray()
+        self._edit = LineEdit(lambda text: len(text) <= MAX_LINE)
         self._task: asyncio.Task[None] | None = None
         self._progress_at = 0.0
 
@@ -109,41 +97,27 @@ class FilesPrompt:
 
     def open(self) -> None:
         self.active = True
-        self._line.clear()
+        self._edit.clear()
         self._write(f"\r\n\x1b[Kconsentry: files ({HELP})\r\n")
         self._show_prompt()
 
     def feed(self, data: bytes) -> None:
         index = 0
         while index < len(data) and self.active:
-            byte = data[index]
-            index += 1
             if self._task is not None:
-                if byte == CTRL_C:  # the only key a running transfer takes
+                if data[index] == CTRL_C:  # the only key a running transfer takes
                     self._task.cancel()
+                index += 1
                 continue
-            if byte == ESC and index < len(data):
-                index = skip_sequence(data, index)  # a cursor key, not Esc: ignored
-                continue
-            if byte in (ESC, CTRL_C):
+            index, did = self._edit.key(data, index)
+            if did is Key.CANCEL:
                 self.close()
-            elif byte in (0x0D, 0x0A):
-                line = self._line.decode("utf-8", "replace")
-                self._line.clear()
+            elif did is Key.SUBMIT:
+                line = self._edit.text
+                self._edit.clear()
                 self._write("\r\n")
                 self._run(line)
-            elif byte in (BS, DEL):
-                if self._line:
-                    # A whole UTF-8 character, not one byte of it.
-                    del self._line[-1]
-                    while self._line and self._line[-1] & 0xC0 == 0x80:
-                        del self._line[-1]
-                    self._redraw()
-            elif byte == CTRL_U:
-                self._line.clear()
-                self._redraw()
-            elif byte >= 0x20 and len(self._line) < MAX_LINE:
-                self._line.append(byte)
+            elif did is Key.CHANGED:
                 self._redraw()
 
     def close(self) -> None:
@@ -160,7 +134,7 @@ class FilesPrompt:
 
     def _redraw(self) -> None:
         # What the engineer typed, escaped like everything shown here.
-        text = shown(self._line.decode("utf-8", "replace"), MAX_LINE)
+        text = shown(self._edit.text, MAX_LINE)
         self._write(f"\r\x1b[K{PROMPT}{text}")
 
     def say(self, text: str) -> None:
