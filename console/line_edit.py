@@ -74,6 +74,7 @@ class LineEdit:
 
     def _drop_char(self) -> None:
         """The last character, whole: not one byte of its UTF-8."""
-        del self._line[-1]
-        while self._line and self._line[-1] & 0xC0 == 0x80:
+        while self._line and self._line[-1] & 0xC0 == 0x80:  # continuation bytes
             del self._line[-1]
+        if self._line:
+            del self._line[-1]  # and the byte that starts the character
