@@ -36,6 +36,7 @@ from broker.wire.chat import CHAT_HISTORY, ChatLine
 from broker.wire.codes import Right
 from broker.wire.messages import Message
 from broker.wire.text import printable
+from console.boundary import CANCEL, OutputBoundary
 from console.chat import GARBAGE_TEXT, ChatChannel, ChatError, terminal_line
 from console.chat_prompt import ChatPrompt
 from console.client import JoinedSession, Progress
@@ -47,6 +48,10 @@ from console.roster import Roster
 from console.session_end import outcome_after_shell
 
 CTRL_RBRACKET = 0x1D
+# Our own lines waiting for the shell's output to reach a boundary (see
+# console.boundary): at most this many, for at most this long.
+MAX_HELD_LINES = 50
+OWN_LINE_WAIT = 0.3
 
 # The keys after Ctrl-], said once the session starts and in view only.
 KEYS_TEXT = ("Ctrl-] then q leaves, m sends the customer a message, f transfers files "
@@ -126,9 +131,46 @@ class _Output(asyncssh.SSHClientSession[bytes]):
         # it: the shell's output waits in the channel while either holds.
         self._behind = False
         self._held = False
+        # Our own lines (chat, status) go between the shell's characters and
+        # sequences, never inside one: held briefly until the shell's bytes
+        # reach a boundary, then, if it never comes, after a CAN.
+        self.boundary = OutputBoundary()
+        self._own: deque[bytes] = deque(maxlen=MAX_HELD_LINES)
+        self._own_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self._chan = chan
+
+    def own(self, data: bytes) -> None:
+        """Write a line of ours into the shell's output at a boundary."""
+        if self.boundary.safe and not self._own:
+            self.output.write(data)
+            return
+        self._own.append(data)
+        if self._own_timer is None:
+            self._own_timer = asyncio.get_running_loop().call_later(
+                OWN_LINE_WAIT, self._flush_own, True)
+
+    def at_boundary(self) -> None:
+        """Before a prompt of ours: the shell's sequence, if one is open, ends."""
+        if not self.boundary.safe:
+            self.output.write(CANCEL)
+            self.boundary.reset()
+        self._flush_own()
+
+    def _flush_own(self, waited: bool = False) -> None:
+        if waited:
+            self._own_timer = None
+            if self._own and not self.boundary.safe:
+                self.output.write(CANCEL)
+                self.boundary.reset()
+        if not self.boundary.safe:
+            return
+        if self._own_timer is not None:
+            self._own_timer.cancel()
+            self._own_timer = None
+        while self._own:
+            self.output.write(self._own.popleft())
 
     def _flow(self) -> None:
         if self._chan is not None:
@@ -152,6 +194,9 @@ class _Output(asyncssh.SSHClientSession[bytes]):
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.output.write(data)
+        self.boundary.feed(data)
+        if self._own:
+            self._flush_own()
 
     def pause_writing(self) -> None:
         self.keys.pause()
@@ -234,6 +279,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                         send(bytes(out))
                         out.clear()
                     session.hold(True)
+                    session.at_boundary()
                     prompt.open()
                     continue
                 if byte in (ord("m"), ord("M")) and chat_prompt is not None:
@@ -245,6 +291,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
                             else "chat is not open yet; try again in a moment")
                         continue
                     session.hold(True)
+                    session.at_boundary()
                     chat_prompt.open()
                     continue
                 if byte in (ord("c"), ord("C")):
@@ -280,7 +327,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
 
     def say(text: str) -> None:
         if status_to_output:
-            session.output.write(f"consentry: {text}\r\n".encode())
+            session.own(f"consentry: {text}\r\n".encode())
         else:
             status(text)
 
@@ -307,7 +354,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         elif prompt is not None and prompt.active:
             held_lines.append(line)
         else:
-            session.output.write(terminal_line(line).encode())
+            session.own(terminal_line(line).encode())
 
     def on_chat_closed(reason: str) -> None:
         # The end of the session closes chat too: said once, by the session.
@@ -319,7 +366,7 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     def files_closed() -> None:
         session.hold(False)
         while held_lines:
-            session.output.write(terminal_line(held_lines.popleft()).encode())
+            session.own(terminal_line(held_lines.popleft()).encode())
 
     async def open_chat() -> None:
         assert chat is not None
