@@ -169,8 +169,8 @@ def _upgrade_lines(request: ConsentRequest, seconds_left: float,
     files = request.adds == Right.FILES
     can = set(request.wants) <= set(offer(request, max_rights))
     kept = _kept_text(tuple(r for r in request.wants if r != request.adds))
-    what = ("to copy files to and from a folder on this computer (you see each one)"
-            if files else "control (to type in the session you are watching)")
+    what = ("files (to copy files to and from a folder on this computer; you see "
+            "each one)" if files else "control (to type in the session you are watching)")
     lines = [
         "The support engineer connected to this computer now asks "
         + ("to copy files." if files else "for control."),

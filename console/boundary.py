@@ -35,6 +35,9 @@ class OutputBoundary:
     def __init__(self) -> None:
         self._state = _State.GROUND
         self._utf8_left = 0  # continuation bytes still due
+        # Nothing printed since the last line feed: a line of ours may start
+        # here rather than after what the shell left on the row (its prompt).
+        self.line_start = True
 
     @property
     def safe(self) -> bool:
@@ -82,6 +85,10 @@ class OutputBoundary:
             self._state = _State.GROUND if byte == ord("\\") else _State.STRING
 
     def _ground(self, byte: int) -> None:
+        if byte == 0x0A:
+            self.line_start = True
+        elif byte >= 0x20:
+            self.line_start = False
         if byte == _ESC:
             self._state, self._utf8_left = _State.ESCAPE, 0
         elif self._utf8_left and byte & 0xC0 == 0x80:

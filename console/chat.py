@@ -85,7 +85,7 @@ def line_text(line: ChatLine, max_len: int = MAX_CHAT_CHARS + 100) -> str:
 def terminal_line(line: ChatLine) -> str:
     """A line for the plain terminal, between the shell's output: on a row
     of its own, marked, escaped (nothing in it acts on the terminal)."""
-    return f"\r\n[chat] {line_text(line)}\r\n"
+    return f"[chat] {line_text(line)}\r\n"  # on a row of its own: see _Output.own
 
 
 class ChatChannel:

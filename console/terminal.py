@@ -144,7 +144,7 @@ class _Output(asyncssh.SSHClientSession[bytes]):
     def own(self, data: bytes) -> None:
         """Write a line of ours into the shell's output at a boundary."""
         if self.boundary.safe and not self._own:
-            self.output.write(data)
+            self._write_own(data)
             return
         self._own.append(data)
         if self._own_timer is None:
@@ -170,7 +170,14 @@ class _Output(asyncssh.SSHClientSession[bytes]):
             self._own_timer.cancel()
             self._own_timer = None
         while self._own:
-            self.output.write(self._own.popleft())
+            self._write_own(self._own.popleft())
+
+    def _write_own(self, data: bytes) -> None:
+        """On a row of its own: after what the shell left on the current one."""
+        if not self.boundary.line_start:
+            data = b"\r\n" + data
+        self.output.write(data)
+        self.boundary.feed(data)
 
     def _flow(self) -> None:
         if self._chan is not None:

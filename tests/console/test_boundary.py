@@ -53,12 +53,14 @@ async def test_a_chat_line_waits_for_the_end_of_a_sequence_then_a_cancel() -> No
         session.own(b"[chat] Customer: hi\r\n")
         session.data_received(b";1mred", None)  # the sequence ends: our line follows
         await out.drain()
-        assert os.read(read_fd, 4096) == b"\x1b[38;5;1mred[chat] Customer: hi\r\n"
+        # On a row of its own: after "red", a new line first.
+        assert os.read(read_fd, 4096) == b"\x1b[38;5;1mred\r\n[chat] Customer: hi\r\n"
 
         session.data_received(b"\x1b]0;never ends", None)
         session.own(b"[chat] Customer: still there?\r\n")
         await asyncio.sleep(OWN_LINE_WAIT + 0.2)
         await out.drain()
+        # At a row's start already (our line ended it): no empty row.
         assert os.read(read_fd, 4096) == (b"\x1b]0;never ends" + CANCEL
                                           + b"[chat] Customer: still there?\r\n")
         out.close()

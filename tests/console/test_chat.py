@@ -140,9 +140,9 @@ async def test_too_fast_is_told_to_the_sender() -> None:
 def test_a_line_on_the_terminal_is_marked_and_acts_on_nothing() -> None:
     line = ChatLine("Bob \x1b]0;x\x07", "engineer", "hi \x1b[31mred")
     shown = terminal_line(line)
-    assert shown.startswith("\r\n[chat] Bob ") and shown.endswith("\r\n")
+    assert shown.startswith("[chat] Bob ") and shown.endswith("\r\n")
     assert "\x1b" not in shown and "\x07" not in shown
-    assert terminal_line(ChatLine("Customer", "customer", "ok")) == "\r\n[chat] Customer: ok\r\n"
+    assert terminal_line(ChatLine("Customer", "customer", "ok")) == "[chat] Customer: ok\r\n"
 
 
 class Screen:
