@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from console.files import FileTransfers, TransferError, shown
+from console.format import entries as entries_text
 from console.format import size
 from console.line_edit import CTRL_C, Key, LineEdit
 
@@ -198,7 +199,7 @@ class FilesPrompt:
 
     async def _ls(self, path: str) -> None:
         entries, cut = await self._files.listdir(path)
-        self.say(f"{shown(path)}: {len(entries)}{'+' if cut else ''} entries")
+        self.say(f"{shown(path)}: {entries_text(len(entries))}{' or more' if cut else ''}")
         for entry in entries[:LISTING_SHOWN]:
             kind = "dir " if entry.is_dir else f"{size(entry.size):>10}"
             self._write(f"  {kind:>10}  {entry.display}{'/' if entry.is_dir else ''}\r\n")

@@ -22,6 +22,11 @@ def clock(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def entries(count: int) -> str:
+    """ "1 entry", "3 entries": a listing's count in words."""
+    return f"{count} {'entry' if count == 1 else 'entries'}"
+
+
 def size(count: int) -> str:
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -18,6 +18,7 @@ from textual.containers import Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
 from console.files import FileTransfers, RemoteEntry, TransferError, shown
+from console.format import entries as entries_text
 from console.format import literal, size
 
 MAX_SHOWN_TRANSFERS = 4  # finished ones beyond this are dropped from the pane
@@ -135,7 +136,7 @@ class FilesPane(Vertical):
             table.add_row(name, Text("" if entry.is_dir else size(entry.size)),
                           key=str(index))
         if announce or cut:
-            self.say(f"{len(entries)} entries" + (" (more not shown)" if cut else "")
+            self.say(entries_text(len(entries)) + (" (more not shown)" if cut else "")
                      + ". Enter: open a folder or download a file.")
 
     @on(DataTable.RowSelected)
