@@ -88,13 +88,13 @@ def test_a_restore_never_overwrites_a_log(live: Path, tmp_path: Path) -> None:
     public = make_recipient_key(tmp_path / "backup.key")
     make_backup(live, public, tmp_path / "broker.backup")
     before = (live / "audit.db").read_bytes()
-    with pytest.raises(BackupError, match="already holds .*audit.db"):
+    with pytest.raises(BackupError, match=r"already holds .*audit\.db"):
         restore_backup(tmp_path / "broker.backup", tmp_path / "backup.key", live)
     assert (live / "audit.db").read_bytes() == before
 
 
 def test_a_directory_that_is_not_a_brokers_is_said_so(tmp_path: Path) -> None:
     public = make_recipient_key(tmp_path / "backup.key")
-    with pytest.raises(BackupError, match="is .* a broker's data directory"):
+    with pytest.raises(BackupError, match=r"is .* a broker.s data directory"):
         make_backup(tmp_path, public, tmp_path / "x.backup")
     assert not (tmp_path / "x.backup").exists()
