@@ -42,6 +42,7 @@ from broker.cli_style import add_version, finish_parser
 from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
+from broker.logformat import LOG_FORMATS, setup_logging
 from broker.registry import ROLES, Registry
 from broker.wire import limits
 from broker.wire.text import printable
@@ -76,7 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           audit_max_mb=args.audit_max_mb,
                           pii_retention_days=args.pii_retention_days,
                           event_retention_days=args.event_retention_days,
-                          agent_hellos_per_minute=args.agent_hellos_per_minute)
+                          agent_hellos_per_minute=args.agent_hellos_per_minute,
+                          log_format=args.log_format)
+    setup_logging(args.log_format)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
 
@@ -260,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=limits.MAX_AGENT_HELLOS_PER_SOURCE, metavar="N",
                    help="agents that may register from one address per minute (default "
                         f"{limits.MAX_AGENT_HELLOS_PER_SOURCE}); each is an audit event")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="the broker's log on stderr: text lines, or one JSON object a line "
+                        "(time, level, logger, message, fields) for journald or ELK")
     p.set_defaults(func=cmd_serve)
 
     certs = sub.add_parser("certs", help="TLS certificates").add_subparsers(
