@@ -32,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from broker import audit_cli, eventloop
@@ -42,6 +44,7 @@ from broker.cli_style import add_version, finish_parser
 from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
+from broker.layered_config import SettingsError, configure_from, mark_defaults
 from broker.logformat import LOG_FORMATS, setup_logging
 from broker.registry import ROLES, Registry
 from broker.wire import limits
@@ -50,6 +53,13 @@ from broker.wire.text import printable
 __all__ = ["main"]
 
 PROG = "consentry-broker"
+DEFAULT_CONFIG = Path("/etc/consentry/broker.toml")
+# What broker.toml (and CONSENTRY_<NAME>) may set: options' dests, wherever a
+# sub-command takes them (`audit purge` the retention days, `audit verify`
+# the checkpoint file and witnesses).
+SETTINGS = ("data_dir", "listen", "cert", "key", "checkpoint_file", "witness",
+            "checkpoint_command", "audit_max_mb", "pii_retention_days",
+            "event_retention_days", "agent_hellos_per_minute", "log_format")
 
 
 # -- serve --------------------------------------------------------------------
@@ -225,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR",
                         help="the broker's data: audit log, registry and keys "
                              "(default: var/)")
+    common.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"settings file (TOML; default: {DEFAULT_CONFIG} if it exists); "
+                             "flags win over CONSENTRY_* variables, which win over it")
+    common.add_argument("--print-config", action="store_true",
+                        help="print the settings this command would use, and where each "
+                             "came from, then exit")
     parser = argparse.ArgumentParser(
         prog=PROG, description="consentry broker: pairs agents and consoles, keeps the audit log"
     )
@@ -312,13 +328,38 @@ def build_parser() -> argparse.ArgumentParser:
     return finish_parser(parser)
 
 
+def configure(args: argparse.Namespace, parser: argparse.ArgumentParser,
+              environ: Mapping[str, str]) -> str | None:
+    """Fill `args` from the layers; the --print-config text if it was asked for."""
+    try:
+        return configure_from(args, parser, SETTINGS,
+                              program=" ".join((PROG, *_command_words(args))),
+                              default_file=DEFAULT_CONFIG, environ=environ)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _command_words(args: argparse.Namespace) -> list[str]:
+    words = [args.command]
+    for attr in ("certs_command", "engineer_command", "audit_command"):
+        if getattr(args, attr, None):
+            words.append(getattr(args, attr))
+    return words
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # Before parsing: a FlagDefault is how a flag left out is told from one given.
+    mark_defaults(parser, SETTINGS)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        shown = configure(args, parser, os.environ)
+        if shown is not None:
+            print(shown, end="")
+            return 0
         return int(args.func(args))
     except BrokerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

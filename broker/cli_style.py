@@ -8,6 +8,8 @@ import importlib.metadata
 import tomllib
 from pathlib import Path
 
+from broker.layered_config import FlagDefault
+
 __all__ = ["add_version", "finish_parser", "package_version", "pyproject_version"]
 
 PACKAGE = "consentry"
@@ -44,6 +46,8 @@ def add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def _shown(value: object) -> str:
+    if isinstance(value, FlagDefault):
+        return _shown(value.value)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list | tuple):
@@ -58,6 +62,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
+        if isinstance(default, FlagDefault):
+            default = default.value
         if ("default" in text or default in (None, False, argparse.SUPPRESS, [])
                 or not action.option_strings):
             return text

@@ -16,6 +16,7 @@ import pytest
 from agent.__main__ import build_parser as agent_parser
 from broker.cli import build_parser as broker_parser
 from broker.cli_style import PYPROJECT, finish_parser, pyproject_version
+from broker.layered_config import FlagDefault
 from console.__main__ import build_parser as console_parser
 
 PARSERS = {"consentry-broker": broker_parser, "consentry-agent": agent_parser,
@@ -41,6 +42,8 @@ def options(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
 
 
 def meaningful(default: object) -> bool:
+    if isinstance(default, FlagDefault):  # a setting the config layers may fill
+        default = default.value
     return default not in (None, False, argparse.SUPPRESS, [])
 
 
