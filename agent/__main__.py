@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,15 @@ from agent.transfers.record import RECORD_FILE, read_record, record_lines
 from agent.transfers.sizes import parse_size
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
+from broker.layered_config import SettingsError, configure_from, mark_defaults, xdg_config_file
 from broker.wire.codes import RIGHTS
 from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT, MAX_CONSENT_TIMEOUT, MIN_CONSENT_TIMEOUT
+
+CONFIG_NAME = "agent.toml"
+# What agent.toml (and CONSENTRY_<NAME>) may set: the options' dests.
+SETTINGS = ("broker", "ca", "alias", "consent_timeout", "max_rights", "share_hostname",
+            "share_user", "state_dir", "shell", "transfers_dir", "share", "max_file_size",
+            "max_session_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the largest file one transfer may move, e.g. 500M or 2G")
     p.add_argument("--max-session-size", type=_size, default=MAX_SESSION_BYTES,
                    metavar="SIZE", help="the most one session may move in files, e.g. 10G")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="settings file (TOML; default: $XDG_CONFIG_HOME/consentry/"
+                        f"{CONFIG_NAME} if it exists); flags win over CONSENTRY_* "
+                        "variables, which win over it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the settings the agent would use, and where each came "
+                        "from, then exit")
+    mark_defaults(p, SETTINGS)
     return finish_parser(p)
 
 
@@ -92,7 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["transfers"]:
         return show_transfers(given[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        shown = configure_from(args, parser, SETTINGS, program="consentry-agent",
+                               default_file=xdg_config_file(CONFIG_NAME),
+                               environ=os.environ)
+    except SettingsError as exc:
+        print(f"consentry-agent: {exc}", file=sys.stderr)
+        return 2
+    if shown is not None:
+        print(shown, end="")
+        return 0
     try:
         require_terminal()
         kwargs = {}

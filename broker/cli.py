@@ -32,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from broker import audit_cli, eventloop
@@ -42,6 +44,8 @@ from broker.cli_style import add_version, finish_parser
 from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
+from broker.layered_config import SettingsError, configure_from, mark_defaults
+from broker.logformat import LOG_FORMATS, setup_logging
 from broker.registry import ROLES, Registry
 from broker.wire import limits
 from broker.wire.text import printable
@@ -49,6 +53,13 @@ from broker.wire.text import printable
 __all__ = ["main"]
 
 PROG = "consentry-broker"
+DEFAULT_CONFIG = Path("/etc/consentry/broker.toml")
+# What broker.toml (and CONSENTRY_<NAME>) may set: options' dests, wherever a
+# sub-command takes them (`audit purge` the retention days, `audit verify`
+# the checkpoint file and witnesses).
+SETTINGS = ("data_dir", "listen", "cert", "key", "checkpoint_file", "witness",
+            "checkpoint_command", "audit_max_mb", "pii_retention_days",
+            "event_retention_days", "agent_hellos_per_minute", "log_format")
 
 
 # -- serve --------------------------------------------------------------------
@@ -76,7 +87,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           audit_max_mb=args.audit_max_mb,
                           pii_retention_days=args.pii_retention_days,
                           event_retention_days=args.event_retention_days,
-                          agent_hellos_per_minute=args.agent_hellos_per_minute)
+                          agent_hellos_per_minute=args.agent_hellos_per_minute,
+                          log_format=args.log_format)
+    setup_logging(args.log_format)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
 
@@ -222,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR",
                         help="the broker's data: audit log, registry and keys "
                              "(default: var/)")
+    common.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"settings file (TOML; default: {DEFAULT_CONFIG} if it exists); "
+                             "flags win over CONSENTRY_* variables, which win over it")
+    common.add_argument("--print-config", action="store_true",
+                        help="print the settings this command would use, and where each "
+                             "came from, then exit")
     parser = argparse.ArgumentParser(
         prog=PROG, description="consentry broker: pairs agents and consoles, keeps the audit log"
     )
@@ -260,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=limits.MAX_AGENT_HELLOS_PER_SOURCE, metavar="N",
                    help="agents that may register from one address per minute (default "
                         f"{limits.MAX_AGENT_HELLOS_PER_SOURCE}); each is an audit event")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="the broker's log on stderr: text lines, or one JSON object a line "
+                        "(time, level, logger, message, fields) for journald or ELK")
     p.set_defaults(func=cmd_serve)
 
     certs = sub.add_parser("certs", help="TLS certificates").add_subparsers(
@@ -306,13 +328,38 @@ def build_parser() -> argparse.ArgumentParser:
     return finish_parser(parser)
 
 
+def configure(args: argparse.Namespace, parser: argparse.ArgumentParser,
+              environ: Mapping[str, str]) -> str | None:
+    """Fill `args` from the layers; the --print-config text if it was asked for."""
+    try:
+        return configure_from(args, parser, SETTINGS,
+                              program=" ".join((PROG, *_command_words(args))),
+                              default_file=DEFAULT_CONFIG, environ=environ)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _command_words(args: argparse.Namespace) -> list[str]:
+    words = [args.command]
+    for attr in ("certs_command", "engineer_command", "audit_command"):
+        if getattr(args, attr, None):
+            words.append(getattr(args, attr))
+    return words
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # Before parsing: a FlagDefault is how a flag left out is told from one given.
+    mark_defaults(parser, SETTINGS)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        shown = configure(args, parser, os.environ)
+        if shown is not None:
+            print(shown, end="")
+            return 0
         return int(args.func(args))
     except BrokerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -5,29 +5,49 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import tomllib
 from pathlib import Path
 
-__all__ = ["add_version", "finish_parser", "package_version"]
+from broker.layered_config import FlagDefault
+
+__all__ = ["add_version", "finish_parser", "package_version", "pyproject_version"]
 
 PACKAGE = "consentry"
+# The source tree's pyproject.toml: the version of a checkout run without
+# being installed (PYTHONPATH=. python -m broker).
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-def package_version() -> str:
-    """The installed version of consentry (pyproject.toml), or a note that it
-    is running from a source tree that was never installed."""
+def package_version(pyproject: Path = PYPROJECT) -> str:
+    """The installed version of consentry, else the one `pyproject` names,
+    else a note saying neither could be found."""
     try:
         return importlib.metadata.version(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        return "(version unknown: not installed; run `make venv`)"
+        pass
+    return pyproject_version(pyproject) or "(version unknown: not installed; run `make venv`)"
+
+
+def pyproject_version(pyproject: Path) -> str | None:
+    try:
+        with pyproject.open("rb") as f:
+            version = tomllib.load(f).get("project", {}).get("version")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version` prints the program's name (not the sub-command's) and version."""
+    program = parser.prog.split()[0]
     parser.add_argument("--version", action="version",
-                        version=f"{parser.prog} {package_version()}",
+                        version=f"{program} {package_version()}",
                         help="print the program's version and exit")
 
 
 def _shown(value: object) -> str:
+    if isinstance(value, FlagDefault):
+        return _shown(value.value)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list | tuple):
@@ -42,6 +62,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
+        if isinstance(default, FlagDefault):
+            default = default.value
         if ("default" in text or default in (None, False, argparse.SUPPRESS, [])
                 or not action.option_strings):
             return text
@@ -56,7 +78,10 @@ class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter,
 
 def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Give `parser` and every sub-command's parser the defaults formatter
-    (keeping hand-laid-out descriptions as they are); returns `parser`."""
+    (keeping hand-laid-out descriptions as they are) and `--version`;
+    returns `parser`."""
+    if "--version" not in parser._option_string_actions:
+        add_version(parser)
     # formatter_class may be any callable (a functools.partial, say): only a
     # class can be a subclass.
     if (isinstance(parser.formatter_class, type)

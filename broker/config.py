@@ -76,6 +76,9 @@ class BrokerConfig:
     # (`broker.wire.limits.MAX_AGENT_HELLOS_PER_SOURCE`); raise it for many
     # customers behind one address, or for a load test from one machine.
     agent_hellos_per_minute: int = MAX_AGENT_HELLOS_PER_SOURCE
+    # The broker's own log (broker.logformat): "text" lines for a person,
+    # "json" lines for journald or a log pipeline.
+    log_format: str = "text"
 
     @property
     def audit_db(self) -> Path:

@@ -154,7 +154,8 @@ class Broker:
         except ProtocolError as exc:
             # Operational log: the path and the reason code only — no addresses,
             # names or payloads (those belong in the audit log, encrypted, or nowhere).
-            log.info("protocol error on %s: %s", ws.request.path, exc.code)
+            log.info("protocol error on %s: %s", ws.request.path, exc.code,
+                     extra={"path": ws.request.path, "code": str(exc.code)})
             await refuse(ws, exc.code, str(exc))
         except AuditWriteError as exc:
             log.error("audit log unavailable: %s", exc)
@@ -339,14 +340,18 @@ class Broker:
                     "join limit: engineer %s made %d joins that found no waiting customer "
                     "within %d minutes (sweeping codes?); their joins are refused for a "
                     "while - see `consentry-broker audit list --engineer %s`",
-                    printable(engineer.name), misses, minutes, printable(engineer.name))
+                    printable(engineer.name), misses, minutes, printable(engineer.name),
+                    extra={"scope": scope, "engineer": printable(engineer.name),
+                           "misses": misses, "window_minutes": minutes})
             else:
                 log.warning(
                     "join limit: %d joins from one source address found no waiting customer "
                     "within %d minutes, the last by engineer %s; joins from it by engineers "
                     "who missed are refused for a while - see "
                     "`consentry-broker audit list --type join_limit_reached`",
-                    misses, minutes, printable(engineer.name))
+                    misses, minutes, printable(engineer.name),
+                    extra={"scope": scope, "engineer": printable(engineer.name),
+                           "misses": misses, "window_minutes": minutes})
             # Bounded: once per window per registered account or address.
             await self.audit_quietly(
                 "join_limit_reached", actor=engineer.name,
@@ -443,6 +448,15 @@ def _peer(ws: ServerConnection) -> str:
     return str(addr[0]) if addr else "unknown"
 
 
+def _announce(config: BrokerConfig, message: str, **fields: object) -> None:
+    """What the operator watches for (listening, shutting down): a plain line
+    on stdout for a person, a log record like any other in JSON."""
+    if config.log_format == "json":
+        log.info(message, extra=fields)
+    else:
+        print(f"consentry-broker: {message}", flush=True)
+
+
 async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then end every session cleanly."""
     logging.basicConfig(
@@ -521,12 +535,13 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
                 timeout=config.timeouts.ping_timeout))
             listening = True
             port = next(iter(server.sockets)).getsockname()[1]
-            print(f"consentry-broker: listening on wss://{config.host}:{port} "
-                  f"(data in {config.data_dir})", flush=True)
+            _announce(config, f"listening on wss://{config.host}:{port} "
+                              f"(data in {config.data_dir})",
+                      host=config.host, port=port, data_dir=str(config.data_dir))
             if ready is not None:
                 ready(port)
             await stop.wait()
-            print("consentry-broker: shutting down", flush=True)
+            _announce(config, "shutting down")
             keepalive.cancel()
             await broker.shutdown()
         # Here every connection handler has finished and recorded its end.

@@ -11,6 +11,7 @@ from pathlib import Path
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
 from broker.client.link import LinkError, broker_url
+from broker.layered_config import SettingsError, configure_from, mark_defaults, xdg_config_file
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
 from broker.wire.errors import CodeError
@@ -21,6 +22,10 @@ from console.identity import load_agent_identity, load_file_identity, tty_passph
 from console.terminal import KEYS_TEXT, ProgressPrinter, run_terminal_session, status
 
 DEFAULT_BROKER = "wss://127.0.0.1:8443"
+CONFIG_NAME = "console.toml"
+# What console.toml (and CONSENTRY_<NAME>) may set: the options' dests. No
+# passphrase: a key's passphrase is asked for, never kept in a file.
+SETTINGS = ("broker", "ca", "identity", "user", "ssh_agent")
 
 
 def add_connection_flags(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
@@ -43,6 +48,13 @@ def add_connection_flags(p: argparse.ArgumentParser, *, sub: bool = False) -> No
                    help="your OpenSSH Ed25519 private key (default: ~/.ssh/id_ed25519)")
     p.add_argument("--user", default=default(user), metavar="NAME",
                    help=f"your login name at the broker (default: {user}, your login here)")
+    p.add_argument("--config", type=Path, default=default(None), metavar="FILE",
+                   help="settings file (TOML; default: $XDG_CONFIG_HOME/consentry/"
+                        f"{CONFIG_NAME} if it exists); flags win over CONSENTRY_* "
+                        "variables, which win over it")
+    p.add_argument("--print-config", action="store_true", default=default(False),
+                   help="print the settings the console would use, and where each came "
+                        "from, then exit")
 
 
 def run_tui(args: argparse.Namespace) -> int:
@@ -74,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--files", action="store_true",
                       help="ask to copy files to and from the customer's shared folder "
                            "(the customer decides)")
+    mark_defaults(p, SETTINGS)
     return finish_parser(p)
 
 
@@ -110,6 +123,17 @@ async def _join(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        shown = configure_from(args, parser, SETTINGS,
+                               program=f"consentry-console {args.command or ''}".strip(),
+                               default_file=xdg_config_file(CONFIG_NAME),
+                               environ=os.environ)
+    except SettingsError as exc:
+        print(f"consentry-console: {exc}", file=sys.stderr)
+        return 2
+    if shown is not None:
+        print(shown, end="")
+        return 0
     if args.command is None:
         return run_tui(args)
     try:

@@ -9,12 +9,14 @@ import importlib.metadata
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from agent.__main__ import build_parser as agent_parser
 from broker.cli import build_parser as broker_parser
-from broker.cli_style import finish_parser
+from broker.cli_style import PYPROJECT, finish_parser, pyproject_version
+from broker.layered_config import FlagDefault
 from console.__main__ import build_parser as console_parser
 
 PARSERS = {"consentry-broker": broker_parser, "consentry-agent": agent_parser,
@@ -40,6 +42,8 @@ def options(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
 
 
 def meaningful(default: object) -> bool:
+    if isinstance(default, FlagDefault):  # a setting the config layers may fill
+        default = default.value
     return default not in (None, False, argparse.SUPPRESS, [])
 
 
@@ -58,6 +62,36 @@ def test_version_comes_from_the_package(prog: str) -> None:
     result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
                             text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{prog} {VERSION}\n", "")
+
+
+def test_every_sub_command_takes_version(capsys: pytest.CaptureFixture[str]) -> None:
+    seen = []
+    for prog, build in PARSERS.items():
+        for path, _ in commands(build()):
+            with pytest.raises(SystemExit) as exit_:
+                build().parse_args([*path, "--version"])
+            out = capsys.readouterr().out
+            seen.append((" ".join((prog, *path)), exit_.value.code, out))
+    assert len(seen) >= 20
+    assert [s for s in seen if s[1:] != (0, f"{s[0].split()[0]} {VERSION}\n")] == []
+
+
+def test_agent_transfers_takes_version_too() -> None:
+    # `transfers` is parsed apart from the agent's main parser.
+    result = subprocess.run([sys.executable, "-m", "agent", "transfers", "--version"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout) == (0, f"consentry-agent {VERSION}\n")
+
+
+def test_an_uninstalled_tree_reads_its_version_from_pyproject(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "consentry"\nversion = "9.8.7"\n')
+    assert pyproject_version(pyproject) == "9.8.7"
+    assert pyproject_version(tmp_path / "missing.toml") is None
+    pyproject.write_text("[project\n")
+    assert pyproject_version(pyproject) is None
+    # The real tree's pyproject says what the installed metadata says.
+    assert pyproject_version(PYPROJECT) == VERSION
 
 
 def test_every_option_has_a_help_text_with_its_default() -> None:
