@@ -39,6 +39,7 @@ from pathlib import Path
 
 from broker import audit_cli, eventloop
 from broker.audit_cli.common import log_admin_action, now
+from broker.backup import BackupError, make_backup, make_recipient_key, restore_backup
 from broker.certs import DEFAULT_NAMES, PkiPaths, cert_names, init_dev_pki
 from broker.cli_style import add_version, finish_parser
 from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
@@ -142,6 +143,30 @@ def cmd_engineer_add(args: argparse.Namespace) -> int:
         raise
     print(f"added {engineer.role} {engineer.name!r} ({printable(engineer.display)}), "
           f"key {engineer.fingerprint}")
+    return 0
+
+
+def cmd_backup_key(args: argparse.Namespace) -> int:
+    if args.output.exists():
+        raise BackupError(f"{args.output} exists: a backup key is never overwritten (the "
+                          "backups made for it could no longer be opened)")
+    public = make_recipient_key(args.output)
+    print(f"backup key: {args.output} (private: keep it off this machine, with the "
+          f"master and audit keys)\npublic key: {public} (give it to `backup --to`)")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    names = make_backup(args.data_dir, args.to, args.output)
+    print(f"backed up {', '.join(names)} of {args.data_dir} to {args.output}, encrypted "
+          f"to {args.to}; master.key and audit.key are not in it: keep them apart")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    names = restore_backup(args.input, args.identity, args.data_dir)
+    print(f"restored {', '.join(names)} into {args.data_dir}. Put master.key and audit.key "
+          f"back beside them, then run `{PROG} audit verify --data-dir {args.data_dir}`")
     return 0
 
 
@@ -317,6 +342,25 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     audit_cli.register(audit_sub, common)
+
+    p = sub.add_parser("backup-key", parents=[common],
+                       help="make the key pair backups are encrypted to")
+    p.add_argument("--output", type=Path, required=True, metavar="FILE",
+                   help="the private key (0600); the public key is written as FILE.pub")
+    p.set_defaults(func=cmd_backup_key)
+    p = sub.add_parser("backup", parents=[common],
+                       help="an encrypted snapshot of the audit log, registry and checkpoints")
+    p.add_argument("--output", type=Path, required=True, metavar="FILE",
+                   help="where the backup is written (0600)")
+    p.add_argument("--to", type=Path, required=True, metavar="PUBKEY_FILE",
+                   help="the public key it is encrypted to (`backup-key` makes it)")
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser("restore", parents=[common],
+                       help="bring a backup back into an empty data directory")
+    p.add_argument("--input", type=Path, required=True, metavar="FILE", help="the backup")
+    p.add_argument("--identity", type=Path, required=True, metavar="KEY_FILE",
+                   help="the private backup key it was encrypted to")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("dev-setup", parents=[common],
                        help="certificates, a dev admin key and how to start (make run)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from broker.backup import (
 )
 from broker.cli import main
 from tests.broker.test_audit_review import await_cli, seed
-from tests.e2e.conftest import write_key
+from tests.e2e.conftest import BIN, write_key
 
 
 @pytest.fixture
@@ -98,3 +99,30 @@ def test_a_directory_that_is_not_a_brokers_is_said_so(tmp_path: Path) -> None:
     with pytest.raises(BackupError, match=r"is .* a broker.s data directory"):
         make_backup(tmp_path, public, tmp_path / "x.backup")
     assert not (tmp_path / "x.backup").exists()
+
+
+def test_the_commands_back_up_restore_and_verify(live: Path, tmp_path: Path) -> None:
+    """As an operator runs them: real processes, and the messages they print."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "consentry-broker"), *args], capture_output=True,
+                              text=True, timeout=60)
+
+    made = run("backup-key", "--output", str(tmp_path / "bk"))
+    assert made.returncode == 0 and "keep it off this machine" in made.stdout, made.stderr
+    again = run("backup-key", "--output", str(tmp_path / "bk"))
+    assert again.returncode != 0 and "never overwritten" in again.stderr
+    assert "Traceback" not in again.stderr
+    done = run("backup", "--data-dir", str(live), "--output", str(tmp_path / "b"),
+               "--to", str(tmp_path / "bk.pub"))
+    assert done.returncode == 0 and "master.key and audit.key are not in it" in done.stdout
+    restored = tmp_path / "restored"
+    back = run("restore", "--data-dir", str(restored), "--input", str(tmp_path / "b"),
+               "--identity", str(tmp_path / "bk"))
+    assert back.returncode == 0 and "audit verify" in back.stdout, back.stderr
+    for name in KEPT_OUT:
+        shutil.copy2(live / name, restored / name)
+    verified = run("audit", "verify", "--data-dir", str(restored))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    refused = run("restore", "--data-dir", str(restored), "--input", str(tmp_path / "b"),
+                  "--identity", str(tmp_path / "bk"))
+    assert refused.returncode != 0 and "nothing is overwritten" in refused.stderr
