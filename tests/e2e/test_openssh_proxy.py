@@ -131,6 +131,15 @@ def test_view_only_keystrokes_from_ssh_do_not_reach_the_shell(running: Deploymen
     agent.expect(r"Alice Example \(alice\) is viewing --")
     typed = "TYPED" + secrets.token_hex(4)
     child.send(f"echo {typed}-$((6*7))\r")
+    # ssh sends the new window size after those keys, on the same channel:
+    # once the shell has that size, the agent has had the keys too.
+    child.setwinsize(33, 101)
+    for _ in range(40):
+        agent.send("stty size\r")
+        if agent.expect(["33 101", pexpect.TIMEOUT], timeout=0.5) == 0:
+            break
+    else:
+        raise AssertionError("the engineer's window size never reached the shell")
     # The customer's own keys reach the shell, and the engineer sees them.
     agent.send("echo CUSTOMER$((5*5))\r")
     child.expect("CUSTOMER25")
