@@ -16,6 +16,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pexpect
@@ -228,3 +229,37 @@ def test_a_host_key_other_than_the_paired_one_is_refused(running: Deployment) ->
     assert proc.returncode != 0
     assert b"NO2" not in out
     assert "HOST IDENTIFICATION HAS CHANGED" in err or "verification failed" in err, err
+
+
+def test_connection_sharing_carries_copies_without_a_new_code(running: Deployment) -> None:
+    """One consent, one SSH connection: OpenSSH's ControlMaster lets scp use
+    the connection of the running ssh, with no new code or question."""
+    ssh, scp = openssh("ssh"), openssh("scp")
+    key = running.add_engineer("alice", display="Alice Example")
+    agent, code, _, incoming = files_agent(running)
+    control = running.root / "ctl"
+    shared = ["-o", f"ControlPath={control}"]
+    master = popen(running, ssh, "-M", "-N", *shared, *ssh_options(running, key, "--files"),
+                   f"consentry-{code}", stdin=subprocess.DEVNULL)
+    try:
+        agent.expect(r"\[a\] allow all of this")
+        agent.send("a")
+        for _ in range(100):  # bounded: the master's socket once it is connected
+            if control.exists() or master.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert control.exists(), f"the master ssh did not connect (exit {master.poll()})"
+        for name in ("one.bin", "two.bin"):
+            (running.root / name).write_bytes(os.urandom(50_000))
+            done = subprocess.run(
+                [scp, "-s", "-o", "ControlMaster=no", *shared, "-F", "/dev/null",
+                 str(running.root / name), f"consentry-{code}:{name}"],
+                capture_output=True, env=running.env(), cwd=running.root, timeout=60)
+            assert done.returncode == 0, done.stderr
+            (arrived,) = incoming.glob(f"*/{name}")
+            assert arrived.read_bytes() == (running.root / name).read_bytes()
+        subprocess.run([ssh, *shared, "-F", "/dev/null", "-O", "exit", f"consentry-{code}"],
+                       capture_output=True, env=running.env(), timeout=30)
+    finally:
+        finish(master)
+    assert running.audit_types().count("consent_granted") == 1
