@@ -14,6 +14,7 @@ from broker.client.link import LinkError, broker_url
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
 from broker.wire.errors import CodeError
+from broker.wire.text import printable
 from console import known_hosts
 from console.client import ConsoleClient, JoinedSession
 from console.errors import ConsoleError, UsageError
@@ -149,7 +150,7 @@ async def _proxy(args: argparse.Namespace) -> int:
         await joined.leave()
         raise UsageError(f"cannot write the customer's host key to {args.known_hosts}: "
                          f"{exc.strerror or exc}") from exc
-    status(f"connected to {joined.alias}; its host key is pinned as {name} in "
+    status(f"connected to {printable(joined.alias, 100)}; its host key is pinned as {name} in "
            f"{args.known_hosts}.")
     reason = await carry(joined)
     if reason is not None:
