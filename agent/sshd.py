@@ -284,6 +284,14 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
             self._shell_behind = True
         self._input_flow()
 
+    def eof_received(self) -> bool:
+        # The engineer's side has no more input (`ssh -T host < script`
+        # reached the script's end) but still reads the output: keep the
+        # channel open until the shell ends, as OpenSSH's sshd does with a
+        # PTY. (asyncssh's default would close it, and the shell with it,
+        # before the script's output came back.)
+        return True
+
     def _check_settled(self) -> None:
         self._held_for_check = False
         self._input_flow()

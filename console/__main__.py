@@ -15,10 +15,13 @@ from broker.layered_config import SettingsError, configure_from, mark_defaults, 
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
 from broker.wire.errors import CodeError
-from console.client import ConsoleClient
+from broker.wire.text import printable
+from console import known_hosts
+from console.client import ConsoleClient, JoinedSession
 from console.errors import ConsoleError, UsageError
 from console.format import asked_rights, granted_text
 from console.identity import load_agent_identity, load_file_identity, tty_passphrase
+from console.proxy import carry, check_stdio
 from console.terminal import KEYS_TEXT, ProgressPrinter, run_terminal_session, status
 
 DEFAULT_BROKER = "wss://127.0.0.1:8443"
@@ -74,25 +77,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_version(p)
     add_connection_flags(p)
-    sub = p.add_subparsers(dest="command", metavar="{join}",
+    sub = p.add_subparsers(dest="command", metavar="{join,proxy}",
                            description="without a command, the full-screen console starts")
     join = sub.add_parser("join", help="join with the code the customer reads to you")
     join.add_argument("code", help="the code on the customer's screen, e.g. 4821-193-775")
     add_connection_flags(join, sub=True)
-    join.add_argument("--ssh-agent", action="store_true",
-                      help="use the key held by ssh-agent instead of reading --identity")
-    join.add_argument("--control", action="store_true",
-                      help="ask to type, not just view (the customer decides)")
-    join.add_argument("--files", action="store_true",
-                      help="ask to copy files to and from the customer's shared folder "
-                           "(the customer decides)")
+    add_join_flags(join)
+    proxy = sub.add_parser(
+        "proxy", help="join, then carry the SSH connection for OpenSSH (its ProxyCommand)",
+        description="Join as `join` does (the customer approves), then carry the SSH "
+        "connection on stdin/stdout for your own ssh, scp, sftp or rsync. All messages go to "
+        "stderr. Use it as ssh's ProxyCommand, with the host name consentry-CODE (see the "
+        "README).")
+    proxy.add_argument("code", help="the code on the customer's screen, e.g. 4821-193-775 "
+                                    "(or ssh's %%n: consentry-4821-193-775)")
+    add_connection_flags(proxy, sub=True)
+    add_join_flags(proxy)
+    proxy.add_argument("--known-hosts", type=Path, default=known_hosts.DEFAULT_FILE,
+                       metavar="FILE",
+                       help="where the customer's host key learned under pairing is written, "
+                            "as host consentry-CODE, for ssh's UserKnownHostsFile "
+                            f"(default: {known_hosts.DEFAULT_FILE})")
     mark_defaults(p, SETTINGS)
     return finish_parser(p)
 
 
-async def _join(args: argparse.Namespace) -> int:
+def add_join_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ssh-agent", action="store_true",
+                   help="use the key held by ssh-agent instead of reading --identity")
+    p.add_argument("--control", action="store_true",
+                   help="ask to type, not just view (the customer decides)")
+    p.add_argument("--files", action="store_true",
+                   help="ask to copy files to and from the customer's shared folder "
+                        "(the customer decides)")
+
+
+async def _joined(args: argparse.Namespace, code_text: str, *, can_prompt: bool
+                  ) -> JoinedSession:
+    """Log in, pair and wait for the customer's consent: `join` and `proxy`
+    alike. `can_prompt`: a key's passphrase may be asked for on the terminal."""
     try:
-        code = parse_code(args.code)
+        code = parse_code(code_text)
         # Checked before the key is read (and its passphrase asked for).
         broker_url(args.broker)
     except (CodeError, LinkError) as exc:
@@ -100,7 +125,7 @@ async def _join(args: argparse.Namespace) -> int:
     if args.ssh_agent:
         identity = await load_agent_identity(args.user, args.identity)
     else:
-        prompt = tty_passphrase if sys.stdin.isatty() else None
+        prompt = tty_passphrase if can_prompt else None
         identity = load_file_identity(args.user, args.identity.expanduser(), prompt)
     client = ConsoleClient(args.broker, args.ca, identity)
     wants = asked_rights(control=args.control, files=args.files)
@@ -114,6 +139,40 @@ async def _join(args: argparse.Namespace) -> int:
     if args.files and Right.FILES not in joined.granted:
         status("the customer did not grant files: you cannot copy files.")
     status(f"granted: {granted_text(joined.granted)}.")
+    return joined
+
+
+def _has_terminal() -> bool:
+    """A controlling terminal to ask a passphrase on (getpass uses /dev/tty),
+    even when stdin is ssh's pipe."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
+async def _proxy(args: argparse.Namespace) -> int:
+    check_stdio()
+    name = known_hosts.entry_name(args.code)
+    joined = await _joined(args, known_hosts.code_part(args.code), can_prompt=_has_terminal())
+    try:
+        key_line = " ".join(joined.host_key.export_public_key("openssh").decode().split()[:2])
+        known_hosts.pin_host_key(args.known_hosts, name, key_line)
+    except OSError as exc:
+        await joined.leave()
+        raise UsageError(f"cannot write the customer's host key to {args.known_hosts}: "
+                         f"{exc.strerror or exc}") from exc
+    status(f"connected to {printable(joined.alias, 100)}; its host key is pinned as {name} in "
+           f"{args.known_hosts}.")
+    reason = await carry(joined)
+    if reason is not None:
+        status(reason)
+    return 0
+
+
+async def _join(args: argparse.Namespace) -> int:
+    joined = await _joined(args, args.code, can_prompt=sys.stdin.isatty())
     status(f"connected to {joined.alias}. {KEYS_TEXT}.")
     reason = await run_terminal_session(joined)
     status(reason)
@@ -137,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         return run_tui(args)
     try:
-        return eventloop.run(_join(args))
+        return eventloop.run(_proxy(args) if args.command == "proxy" else _join(args))
     except ConsoleError as exc:
         print(f"consentry-console: {exc}", file=sys.stderr)
         return exc.exit_code

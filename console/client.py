@@ -149,9 +149,14 @@ class JoinedSession:
         return (self.ended is not None and self.ended.type == "ended"
                 and self.ended["reason"] == EndReason.ENGINEER_REMOVED)
 
+    def relay(self) -> SSHRelay:
+        """The relay that carries this session's SSH bytes; its control frames
+        (rights, roster, `ended`) come to this session. One per session."""
+        return SSHRelay(self.link, self._dispatch)
+
     async def open_ssh(self) -> tuple[asyncssh.SSHClientConnection, asyncio.Task[None]]:
         """SSH to the agent over the relay, its host key pinned from pairing."""
-        relay = SSHRelay(self.link, self._dispatch)
+        relay = self.relay()
         try:
             conn = await asyncssh.connect(
                 host="consentry-agent", tunnel=relay, username=self.identity.user,

@@ -383,6 +383,13 @@ class TransferServer(asyncssh.SFTPServer):
     def exit(self) -> None:
         for handle in list(self._open):
             self.close(handle)
+        # The client closed the SFTP session: say it ended well, as
+        # OpenSSH's sftp-server does by exiting 0. OpenSSH's scp checks ssh's
+        # exit status, and a channel closed without one makes it 255 (an
+        # error) after a transfer that went through.
+        chan = self.channel
+        with contextlib.suppress(OSError, asyncssh.Error):
+            chan.exit(0)
 
 
 async def _iterate(names: list[SFTPName]) -> AsyncIterator[SFTPName]:
