@@ -92,7 +92,8 @@ _KEEP_CODES = 4  # codes remembered for joins that race a fresh nameplate
 # How long the broker has to answer `confirm_live` before held input is discarded.
 LIVENESS_TIMEOUT = 10.0
 # The dropped-input and chat totals go to the broker at most this often (and
-# before `end`).
+# before `end`): the first change at once, so a session that ends within the
+# interval, by the engineer leaving, still has its totals recorded.
 DROPPED_REPORT_INTERVAL = 1.0
 
 
@@ -128,6 +129,7 @@ class ActiveSession:
     chat_customer: int = 0
     reported_chat: tuple[int, int] = (0, 0)
     report: asyncio.TimerHandle | None = None
+    reported_at: float | None = None  # when the totals last went (loop time)
     # The key of this seat (in `Agent.sessions` and on the customer's banner).
     seat: str = ""
     # Set while this seat's `invite` awaits the broker's `invitation`.
@@ -600,12 +602,17 @@ class Agent:
                           "of it ran.")
 
     def _schedule_report(self, active: ActiveSession) -> None:
-        if active.report is None and not active.ended.is_set():
-            active.report = asyncio.get_running_loop().call_later(
-                DROPPED_REPORT_INTERVAL, lambda: self._report_now(active))
+        if active.report is not None or active.ended.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        since = (loop.time() - active.reported_at if active.reported_at is not None
+                 else DROPPED_REPORT_INTERVAL)
+        active.report = loop.call_later(max(0.0, DROPPED_REPORT_INTERVAL - since),
+                                        lambda: self._report_now(active))
 
     def _report_now(self, active: ActiveSession) -> None:
         active.report = None
+        active.reported_at = asyncio.get_running_loop().time()
         task = asyncio.get_running_loop().create_task(self._report_totals(active))
         active.tasks.add(task)
         task.add_done_callback(active.tasks.discard)

@@ -266,12 +266,12 @@ class ShellSession(asyncssh.SSHServerSession[bytes]):
     # -- from the engineer -----------------------------------------------------
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
-        if not self._attached:
-            return
         gate = self._gate
         shared = self._shared
-        if not gate.control:
-            gate.drop(len(data))  # view only: this engineer cannot type
+        if not self._attached or not gate.control:
+            # View only, or typed before the shell was there (or after it
+            # left): it did not reach the shell, and the log counts it.
+            gate.drop(len(data))
             return
         if gate.guard is None or gate.guard.admit(data, shared.write,
                                                   lambda: gate.control, self._check_settled):
