@@ -33,6 +33,7 @@ WIRE_MODULES = [
     "broker.wire.text",
     "broker.wire.limits",
     "broker.wire.login",
+    "broker.wire.resume",
 ]
 
 FORBIDDEN_IN_WIRE = [

@@ -130,3 +130,12 @@ class Pairing:
         both ends only if nobody sits in between with the code."""
         digest = _derive(self._require_key(), "sas", self.session, 4).hex().upper()
         return f"{digest[:4]}-{digest[4:]}"
+
+    def resume_secret(self) -> bytes:
+        """A 32-byte secret, the same on both paired ends, for proving a resume
+        after a dropped link (`broker.wire.resume.ResumeKey`).
+
+        Derived from the SPAKE2 key under its own purpose, so it is never a
+        box key or the fingerprint, and bound to the session id. The broker
+        never has the SPAKE2 key, so it cannot compute this either."""
+        return _derive(self._require_key(), "resume", self.session)

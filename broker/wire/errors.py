@@ -6,7 +6,9 @@
     ├── LocalProtocolError  we were about to break it ourselves: our bug,
     │                     logged as an internal error, never blamed on the peer
     ├── CodeError         a join code that cannot be parsed
-    └── PairingError      the end-to-end pairing failed (wrong code or tampering)
+    ├── PairingError      the end-to-end pairing failed (wrong code or tampering)
+    └── ResumeError       a stream could not be resumed: an offset the sender
+                          cannot serve, or a resume proof that does not check
 
 Each program wraps these in its own exception root where it meets a person.
 """
@@ -45,3 +47,9 @@ class CodeError(WireError):
 class PairingError(WireError):
     """The PAKE key did not match: the code was wrong, or someone in between
     tried to guess it."""
+
+
+class ResumeError(WireError):
+    """A dropped stream cannot be resumed as asked: the peer claims an offset
+    that was never sent or is no longer held, bytes would be lost, or its
+    resume proof is forged or replayed. The session cannot continue on it."""

@@ -168,3 +168,15 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
 # an invitation beyond this is refused to the engineer who asked
 # (`session_full`), and the customer is not prompted.
 MAX_ENGINEERS_PER_SESSION = 4
+
+# Resuming after a drop (`broker.wire.resume`, not wired in yet).
+# Unacknowledged SSH stream bytes a sender keeps per direction for a replay.
+# While they fill it the sender stops reading the SSH connection, so a peer
+# that stops acknowledging slows the stream instead of growing memory. 1 MiB
+# is a few seconds of a busy terminal, at most 2 per seat.
+MAX_REPLAY_BYTES = 1024 * 1024
+# How long a session waits for a lost end before ending as `agent_lost` or
+# `console_lost`: a Wi-Fi roam or a VPN reconnect takes seconds, a laptop
+# changing networks up to a minute; past two minutes the person at the other
+# end has likely given up, and the shell should not stay open unwatched.
+RESUME_WINDOW_SECONDS = 120.0

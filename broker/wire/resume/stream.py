@@ -1,0 +1,188 @@
+"""Byte offsets and a bounded replay buffer for one direction of the SSH stream.
+
+The sender numbers every byte of the SSH stream it puts on the link: byte
+``n`` of the stream has offset ``n``, counted from 0 for the whole session,
+across links. It keeps what it sent until the peer acknowledges it, so after
+a drop it can send again exactly what the peer did not get. The receiver
+counts what it has and drops a replayed prefix it already holds, so the SSH
+connection above sees every byte once: none lost, none doubled.
+
+No I/O here: the link's driver calls these with the bytes it moves.
+"""
+
+from __future__ import annotations
+
+from broker.wire.errors import ResumeError
+from broker.wire.limits import MAX_REPLAY_BYTES
+
+__all__ = [
+    "ACK_EVERY_BYTES",
+    "MAX_REPLAY_BYTES",
+    "MAX_STREAM_OFFSET",
+    "ReceiveCursor",
+    "ReplayBuffer",
+]
+
+# The receiver acknowledges at least this often, so a sender that streams
+# never fills its buffer while the link is up (a quarter leaves three
+# quarters in flight while the `ack` travels).
+ACK_EVERY_BYTES = MAX_REPLAY_BYTES // 4
+
+# Offsets travel in JSON control messages; keep them within the integers
+# every JSON reader holds exactly (2**53 - 1: eight petabytes of session).
+MAX_STREAM_OFFSET = 2**53 - 1
+
+
+def _check_offset(offset: int, what: str) -> None:
+    # bool is an int in Python; a `true` from JSON is not an offset.
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise ResumeError(f"{what} is not a byte offset")
+    if not 0 <= offset <= MAX_STREAM_OFFSET:
+        raise ResumeError(f"{what} {offset} is out of range")
+
+
+class ReplayBuffer:
+    """The sending side of one direction: numbers bytes, keeps the
+    unacknowledged ones (at most `limit`), replays them after a drop.
+
+    ``acked <= sent`` always; the bytes held are exactly those from offset
+    `acked` to offset `sent`.
+    """
+
+    def __init__(self, limit: int = MAX_REPLAY_BYTES) -> None:
+        if limit <= 0:
+            raise ValueError("a replay buffer needs room for at least one byte")
+        self.limit = limit
+        self._held = bytearray()  # deleting from the front is cheap for a bytearray
+        self._acked = 0
+
+    @property
+    def acked(self) -> int:
+        """Offset up to which the peer said it has everything; older bytes are gone."""
+        return self._acked
+
+    @property
+    def sent(self) -> int:
+        """Offset of the next byte to send: how many bytes were numbered so far."""
+        return self._acked + len(self._held)
+
+    @property
+    def held(self) -> int:
+        """Bytes kept for a possible replay."""
+        return len(self._held)
+
+    @property
+    def room(self) -> int:
+        """How many more bytes may be sent before the peer acknowledges some.
+        At 0 the driver stops reading its source (backpressure)."""
+        return self.limit - len(self._held)
+
+    def push(self, data: bytes | bytearray | memoryview) -> int:
+        """Number `data` as the next bytes of the stream and keep them until
+        acknowledged. Returns the offset of its first byte.
+
+        More than `room` is refused: the driver must have stopped reading its
+        source before, since dropping bytes would break the stream."""
+        size = len(data)
+        if size > self.room:
+            raise ResumeError(
+                f"the replay buffer is full ({self.held} of {self.limit} bytes not "
+                f"acknowledged); {size} more bytes cannot be kept")
+        if self.sent + size > MAX_STREAM_OFFSET:
+            raise ResumeError("the stream reached its largest offset")
+        start = self.sent
+        self._held += data
+        return start
+
+    def ack(self, offset: int) -> None:
+        """The peer has every byte before `offset`: forget them.
+
+        An offset beyond what was sent is a lie (or a forgery) and an offset
+        before the last acknowledgement goes backwards; both are errors, since
+        the stream would no longer be what both ends think it is."""
+        _check_offset(offset, "the acknowledged offset")
+        if offset > self.sent:
+            raise ResumeError(
+                f"the peer acknowledged offset {offset}, but only {self.sent} bytes were sent")
+        if offset < self._acked:
+            raise ResumeError(
+                f"the peer acknowledged offset {offset} after it had acknowledged {self._acked}")
+        del self._held[:offset - self._acked]
+        self._acked = offset
+
+    def replay_from(self, offset: int) -> bytes:
+        """After a drop: the bytes after the peer's last received `offset`,
+        exactly, to send first on the new link. Also acknowledges `offset`
+        (the peer says it has everything before it).
+
+        Refused if the peer claims more than was sent, or less than it had
+        already acknowledged (those bytes were dropped and cannot be sent again)."""
+        _check_offset(offset, "the peer's received offset")
+        if offset < self._acked:
+            raise ResumeError(
+                f"the peer asks to resume from offset {offset}, but it had acknowledged "
+                f"{self._acked} and the bytes before that are gone")
+        self.ack(offset)
+        return bytes(self._held)
+
+
+class ReceiveCursor:
+    """The receiving side of one direction: how far the stream was received,
+    and which part of a (replayed) frame is new.
+
+    On a link, frames follow each other; only when a resumed stream starts
+    does the sender say where (`restart`), and it may start earlier than what
+    was received (a replay from its last acknowledged offset). The prefix
+    already held is dropped here, so the SSH connection above sees each byte
+    once.
+    """
+
+    def __init__(self, ack_every: int = ACK_EVERY_BYTES) -> None:
+        if ack_every <= 0:
+            raise ValueError("acknowledgements need a positive spacing")
+        self.ack_every = ack_every
+        self._received = 0
+        self._incoming = 0  # offset of the next byte to arrive on this link
+        self._acked = 0
+
+    @property
+    def received(self) -> int:
+        """Offset of the next byte the stream above expects: everything before it arrived."""
+        return self._received
+
+    def restart(self, offset: int) -> None:
+        """A resumed stream's bytes begin at `offset` (as its sender announced).
+
+        It may repeat what was received, but never skip: a start beyond
+        `received` would lose the bytes in between."""
+        _check_offset(offset, "the replay's start")
+        if offset > self._received:
+            raise ResumeError(
+                f"the replay starts at offset {offset}, but only {self._received} bytes "
+                "were received: the bytes in between would be lost")
+        self._incoming = offset
+
+    def accept(self, data: bytes) -> bytes:
+        """A frame from the link; returns the part not received before (maybe empty)."""
+        start = self._incoming
+        end = start + len(data)
+        if end > MAX_STREAM_OFFSET:
+            raise ResumeError("the stream went past its largest offset")
+        self._incoming = end
+        if end <= self._received:
+            return b""
+        fresh = data[self._received - start:] if start < self._received else data
+        self._received = end
+        return fresh
+
+    def ack_due(self) -> bool:
+        """Enough arrived since the last `ack` that the sender should hear of it."""
+        return self._received - self._acked >= self.ack_every
+
+    def take_ack(self) -> int | None:
+        """The offset to acknowledge now, or None if nothing new arrived since
+        the last one. The driver sends it when `ack_due`, and on an idle timer."""
+        if self._received == self._acked:
+            return None
+        self._acked = self._received
+        return self._acked
