@@ -120,10 +120,17 @@ def mark_defaults(parser: argparse.ArgumentParser, keys: Iterable[str]) -> dict[
     for action in _walk(parser):
         if action.dest in wanted:
             actions.setdefault(action.dest, action)
+            # A repeatable option (`--witness FILE` twice) adds to its default
+            # in place: it keeps None, which then means "not on the command line".
             if action.default is not argparse.SUPPRESS and not isinstance(
-                    action.default, FlagDefault):
+                    action.default, FlagDefault) and not _accumulates(action):
                 action.default = FlagDefault(action.default)
     return actions
+
+
+def _accumulates(action: argparse.Action) -> bool:
+    return isinstance(action, argparse._AppendAction | argparse._AppendConstAction
+                      | argparse._CountAction | argparse._ExtendAction)
 
 
 def _convert(action: argparse.Action, raw: object, where: str) -> object:
@@ -167,6 +174,8 @@ def apply(args: argparse.Namespace, actions: Mapping[str, argparse.Action], *,
         value = getattr(args, key)
         if isinstance(value, FlagDefault):
             defaults[key] = value.value
+        elif value is None and _accumulates(actions[key]):
+            defaults[key] = None
         else:
             flags[key] = value
     env = {k: _convert(actions[k], environ[env_name(k)], env_name(k))

@@ -75,6 +75,17 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
         8443, Path("var"), False, None, "a")
 
 
+def test_a_repeatable_flag_given_on_the_command_line_wins_and_adds_up(tmp_path: Path) -> None:
+    """`--witness A --witness B` collects both (argparse appends to the
+    default in place: a stand-in default there was a traceback)."""
+    file = tmp_path / "demo.toml"
+    file.write_text('witness = ["w1"]\n')
+    args, _ = _run(["--witness", "a", "--witness", "b"], {}, file)
+    assert args.witness == [Path("a"), Path("b")]
+    args, _ = _run([], {}, file)
+    assert args.witness == [Path("w1")]
+
+
 def test_print_config_says_where_each_came_from_and_hides_secrets(tmp_path: Path) -> None:
     file = tmp_path / "demo.toml"
     file.write_text('token = "hunter2"\nport = 1\n')
