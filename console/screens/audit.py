@@ -171,6 +171,8 @@ class AuditPane(Vertical):
     @work(exclusive=True, group="audit")
     async def _follow(self, filters: dict[str, str]) -> None:
         """New events on top of the newest page, the reader's place kept."""
+        if not self._visible():
+            return  # hidden since the tick asked (a worker starts a moment later)
         newest = max((int(seq) for seq in self._shown), default=0)
         query: dict[str, Any] = {**filters, "limit": PAGE_SIZE, "after_seq": newest}
         try:
