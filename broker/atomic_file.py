@@ -9,13 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["replace_atomically"]
+__all__ = ["replace_atomically", "replace_atomically_from"]
 
 
 def replace_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace `path` with a file of `data` and `mode`; raise OSError on failure.
+    """Replace `path` with a file of `data` and `mode` (see below)."""
+    replace_atomically_from(path, (data,), mode=mode)
+
+
+def replace_atomically_from(path: Path, chunks: Iterable[bytes], *,
+                            mode: int = 0o600) -> None:
+    """Replace `path` with a file of `chunks` and `mode`; raise OSError on failure.
 
     mkstemp makes the temporary file under a fresh random name with O_EXCL
     and mode 0600 whatever the umask (a planted file or symlink is never
@@ -25,7 +32,8 @@ def replace_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for data in chunks:  # a large file is written as it is made
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         if mode != 0o600:

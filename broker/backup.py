@@ -20,7 +20,6 @@ chunk is tagged final, so a cut, reordered or altered file is refused.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import struct
 import tarfile
@@ -33,7 +32,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.public
 
-from broker.atomic_file import replace_atomically
+from broker.atomic_file import replace_atomically, replace_atomically_from
 from broker.errors import BrokerError
 
 __all__ = ["BACKED_UP", "KEPT_OUT", "BackupError", "make_backup", "make_recipient_key",
@@ -103,6 +102,25 @@ def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+def _sealed(source: IO[bytes], public: nacl.public.PublicKey,
+            stream_key: bytes) -> Iterator[bytes]:
+    """The backup file's bytes, made as they are written: the stream key
+    sealed to `public`, then `source` in secretstream chunks, the last final."""
+    state = sodium.crypto_secretstream_xchacha20poly1305_state()
+    header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, stream_key)
+    yield MAGIC + nacl.public.SealedBox(public).encrypt(stream_key) + header
+    pending = source.read(CHUNK)
+    while True:
+        following = source.read(CHUNK)
+        tag = (sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE if following
+               else sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL)
+        sealed = sodium.crypto_secretstream_xchacha20poly1305_push(state, pending, tag=tag)
+        yield struct.pack(">I", len(sealed)) + sealed
+        if not following:
+            return
+        pending = following
+
+
 def make_backup(data_dir: Path, recipient: Path, output: Path) -> list[str]:
     """Write the encrypted backup of `data_dir` to `output` (0600, atomically:
     a failed backup leaves no file). Returns the names it holds."""
@@ -114,33 +132,8 @@ def make_backup(data_dir: Path, recipient: Path, output: Path) -> list[str]:
         with tarfile.open(plain, "w") as tar:
             for path in files:
                 tar.add(path, arcname=path.name, recursive=False)
-        state = sodium.crypto_secretstream_xchacha20poly1305_state()
-        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, stream_key)
-        fd, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
-                                       suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, plain.open("rb") as source:
-                out.write(MAGIC)
-                out.write(nacl.public.SealedBox(public).encrypt(stream_key))
-                out.write(header)
-                pending = source.read(CHUNK)
-                while True:
-                    following = source.read(CHUNK)
-                    tag = (sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE if following
-                           else sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL)
-                    sealed = sodium.crypto_secretstream_xchacha20poly1305_push(
-                        state, pending, tag=tag)
-                    out.write(struct.pack(">I", len(sealed)) + sealed)
-                    if not following:
-                        break
-                    pending = following
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, output)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
+        with plain.open("rb") as source:
+            replace_atomically_from(output, _sealed(source, public, stream_key))
     return [path.name for path in files]
 
 
@@ -206,21 +199,5 @@ def restore_backup(backup: Path, identity: Path, data_dir: Path) -> list[str]:
         for member in members:
             handle = tar.extractfile(member)
             assert handle is not None  # a regular file, checked above
-            _write_new(data_dir / member.name, handle)
+            replace_atomically_from(data_dir / member.name, _chunks(handle))
     return names
-
-
-def _write_new(path: Path, source: IO[bytes]) -> None:
-    """`path` from `source` in chunks, 0600, complete or not at all."""
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in _chunks(source):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
