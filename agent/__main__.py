@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from agent.transfers.record import RECORD_FILE, read_record, record_lines
 from agent.transfers.sizes import parse_size
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
-from broker.layered_config import SettingsError, configure_from, mark_defaults, xdg_config_file
+from broker.layered_config import mark_defaults, settings_or_exit, xdg_config_file
 from broker.wire.codes import RIGHTS
 from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT, MAX_CONSENT_TIMEOUT, MIN_CONSENT_TIMEOUT
 
@@ -110,16 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return show_transfers(given[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        shown = configure_from(args, parser, SETTINGS, program="consentry-agent",
-                               default_file=xdg_config_file(CONFIG_NAME),
-                               environ=os.environ)
-    except SettingsError as exc:
-        print(f"consentry-agent: {exc}", file=sys.stderr)
-        return 2
-    if shown is not None:
-        print(shown, end="")
-        return 0
+    done = settings_or_exit(args, parser, SETTINGS, program="consentry-agent",
+                            default_file=xdg_config_file(CONFIG_NAME))
+    if done is not None:
+        return done
     try:
         require_terminal()
         kwargs = {}

@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ENV_PREFIX", "FlagDefault", "Resolved", "SettingsError", "apply", "configure_from",
-           "load_file", "mark_defaults", "render", "resolve", "xdg_config_file"]
+           "load_file", "mark_defaults", "render", "resolve", "settings_or_exit",
+           "xdg_config_file"]
 
 ENV_PREFIX = "CONSENTRY_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -203,6 +205,23 @@ def configure_from(args: argparse.Namespace, parser: argparse.ArgumentParser,
         return None
     note = str(path) if path.is_file() else f"{path} (none there)"
     return render(program, resolved, note, secrets)
+
+
+def settings_or_exit(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                     keys: Iterable[str], *, program: str, default_file: Path) -> int | None:
+    """`configure_from` for a client program's `main`: the exit code when it
+    is done already (--print-config printed: 0; a bad setting said: 2), else
+    None and `args` filled."""
+    try:
+        shown = configure_from(args, parser, keys, program=program,
+                               default_file=default_file, environ=os.environ)
+    except SettingsError as exc:
+        print(f"{program.split()[0]}: {exc}", file=sys.stderr)
+        return 2
+    if shown is not None:
+        print(shown, end="")
+        return 0
+    return None
 
 
 def _toml_value(value: object) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
 from broker.client.link import LinkError, broker_url
-from broker.layered_config import SettingsError, configure_from, mark_defaults, xdg_config_file
+from broker.layered_config import mark_defaults, settings_or_exit, xdg_config_file
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
 from broker.wire.errors import CodeError
@@ -182,17 +182,11 @@ async def _join(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        shown = configure_from(args, parser, SETTINGS,
-                               program=f"consentry-console {args.command or ''}".strip(),
-                               default_file=xdg_config_file(CONFIG_NAME),
-                               environ=os.environ)
-    except SettingsError as exc:
-        print(f"consentry-console: {exc}", file=sys.stderr)
-        return 2
-    if shown is not None:
-        print(shown, end="")
-        return 0
+    done = settings_or_exit(args, parser, SETTINGS,
+                            program=f"consentry-console {args.command or ''}".strip(),
+                            default_file=xdg_config_file(CONFIG_NAME))
+    if done is not None:
+        return done
     if args.command is None:
         return run_tui(args)
     try:
