@@ -33,8 +33,10 @@ async def join_view_only(pilot, app: ConsoleApp, agent: pexpect.spawn,  # type: 
     # The main screen, once its widgets are there (it is pushed first).
     await until(pilot, lambda: isinstance(app.screen, MainScreen)
                 and bool(app.screen.query("#code")))
-    app.screen.query_one("#code", Input).value = code
-    await pilot.click("#join")
+    field = app.screen.query_one("#code", Input)
+    field.value = code
+    field.focus()
+    await pilot.press("enter")  # as a person joins: the code, then Enter
     agent.expect(r"\[n/Enter\] deny", timeout=20)
     agent.send("v")
     await until(pilot, lambda: app.screen.query(SessionPane))
