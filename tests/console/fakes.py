@@ -49,6 +49,8 @@ class FakeLive:
     # the real session, a resize before the shell is open reaches nobody.
     resizes: list[tuple[int, int]] = field(default_factory=list)
     open_delay: float = 0.0
+    # Set by a test to hold the shell's opening until it says (no race with load).
+    open_gate: asyncio.Event | None = None
     shell_open: bool = False
     control_requests: int = 0
     requested: list[str] = field(default_factory=list)  # the right of each request
@@ -88,6 +90,8 @@ class FakeLive:
                     on_event: EventHandler) -> None:
         self.on_output, self.on_event = on_output, on_event
         await asyncio.sleep(self.open_delay)  # the SSH handshake over the relay
+        if self.open_gate is not None:
+            await self.open_gate.wait()
         self.resizes.append((cols, rows))
         self.shell_open = True
         self.emit(b"\x1b[32mcustomer@desk\x1b[0m:~$ ")
@@ -174,6 +178,7 @@ class FakeBackend:
         self.closed = False
         self.consent_delay = 0.05
         self.open_delay = 0.0  # how long the shell takes to open after consent
+        self.open_gate: asyncio.Event | None = None  # or: until this is set
         self.verifies = 0
         self.verify_result: dict[str, Any] = {
             "ok": True, "summary": "audit log intact: 120 events (seq 1-120), 2 checkpoints",
@@ -209,7 +214,8 @@ class FakeBackend:
             ("view", "control") if control and code != VIEW_ONLY else ("view",))
         if files and code != VIEW_ONLY:
             granted += ("files",)
-        live = FakeLive(self.alias, granted, open_delay=self.open_delay)
+        live = FakeLive(self.alias, granted, open_delay=self.open_delay,
+                        open_gate=self.open_gate)
         self.sessions.append(live)
         return live
 

@@ -9,6 +9,7 @@ and review the diff like code.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -142,13 +143,15 @@ async def test_a_resize_while_the_shell_opens_reaches_the_shell() -> None:
     harness = Harness()
     async with harness.app.run_test(size=(120, 40)) as pilot:
         await connect(pilot, harness.app)
-        harness.backend.open_delay = 0.5
+        gate = harness.backend.open_gate = asyncio.Event()
         await join(pilot, harness.app, "4821-193-775", control=True)
         await until(pilot, lambda: harness.backend.sessions)
         live = harness.backend.sessions[0]
         await until(pilot, lambda: harness.app.screen.query(SessionPane))
         assert not live.shell_open
         await pilot.resize_terminal(100, 30)  # while the SSH channel is not there yet
+        await pilot.pause(0.2)
+        gate.set()
         await until(pilot, lambda: live.shell_open)
         await pilot.pause(0.1)
         term = harness.app.screen.query_one(SessionPane).terminal
