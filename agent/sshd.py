@@ -25,6 +25,7 @@ from asyncssh.channel import SSHChannel
 
 from agent.liveness import InputGuard
 from agent.pty import INPUT_HIGH_WATER, PtyShell
+from agent.replay import RecentOutput
 from broker.wire.chat import CHAT_SUBSYSTEM
 from broker.wire.limits import SSH_CIPHERS
 
@@ -83,6 +84,10 @@ class SharedShell:
         self._running = False
         self._customer_behind = False
         self.exit_status: int | None = None
+        # The screen as it stands, for an engineer who joins a running shell:
+        # bounded, and painted as cells, never the shell's bytes replayed.
+        self._recent = RecentOutput()
+        self._size = (80, 24)
 
     def attach(self, member: ShellSession, term: str, size: tuple[int, int]) -> None:
         self._members.append(member)
@@ -91,13 +96,20 @@ class SharedShell:
         elif self._shell is None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENTRY_")}
             env["TERM"] = term
+            self._size = size
             self._shell = PtyShell(
                 [self._shell_path], cols=size[0], rows=size[1], env=env,
                 on_output=self._output, on_exit=self._exited, on_input_room=self._input_room,
             )
             asyncio.get_running_loop().create_task(self._start())
         elif self._running:
+            member.send(self._screen_now())
             member.shell_running()
+
+    def _screen_now(self) -> bytes:
+        """Clear the joiner's terminal and paint the session's screen on it."""
+        cols, rows = self._size
+        return ("\x1b[H\x1b[2J" + self._recent.paint(cols, rows, top=1)).encode()
 
     def detach(self, member: ShellSession) -> None:
         if member in self._members:
@@ -133,9 +145,11 @@ class SharedShell:
 
     def resize(self, width: int, height: int) -> None:
         if self._shell is not None:
+            self._size = (width, height)
             self._shell.resize(width, height)
 
     def _output(self, data: bytes) -> None:
+        self._recent.add(data)
         for member in list(self._members):
             member.send(data)
         ready = self._on_output(data)

@@ -319,3 +319,47 @@ async def test_two_engineers_share_one_shell_and_only_the_one_with_control_types
             conn.close()
             ours.close()
             theirs.close()
+
+
+async def test_an_engineer_who_joins_a_running_shell_sees_its_screen_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second seat attaching to a shell that is already running is shown
+    the screen as it stands (painted from the recent output), not a blank
+    terminal that fills only when the shell next writes."""
+    monkeypatch.setenv("PS1", "$ ")
+    shared = SharedShell("/bin/sh", lambda data: None)
+    opened = []
+
+    async def seat(control: bool) -> tuple[asyncssh.SSHClientChannel[bytes], Collect]:
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        engineer = asyncssh.generate_private_key("ssh-ed25519")
+        ours, theirs = socket.socketpair()
+        server = asyncio.create_task(serve_shell(
+            ours, host_key=host_key, engineer_key=engineer.export_public_key().decode().strip(),
+            shell="/bin/sh", gate=Gate(control=control), shared=shared))
+        conn = await asyncssh.connect(
+            sock=theirs, host="consentry-agent", username="e", client_keys=[engineer],
+            agent_path=None, config=None, known_hosts=([host_key.convert_to_public()], [], []),
+            preferred_auth="publickey")
+        await server
+        opened.append((conn, ours, theirs))
+        chan, session = await conn.create_session(Collect, term_type="xterm",
+                                                  term_size=(80, 24), encoding=None)
+        assert isinstance(session, Collect)
+        return chan, session
+
+    try:
+        a_chan, a_seen = await seat(control=True)
+        a_chan.write(b"echo BEFORE-$((40+2))\r")
+        await until(lambda: a_seen.data.count(b"$ ") >= 2 and b"BEFORE-42" in a_seen.data)
+        _b_chan, b_seen = await seat(control=False)
+        # Nothing was typed since: all B has is the paint of the screen.
+        await until(lambda: b"BEFORE-42" in b_seen.data and b"$ " in b_seen.data)
+        assert b_seen.data.startswith(b"\x1b[H\x1b[2J")
+        assert b"\r\n" not in b_seen.data  # cells placed, not the shell's bytes replayed
+    finally:
+        for conn, ours, theirs in opened:
+            conn.close()
+            ours.close()
+            theirs.close()

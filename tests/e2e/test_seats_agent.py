@@ -52,6 +52,9 @@ def two_engineers(running: Deployment) -> tuple[pexpect.spawn, pexpect.spawn, pe
     agent.expect(r"\[n/Enter\] deny")
     agent.send("v")
     bob.expect("connected to front desk")
+    # Joining a running shell, Bob is shown its screen as it stands: once
+    # that paint arrives, Bob's seat is attached and sees what comes next.
+    bob.expect(r"\x1b\[2J")
     agent.expect(r"\[1\] Alice Example can type; \[2\] Bob Second is watching")
     return agent, alice, bob
 
