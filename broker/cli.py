@@ -42,7 +42,7 @@ from broker.audit_cli.common import log_admin_action, now
 from broker.backup import BackupError, make_backup, make_recipient_key, restore_backup
 from broker.certs import DEFAULT_NAMES, PkiPaths, cert_names, init_dev_pki
 from broker.cli_style import add_version, finish_parser
-from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, parse_listen
+from broker.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, BrokerConfig, Timeouts, parse_listen
 from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
 from broker.layered_config import SettingsError, configure_from, mark_defaults
@@ -89,7 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           pii_retention_days=args.pii_retention_days,
                           event_retention_days=args.event_retention_days,
                           agent_hellos_per_minute=args.agent_hellos_per_minute,
-                          log_format=args.log_format)
+                          log_format=args.log_format,
+                          timeouts=Timeouts(resume_window=float(args.resume_window)))
     setup_logging(args.log_format)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
@@ -304,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=limits.MAX_AGENT_HELLOS_PER_SOURCE, metavar="N",
                    help="agents that may register from one address per minute (default "
                         f"{limits.MAX_AGENT_HELLOS_PER_SOURCE}); each is an audit event")
+    p.add_argument("--resume-window", type=_positive_int,
+                   default=int(limits.RESUME_WINDOW_SECONDS), metavar="SECONDS",
+                   help="how long a session waits for an agent or console whose connection "
+                        f"broke to come back (default {limits.RESUME_WINDOW_SECONDS:.0f}); "
+                        "then it ends as agent_lost / console_lost")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                    help="the broker's log on stderr: text lines, or one JSON object a line "
                         "(time, level, logger, message, fields) for journald or ELK")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.errors import ConfigError
-from broker.wire.limits import MAX_AGENT_HELLOS_PER_SOURCE
+from broker.wire.limits import MAX_AGENT_HELLOS_PER_SOURCE, RESUME_WINDOW_SECONDS
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_DATA_DIR = Path("var")
@@ -35,6 +35,10 @@ class Timeouts:
     # Pairing + consent must finish within this (consent itself is 60 s by
     # default on the agent; the agent may choose longer, up to this).
     handshake: float = 10 * 60
+    # An active session whose agent or console link broke waits this long
+    # for it to resume (`broker.wire.resume`), then ends as agent_lost /
+    # console_lost.
+    resume_window: float = RESUME_WINDOW_SECONDS
     # WebSocket keepalive: a peer that misses pings is dropped.
     ping_interval: float = 20.0
     ping_timeout: float = 20.0

@@ -227,12 +227,21 @@ class Broker:
         )
 
     async def agent_session(self, ws: ServerConnection) -> None:
-        attach = await recv_control(ws, Lobby(Conn.AGENT_SESSION, time.monotonic()))
-        session = self.sessions.get(attach["session"])
+        first = await recv_control(ws, Lobby(Conn.AGENT_SESSION, time.monotonic()))
+        session = self.sessions.get(first["session"])
         if session is None:
             raise ProtocolError("unknown or expired session", ErrorCode.UNKNOWN_SESSION)
+        if first.type == "resume":
+            # The agent's side of a seat whose link broke, back with its token.
+            held = session.machine.held_agent_side(first.get("token") or "")
+            if held is None:
+                raise ProtocolError("no connection of that session waits to be resumed",
+                                    ErrorCode.UNKNOWN_SESSION)
+            await session.resume(held, ws, first)
+            await session.pump(held, ws)
+            return
         # The machine says if it is awaited, and for which seat.
-        conn = await session.attach(ws, attach["token"])
+        conn = await session.attach(ws, first["token"])
         await session.pump(conn, ws)
 
     # -- consoles ---------------------------------------------------------
@@ -247,6 +256,9 @@ class Broker:
             msg = await recv_control(ws, lobby)
             if msg.type == "join":
                 await self.join(ws, engineer, msg)
+                return
+            if msg.type == "resume":
+                await self.resume_console(ws, engineer, msg)
                 return
             await answer_audit_request(self.audit, ws, engineer, msg,
                                        checkpoint_file=self.config.checkpoint_file)
@@ -286,7 +298,27 @@ class Broker:
             await session.open()
             await session.pump(CONSOLE, ws)
         finally:
-            await self.seat_done(session, CONSOLE, engineer, source)
+            await self.seat_done(session, CONSOLE, engineer, source, ws)
+
+    async def resume_console(self, ws: ServerConnection, engineer: Engineer,
+                             msg: Message) -> None:
+        """A logged-in console comes back to its seat after its link broke.
+        The broker checks only that this engineer has a held seat there; the
+        agent's side decides, from a proof only the paired console can make."""
+        session = self.sessions.get(msg["session"])
+        held = session.machine.held_console(engineer.name) if session is not None else None
+        if session is None or held is None:
+            raise ProtocolError(
+                "that session is over, or has no connection of yours waiting to be resumed "
+                f"(a session waits {limits.RESUME_WINDOW_SECONDS:.0f} s for a lost end)",
+                ErrorCode.UNKNOWN_SESSION)
+        await session.resume(held, ws, msg)
+        try:
+            await session.pump(held, ws)
+        finally:
+            if session.machine.ended is not None:
+                session.stop()
+                self.session_over(session)
 
     async def join_session(self, ws: ServerConnection, engineer: Engineer,
                            wants: tuple[str, ...], session: SessionDriver,
@@ -300,15 +332,17 @@ class Broker:
         try:
             await session.pump(console, ws)
         finally:
-            await self.seat_done(session, console, engineer, source)
+            await self.seat_done(session, console, engineer, source, ws)
 
     async def seat_done(self, session: SessionDriver, console: str, engineer: Engineer,
-                        source: str) -> None:
+                        source: str, ws: ServerConnection) -> None:
         """One console's connection is over: its seat has left (the session
         may go on with others)."""
         seat = session.machine.seat_of(console)
-        if seat.left is None:  # left before its pump ran (our own failure)
-            await session.feed(lambda now: session.machine.lost(console, now))
+        if seat.left is None and session.sockets.get(console) is ws:
+            # Left before its pump ran (our own failure); a seat held for a
+            # resume, or resumed on another socket, is not this socket's to end.
+            await session.lost(console, ws)
         if seat.left == "wrong_code":  # a PAKE guess: a miss too
             await self.count_join_miss(engineer, source)
         if session.machine.ended is not None:

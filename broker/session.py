@@ -46,9 +46,10 @@ from broker.wire.machine.actions import (
     StopRelay,
 )
 from broker.wire.machine.participants import EngineerFacts
+from broker.wire.machine.protocol import Phase
 from broker.wire.machine.reasons import end_message
 from broker.wire.machine.session import AGENT, AGENT_SESSION, CONSOLE, SessionMachine
-from broker.wire.messages import encode
+from broker.wire.messages import Message, encode
 
 __all__ = ["AgentLink", "SessionDriver", "SessionHost", "close_quietly", "ended_frame",
            "error_frame", "refuse", "send_quietly", "utcnow"]
@@ -149,19 +150,47 @@ class SessionDriver:
             await self._perform(actions)
             return console if console in self.machine.seats else None
 
+    async def resume(self, conn: str, ws: ServerConnection, msg: Message) -> None:
+        """A new socket resumes held connection `conn` (`ProtocolError` if
+        it no longer waits). An older socket still resuming it is closed:
+        the newest attempt is the one its end is waiting on."""
+        async with self._lock:
+            actions = self.machine.resume(conn, msg, time.monotonic())
+            old, self.sockets[conn] = self.sockets.get(conn), ws
+            await self._perform(actions)
+        if old is not None and old is not ws:
+            await close_quietly(old, "replaced by a newer resume")
+
     async def pump(self, conn: str, ws: ServerConnection) -> None:
         """Read one side until it closes, handing every frame to the machine,
-        then tell the machine it is gone (a no-op once the session ended)."""
+        then tell the machine it is gone (a no-op once the session ended).
+        A socket that a resume replaced speaks for `conn` no more."""
         try:
             async for frame in ws:
-                await self.receive(conn, frame)
+                if not await self.receive(conn, frame, ws):
+                    break
         finally:
-            await self.feed(lambda now: self.machine.lost(conn, now))
+            await self.lost(conn, ws)
 
-    async def receive(self, conn: str, frame: str | bytes) -> None:
-        """One frame from connection `conn`."""
+    async def lost(self, conn: str, ws: ServerConnection) -> None:
+        """Socket `ws` of connection `conn` is gone. A held connection keeps
+        no socket until it is resumed."""
         async with self._lock:
+            if self.sockets.get(conn) is not ws:
+                return  # replaced by a resume: the connection lives on
+            await self._perform(self.machine.lost(conn, time.monotonic()))
+            if self.machine.ended is None and self.machine.phase(conn) is Phase.HELD:
+                self.sockets[conn] = None
+
+    async def receive(self, conn: str, frame: str | bytes,
+                      ws: ServerConnection | None = None) -> bool:
+        """One frame from connection `conn` (on socket `ws`, when given);
+        False if that socket no longer speaks for it."""
+        async with self._lock:
+            if ws is not None and self.sockets.get(conn) is not ws:
+                return False
             await self._perform(self.machine.receive(conn, frame, time.monotonic()))
+            return True
 
     async def shutdown(self) -> None:
         await self.feed(self.machine.shutdown)
@@ -317,12 +346,15 @@ class SessionDriver:
         traffic = self.machine.seat_of(console_id).traffic
 
         def to_agent(data: bytes) -> None:
-            traffic.to_agent += len(data)
+            # After a resume the first bytes may be a replay already counted.
+            traffic.to_agent += (traffic.fresh(len(data), to_agent=True)
+                                 if traffic.skip_to_agent else len(data))
             traffic.last_activity = time.monotonic()
             agent.send_binary_soon(data)
 
         def to_console(data: bytes) -> None:
-            traffic.to_console += len(data)
+            traffic.to_console += (traffic.fresh(len(data), to_agent=False)
+                                   if traffic.skip_to_console else len(data))
             traffic.last_activity = time.monotonic()
             console.send_binary_soon(data)
 

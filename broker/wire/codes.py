@@ -40,6 +40,8 @@ class ErrorCode(StrEnum):
     DEVICE_KEY_MISMATCH = "device_key_mismatch"
     FORBIDDEN = "forbidden"
     AUDIT_UNAVAILABLE = "audit_unavailable"
+    RESUME_REFUSED = "resume_refused"  # the peer did not accept the proof
+    RESUME_TIMEOUT = "resume_timeout"  # the resume's exchange did not finish in time
     INTERNAL_ERROR = "internal_error"  # the broker's own bug, logged for the operator
 
 

@@ -169,7 +169,7 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
 # (`session_full`), and the customer is not prompted.
 MAX_ENGINEERS_PER_SESSION = 4
 
-# Resuming after a drop (`broker.wire.resume`, not wired in yet).
+# Resuming after a drop (`broker.wire.resume`, driven by `broker.client.resumable`).
 # Unacknowledged SSH stream bytes a sender keeps per direction for a replay.
 # While they fill it the sender stops reading the SSH connection, so a peer
 # that stops acknowledging slows the stream instead of growing memory. 1 MiB
@@ -180,3 +180,11 @@ MAX_REPLAY_BYTES = 1024 * 1024
 # changing networks up to a minute; past two minutes the person at the other
 # end has likely given up, and the shell should not stay open unwatched.
 RESUME_WINDOW_SECONDS = 120.0
+# One resume's exchange (resume, challenge, proof, accepted) must finish in
+# this long, or that attempt is dropped and the seat waits for the next one.
+RESUME_STEP_TIMEOUT = 15.0
+# Stream offsets and attempt numbers travel in JSON control messages: at
+# most the integers every JSON reader holds exactly (2**53 - 1).
+MAX_STREAM_OFFSET = 2**53 - 1
+RESUME_NONCE_BYTES = 32
+RESUME_PROOF_BYTES = 32  # HMAC-SHA256

@@ -36,9 +36,12 @@ from broker.wire.limits import (
     MAX_LABEL,
     MAX_LIVENESS_ID,
     MAX_SESSION_EVENTS,
+    MAX_STREAM_OFFSET,
     MAX_TRANSFER_BYTES,
     PAIRING_FAILURES,
     PROTOCOL_VERSION,
+    RESUME_NONCE_BYTES,
+    RESUME_PROOF_BYTES,
 )
 from broker.wire.text import validate_label
 
@@ -316,6 +319,29 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "summary": Field("str", 1000),
         "first_bad_seq": Field("int", MAX_AUDIT_SEQ, min=0, required=False),
     },
+    # -- surviving a drop (broker.wire.resume): the end whose link broke
+    # comes back on a new one (a console after logging in again, an agent
+    # side with its seat's token) and says `resume`; the broker hands it to
+    # the peer, which challenges; the proofs are keyed from the pairing, so
+    # the broker can neither make nor check them, and only the peer says
+    # `resume_accepted`. `received`: how much of the peer's stream this end
+    # has, so each side replays exactly what the other lacks.
+    "resume": {"session": _ID, "token": Field("token", required=False),
+               "attempt": Field("int", MAX_STREAM_OFFSET, min=1),
+               "nonce": Field("b64", RESUME_NONCE_BYTES),
+               "received": Field("int", MAX_STREAM_OFFSET)},
+    "resume_challenge": {"nonce": Field("b64", RESUME_NONCE_BYTES),
+                         "received": Field("int", MAX_STREAM_OFFSET),
+                         "proof": Field("b64", RESUME_PROOF_BYTES)},
+    "resume_proof": {"proof": Field("b64", RESUME_PROOF_BYTES)},
+    "resume_accepted": {},
+    "resume_refused": {},
+    # broker -> an end: its peer's link broke (`window`: seconds the broker
+    # holds the seat for it), then `resumed` once the two are joined again.
+    "interrupted": {"window": Field("int", 86400)},
+    "resumed": {"gap_ms": Field("int", 86400 * 1000)},
+    # How much of the peer's stream this end has, so the peer forgets it.
+    "ack": {"offset": Field("int", MAX_STREAM_OFFSET)},
     # -- forwarded end to end, opaque to the broker
     "pake": {"body": Field("b64", 256)},
     "sealed": {"body": Field("b64", 4096)},

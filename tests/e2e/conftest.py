@@ -81,7 +81,9 @@ class Deployment:
         self.broker = subprocess.Popen(
             [str(BIN / "consentry-broker"), "serve", "--listen", f"127.0.0.1:{port}",
              "--data-dir", str(self.data_dir), "--cert", str(self.pki.cert),
-             "--key", str(self.pki.key), *extra],
+             # A console or agent killed by a test is given up on quickly;
+             # the resume tests pass a longer window in `extra`.
+             "--key", str(self.pki.key), "--resume-window", "3", *extra],
             stdout=out, stderr=subprocess.STDOUT, cwd=self.root, preexec_fn=preexec_fn,
         )
         deadline = time.monotonic() + 20

@@ -3,6 +3,7 @@ malformed frame is a `ProtocolError` with a stable code, never a traceback."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -35,6 +36,7 @@ B32 = b64encode(bytes(range(32)))
 SIG64 = b64encode(b"\x01" * 64)
 
 # One valid set of fields per message type, optional fields included.
+B64_32 = base64.b64encode(bytes(32)).decode()
 SAMPLES: dict[str, dict[str, Any]] = {
     "hello": {
         "device_id": "dev_01-A",
@@ -67,6 +69,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "chat_lines": {"engineer": 3, "customer": 2},
     "invite": {},
     "invitation": {"nameplate": "48213", "expires_in": 600},
+    "resume": {"session": "s1", "token": "t" * 32, "attempt": 1, "nonce": B64_32,
+               "received": 4096},
+    "resume_challenge": {"nonce": B64_32, "received": 0, "proof": B64_32},
+    "resume_proof": {"proof": B64_32},
+    "resume_accepted": {},
+    "resume_refused": {},
+    "interrupted": {"window": 120},
+    "resumed": {"gap_ms": 3200},
+    "ack": {"offset": 2**53 - 1},
     "remove": {},
     "roster": {"seats": [{"seat": "console", "login": "alice", "display": "Alice",
                           "rights": ["view", "control"]},

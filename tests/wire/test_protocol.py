@@ -24,21 +24,27 @@ A, S, C = Conn.AGENT, Conn.AGENT_SESSION, Conn.CONSOLE
 
 # The protocol as the design describes it, written out independently of the
 # table so that a change to the table has to be a change to this list too.
+# What an end that stayed (active) or came back (resuming) says in a resume.
+_RESUME_PEER = {"resume_challenge", "resume_accepted", "resume_refused"}
 ALLOWED = {
     (A, Phase.HELLO): {"hello"},
-    (S, Phase.HELLO): {"attach"},
+    (S, Phase.HELLO): {"attach", "resume"},
     (S, Phase.PAIRING): {"pake", "sealed", "pairing_failed", "consent", "end"},
     # consent: answering request_control; confirm_live, input_dropped, chat_lines:
     # agent claims; invite: a code for another engineer; rights, remove: this
-    # seat's engineer only
+    # seat's engineer only; ack: how much of the stream arrived
     (S, Phase.ACTIVE): {"rights", "consent", "confirm_live", "input_dropped", "end",
-                        "invite", "remove", "file_transferred", "chat_lines"},
+                        "invite", "remove", "file_transferred", "chat_lines", "ack",
+                        *_RESUME_PEER},
+    # Back after a drop: the proof exchange, or the customer ending it.
+    (S, Phase.RESUMING): {"resume_proof", "end", *_RESUME_PEER},
     (C, Phase.HELLO): {"login"},
     (C, Phase.LOGIN): {"login_proof"},
-    (C, Phase.READY): {"join", "audit_query", "audit_session_query", "audit_verify"},
+    (C, Phase.READY): {"join", "resume", "audit_query", "audit_session_query", "audit_verify"},
     (C, Phase.WAITING): {"end"},  # joined, the agent not attached yet: leaving is all
     (C, Phase.PAIRING): {"pake", "sealed", "end"},
-    (C, Phase.ACTIVE): {"request_control", "end"},
+    (C, Phase.ACTIVE): {"request_control", "end", "ack", *_RESUME_PEER},
+    (C, Phase.RESUMING): {"resume_proof", "end", *_RESUME_PEER},
 }
 
 ALL = [(conn, phase, t) for conn in Conn for phase in Phase for t in sorted(SCHEMA)]
@@ -150,8 +156,10 @@ def test_what_peers_send_and_what_the_broker_sends_are_apart() -> None:
     # Replies only flow outwards, requests only inwards.
     inbound = {t for types in INBOUND.values() for t in types}
     outbound = {t for types in OUTBOUND.values() for t in types}
-    # pake, sealed: forwarded end to end; rights: the customer's, told the engineer
-    assert inbound & outbound == {"pake", "sealed", "rights"}
+    # pake, sealed, the resume's proofs and acks: forwarded end to end;
+    # rights: the customer's, told the engineer
+    assert inbound & outbound == {"pake", "sealed", "rights", "resume", "resume_challenge",
+                                  "resume_proof", "ack"}
     assert "error" in outbound and "error" not in inbound
     assert "ended" in outbound and "end" in inbound
 

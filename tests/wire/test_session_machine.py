@@ -60,6 +60,7 @@ class Timeouts:
     idle: float = 100.0
     max_session: float = 1000.0
     handshake: float = 60.0
+    resume_window: float = 50.0
 
 
 def frame(msg_type: str, **fields: Any) -> str:
@@ -352,8 +353,9 @@ def test_a_frame_out_of_place_ends_the_session_as_a_protocol_error(
 
 def test_every_message_a_session_connection_may_send_has_a_handler() -> None:
     session_phases = {(Conn.AGENT_SESSION, Phase.PAIRING), (Conn.AGENT_SESSION, Phase.ACTIVE),
+                      (Conn.AGENT_SESSION, Phase.RESUMING),
                       (Conn.CONSOLE, Phase.WAITING), (Conn.CONSOLE, Phase.PAIRING),
-                      (Conn.CONSOLE, Phase.ACTIVE)}
+                      (Conn.CONSOLE, Phase.ACTIVE), (Conn.CONSOLE, Phase.RESUMING)}
     types = {t for key in session_phases for t in INBOUND[key]}
     assert types == set(session_module._HANDLERS)
 
@@ -667,12 +669,26 @@ def test_lost_connections(setup: Setup) -> None:
 
 @pytest.mark.parametrize(("conn", "reason"), [(AGENT_SESSION, "agent_lost"),
                                               (CONSOLE, "console_lost")])
-def test_a_lost_side_ends_the_session_and_the_other_is_told(
+def test_a_lost_side_is_held_for_the_window_then_the_session_ends(
         setup: Setup, conn: str, reason: str) -> None:
     setup.to_active()
     assert setup.machine.lost(AGENT, 3.0) == []  # the control link no longer matters
-    actions = setup.run(setup.machine.lost(conn, 3.0))
-    assert_ended(actions, reason, [CONSOLE, AGENT_SESSION])
+    other = CONSOLE if conn == AGENT_SESSION else AGENT_SESSION
+    held = setup.run(setup.machine.lost(conn, 3.0))
+    assert kinds(held) == [("stop_relay",), ("record", "session_interrupted"),
+                           ("send", other, "interrupted")]
+    assert setup.machine.phase(conn) is Phase.HELD and setup.machine.ended is None
+    assert records(held)[0].quiet  # a teardown-like fact: it never blocks the session
+    # The other side's bytes meanwhile are dropped, not relayed nor counted.
+    if other == CONSOLE:
+        assert setup.receive(CONSOLE, b"typed while down", now=4.0) == []
+        assert setup.machine.seat.traffic.to_agent == 0
+    window = setup.machine.timeouts.resume_window
+    assert setup.machine.deadline() == 3.0 + window
+    # A second drop (the resumer's new link breaking) does not extend it.
+    actions = setup.run(setup.machine.tick(3.0 + window))
+    assert_ended(actions, reason, [other])
+
 
 
 def test_shutdown_ends_once(setup: Setup) -> None:

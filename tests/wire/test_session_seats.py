@@ -258,9 +258,14 @@ def test_an_engineer_leaving_is_one_event_and_the_other_goes_on(two: Two) -> Non
     assert two.machine.ended is None
 
 
-def test_a_lost_console_is_that_engineer_leaving(two: Two) -> None:
+def test_a_lost_console_is_held_then_that_engineer_leaving(two: Two) -> None:
     two.bob_active()
-    actions = two.run(two.machine.lost(B_CONSOLE, 6.0))
+    held = two.run(two.machine.lost(B_CONSOLE, 6.0))
+    assert [r.event for r in records(held)] == ["session_interrupted"]
+    assert sent(held, B_AGENT, "interrupted").fields["window"] > 0
+    window = two.machine.timeouts.resume_window
+    assert two.machine.tick(6.0 + window - 0.1) == []
+    actions = two.run(two.machine.tick(6.0 + window))
     (left,) = records(actions)
     assert (left.event, left.body["reason"]) == ("engineer_left", "console_lost")
     assert sent(actions, B_AGENT, "ended").fields["reason"] == "console_lost"

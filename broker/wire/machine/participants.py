@@ -36,6 +36,8 @@ class SessionTimeouts(Protocol):
     def max_session(self) -> float: ...
     @property
     def handshake(self) -> float: ...
+    @property
+    def resume_window(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,34 @@ class Traffic:
     to_agent: int = 0
     to_console: int = 0
     last_activity: float = 0.0
+    # After a resume, each end first replays what its peer lacks: the bytes
+    # of that replay the broker had already relayed (and counted) before the
+    # link broke are not counted again, so totals count each byte once.
+    skip_to_agent: int = 0
+    skip_to_console: int = 0
 
     def count(self, size: int, *, to_agent: bool, now: float) -> None:
         if to_agent:
-            self.to_agent += size
+            self.to_agent += self.fresh(size, to_agent=True)
         else:
-            self.to_console += size
+            self.to_console += self.fresh(size, to_agent=False)
         self.last_activity = now
+
+    def fresh(self, size: int, *, to_agent: bool) -> int:
+        """How many of `size` bytes just relayed were not counted before."""
+        if to_agent:
+            skipped = min(size, self.skip_to_agent)
+            self.skip_to_agent -= skipped
+        else:
+            skipped = min(size, self.skip_to_console)
+            self.skip_to_console -= skipped
+        return size - skipped
+
+    def replaying(self, *, agent_has: int, console_has: int) -> None:
+        """A resume: the agent replays from `console_has`, the console from
+        `agent_has`; what was counted past those offsets is not counted again."""
+        self.skip_to_agent = max(0, self.to_agent - agent_has)
+        self.skip_to_console = max(0, self.to_console - console_has)
 
 
 @dataclass
@@ -99,3 +122,11 @@ class Seat:
     # engineer's, and the customer's while it was connected. Counts only.
     chat_engineer: int = 0
     chat_customer: int = 0
+    # A link of this seat broke (its connection is held): since when, which
+    # side broke first (the end reason if it never comes back), and the
+    # connection resuming now with the offsets the two ends said they hold.
+    interrupted_at: float | None = None
+    interrupted_side: str | None = None
+    resuming: str | None = None
+    resume_started: float = 0.0
+    resume_received: dict[str, int] = field(default_factory=dict)

@@ -51,7 +51,9 @@ someone joins, changes rights or leaves; a session that only ever had one
 engineer sends none, so its frames are as they always were.
 
 Phases move forward only: hello → login → ready → waiting → pairing → active
-→ closed (each kind of connection uses some of them). A console stays ready
+→ closed (each kind of connection uses some of them), with one loop: an
+active seat's connection that breaks is held, a new connection that resumes
+it is resuming, and a resume the peer accepts makes it active again. A console stays ready
 while it reads the audit log (admins only: the role is the broker's
 business, not the table's), so one connection can run several queries; a
 `join` moves it on. ``error`` may go to any connection in any phase, just
@@ -111,6 +113,8 @@ class Phase(StrEnum):
     WAITING = "waiting"  # console: joined; the agent has not attached yet
     PAIRING = "pairing"  # PAKE, key exchange and consent in progress
     ACTIVE = "active"  # consent recorded; binary frames flow
+    HELD = "held"  # an active seat's connection broke: no socket, kept for a resume
+    RESUMING = "resuming"  # a new connection proving it is that seat's end again
     CLOSED = "closed"
 
 
@@ -129,6 +133,8 @@ class Route:
 A, S, C, B = Party.AGENT, Party.AGENT_SESSION, Party.CONSOLE, Party.BROKER
 HELLO, LOGIN, READY = Phase.HELLO, Phase.LOGIN, Phase.READY
 WAITING, PAIRING, ACTIVE, CLOSED = Phase.WAITING, Phase.PAIRING, Phase.ACTIVE, Phase.CLOSED
+HELD, RESUMING = Phase.HELD, Phase.RESUMING
+_UP = (ACTIVE, RESUMING)  # a seat's connection with a socket, once it was active
 _ANY = tuple(Phase)
 
 CATALOGUE: tuple[Route, ...] = (
@@ -223,15 +229,57 @@ CATALOGUE: tuple[Route, ...] = (
           "who is in the session now, with rights (names escaped before display)"),
     Route("roster", B, C, (ACTIVE,), None,
           "who is in the session now, with rights (names escaped before display)"),
+    # -- surviving a drop (broker.wire.resume) ------------------------------
+    # An active seat's connection that breaks is held (HELD) for
+    # RESUME_WINDOW_SECONDS, not ended: session_interrupted recorded, its
+    # peer told `interrupted`. Binary frames the peer sends meanwhile are
+    # dropped (its replay buffer has them). The end that comes back proves
+    # it is the paired end to the peer, never to the broker, which cannot.
+    Route("resume", C, B, (READY,), RESUMING,
+          "after logging in again: this engineer's held seat of the session takes the "
+          "new connection; resume (without token) to the agent side, or interrupted "
+          "back when that side is held too; none held: error unknown_session"),
+    Route("resume", S, B, (HELLO,), RESUMING,
+          "the agent side of a held seat, with its token: the same, towards the console"),
+    Route("resume", B, S, _UP, None, "the console is back: the agent challenges it"),
+    Route("resume", B, C, _UP, None, "the agent side is back: the console challenges it"),
+    Route("resume_challenge", S, B, _UP, None, "forwarded unopened to the console"),
+    Route("resume_challenge", C, B, _UP, None, "forwarded unopened to the agent side"),
+    Route("resume_challenge", B, S, (RESUMING,), None,
+          "the console's proof and nonce: checked, then resume_proof"),
+    Route("resume_challenge", B, C, (RESUMING,), None,
+          "the agent's proof and nonce: checked, then resume_proof"),
+    Route("resume_proof", S, B, (RESUMING,), None, "forwarded unopened to the console"),
+    Route("resume_proof", C, B, (RESUMING,), None, "forwarded unopened to the agent side"),
+    Route("resume_proof", B, S, _UP, None, "checked: resume_accepted or resume_refused"),
+    Route("resume_proof", B, C, _UP, None, "checked: resume_accepted or resume_refused"),
+    Route("resume_accepted", S, B, _UP, None,
+          "session_resumed recorded with the gap; the relay opens again; resumed to both"),
+    Route("resume_accepted", C, B, _UP, None,
+          "session_resumed recorded with the gap; the relay opens again; resumed to both"),
+    Route("resume_refused", S, B, _UP, None,
+          "resume_refused recorded; error resume_refused to the one resuming, closed; "
+          "the seat stays held"),
+    Route("resume_refused", C, B, _UP, None,
+          "resume_refused recorded; error resume_refused to the one resuming, closed; "
+          "the seat stays held"),
+    Route("interrupted", B, S, _UP, None, "the console's link broke: wait, keep the shell"),
+    Route("interrupted", B, C, _UP, None, "the agent's link broke: wait, reconnect nothing"),
+    Route("resumed", B, S, _UP, ACTIVE, "both ends replay what the other lacks"),
+    Route("resumed", B, C, _UP, ACTIVE, "both ends replay what the other lacks"),
+    Route("ack", S, B, (ACTIVE,), None, "forwarded to the console (a peer that is held: dropped)"),
+    Route("ack", C, B, (ACTIVE,), None, "forwarded to the agent side (a peer held: dropped)"),
+    Route("ack", B, S, (ACTIVE,), None, "the console has the stream up to offset"),
+    Route("ack", B, C, (ACTIVE,), None, "the agent has the stream up to offset"),
     # -- the end ------------------------------------------------------------
-    Route("end", S, B, (PAIRING, ACTIVE), CLOSED,
+    Route("end", S, B, (PAIRING, ACTIVE, RESUMING), CLOSED,
           "the session ends for every engineer: customer_ended, shell_exited or agent_quit"),
-    Route("end", C, B, (WAITING, PAIRING, ACTIVE), CLOSED,
+    Route("end", C, B, (WAITING, PAIRING, ACTIVE, RESUMING), CLOSED,
           "this engineer leaves: engineer_left recorded and the others go on; the "
           "last one: the session ends, engineer_left"),
-    Route("ended", B, S, (PAIRING, ACTIVE), CLOSED,
+    Route("ended", B, S, (PAIRING, ACTIVE, RESUMING), CLOSED,
           "why it ended; the closing event is recorded first"),
-    Route("ended", B, C, (WAITING, PAIRING, ACTIVE), CLOSED,
+    Route("ended", B, C, (WAITING, PAIRING, ACTIVE, RESUMING), CLOSED,
           "why it ended; the closing event is recorded first"),
     Route("error", B, A, _ANY, CLOSED, "what the peer did wrong, then the close"),
     Route("error", B, S, _ANY, CLOSED, "what the peer did wrong, then the close"),

@@ -55,6 +55,7 @@ from broker.wire.limits import (
     MAX_ENGINEERS_PER_SESSION,
     MAX_FILE_EVENTS_PER_SESSION,
     OPEN_TIMEOUT,
+    RESUME_STEP_TIMEOUT,
 )
 from broker.wire.machine.actions import (
     Action,
@@ -95,6 +96,10 @@ UPGRADE = _UPGRADE
 _REFUSAL_REASON = {"denied": EndReason.DENIED, "timeout": EndReason.TIMEOUT}
 # A seat's departure -> the event that closes it (once it was active).
 _DEPARTURE_EVENT: dict[str, str] = {EndReason.ENGINEER_REMOVED: "engineer_removed"}
+_UP = (Phase.ACTIVE, Phase.RESUMING)  # an active seat's connection that has a socket
+_REFUSED_RESUME = ("the other end of the session did not accept this resume: it could not "
+                   "prove it is the paired end")
+_STALLED = f"the resume did not complete within {RESUME_STEP_TIMEOUT:.0f} s; try again"
 SESSION_FULL = (f"this session already has {MAX_ENGINEERS_PER_SESSION} engineers, the most "
                 "one session may have; the customer was not asked. Ask the customer to "
                 "remove one, or to start a new session for you")
@@ -294,12 +299,51 @@ class SessionMachine:
                 if self._s.ended is None and self._s.phases[seat.agent_session] is Phase.HELLO:
                     actions += self._depart(seat, EndReason.AGENT_UNREACHABLE, now)
             return self._out(actions)
-        if self._gone(self._known(conn)):
+        if self._gone(self._known(conn)) or self._s.phases[conn] is Phase.HELD:
             return self._out([])
         seat, kind = self._seat_of(conn), self._kinds[conn]
+        if seat.active_since is not None and self._s.phases[conn] in _UP:
+            return self._out(self._hold(seat, conn, now))
         return self._out(self._depart(
             seat, EndReason.AGENT_LOST if kind is Conn.AGENT_SESSION else EndReason.CONSOLE_LOST,
             now))
+
+    def held_console(self, engineer: str) -> str | None:
+        """The console id of this engineer's seat that waits for a resume
+        (held, or being resumed by an attempt a newer one replaces)."""
+        for seat in reversed(self._present()):
+            if (self._s.phases[seat.console] in (Phase.HELD, Phase.RESUMING)
+                    and self._engineer(seat).name == engineer):
+                return seat.console
+        return None
+
+    def held_agent_side(self, token: str) -> str | None:
+        """The agent_session id of the seat with `token` that waits for a resume."""
+        for seat in self._present():
+            if (self._s.phases[seat.agent_session] in (Phase.HELD, Phase.RESUMING)
+                    and hmac.compare_digest(seat.token.encode(), token.encode())):
+                return seat.agent_session
+        return None
+
+    def resume(self, conn: str, msg: Message, now: float) -> list[Action]:
+        """A new connection says it is held connection `conn` (the driver
+        found it with `held_console` / `held_agent_side`): the peer is asked
+        to challenge it; with the peer held too, it waits for the peer."""
+        if self._s.ended is not None or self._gone(self._known(conn)) \
+                or self._s.phases[conn] not in (Phase.HELD, Phase.RESUMING):
+            raise ProtocolError("no connection of this session waits to be resumed",
+                                ErrorCode.UNKNOWN_SESSION)
+        self._save()
+        self._joining = None
+        seat, peer = self._seat_of(conn), self._peer(conn)
+        self._s.phases[conn] = Phase.RESUMING
+        seat.resuming, seat.resume_started = conn, now
+        seat.resume_received = {conn: msg["received"]}
+        if self._s.phases[peer] in _UP:
+            return self._out([self._send(peer, "resume", session=self.id,
+                                         attempt=msg["attempt"], nonce=msg["nonce"],
+                                         received=msg["received"])])
+        return self._out([self._send(conn, "interrupted", window=self._window_left(seat, now))])
 
     def tick(self, now: float) -> list[Action]:
         """End the session, or a seat's join, if one of its deadlines has passed."""
@@ -314,6 +358,10 @@ class SessionMachine:
         for _, reason, seat in due:
             if self._s.ended is not None:
                 break
+            if reason == ErrorCode.RESUME_TIMEOUT and seat is not None:
+                if seat.left is None and seat.resuming is not None:
+                    actions += self._drop_attempt(seat, ErrorCode.RESUME_TIMEOUT, _STALLED)
+                continue
             if seat is None:
                 actions += self._end(reason, now)
             elif seat.left is None:
@@ -361,6 +409,72 @@ class SessionMachine:
         # The customer's side: the shell is shared, so it ends for everyone.
         reason = msg["reason"] if msg["reason"] in AGENT_END_REASONS else EndReason.CUSTOMER_ENDED
         return self._end(reason, now)
+
+    def _on_ack(self, conn: str, msg: Message, now: float) -> list[Action]:
+        peer = self._peer(conn)
+        if self._s.phases[peer] is not Phase.ACTIVE:
+            return []  # the peer hears the offset again after its resume
+        return [self._send(peer, "ack", offset=msg["offset"])]
+
+    def _on_resume_challenge(self, conn: str, msg: Message, now: float) -> list[Action]:
+        seat = self._seat_of(conn)
+        if seat.resuming is None or seat.resuming == conn:
+            if seat.resuming == conn:
+                raise ProtocolError("the end that resumes does not challenge",
+                                    ErrorCode.UNEXPECTED_MESSAGE)
+            return []  # that attempt is over (its link broke, or a newer one came)
+        seat.resume_received[conn] = msg["received"]
+        return [self._send(seat.resuming, "resume_challenge", nonce=msg["nonce"],
+                           received=msg["received"], proof=msg["proof"])]
+
+    def _on_resume_proof(self, conn: str, msg: Message, now: float) -> list[Action]:
+        seat = self._seat_of(conn)
+        if seat.resuming != conn or len(seat.resume_received) != 2:
+            raise ProtocolError("no resume challenge waits for this proof",
+                                ErrorCode.UNEXPECTED_MESSAGE)
+        return [self._send(self._peer(conn), "resume_proof", proof=msg["proof"])]
+
+    def _verifier_of(self, conn: str) -> Seat | None:
+        """The seat whose resume `conn` may accept or refuse (it is the
+        peer of the connection resuming), or None when no attempt is open."""
+        seat = self._seat_of(conn)
+        if seat.resuming is None or seat.resuming == conn or len(seat.resume_received) != 2:
+            if seat.resuming == conn:
+                raise ProtocolError("the end that resumes cannot accept itself",
+                                    ErrorCode.UNEXPECTED_MESSAGE)
+            return None
+        return seat
+
+    def _on_resume_accepted(self, conn: str, msg: Message, now: float) -> list[Action]:
+        """The peer checked the proof: the seat is whole again. Recorded with
+        the gap; the relay opens before either end replays."""
+        seat = self._verifier_of(conn)
+        if seat is None:
+            return []
+        resumer = seat.resuming
+        assert resumer is not None and seat.interrupted_at is not None
+        has = seat.resume_received
+        seat.traffic.replaying(agent_has=has[seat.agent_session], console_has=has[seat.console])
+        gap = max(0.0, now - seat.interrupted_at)
+        side = "agent" if self._kinds[resumer] is Conn.AGENT_SESSION else "console"
+        seat.interrupted_at = seat.interrupted_side = seat.resuming = None
+        seat.resume_received = {}
+        self._s.phases[seat.console] = self._s.phases[seat.agent_session] = Phase.ACTIVE
+        seat.traffic.last_activity = now
+        gap_ms = round(gap * 1000)
+        return [self._record("session_resumed", self._seat_body(
+                    seat, {"side": side, "gap_s": round(gap, 3)}), seat=seat),
+                OpenRelay(seat.agent_session, seat.console),
+                self._send(resumer, "resumed", gap_ms=gap_ms),
+                self._send(conn, "resumed", gap_ms=gap_ms)]
+
+    def _on_resume_refused(self, conn: str, msg: Message, now: float) -> list[Action]:
+        """The peer found the proof wrong: whoever came was not the paired
+        end (or could not prove it). Recorded; the seat stays held."""
+        seat = self._verifier_of(conn)
+        if seat is None:
+            return []
+        return self._drop_attempt(seat, ErrorCode.RESUME_REFUSED, _REFUSED_RESUME)
 
     def _on_remove(self, conn: str, msg: Message, now: float) -> list[Action]:
         """The customer removes this seat's engineer; the others go on."""
@@ -517,6 +631,43 @@ class SessionMachine:
                 self._send(seat.console, "rights", granted=list(granted)),
                 *self._roster()]
 
+    # -- a broken link ------------------------------------------------------
+
+    def _hold(self, seat: Seat, conn: str, now: float) -> list[Action]:
+        """An active seat's connection broke: keep the seat for a resume
+        (`timeouts.resume_window` from the first break) instead of ending it;
+        the peer, if it is still there, hears it and keeps its shell."""
+        kind = "agent" if self._kinds[conn] is Conn.AGENT_SESSION else "console"
+        self._s.phases[conn] = Phase.HELD
+        actions: list[Action] = [StopRelay(seat.agent_session, seat.console)]
+        if seat.interrupted_at is None:
+            seat.interrupted_at, seat.interrupted_side = now, kind
+            actions.append(self._record("session_interrupted",
+                                        self._seat_body(seat, {"side": kind}),
+                                        seat=seat, quiet=True))
+        # Any resume under way is over: it needed this connection.
+        seat.resuming, seat.resume_received = None, {}
+        peer = self._peer(conn)
+        if self._s.phases[peer] in _UP:
+            actions.append(self._send(peer, "interrupted", window=self._window_left(seat, now)))
+        return actions
+
+    def _drop_attempt(self, seat: Seat, code: str, text: str) -> list[Action]:
+        """An attempt to resume failed: the one who tried is told and closed,
+        the seat stays held for the next attempt (until its window ends)."""
+        resumer = seat.resuming
+        assert resumer is not None
+        side = "agent" if self._kinds[resumer] is Conn.AGENT_SESSION else "console"
+        seat.resuming, seat.resume_received = None, {}
+        self._s.phases[resumer] = Phase.HELD
+        return [self._record("resume_refused", self._seat_body(
+                    seat, {"side": side, "reason": code}), seat=seat, quiet=True),
+                Refuse(resumer, code, text)]
+
+    def _window_left(self, seat: Seat, now: float) -> int:
+        since = seat.interrupted_at if seat.interrupted_at is not None else now
+        return max(0, round(since + self.timeouts.resume_window - now))
+
     # -- the end ------------------------------------------------------------
 
     def _depart(self, seat: Seat, reason: str, now: float, *, closing: Record | None = None,
@@ -574,7 +725,8 @@ class SessionMachine:
     def _close_all(self, conns: list[str], reason: str) -> list[Action]:
         """`ended` to each connected one of `conns`, then each closed; one
         never attached is closed to its attach."""
-        connected = [c for c in conns if self._s.phases[c] not in (Phase.HELLO, Phase.CLOSED)]
+        connected = [c for c in conns
+                     if self._s.phases[c] not in (Phase.HELLO, Phase.HELD, Phase.CLOSED)]
         actions: list[Action] = [
             self._send(conn, "ended", reason=reason, message=end_message(reason))
             for conn in connected]
@@ -642,6 +794,13 @@ class SessionMachine:
                      None),
                     (self.traffic.last_activity + self.timeouts.idle, EndReason.IDLE_TIMEOUT, None)]
         for seat in self._present():
+            if seat.interrupted_at is not None:
+                lost = (EndReason.AGENT_LOST if seat.interrupted_side == "agent"
+                        else EndReason.CONSOLE_LOST)
+                due.append((seat.interrupted_at + self.timeouts.resume_window, lost, seat))
+                if seat.resuming is not None:
+                    due.append((seat.resume_started + RESUME_STEP_TIMEOUT,
+                                ErrorCode.RESUME_TIMEOUT, seat))
             if seat.active_since is not None:
                 continue
             # Pairing and consent must finish in time; before that, the agent
@@ -701,6 +860,11 @@ class SessionMachine:
 
     def _forward(self, conn: str, data: bytes, now: float) -> list[Action]:
         seat, to = self._seat_of(conn), self._peer(conn)
+        if self._s.phases[to] is not Phase.ACTIVE:
+            # The peer's link is down: its sender keeps these bytes and
+            # sends them again after the resume, so they are neither
+            # relayed nor counted now.
+            return []
         seat.traffic.count(len(data), to_agent=to == seat.agent_session, now=now)
         return [Forward(to, data)]
 
@@ -729,6 +893,8 @@ class SessionMachine:
 
     def _send(self, to: str, msg_type: str, **fields: Any) -> Send:
         kind, phase = self._kinds[to], self._s.phases[to]
+        if phase is Phase.HELD:
+            return Send(to, msg_type, fields)  # no socket: the driver has nobody to send it to
         if not may_send(kind, phase, msg_type):
             raise LocalProtocolError(
                 f"the broker may not send {msg_type!r} to {kind.value} while {phase.value}")
@@ -774,4 +940,9 @@ _HANDLERS: dict[str, Handler] = {
     "rights": SessionMachine._on_rights,
     "invite": SessionMachine._on_invite,
     "remove": SessionMachine._on_remove,
+    "ack": SessionMachine._on_ack,
+    "resume_challenge": SessionMachine._on_resume_challenge,
+    "resume_proof": SessionMachine._on_resume_proof,
+    "resume_accepted": SessionMachine._on_resume_accepted,
+    "resume_refused": SessionMachine._on_resume_refused,
 }

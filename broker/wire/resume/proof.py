@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.wire.errors import ResumeError
-from broker.wire.resume.stream import MAX_STREAM_OFFSET
+from broker.wire.limits import MAX_STREAM_OFFSET, RESUME_NONCE_BYTES, RESUME_PROOF_BYTES
 
 __all__ = [
     "NONCE_BYTES",
@@ -54,8 +54,8 @@ __all__ = [
 Side = Literal["console", "agent"]
 _SIDES: tuple[Side, ...] = ("console", "agent")
 
-NONCE_BYTES = 32
-PROOF_BYTES = 32  # HMAC-SHA256
+NONCE_BYTES = RESUME_NONCE_BYTES
+PROOF_BYTES = RESUME_PROOF_BYTES
 
 # The attempt number rides in JSON too; the same ceiling as the offsets.
 MAX_ATTEMPT = MAX_STREAM_OFFSET

@@ -13,7 +13,7 @@ No I/O here: the link's driver calls these with the bytes it moves.
 from __future__ import annotations
 
 from broker.wire.errors import ResumeError
-from broker.wire.limits import MAX_REPLAY_BYTES
+from broker.wire.limits import MAX_REPLAY_BYTES, MAX_STREAM_OFFSET
 
 __all__ = [
     "ACK_EVERY_BYTES",
@@ -27,10 +27,6 @@ __all__ = [
 # never fills its buffer while the link is up (a quarter leaves three
 # quarters in flight while the `ack` travels).
 ACK_EVERY_BYTES = MAX_REPLAY_BYTES // 4
-
-# Offsets travel in JSON control messages; keep them within the integers
-# every JSON reader holds exactly (2**53 - 1: eight petabytes of session).
-MAX_STREAM_OFFSET = 2**53 - 1
 
 
 def _check_offset(offset: int, what: str) -> None:
