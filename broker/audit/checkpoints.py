@@ -65,9 +65,9 @@ from broker.audit.checkpoint_record import (
     record_digest,
     row_digest,
 )
+from broker.audit.interface import AuditStore
 from broker.audit.schema import ensure_checkpoint_table
 from broker.audit.signing import load_or_create_signing_key
-from broker.audit.store import AuditLog
 from broker.errors import AuditError
 
 __all__ = [
@@ -301,7 +301,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        audit: AuditLog,
+        audit: AuditStore,
         data_dir: Path,
         *,
         checkpoint_file: Path | None = None,

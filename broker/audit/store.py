@@ -34,13 +34,13 @@ import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from broker.audit.chain import GENESIS_HASH, ChainWalk, check_body, format_time, stored_row_hash
+from broker.audit.interface import AuditEvent
 from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
 from broker.audit.schema import initialise, rollback_quietly
 from broker.errors import AuditError, AuditWriteError
@@ -129,20 +129,6 @@ LEFT JOIN personal AS p ON p.seq = e.seq
 LEFT JOIN subjects AS s ON s.pseudonym = p.pseudonym
 ORDER BY e.seq ASC
 """
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    seq: int
-    time: str
-    type: str
-    session: str | None
-    actor: str | None
-    subject: str | None  # pseudonym, never the raw device id
-    body: dict[str, Any]
-    personal: dict[str, str] | None  # None if there were none or they were erased
-    prev_hash: str
-    hash: str
 
 
 def _check_event(type: str, session: str | None, actor: str | None, subject: str | None,
