@@ -35,8 +35,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
+from broker.audit.interface import AuditEvent, AuditStore
 from broker.audit.review import check_receipt
-from broker.audit.store import AuditEvent, AuditLog
 from broker.errors import AuditError
 from broker.registry import Engineer
 from broker.session import utcnow
@@ -98,7 +98,7 @@ def _fit(msg_type: str, events: list[dict[str, Any]], more: bool) -> tuple[str, 
             events, more = events[: len(events) // 2], True
 
 
-async def _name_devices(audit: AuditLog, events: list[AuditEvent],
+async def _name_devices(audit: AuditStore, events: list[AuditEvent],
                         objects: list[dict[str, Any]]) -> None:
     """Give each event of a device that records no alias of its own (a
     session's events) the alias the device reported when it last connected
@@ -118,7 +118,7 @@ async def _name_devices(audit: AuditLog, events: list[AuditEvent],
             obj["alias"] = names[event.subject]
 
 
-async def _page(audit: AuditLog, msg: Message,
+async def _page(audit: AuditStore, msg: Message,
                 reader: str) -> tuple[str, int, dict[str, Any]]:
     filters = {name: msg.get(name) for name in AUDIT_FILTERS if msg.get(name) is not None}
     following = filters.get("after_seq") is not None
@@ -142,7 +142,7 @@ async def _page(audit: AuditLog, msg: Message,
     return frame, returned, used
 
 
-async def _session(audit: AuditLog, msg: Message) -> tuple[str, int, dict[str, Any]]:
+async def _session(audit: AuditStore, msg: Message) -> tuple[str, int, dict[str, Any]]:
     # One more than fits a reply, to learn whether the session has more.
     events = await audit.session_events(msg["session"], limit=MAX_SESSION_EVENTS + 1)
     more = len(events) > MAX_SESSION_EVENTS
@@ -179,7 +179,7 @@ def _run_verify(db_path: Path, checkpoint_file: Path | None) -> tuple[bool, str,
     return report.ok, summary[:_MAX_SUMMARY], report.first_bad_seq
 
 
-async def _verify(audit: AuditLog, engineer: Engineer,
+async def _verify(audit: AuditStore, engineer: Engineer,
                   checkpoint_file: Path | None) -> str:
     ok, summary, first_bad = await asyncio.to_thread(_run_verify, audit.path, checkpoint_file)
     fields: dict[str, Any] = {"ok": ok, "summary": summary}
@@ -194,7 +194,7 @@ async def _verify(audit: AuditLog, engineer: Engineer,
 
 
 async def answer_audit_request(
-    audit: AuditLog, ws: ServerConnection, engineer: Engineer, msg: Message,
+    audit: AuditStore, ws: ServerConnection, engineer: Engineer, msg: Message,
     *, checkpoint_file: Path | None = None,
 ) -> None:
     """Serve one `audit_query`, `audit_session_query` or `audit_verify`, or

@@ -37,6 +37,7 @@ from websockets.http11 import Request, Response
 from broker import eventloop
 from broker.admin_api import answer_audit_request
 from broker.audit.checkpoints import Checkpointer
+from broker.audit.interface import AuditStore
 from broker.audit.retention import check_retention, retention_loop
 from broker.audit.shipping import CheckpointShipper
 from broker.audit.signing import load_or_create_signing_key
@@ -109,7 +110,7 @@ async def recv_control(ws: ServerConnection, lobby: Lobby) -> Message:
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig, audit: AuditLog, registry: Registry) -> None:
+    def __init__(self, config: BrokerConfig, audit: AuditStore, registry: Registry) -> None:
         self.config = config
         self.audit = audit
         self.registry = registry

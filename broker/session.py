@@ -27,7 +27,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from broker.audit.checkpoints import COVER_WAIT, Checkpointer
-from broker.audit.store import AuditLog
+from broker.audit.interface import AuditStore
 from broker.errors import AuditError, AuditWriteError
 from broker.framepath import FramePath
 from broker.wire.errors import LocalProtocolError, ProtocolError
@@ -78,7 +78,7 @@ class AgentLink:
 class SessionHost(Protocol):
     """What a session needs of the broker around it."""
 
-    audit: AuditLog
+    audit: AuditStore
     checkpoints: Checkpointer | None
 
     async def issue_nameplate(self, link: AgentLink) -> None: ...

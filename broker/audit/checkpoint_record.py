@@ -18,17 +18,15 @@ No I/O here (the agent imports it to check what it keeps).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import json.encoder
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import nacl.signing
 
-from broker.audit.chain import canonical_json
+from broker.audit.chain import canonical_digest, canonical_json
 from broker.audit.signing import sign_record, verify_record
 from broker.errors import AuditError
 
@@ -38,6 +36,7 @@ __all__ = [
     "make_checkpoint",
     "parse_checkpoint",
     "record_digest",
+    "row_digest",
 ]
 
 # "prev" of the first checkpoint: there is no record before it.
@@ -68,35 +67,25 @@ class Checkpoint:
         """The record as canonical JSON text, without the newline."""
         return canonical_json(self.record).decode()
 
-
-def _canonical_encoder() -> Callable[[Any], bytes]:
-    """`chain.canonical_json`'s encoding, with the C encoder made once:
-    json.dumps builds a new one per call, and a verifier digests every line
-    of a checkpoint file that grows by some 500,000 lines a year."""
-    # Private and untyped in typeshed, hence getattr and the annotation: the
-    # encoder it makes takes (value, indent level) and gives the text as chunks.
-    make: Callable[..., Callable[[Any, int], Iterable[str]]] | None = getattr(
-        json.encoder, "c_make_encoder", None)
-
-    def refuse(value: object) -> object:
-        raise TypeError(f"{type(value).__name__} is not plain JSON")
-
-    if make is None:  # pragma: no cover - CPython has it
-        return canonical_json
-    encode = make(None, refuse, json.encoder.encode_basestring, None, ":", ",",
-                  True, False, False)
-    return lambda value: "".join(encode(value, 0)).encode("utf-8")
-
-
-_canonical = _canonical_encoder()
+    def verify_signature(self, public_key: nacl.signing.VerifyKey) -> None:
+        """Raise AuditError ("signature does not verify ...") unless the
+        audit key signed this record."""
+        verify_record(public_key, self.record)
 
 
 def record_digest(record: Mapping[str, Any]) -> str:
     """SHA-256 hex of the canonical bytes of a signed checkpoint record."""
+    return canonical_digest(dict(record))
+
+
+def row_digest(text: str | bytes) -> str | None:
+    """`record_digest` of a record kept as text (a file line, a table row);
+    None if the text is not a JSON object."""
     try:
-        return hashlib.sha256(_canonical(dict(record))).hexdigest()
-    except (TypeError, ValueError) as exc:
-        raise AuditError(f"audit data is not plain JSON: {exc}") from exc
+        data = json.loads(text)
+        return record_digest(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError, AuditError):
+        return None
 
 
 def make_checkpoint(key: nacl.signing.SigningKey, *, seq: int, hash: str, time: str,
@@ -134,6 +123,7 @@ def parse_checkpoint(
         raise AuditError("its hash or prev is not a SHA-256 hex digest")
     if not isinstance(time, str) or not isinstance(record["signature"], str):
         raise AuditError("its time or signature is not a string")
+    checkpoint = Checkpoint(seq, str(digest), time, str(prev), record, record_digest(record))
     if public_key is not None:
-        verify_record(public_key, record)
-    return Checkpoint(seq, str(digest), time, str(prev), record, record_digest(record))
+        checkpoint.verify_signature(public_key)
+    return checkpoint

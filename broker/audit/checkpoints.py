@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import sqlite3
@@ -64,9 +63,11 @@ from broker.audit.checkpoint_record import (
     make_checkpoint,
     parse_checkpoint,
     record_digest,
+    row_digest,
 )
+from broker.audit.interface import AuditStore
+from broker.audit.schema import ensure_checkpoint_table
 from broker.audit.signing import load_or_create_signing_key
-from broker.audit.store import AuditLog
 from broker.errors import AuditError
 
 __all__ = [
@@ -110,19 +111,6 @@ _TAIL_BYTES = 64 * 1024
 
 log = logging.getLogger("consentry.audit.checkpoints")
 
-_TABLE = """
-CREATE TABLE IF NOT EXISTS checkpoints (
-    id     INTEGER PRIMARY KEY,
-    seq    INTEGER NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
-BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
-BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
-"""
-
-
 def checkpoint_path(data_dir: Path, explicit: Path | None = None) -> Path:
     """Where the checkpoints of the log in `data_dir` go: `explicit` if
     given, else where the broker last said (`CHECKPOINT_LOCATION`), else
@@ -154,11 +142,6 @@ def _record_location(data_dir: Path, path: Path) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditError(f"cannot record the checkpoint file's location in {pointer}: "
                          f"{exc}") from exc
-
-
-def ensure_checkpoint_table(conn: sqlite3.Connection) -> None:
-    """Create the checkpoints table (and its append-only guard) if missing."""
-    conn.executescript(f"BEGIN IMMEDIATE;{_TABLE}COMMIT;")
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
@@ -318,7 +301,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        audit: AuditLog,
+        audit: AuditStore,
         data_dir: Path,
         *,
         checkpoint_file: Path | None = None,
@@ -588,12 +571,7 @@ class Checkpointer:
         """
         row = conn.execute("SELECT record FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
         file_digest = GENESIS_CHECKPOINT if in_file is None else in_file.digest
-        table_digest = GENESIS_CHECKPOINT
-        if row is not None:
-            try:
-                table_digest = record_digest(json.loads(row[0]))
-            except (ValueError, AuditError):
-                table_digest = "damaged"
+        table_digest = GENESIS_CHECKPOINT if row is None else row_digest(row[0]) or "damaged"
         if file_digest == table_digest:
             return file_digest
         if in_file is not None and in_file.prev == table_digest:

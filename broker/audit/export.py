@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from broker.audit.store import AuditEvent, AuditLog
+from broker.audit.interface import AuditEvent, AuditStore
 
 __all__ = [
     "CSV_COLUMNS",
@@ -110,7 +110,7 @@ def csv_writer(out: TextIO) -> Callable[[AuditEvent], None]:
 
 
 async def stream_events(
-    audit: AuditLog,
+    audit: AuditStore,
     write: Callable[[AuditEvent], None],
     filters: ExportFilters,
     *,

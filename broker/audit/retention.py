@@ -12,8 +12,9 @@ Two retention classes (DESIGN.md, "The audit log"):
   UTC days and only as a prefix of the chain (every seq up to N), so what is
   left is still one unbroken chain. The removal is recorded by an
   ``events_purged`` event whose body carries a record signed with the audit
-  key (`broker.audit.signing`); a verifier accepts a log that starts at
-  N + 1 only if that record names N and the hash of event N::
+  key (its one format, for writer and verifier: `broker.audit.purge_record`);
+  a verifier accepts a log that starts at N + 1 only if that record names N
+  and the hash of event N::
 
       {"through_seq": N, "last_hash": H, "before": "YYYY-MM-DD", "count": k,
        "record": {"payload": {"kind": "events_purged", "through_seq": N,
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 import nacl.signing
 
 from broker.audit.chain import format_time
-from broker.audit.signing import sign_record
+from broker.audit.purge_record import PURGE_EVENT, purge_body
 from broker.audit.store import AuditLog, Maintenance
 from broker.errors import AuditError, ConfigError
 
@@ -217,14 +218,10 @@ async def _purge_events(
         raise AuditError(f"audit event {through} vanished during the purge")
     last_hash, count = str(row[0]), int(row[1])
     day = before.date().isoformat()
-    payload = {"kind": "events_purged", "through_seq": through, "last_hash": last_hash,
-               "before": day, "count": count}
     # Appended before the rows go, so it chains onto the newest event even
     # when every older event is removed; all in one transaction anyway.
-    record_seq = await work.append("events_purged", now=now, actor=actor, body={
-        "through_seq": through, "last_hash": last_hash, "before": day, "count": count,
-        "record": sign_record(signing_key, payload),
-    })
+    record_seq = await work.append(PURGE_EVENT, now=now, actor=actor, body=purge_body(
+        signing_key, through_seq=through, last_hash=last_hash, before=day, count=count))
     cursor = await db.execute("DELETE FROM personal WHERE seq <= ?", (through,))
     purged_personal = cursor.rowcount
     # The gate is visible to this transaction only, and closed before commit.

@@ -11,9 +11,10 @@ and any failure to write raises `AuditWriteError`: callers must treat that as
 
 Events cannot be changed in place: triggers abort any UPDATE or DELETE on the
 events table, except the retention purge's removal of the oldest whole days
-(`_NO_DELETE_TRIGGER`). Personal fields live in a separate table, encrypted
-with a key per data subject, so they can be destroyed without touching the
-chain; `maintenance()` is the transaction retention and erasure work in.
+(`broker.audit.schema`, which holds all the DDL and its migrations).
+Personal fields live in a separate table, encrypted with a key per data
+subject, so they can be destroyed without touching the chain;
+`maintenance()` is the transaction retention and erasure work in.
 
 A personal row that holds an alias also holds its blind-index tag
 (`AuditKeys.alias_tag`), so admins can find a device by alias without the
@@ -33,89 +34,27 @@ import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from broker.audit.chain import GENESIS_HASH, check_body, event_hash, format_time
+from broker.audit.chain import GENESIS_HASH, ChainWalk, check_body, format_time, stored_row_hash
+from broker.audit.interface import AuditEvent
 from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
+from broker.audit.schema import initialise, rollback_quietly
 from broker.errors import AuditError, AuditWriteError
 
 __all__ = ["AuditEvent", "AuditLog", "Maintenance"]
 
 _log = logging.getLogger("consentry.audit")
 
-# 1: events, subjects, personal. 2: personal.alias_tag (blind index) and
-# indexes for the admin queries (`_V2_STATEMENTS`).
-SCHEMA_VERSION = 2
 # How long an append waits for another process (the admin CLI, say) holding
 # the write lock before it gives up and fails closed.
 DEFAULT_BUSY_TIMEOUT = 10.0
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _MAX_FIELD_CHARS = 256
 _VERIFY_BATCH = 1000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq       INTEGER PRIMARY KEY,
-    time      TEXT NOT NULL,
-    type      TEXT NOT NULL,
-    session   TEXT,
-    actor     TEXT,
-    subject   TEXT,
-    body      TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_session ON events(session);
-CREATE INDEX IF NOT EXISTS events_type ON events(type);
-CREATE INDEX IF NOT EXISTS events_subject ON events(subject);
-CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
--- The delete guard (`_NO_DELETE_TRIGGER`) is made by `_migrate`, which also
--- replaces the unconditional one of older files.
-CREATE TABLE IF NOT EXISTS purge_gate (through_seq INTEGER NOT NULL);
-
-CREATE TABLE IF NOT EXISTS subjects (
-    pseudonym   TEXT PRIMARY KEY,
-    wrapped_key BLOB,
-    created     TEXT NOT NULL,
-    erased      TEXT
-);
-
-CREATE TABLE IF NOT EXISTS personal (
-    seq        INTEGER PRIMARY KEY REFERENCES events(seq),
-    pseudonym  TEXT NOT NULL REFERENCES subjects(pseudonym),
-    created    TEXT NOT NULL,
-    ciphertext BLOB NOT NULL,
-    alias_tag  BLOB
-);
-CREATE INDEX IF NOT EXISTS personal_pseudonym ON personal(pseudonym);
-CREATE INDEX IF NOT EXISTS personal_created ON personal(created);
-"""
-
-# Run one by one inside the migration's transaction, after `alias_tag` exists
-# (a version-1 database gets it from ALTER TABLE first).
-_V2_STATEMENTS = (
-    "CREATE INDEX IF NOT EXISTS events_actor ON events(actor)",
-    "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
-    "CREATE INDEX IF NOT EXISTS personal_alias_tag ON personal(alias_tag)",
-)
-
-# Events are deleted only by the retention purge (`broker.audit.retention`),
-# which inserts a `purge_gate` row naming the last seq it may remove and
-# deletes it again in the same transaction, so no other connection ever sees
-# the gate open. This guards against mistakes (a stray DELETE, a buggy tool),
-# not against someone with write access to the file, who can drop triggers:
-# the hash chain, the signed checkpoints and the signed `events_purged`
-# record are what make such a deletion detectable.
-_NO_DELETE_TRIGGER = """
-CREATE TRIGGER events_no_delete BEFORE DELETE ON events
-WHEN NOT EXISTS (SELECT 1 FROM purge_gate WHERE OLD.seq <= purge_gate.through_seq)
-BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END
-"""
 
 _SELECT_EVENTS = """
 SELECT e.seq, e.time, e.type, e.session, e.actor, e.subject, e.body, e.prev_hash, e.hash,
@@ -192,29 +131,16 @@ ORDER BY e.seq ASC
 """
 
 
-@dataclass(frozen=True)
-class AuditEvent:
-    seq: int
-    time: str
-    type: str
-    session: str | None
-    actor: str | None
-    subject: str | None  # pseudonym, never the raw device id
-    body: dict[str, Any]
-    personal: dict[str, str] | None  # None if there were none or they were erased
-    prev_hash: str
-    hash: str
-
-
 def _check_event(type: str, session: str | None, actor: str | None, subject: str | None,
-                 body: Mapping[str, Any] | None) -> tuple[dict[str, Any], bytes]:
-    """Validate an event's fields; return its body and the body's canonical bytes."""
+                 body: Mapping[str, Any] | None) -> bytes:
+    """Validate an event's fields; return the body's canonical bytes (what is
+    stored, and what `chain.stored_row_hash` hashes)."""
     if not isinstance(type, str) or not _TYPE_RE.fullmatch(type):
         raise AuditError(f"invalid audit event type {type!r}")
     _check_field("session", session)
     _check_field("actor", actor)
     _check_field("subject", subject)
-    return check_body(body)
+    return check_body(body)[1]
 
 
 def _check_field(name: str, value: str | None) -> None:
@@ -289,10 +215,9 @@ class Maintenance:
         (the subject is already pseudonymous here, unlike `AuditLog.append`)."""
         if not self._write:
             raise AuditError("cannot append in a read-only audit transaction")
-        body_dict, body_bytes = _check_event(type, session, actor, pseudonym, body)
+        body_bytes = _check_event(type, session, actor, pseudonym, body)
         seq, digest = await self._log._insert_event(
-            self.db, type, format_time(now), session, actor, pseudonym, body_dict,
-            body_bytes.decode(), None,
+            self.db, type, format_time(now), session, actor, pseudonym, body_bytes.decode(), None,
         )
         self.appended.append((seq, digest))
         return seq
@@ -377,77 +302,13 @@ class AuditLog:
         except (OSError, sqlite3.Error) as exc:
             raise AuditError(f"cannot open the audit log {db_path}: {exc}") from exc
         try:
-            await cls._initialise(db, db_path, keys)
+            await initialise(db, db_path, keys)
             if max_bytes is not None:
                 await _cap_size(db, db_path, max_bytes)
         except BaseException:
             await db.close()
             raise
         return cls(db, keys, db_path)
-
-    @staticmethod
-    async def _initialise(db: aiosqlite.Connection, db_path: Path, keys: AuditKeys) -> None:
-        try:
-            row = await (await db.execute("PRAGMA user_version")).fetchone()
-            if row is not None and row[0] > SCHEMA_VERSION:
-                raise AuditError(f"{db_path} was made by a newer consentry; upgrade to use it")
-            row = await (await db.execute("PRAGMA journal_mode=WAL")).fetchone()
-            if row is None or str(row[0]).lower() != "wal":
-                raise AuditError(f"{db_path}: cannot switch the audit log to WAL mode")
-            # FULL: every commit is fsynced — an event acknowledged is an event kept.
-            await db.execute("PRAGMA synchronous=FULL")
-            # Deleted personal data is overwritten with zeros, not left in free pages.
-            await db.execute("PRAGMA secure_delete=ON")
-            await db.execute("PRAGMA foreign_keys=ON")
-            # One transaction inside the script (executescript would commit any
-            # transaction opened outside it): the schema appears whole or not at all.
-            await db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
-            await AuditLog._migrate(db, keys)
-        except sqlite3.Error as exc:
-            await AuditLog._rollback(db)
-            raise AuditError(f"cannot initialise the audit log {db_path}: {exc}") from exc
-
-    @staticmethod
-    async def _migrate(db: aiosqlite.Connection, keys: AuditKeys) -> None:
-        """Bring a version-1 database to version 2, in one transaction.
-
-        Statement by statement, not a script, so the column check runs under
-        the same write lock as the ALTER: two processes opening an old file at
-        once cannot both add the column. Aliases already stored get their tag,
-        so the alias search also finds devices recorded before the upgrade.
-        """
-        await db.execute("BEGIN IMMEDIATE")
-        rows = await (await db.execute("PRAGMA table_info(personal)")).fetchall()
-        if "alias_tag" not in {row[1] for row in rows}:
-            await db.execute("ALTER TABLE personal ADD COLUMN alias_tag BLOB")
-            await AuditLog._backfill_alias_tags(db, keys)
-        for statement in _V2_STATEMENTS:
-            await db.execute(statement)
-        # Checked, not versioned: the gated trigger works with older readers,
-        # and rewriting the schema on every open would disturb other connections.
-        row = await (await db.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'"
-        )).fetchone()
-        if row is None or "purge_gate" not in str(row[0]):
-            await db.execute("DROP TRIGGER IF EXISTS events_no_delete")
-            await db.execute(_NO_DELETE_TRIGGER)
-        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        await db.commit()
-
-    @staticmethod
-    async def _backfill_alias_tags(db: aiosqlite.Connection, keys: AuditKeys) -> None:
-        rows = await (await db.execute(
-            "SELECT p.seq, p.ciphertext, s.wrapped_key FROM personal AS p "
-            "JOIN subjects AS s ON s.pseudonym = p.pseudonym WHERE s.wrapped_key IS NOT NULL"
-        )).fetchall()
-        subject_keys: dict[bytes, bytes] = {}
-        for seq, ciphertext, wrapped in rows:
-            if wrapped not in subject_keys:
-                subject_keys[wrapped] = keys.unwrap(wrapped)
-            fields = keys.open_personal(subject_keys[wrapped], seq, ciphertext)
-            if fields and fields.get("alias"):
-                await db.execute("UPDATE personal SET alias_tag = ? WHERE seq = ?",
-                                 (keys.alias_tag(fields["alias"]), seq))
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -475,12 +336,12 @@ class AuditLog:
                 yield work
                 await db.commit()
             except sqlite3.Error as exc:
-                await self._rollback(db)
+                await rollback_quietly(db)
                 if write:
                     raise AuditWriteError(f"audit log could not be written: {exc}") from exc
                 raise AuditError(f"cannot read the audit log: {exc}") from exc
             except BaseException:
-                await self._rollback(db)
+                await rollback_quietly(db)
                 raise
             self._tell_listeners(work.appended)
 
@@ -520,7 +381,7 @@ class AuditLog:
         subject, so it can be erased with it. Raises AuditError for invalid
         input and AuditWriteError if the event could not be made durable.
         """
-        body_dict, body_bytes = _check_event(type, session, actor, subject, body)
+        body_bytes = _check_event(type, session, actor, subject, body)
         fields = check_personal(personal)
         if fields is not None and subject is None:
             raise AuditError("personal fields need a subject, so they can be erased with it")
@@ -530,7 +391,7 @@ class AuditLog:
         # if the caller is cancelled, so the connection is never left mid-way.
         return await asyncio.shield(
             self._append_locked(
-                type, time, session, actor, pseudonym, body_dict, body_bytes.decode(), fields
+                type, time, session, actor, pseudonym, body_bytes.decode(), fields
             )
         )
 
@@ -541,7 +402,6 @@ class AuditLog:
         session: str | None,
         actor: str | None,
         pseudonym: str | None,
-        body: dict[str, Any],
         body_text: str,
         personal: dict[str, str] | None,
     ) -> int:
@@ -551,7 +411,7 @@ class AuditLog:
         once its own event is committed."""
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(
-            ((type, time, session, actor, pseudonym, body, body_text, personal), waiter))
+            ((type, time, session, actor, pseudonym, body_text, personal), waiter))
         async with self._lock:
             if not waiter.done():
                 batch, self._pending = self._pending, []
@@ -572,7 +432,7 @@ class AuditLog:
             await db.commit()
         except Exception as exc:
             if db is not None:
-                await self._rollback(db)
+                await rollback_quietly(db)
             failure = AuditWriteError(f"audit log could not be written: {exc}")
             for _, waiter in batch:
                 if not waiter.done():
@@ -591,7 +451,6 @@ class AuditLog:
         session: str | None,
         actor: str | None,
         pseudonym: str | None,
-        body: dict[str, Any],
         body_text: str,
         personal: dict[str, str] | None,
     ) -> tuple[int, str]:
@@ -601,7 +460,8 @@ class AuditLog:
             await db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
         ).fetchone()
         seq, prev_hash = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
-        digest = event_hash(prev_hash, seq, time, type, session, actor, pseudonym, body)
+        digest = stored_row_hash(prev_hash, seq, time, type, session, actor, pseudonym,
+                                 body_text)
         await db.execute(
             "INSERT INTO events (seq, time, type, session, actor, subject, body, "
             "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -644,14 +504,6 @@ class AuditLog:
             (pseudonym, wrapped, time),
         )
         return self._keys.unwrap(wrapped)
-
-    @staticmethod
-    async def _rollback(db: aiosqlite.Connection) -> None:
-        try:
-            if db.in_transaction:
-                await db.rollback()
-        except (sqlite3.Error, ValueError):
-            pass  # the connection is unusable; the caller already fails closed
 
     async def events(
         self,
@@ -803,27 +655,22 @@ class AuditLog:
 
         Detects edited, inserted, reordered and deleted rows (the row after a
         deleted one no longer chains). Truncation of the newest rows needs the
-        signed checkpoints kept outside the database.
+        signed checkpoints kept outside the database. The walk is
+        `chain.ChainWalk`, the one `broker.audit.verify` makes too; a log that
+        retention purged fails at its first seq (`audit verify` checks the
+        signed purge record that explains it).
         """
-        expected_prev, expected_seq = GENESIS_HASH, 1
+        walk = ChainWalk()
         while True:
             # In batches, taking the lock per batch: verifying a long log must
             # not hold up the appends of live sessions.
             rows = await self._fetch(
                 "SELECT seq, time, type, session, actor, subject, body, prev_hash, hash "
                 "FROM events WHERE seq >= ? ORDER BY seq ASC LIMIT ?",
-                (expected_seq, _VERIFY_BATCH),
+                (walk.expected_seq, _VERIFY_BATCH),
             )
             if not rows:
                 return None
-            for seq, time, type_, session, actor, subject, body, prev_hash, digest in rows:
-                try:
-                    body_obj = json.loads(body)
-                    recomputed = event_hash(
-                        prev_hash, seq, time, type_, session, actor, subject, body_obj
-                    )
-                except (TypeError, ValueError, AuditError):
-                    return int(seq)
-                if seq != expected_seq or prev_hash != expected_prev or recomputed != digest:
-                    return int(seq)
-                expected_prev, expected_seq = digest, seq + 1
+            broken = walk.first_break(rows)
+            if broken is not None:
+                return int(rows[broken][0])

@@ -24,20 +24,22 @@ reports every problem it finds in words an auditor can act on, the first bad
   those are what a cut of the log's end could still remove unseen;
 * a log whose first event is not seq 1 is accepted only if a later, intact
   ``events_purged`` event carries a validly signed purge record for exactly
-  the events before it (`check_purge_body`, `purge_covers`; `purge_body`
-  makes one). Checkpoints of purged seqs are then checked only for their
-  signature and chain.
+  the events before it (`broker.audit.purge_record`: `check_purge_body`,
+  `purge_covers`; `purge_body` makes one). Checkpoints of purged seqs are
+  then checked only for their signature and chain.
 
 Memory stays bounded however long the log: the events are one streaming
 query read in batches, the checkpoint file is read line by line alongside
 them (both are in seq order), and the file is matched against the table as
 a merge, remembering only lines and rows that do not pair up.
 
-Speed: a row's hash is first computed over its stored body text as it is —
-which is exactly `chain.event_hash` for every row the store wrote, since it
-stores the canonical text — and only a row that does not match that way is
-decided by `chain.event_hash` itself. A row passes the fast path only if its
-stored hash covers its exact stored bytes, so no change can slip through it.
+Speed: the chain is walked by `chain.ChainWalk`, the same walk as the
+store's `verify_chain`. A row's hash is first computed over its stored body
+text as it is (`chain.stored_row_hash`) — which is exactly
+`chain.event_hash` for every row the store wrote, since it stores the
+canonical text — and only a row that does not match that way is decided by
+`chain.event_hash` itself. A row passes the fast path only if its stored
+hash covers its exact stored bytes, so no change can slip through it.
 
 Nothing here writes; the caller records that the log was verified.
 """
@@ -45,13 +47,10 @@ Nothing here writes; the caller records that the log was verified.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import json.encoder
-import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -59,14 +58,23 @@ from urllib.parse import quote
 
 import nacl.signing
 
-from broker.audit.chain import GENESIS_HASH, event_hash
+from broker.audit.chain import GENESIS_HASH, ChainWalk, StoredRow, row_hash
 from broker.audit.checkpoint_record import (
     GENESIS_CHECKPOINT,
     Checkpoint,
     parse_checkpoint,
-    record_digest,
+    row_digest,
 )
-from broker.audit.signing import sign_record, verify_record
+
+# Re-exported: the purge record's format lived here before it had a module.
+from broker.audit.purge_record import (
+    PURGE_EVENT,
+    PurgeRecord,
+    check_purge_body,
+    purge_body,
+    purge_covers,
+)
+from broker.audit.schema import has_checkpoint_table
 from broker.errors import AuditError
 
 __all__ = [
@@ -80,7 +88,6 @@ __all__ = [
     "verify_log",
 ]
 
-PURGE_EVENT = "events_purged"
 _BATCH = 5000
 # Rows either side of a bad row searched for the seq its contents belong to.
 _REORDER_WINDOW = 64
@@ -90,86 +97,6 @@ _LIST_LIMIT = 20
 # How long a checkpoint line missing from the table is given to arrive: the
 # broker fsyncs the line, then commits the row, so one may be in flight.
 _TABLE_CATCH_UP = (0.05, 0.25)
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-# The encoder's call: (values, indent level) -> the JSON text as chunks.
-_ChunkEncoder = Callable[[tuple[Any, ...], int], list[str] | tuple[str, ...]]
-
-
-def _scalar_encoder() -> _ChunkEncoder:
-    """The canonical encoding of `chain.canonical_json` for the fast path of
-    the chain check, as chunks: the C encoder made once, since json.dumps and
-    JSONEncoder.encode build a new one per call (a third of the time per row)."""
-    def refuse(value: object) -> object:
-        raise TypeError(f"{type(value).__name__} is not plain JSON")
-
-    # Private and untyped in typeshed, hence getattr and the annotation.
-    make: Callable[..., _ChunkEncoder] | None = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - CPython has it
-        slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return lambda values, _indent: (slow.encode(values),)
-    return make(
-        None, refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-
-
-_SCALARS = _scalar_encoder()
-
-
-# -- purge records ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PurgeRecord:
-    """The signed statement that events 1..through_seq were removed."""
-
-    through_seq: int
-    last_hash: str  # hash of event `through_seq`, so prev_hash of the first kept event
-    before: str  # the day (YYYY-MM-DD, UTC) before which events were removed
-    count: int
-
-
-def purge_body(key: nacl.signing.SigningKey, *, through_seq: int, last_hash: str,
-               before: str, count: int) -> dict[str, Any]:
-    """The body of an ``events_purged`` event: the fields, and a signed record
-    of them (its payload also says ``"kind": "events_purged"``, so it can
-    never be mistaken for another record the audit key signs)."""
-    fields: dict[str, Any] = {"through_seq": through_seq, "last_hash": last_hash,
-                              "before": before, "count": count}
-    return {**fields, "record": sign_record(key, {"kind": PURGE_EVENT, **fields})}
-
-
-def check_purge_body(body: Mapping[str, Any],
-                     public_key: nacl.signing.VerifyKey) -> PurgeRecord:
-    """The purge record in an ``events_purged`` body, if signed by the audit key.
-
-    Raises AuditError saying what is wrong: a bad signature, signed fields
-    that differ from the body's, or fields of the wrong shape.
-    """
-    record = body.get("record")
-    if not isinstance(record, dict):
-        raise AuditError("it carries no signed purge record")
-    payload = dict(verify_record(public_key, record))
-    # "kind" is optional: the bare four fields are signed purge records too.
-    if payload.pop("kind", PURGE_EVENT) != PURGE_EVENT:
-        raise AuditError("its signed record is not a purge record")
-    names = ("through_seq", "last_hash", "before", "count")
-    if set(payload) != set(names):
-        raise AuditError("its signed record is not a purge record")
-    if any(body.get(name) != payload[name] for name in names):
-        raise AuditError("its fields differ from the ones signed")
-    through, last_hash, before, count = (payload[name] for name in names)
-    if (not isinstance(through, int) or isinstance(through, bool) or through < 1
-            or not isinstance(count, int) or isinstance(count, bool) or count < 0
-            or not isinstance(last_hash, str) or len(last_hash) != 64
-            or not isinstance(before, str) or not _DATE_RE.fullmatch(before)):
-        raise AuditError("its signed fields are malformed")
-    return PurgeRecord(through, last_hash, before, count)
-
-
-def purge_covers(purge: PurgeRecord, first_seq: int, first_prev_hash: str) -> bool:
-    """Whether `purge` accounts for every event before `first_seq`, the first kept one."""
-    return purge.through_seq == first_seq - 1 and purge.last_hash == first_prev_hash
 
 
 # -- the report -----------------------------------------------------------------
@@ -284,14 +211,6 @@ class _Anchor:
     line: int | None
 
 
-def _row_digest(record: str) -> str | None:
-    try:
-        data = json.loads(record)
-        return record_digest(data) if isinstance(data, dict) else None
-    except (ValueError, TypeError, AuditError):
-        return None
-
-
 @dataclass
 class _Segment:
     """Consecutive lines each linking to the one before: the signature of the
@@ -328,9 +247,7 @@ class _CheckpointScan:
         # Digests of lines not (yet) found in the table, and rows not in the file.
         self.unmatched_lines: dict[str, int] = {}
         self.unmatched_rows: dict[str, tuple[int, str]] = {}
-        self.has_table = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'"
-        ).fetchone() is not None
+        self.has_table = has_checkpoint_table(conn)
         self._rows: Iterator[tuple[int, str]] = iter(
             conn.execute("SELECT id, record FROM checkpoints ORDER BY id")
             if self.has_table else ())
@@ -352,11 +269,11 @@ class _CheckpointScan:
             self.last_row_id = row[0]
             if row[1].encode() == text:
                 return  # the usual case: the very same canonical text
-            row_digest = _row_digest(row[1]) or f"bad row {row[0]}"
-            if row_digest == line_digest:
+            digest = row_digest(row[1]) or f"bad row {row[0]}"
+            if digest == line_digest:
                 return
-            if self.unmatched_lines.pop(row_digest, None) is None:
-                self.unmatched_rows[row_digest] = (row[0], row[1])
+            if self.unmatched_lines.pop(digest, None) is None:
+                self.unmatched_rows[digest] = (row[0], row[1])
         if self.unmatched_rows.pop(line_digest, None) is None:
             self.unmatched_lines[line_digest] = self.lines
 
@@ -427,7 +344,7 @@ class _CheckpointScan:
     def _close(self, handle: BinaryIO, segment: _Segment) -> bool:
         """Verify a segment; True if its last line is authentic."""
         try:
-            verify_record(self.key, segment.last.record)
+            segment.last.verify_signature(self.key)
         except AuditError:
             self._name_forged(handle, segment)
             return False
@@ -445,7 +362,7 @@ class _CheckpointScan:
         for number in range(segment.first, segment.last_line + 1):
             checkpoint = parse_checkpoint(handle.readline())
             try:
-                verify_record(self.key, checkpoint.record)
+                checkpoint.verify_signature(self.key)
             except AuditError:
                 self.forged.add(number)
                 self.report.add("checkpoint signatures", Problem(
@@ -483,7 +400,7 @@ class _CheckpointScan:
         found only in the table, as evidence of what the log held."""
         for row_id, record in self._rows:
             self.last_row_id = row_id
-            digest = _row_digest(record) or f"bad row {row_id}"
+            digest = row_digest(record) or f"bad row {row_id}"
             if self.unmatched_lines.pop(digest, None) is None:
                 self.unmatched_rows[digest] = (row_id, record)
         self._catch_up()
@@ -525,14 +442,14 @@ class _CheckpointScan:
                     "SELECT id, record FROM checkpoints WHERE id > ? ORDER BY id",
                     (self.last_row_id,)):
                 self.last_row_id = row_id
-                self.unmatched_lines.pop(_row_digest(record) or "", None)
+                self.unmatched_lines.pop(row_digest(record) or "", None)
         # A row committed after we read the file: its line was written first.
         if self.unmatched_rows and self.path is not None:
             try:
                 with open(self.path, "rb") as handle:
                     handle.seek(self.offset)
                     for raw in handle:
-                        self.unmatched_rows.pop(_row_digest(raw.decode("utf-8", "replace"))
+                        self.unmatched_rows.pop(row_digest(raw.decode("utf-8", "replace"))
                                                 or "", None)
             except OSError:
                 pass  # gone meanwhile: what is unmatched stays reported
@@ -540,34 +457,14 @@ class _CheckpointScan:
 
 # -- the events --------------------------------------------------------------------
 
-_Row = tuple[int, str, str, str | None, str | None, str | None, str, str, str]
-
-
-def _row_hash(row: _Row) -> str | None:
-    """The official hash of a row (`event_hash`); None if it cannot be computed."""
-    seq, time_, type_, session, actor, subject, body, prev_hash, _ = row
-    try:
-        body_obj = json.loads(body)
-        if not isinstance(body_obj, dict):
-            return None
-        return event_hash(prev_hash, seq, time_, type_, session, actor, subject, body_obj)
-    except (TypeError, ValueError, AuditError):
-        return None
-
-
-def _hash_at(row: _Row, seq: int) -> str | None:
-    """The hash the row's contents would have as event `seq`."""
-    return _row_hash((seq, *row[1:]))
-
-
-def _diagnose(conn: sqlite3.Connection, row: _Row, before_previous: str | None) -> Problem:
+def _diagnose(conn: sqlite3.Connection, row: StoredRow, before_previous: str | None) -> Problem:
     """Why a row does not chain: changed, moved from another seq, or orphaned."""
     seq, prev_hash, stored = row[0], row[7], row[8]
     belongs = None
-    if _hash_at(row, seq) != stored:
+    if row_hash(row, seq) != stored:
         for distance in range(1, _REORDER_WINDOW + 1):
             for candidate in (seq - distance, seq + distance):
-                if candidate >= 1 and _hash_at(row, candidate) == stored:
+                if candidate >= 1 and row_hash(row, candidate) == stored:
                     belongs = candidate
                     break
             if belongs is not None:
@@ -604,9 +501,7 @@ class _EventScan:
         self.key = key
         self.report = report
         self.first_prev: str | None = None
-        self.expected_seq = 0
-        self.expected_prev = GENESIS_HASH
-        self.before_previous: str | None = None
+        self.walk = ChainWalk()  # started at the first row, wherever the log begins
         self.broken_at: int | None = None  # seq of the first break in the chain
         self.matched = 0  # the highest seq a checkpoint confirmed
         self.purges: list[tuple[int, str]] = []
@@ -619,14 +514,15 @@ class _EventScan:
         waiting = next(anchors, None)
         while rows := cursor.fetchmany(batch_size):
             if self.report.first_seq is None:
-                self.report.first_seq = self.expected_seq = rows[0][0]
-                self.first_prev = self.expected_prev = rows[0][7]
+                self.report.first_seq = rows[0][0]
+                self.first_prev = rows[0][7]
+                self.walk = ChainWalk(rows[0][0], rows[0][7])
             self.report.events += len(rows)
             if self.broken_at is None:
                 self._chain(rows)
             low, high = rows[0][0], rows[-1][0]
             contiguous = high - low + 1 == len(rows)
-            by_seq: dict[int, _Row] | None = None
+            by_seq: dict[int, StoredRow] | None = None
             while waiting is not None and waiting.seq <= high:
                 seq = waiting.seq
                 if seq < low:
@@ -644,35 +540,26 @@ class _EventScan:
             self.hold(waiting, None)
             waiting = next(anchors, None)
 
-    def _chain(self, rows: list[_Row]) -> None:
-        """Check links and hashes until the first break (the hot loop)."""
-        sha256, encode, join = hashlib.sha256, _SCALARS, "".join
-        expected_seq, expected_prev = self.expected_seq, self.expected_prev
-        before_previous = self.before_previous
-        for row in rows:
-            seq, body, prev_hash, stored = row[0], row[6], row[7], row[8]
-            if seq != expected_seq:
-                gap = (f"seq {expected_seq} is missing" if seq == expected_seq + 1
-                       else f"seq {expected_seq}-{seq - 1} are missing")
-                self.report.add("events", Problem(
-                    f"seq {seq}: does not follow seq {expected_seq - 1} (an event is missing "
-                    f"or was inserted: {gap})", seq=seq))
-                self.broken_at = seq
-                return
-            # Hash the canonical row with the body spliced in as stored (see
-            # the module docstring); a miss is decided by `event_hash`.
-            digest = sha256(
-                f"{prev_hash}{join(encode(row[:6], 0))[:-1]},{body}]".encode()).hexdigest()
-            if (digest != stored or prev_hash != expected_prev) and (
-                    prev_hash != expected_prev or _row_hash(row) != stored):
-                self.report.add("events", _diagnose(self.conn, row, before_previous))
-                self.broken_at = seq
-                return
-            if row[2] == PURGE_EVENT:
-                self.purges.append((seq, body))
-            before_previous, expected_prev, expected_seq = expected_prev, stored, seq + 1
-        self.expected_seq, self.expected_prev = expected_seq, expected_prev
-        self.before_previous = before_previous
+    def _chain(self, rows: list[StoredRow]) -> None:
+        """Check links and hashes until the first break (`chain.ChainWalk`),
+        and say why the row that breaks it does not follow."""
+        walk = self.walk
+        broken = walk.first_break(rows)
+        good = rows if broken is None else rows[:broken]
+        self.purges.extend((row[0], row[6]) for row in good if row[2] == PURGE_EVENT)
+        if broken is None:
+            return
+        row, expected_seq = rows[broken], walk.expected_seq
+        seq = row[0]
+        if seq != expected_seq:
+            gap = (f"seq {expected_seq} is missing" if seq == expected_seq + 1
+                   else f"seq {expected_seq}-{seq - 1} are missing")
+            self.report.add("events", Problem(
+                f"seq {seq}: does not follow seq {expected_seq - 1} (an event is missing "
+                f"or was inserted: {gap})", seq=seq))
+        else:
+            self.report.add("events", _diagnose(self.conn, row, walk.before_previous))
+        self.broken_at = seq
 
     def hold(self, anchor: _Anchor, stored: str | None) -> None:
         """Compare one checkpoint with the event it covers (`stored`: its hash,
@@ -858,9 +745,7 @@ def verify_log(
     report = VerifyReport()
     conn = _open_read_only(db_path)
     try:
-        has_rows = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'"
-        ).fetchone() is not None and conn.execute(
+        has_rows = has_checkpoint_table(conn) and conn.execute(
             "SELECT 1 FROM checkpoints LIMIT 1").fetchone() is not None
         has_file = checkpoint_file is not None and checkpoint_file.exists()
         if public_key is None and (has_rows or (

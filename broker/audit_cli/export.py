@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from broker.audit.export import ExportFilters, csv_writer, jsonl_line, stream_events
-from broker.audit.store import AuditEvent, AuditLog
+from broker.audit.interface import AuditEvent, AuditStore
 from broker.audit_cli.common import add_parser, cli_actor, now, open_log, parse_flag_time
 from broker.errors import AuditError, ConfigError
 
@@ -95,7 +95,7 @@ def _used_filters(args: argparse.Namespace) -> dict[str, object]:
                               ("session", args.session)) if v is not None}
 
 
-async def _record(audit: AuditLog, body: dict[str, object]) -> None:
+async def _record(audit: AuditStore, body: dict[str, object]) -> None:
     await audit.append("audit_exported", now=now(), actor=cli_actor(), body=body)
 
 
@@ -133,7 +133,7 @@ async def _export_log(args: argparse.Namespace, fmt: str) -> None:
               file=sys.stderr)
 
 
-async def _export_log_to(audit: AuditLog, args: argparse.Namespace, fmt: str,
+async def _export_log_to(audit: AuditStore, args: argparse.Namespace, fmt: str,
                          filters: ExportFilters) -> tuple[int, int]:
     body: dict[str, object] = {
         "kind": "events", "format": fmt, "filters": _used_filters(args),

@@ -8,7 +8,7 @@ import json
 import re
 import sys
 
-from broker.audit.store import AuditEvent, AuditLog
+from broker.audit.interface import AuditEvent, AuditStore
 from broker.audit_cli.common import add_parser, cli_actor, now, open_log, parse_flag_time
 from broker.errors import ConfigError
 from broker.wire.text import printable
@@ -102,7 +102,7 @@ def _event_json(event: AuditEvent) -> str:
 _LIST_PAGE = 500
 
 
-async def _matching(audit: AuditLog, args: argparse.Namespace) -> list[AuditEvent]:
+async def _matching(audit: AuditStore, args: argparse.Namespace) -> list[AuditEvent]:
     """The newest `--limit` events matching the filters, oldest first."""
     if args.limit is not None and args.limit < 0:
         raise ConfigError("--limit must not be negative")

@@ -10,8 +10,8 @@ import os
 import sys
 from typing import Any
 
+from broker.audit.interface import AuditEvent, AuditStore
 from broker.audit.review import session_report
-from broker.audit.store import AuditEvent, AuditLog
 from broker.audit_cli.common import add_parser, cli_actor, now, open_log
 from broker.errors import AuditError
 from broker.wire.text import printable
@@ -24,7 +24,7 @@ _DETAIL_KEYS = ("seat", "wants", "decision", "asked", "granted", "by", "upgrade"
 _DIRECTION_WORDS = {"upload": "to the customer", "download": "from the customer"}
 
 
-async def load_session(audit: AuditLog, session: str) -> dict[str, Any]:
+async def load_session(audit: AuditStore, session: str) -> dict[str, Any]:
     """The session's report (`broker.audit.review.session_report`) plus its
     timeline: every event, oldest first, without personal fields."""
     events = await audit.session_events(session)
@@ -242,7 +242,7 @@ class AmbiguousSession(AuditError):
     """A prefix that matches several sessions."""
 
 
-async def resolve_session(audit: AuditLog, typed: str) -> str:
+async def resolve_session(audit: AuditStore, typed: str) -> str:
     """The session `typed` names: itself if the log has it, else the one
     session whose id starts with it (as `audit list` once printed them cut
     short). Raises AuditError naming the candidates when several match;

@@ -21,7 +21,13 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from broker.audit.chain import GENESIS_HASH, canonical_json, event_hash, format_time
+from broker.audit.chain import (
+    _SCALARS,
+    GENESIS_HASH,
+    canonical_json,
+    event_hash,
+    format_time,
+)
 from broker.audit.checkpoints import (
     CHECKPOINT_FILE,
     Checkpoint,
@@ -29,10 +35,10 @@ from broker.audit.checkpoints import (
     parse_checkpoint,
     record_digest,
 )
+from broker.audit.schema import SCHEMA
 from broker.audit.signing import load_or_create_signing_key, sign_record
-from broker.audit.store import _SCHEMA, AuditLog
+from broker.audit.store import AuditLog
 from broker.audit.verify import (
-    _SCALARS,
     PURGE_EVENT,
     VerifyReport,
     check_purge_body,
@@ -803,7 +809,7 @@ def bulk_log(path: Path, count: int) -> None:
     """A valid chain written straight into SQLite: appending one by one with
     an fsync each would take minutes."""
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(_SCHEMA)
+    conn.executescript(SCHEMA)
     prev, rows = GENESIS_HASH, []
     for seq in range(1, count + 1):
         body = {"bytes_in": seq * 7, "granted": ["view", "control"], "reason": "été"}

@@ -11,7 +11,8 @@ import pytest
 
 from broker.audit.chain import GENESIS_HASH, canonical_json, event_hash, format_time
 from broker.audit.keys import AuditKeys, load_or_create_master_key
-from broker.audit.store import SCHEMA_VERSION, AuditLog
+from broker.audit.schema import SCHEMA_VERSION
+from broker.audit.store import AuditLog
 from broker.errors import AuditError
 from tests.broker.helpers import raw
 

@@ -26,8 +26,9 @@ from broker.audit.checkpoints import (
     Checkpointer,
     checkpoint_path,
 )
+from broker.audit.schema import NO_DELETE_TRIGGER
 from broker.audit.signing import load_or_create_signing_key
-from broker.audit.store import _NO_DELETE_TRIGGER, AuditLog
+from broker.audit.store import AuditLog
 from broker.audit.verify import verify_log
 from broker.audit_cli.integrity import EXIT_NOT_INTACT
 from broker.cli import main
@@ -83,7 +84,7 @@ def test_cut_erasure_is_detected(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert kind == "subject_erased"
         conn.execute("DROP TRIGGER events_no_delete")
         conn.execute("DELETE FROM events WHERE seq = ?", (erased,))
-        conn.execute(_NO_DELETE_TRIGGER)
+        conn.execute(NO_DELETE_TRIGGER)
     finally:
         conn.close()
 

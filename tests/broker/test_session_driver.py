@@ -19,6 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosedOK
 from websockets.frames import Close as CloseFrame
 
+from broker.audit.interface import AuditStore
 from broker.audit.store import AuditLog
 from broker.config import BrokerConfig, Timeouts
 from broker.errors import AuditWriteError
@@ -119,7 +120,7 @@ def setup(parts: tuple[Broker, Engineer, AgentLink]) -> Setup:
     return Setup(broker, nacl.signing.SigningKey.generate(), engineer, link)
 
 
-def fail_on(audit: AuditLog, prefix: str) -> None:
+def fail_on(audit: AuditStore, prefix: str) -> None:
     original = audit.append
 
     async def failing(type: str, **kwargs: Any) -> int:
