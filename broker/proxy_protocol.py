@@ -20,10 +20,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MAX_BODY", "PREFIX_LENGTH", "SIGNATURE", "Command", "ProxyHeader",
-           "ProxyProtocolError", "body_length", "build", "parse"]
+__all__ = ["MAX_BODY", "PREFIX_LENGTH", "SIGNATURE", "Command", "Networks", "ProxyHeader",
+           "ProxyProtocolError", "body_length", "build", "is_within", "parse", "parse_networks"]
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 PREFIX_LENGTH = 16  # signature, version and command, family and transport, length
@@ -37,6 +38,10 @@ _VERSION = 0x2
 _STREAM = 0x1
 _INET, _INET6, _UNIX = 0x1, 0x2, 0x3
 _ADDRESS_LENGTH = {_INET: 12, _INET6: 36, _UNIX: 216}
+
+
+# The balancers whose PROXY headers are believed (`serve --proxy-protocol-from`).
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 class ProxyProtocolError(ValueError):
@@ -124,6 +129,29 @@ def build(source: tuple[str, int] | None, destination: tuple[str, int] | None = 
         "!HH", source[1], destination[1] if destination else 0)
     return (SIGNATURE + bytes([_VERSION << 4 | Command.PROXY.value, family << 4 | _STREAM])
             + struct.pack("!H", len(body)) + body)
+
+
+def is_within(address: str, networks: Networks) -> bool:
+    """Whether `address` (an IP, perhaps IPv4-mapped) lies in one of `networks`."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+def parse_networks(texts: Iterable[str]) -> Networks:
+    """Addresses or networks (`10.0.0.5`, `10.0.0.0/24`, `::1`); raises
+    ValueError naming the one that is neither."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 def _not_v2(prefix: bytes) -> str:
