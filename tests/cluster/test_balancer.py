@@ -1,0 +1,116 @@
+"""A broker behind a TCP load balancer (issue 14): PROXY v2 headers from
+the balancers it trusts (`--proxy-protocol-from`) name the client it
+records and rate-limits; from anyone else no header is believed.
+
+Peers speak the raw protocol over real TLS to a real broker subprocess;
+other client addresses come from binding to other loopback addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from broker.proxy_protocol import build
+from broker.wire.messages import encode
+from tests.cluster.harness import HAProxy
+from tests.e2e.conftest import Deployment
+
+REPLY_TIMEOUT = 30.0
+CLAIMED = "203.0.113.7"  # TEST-NET-3: no real client has it
+
+
+@asynccontextmanager
+async def _agent(url: str, dep: Deployment, *, source: str = "127.0.0.1",
+                 header: bytes = b"") -> AsyncIterator[ClientConnection]:
+    """A WebSocket to /v1/agent from `source`, `header` sent before TLS."""
+    host, port = url.removeprefix("wss://").rsplit(":", 1)
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        if header:
+            await asyncio.get_running_loop().sock_sendall(sock, header)
+    except BaseException:
+        sock.close()
+        raise
+    tls = ssl.create_default_context(cafile=str(dep.pki.ca_cert))
+    async with connect(url + "/v1/agent", ssl=tls, sock=sock, server_hostname=host,
+                       compression=None, open_timeout=REPLY_TIMEOUT) as ws:
+        yield ws
+
+
+async def _hello(ws: ClientConnection, device: str) -> dict[str, Any]:
+    await ws.send(encode("hello", device_id=device, device_key="A" * 43 + "=",
+                         alias="front desk"))
+    return json.loads(await asyncio.wait_for(ws.recv(), REPLY_TIMEOUT))
+
+
+def _connected_ips(dep: Deployment) -> list[str]:
+    result = dep.cli("audit", "list", "--json", "--type", "agent_connected")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return [event["personal"]["ip"] for event in events]
+
+
+async def test_a_trusted_balancers_header_names_the_client_recorded_and_rate_limited(
+        deployment: Deployment) -> None:
+    deployment.start_broker(0, "--proxy-protocol-from", "127.0.0.1",
+                            "--agent-hellos-per-minute", "2")
+    for n in range(2):
+        async with _agent(deployment.url, deployment,
+                          header=build((CLAIMED, 40000 + n), ("127.0.0.1", 443))) as ws:
+            assert (await _hello(ws, f"dev-{n}"))["type"] == "nameplate"
+    # The limit counts the header's client, not the balancer all come from.
+    async with _agent(deployment.url, deployment, header=build((CLAIMED, 40002))) as ws:
+        reply = await _hello(ws, "dev-2")
+        assert reply["type"] == "error" and reply["code"] == "rate_limited"
+    async with _agent(deployment.url, deployment, header=build(("203.0.113.8", 40003))) as ws:
+        assert (await _hello(ws, "dev-3"))["type"] == "nameplate"
+    # The balancer's own connection (a LOCAL header, as its checks send) is
+    # the balancer's.
+    async with _agent(deployment.url, deployment, header=build(None)) as ws:
+        assert (await _hello(ws, "dev-4"))["type"] == "nameplate"
+    deployment.stop_broker()
+    assert sorted(_connected_ips(deployment)) == sorted(
+        [CLAIMED, CLAIMED, "203.0.113.8", "127.0.0.1"])
+
+
+async def test_a_header_from_an_untrusted_address_is_not_believed(
+        deployment: Deployment) -> None:
+    deployment.start_broker(0, "--proxy-protocol-from", "127.0.0.1")
+    # From 127.0.0.2 the header is not read: it reaches TLS and fails it.
+    with pytest.raises((ssl.SSLError, OSError, asyncio.TimeoutError)):
+        async with _agent(deployment.url, deployment, source="127.0.0.2",
+                          header=build((CLAIMED, 40000))) as ws:
+            await _hello(ws, "dev-spoof")
+    # Without one, 127.0.0.2 is served as it would be with no balancer at all.
+    async with _agent(deployment.url, deployment, source="127.0.0.2") as ws:
+        assert (await _hello(ws, "dev-plain"))["type"] == "nameplate"
+    # The trusted balancer's address without a header is refused (fail closed).
+    with pytest.raises((ssl.SSLError, OSError, asyncio.TimeoutError)):
+        async with _agent(deployment.url, deployment) as ws:
+            await _hello(ws, "dev-noheader")
+    deployment.stop_broker()
+    assert _connected_ips(deployment) == ["127.0.0.2"]
+    log = deployment.broker_stdout.read_text()
+    assert "without a usable PROXY v2 header: no PROXY header: the connection began with TLS" \
+        in log
+
+
+async def test_through_haproxy_the_broker_sees_the_clients_address(
+        deployment: Deployment, haproxy: Callable[..., HAProxy]) -> None:
+    deployment.start_broker(0, "--proxy-protocol-from", "127.0.0.1")
+    proxy = haproxy([("127.0.0.1", deployment.port)])
+    async with _agent(proxy.url, deployment, source="127.0.0.3") as ws:
+        assert (await _hello(ws, "dev-balanced"))["type"] == "nameplate"
+    deployment.stop_broker()
+    assert _connected_ips(deployment) == ["127.0.0.3"]
