@@ -47,9 +47,8 @@ def haproxy(tmp_path: Path) -> Iterator[Callable[..., HAProxy]]:
     one it started when the test ends."""
     started: list[HAProxy] = []
 
-    def start(backends: Sequence[tuple[str, int]], *, health_check: bool = False) -> HAProxy:
-        proxy = start_haproxy(tmp_path / f"haproxy{len(started)}", backends,
-                              health_check=health_check)
+    def start(backends: Sequence[tuple[str, int]], *, check_ca: Path | None = None) -> HAProxy:
+        proxy = start_haproxy(tmp_path / f"haproxy{len(started)}", backends, check_ca=check_ca)
         started.append(proxy)
         return proxy
 

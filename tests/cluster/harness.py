@@ -204,17 +204,20 @@ def haproxy_binary() -> str:
     return found
 
 
-def haproxy_config(port: int, backends: Sequence[tuple[str, int]], *,
-                   health_check: bool = False) -> str:
+def haproxy_config(port: int, backends: Sequence[tuple[str, int]], stats: Path, *,
+                   check_ca: Path | None = None) -> str:
     """TCP mode, TLS passed through to the brokers untouched, a PROXY v2
     header in front of each connection; contrib/haproxy.cfg is the
-    production shape of the same."""
-    check = " check check-send-proxy inter 1s" if health_check else ""
+    production shape of the same. With `check_ca`, each broker is checked
+    by a TLS handshake verified against that CA (the PROXY header first)."""
+    check = (f" check check-send-proxy check-ssl verify required ca-file {check_ca} inter 500ms"
+             if check_ca else "")
     servers = "\n".join(f"    server broker{n} {host}:{bport} send-proxy-v2{check}"
                         for n, (host, bport) in enumerate(backends, 1))
     return f"""\
 global
     maxconn 2000
+    stats socket {stats} mode 600 level admin
 
 defaults
     mode tcp
@@ -239,10 +242,26 @@ class HAProxy:
     port: int
     config: Path
     log: Path
+    stats: Path
 
     @property
     def url(self) -> str:
         return f"wss://127.0.0.1:{self.port}"
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """`show stat` of the backend's servers, by name (status, check_status...)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.stats))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        lines = data.decode(errors="replace").splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {row["svname"]: row for row in rows
+                if row.get("pxname") == "brokers" and row["svname"] != "BACKEND"}
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -255,14 +274,14 @@ class HAProxy:
 
 
 def start_haproxy(folder: Path, backends: Sequence[tuple[str, int]], *,
-                  health_check: bool = False) -> HAProxy:
+                  check_ca: Path | None = None) -> HAProxy:
     """HAProxy in the foreground on a free loopback port; the caller stops it."""
     binary = haproxy_binary()
     folder.mkdir(parents=True, exist_ok=True)
-    config, log = folder / "haproxy.cfg", folder / "haproxy.log"
+    config, log, stats = folder / "haproxy.cfg", folder / "haproxy.log", folder / "admin.sock"
     for attempt in range(3):
         port = free_port()
-        config.write_text(haproxy_config(port, backends, health_check=health_check))
+        config.write_text(haproxy_config(port, backends, stats, check_ca=check_ca))
         checked = subprocess.run([binary, "-c", "-q", "-f", str(config)],
                                  capture_output=True, text=True, timeout=30)
         if checked.returncode != 0:
@@ -270,7 +289,7 @@ def start_haproxy(folder: Path, backends: Sequence[tuple[str, int]], *,
         with log.open("wb") as out:
             process = subprocess.Popen([binary, "-db", "-f", str(config)],
                                        stdout=out, stderr=subprocess.STDOUT)
-        proxy = HAProxy(process, port, config, log)
+        proxy = HAProxy(process, port, config, log, stats)
         try:
             wait_until_bound(port, process, "haproxy", log)
             return proxy

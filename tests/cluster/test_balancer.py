@@ -114,3 +114,18 @@ async def test_through_haproxy_the_broker_sees_the_clients_address(
         assert (await _hello(ws, "dev-balanced"))["type"] == "nameplate"
     deployment.stop_broker()
     assert _connected_ips(deployment) == ["127.0.0.3"]
+
+
+async def test_haproxys_tls_check_passes_its_proxy_header_and_handshake(
+        deployment: Deployment, haproxy: Callable[..., HAProxy]) -> None:
+    deployment.start_broker(0, "--proxy-protocol-from", "127.0.0.1")
+    proxy = haproxy([("127.0.0.1", deployment.port)], check_ca=deployment.pki.ca_cert)
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        (server,) = proxy.servers().values()
+        if server["check_status"] in ("L6OK", "L7OK"):
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"check never passed: {server}"
+        await asyncio.sleep(0.1)
+    assert server["status"] == "UP"
+    assert "load balancer without a usable PROXY" not in deployment.broker_stdout.read_text()
