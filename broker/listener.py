@@ -168,8 +168,8 @@ class GatedListener:
         self.trimmer.cancel()
 
     async def wait_closed(self) -> None:
-        if self._opening:
-            await asyncio.wait(self._opening)
+        if self._opening or self._reading_headers:
+            await asyncio.wait(self._opening | self._reading_headers)
 
     # -- accepting ----------------------------------------------------------
 

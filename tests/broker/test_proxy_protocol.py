@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,9 @@ from broker.proxy_protocol import (
     ProxyProtocolError,
     body_length,
     build,
+    is_within,
     parse,
+    parse_networks,
 )
 
 
@@ -86,3 +89,25 @@ def test_garbage_never_raises_anything_else() -> None:
             parse(data)
         except ProxyProtocolError:
             pass
+
+
+def test_trusted_networks_take_addresses_networks_and_mapped_ipv4() -> None:
+    networks = parse_networks(["10.0.0.5", "192.0.2.0/24", "fd00::/64"])
+    assert is_within("10.0.0.5", networks) and not is_within("10.0.0.6", networks)
+    assert is_within("192.0.2.200", networks) and is_within("fd00::1", networks)
+    assert is_within("::ffff:10.0.0.5", networks)
+    assert not is_within("", networks) and not is_within("/run/sock", networks)
+    with pytest.raises(ValueError, match="'nope' is not an IP address or network"):
+        parse_networks(["nope"])
+
+
+def test_serve_takes_the_trusted_balancers_from_flags_and_the_config_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.cli import main
+
+    file = tmp_path / "broker.toml"
+    file.write_text('proxy_protocol_from = ["10.0.0.2", "fd00::/64"]\n')
+    assert main(["serve", "--config", str(file), "--print-config"]) == 0
+    assert 'proxy_protocol_from = ["10.0.0.2/32", "fd00::/64"]' in capsys.readouterr().out
+    assert main(["serve", "--proxy-protocol-from", "10.1.0.0/16", "--print-config"]) == 0
+    assert 'proxy_protocol_from = ["10.1.0.0/16"]' in capsys.readouterr().out
