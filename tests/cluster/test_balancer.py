@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pexpect
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -22,6 +24,7 @@ from broker.proxy_protocol import build
 from broker.wire.messages import encode
 from tests.cluster.harness import HAProxy
 from tests.e2e.conftest import Deployment
+from tests.e2e.test_session import approve_session
 
 REPLY_TIMEOUT = 30.0
 CLAIMED = "203.0.113.7"  # TEST-NET-3: no real client has it
@@ -129,3 +132,24 @@ async def test_haproxys_tls_check_passes_its_proxy_header_and_handshake(
         await asyncio.sleep(0.1)
     assert server["status"] == "UP"
     assert "load balancer without a usable PROXY" not in deployment.broker_stdout.read_text()
+
+
+def test_a_whole_session_runs_through_haproxy(
+        deployment: Deployment, haproxy: Callable[..., HAProxy]) -> None:
+    """The real agent and console, both through the balancer: TLS passes
+    through it untouched (the CA pins the broker's own certificate)."""
+    deployment.start_broker(0, "--proxy-protocol-from", "127.0.0.1")
+    proxy = haproxy([("127.0.0.1", deployment.port)])
+    deployment.port = proxy.port  # the agent and the console dial the balancer
+    agent, console, _code = approve_session(deployment, "c", "--control")
+    marker = "CSY" + secrets.token_hex(8)
+    console.send(f"echo {marker}-$((6*7))\r")
+    console.expect(f"{marker}-42")
+    agent.expect(f"{marker}-42")
+    console.send("\x1dq")
+    console.expect(pexpect.EOF)
+    deployment.stop()
+    # Served at all means every connection began with HAProxy's header (the
+    # broker drops one from 127.0.0.1 without it); the address it names is
+    # shown by test_through_haproxy_the_broker_sees_the_clients_address.
+    assert "session_ended" in deployment.audit_types()
