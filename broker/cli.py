@@ -35,6 +35,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from broker import audit_cli, eventloop
@@ -47,6 +48,7 @@ from broker.devsetup import broker_url, dev_setup
 from broker.errors import BrokerError, ConfigError, RegistryError
 from broker.layered_config import SettingsError, configure_from, mark_defaults
 from broker.logformat import LOG_FORMATS, setup_logging
+from broker.proxy_protocol import parse_networks
 from broker.registry import ROLES, Registry
 from broker.wire import limits
 from broker.wire.text import printable
@@ -60,7 +62,8 @@ DEFAULT_CONFIG = Path("/etc/consentry/broker.toml")
 # the checkpoint file and witnesses).
 SETTINGS = ("data_dir", "listen", "cert", "key", "checkpoint_file", "witness",
             "checkpoint_command", "audit_max_mb", "pii_retention_days",
-            "event_retention_days", "agent_hellos_per_minute", "log_format")
+            "event_retention_days", "agent_hellos_per_minute", "log_format",
+            "proxy_protocol_from")
 
 
 # -- serve --------------------------------------------------------------------
@@ -74,6 +77,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _network(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return parse_networks([text])[0]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -90,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           event_retention_days=args.event_retention_days,
                           agent_hellos_per_minute=args.agent_hellos_per_minute,
                           log_format=args.log_format,
-                          timeouts=Timeouts(resume_window=float(args.resume_window)))
+                          timeouts=Timeouts(resume_window=float(args.resume_window)),
+                          proxy_protocol_from=tuple(args.proxy_protocol_from or ()))
     setup_logging(args.log_format)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
@@ -282,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "subjectAltName; `certs init` makes one")
     p.add_argument("--key", type=Path, default=Path("certs/broker.key"), metavar="FILE",
                    help="the certificate's private key (PEM; keep it mode 0600)")
+    p.add_argument("--proxy-protocol-from", type=_network, action="append",
+                   metavar="ADDRESS",
+                   help="a load balancer (address or network) that sends the PROXY protocol "
+                        "v2 (HAProxy `send-proxy-v2`): its connections must begin with the "
+                        "header, and the client it names is the one recorded and "
+                        "rate-limited (repeatable; from other addresses none is read)")
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
                    help="where signed audit checkpoints are appended (default: "
                         "DIR/checkpoints.jsonl; another disk is stronger)")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.errors import ConfigError
+from broker.proxy_protocol import Networks
 from broker.wire.limits import MAX_AGENT_HELLOS_PER_SOURCE, RESUME_WINDOW_SECONDS
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
@@ -83,6 +84,11 @@ class BrokerConfig:
     # The broker's own log (broker.logformat): "text" lines for a person,
     # "json" lines for journald or a log pipeline.
     log_format: str = "text"
+    # Load balancers in front of the broker (`serve --proxy-protocol-from`):
+    # a connection from one of these networks must begin with a PROXY v2
+    # header, whose client address the broker then records and rate-limits
+    # by (broker.proxy_protocol). Empty: no header is read from anyone.
+    proxy_protocol_from: Networks = ()
 
     @property
     def audit_db(self) -> Path:

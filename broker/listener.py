@@ -11,6 +11,14 @@ A connection stops being pending when the broker first sends it something
 that only an accepted peer gets (`ESTABLISHING_PREFIXES`): an agent its
 `nameplate`, a console `login_ok`, an agent session its peer's first
 `pake`. Its ticket is released when its socket closes.
+
+Behind a load balancer (`proxy_from`: the balancers' networks), a connection
+from a balancer must begin with a PROXY v2 header (`broker.proxy_protocol`),
+read before TLS and before admission: admission then counts the client the
+header names, not the balancer (which would otherwise be one source holding
+every pending connection), and the connection's `remote_address` is that
+client's. A connection from any other address is taken as before; a header
+from it is not read (it would be a spoof) and fails its TLS handshake.
 """
 
 from __future__ import annotations
@@ -32,6 +40,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from broker import admission, eventloop
 from broker.admission import Admission, Decision, Ticket
 from broker.framepath import FramePath
+from broker.proxy_protocol import (
+    PREFIX_LENGTH,
+    Networks,
+    ProxyProtocolError,
+    body_length,
+    is_within,
+    parse,
+)
 from broker.wire.limits import OPEN_TIMEOUT, PROTOCOL_VERSION
 
 __all__ = ["AdmittedConnection", "FastServerConnection", "GatedListener", "serve_gated"]
@@ -49,6 +65,13 @@ ESTABLISHING_PREFIXES = tuple(
 # the loop in the accept callback while established sessions wait.
 ACCEPT_BATCH = 64
 
+# A balancer sends its PROXY header as it connects, before any client byte:
+# one that has not within this long is not going to.
+PROXY_HEADER_TIMEOUT = 5.0
+# Connections from balancers whose header is still being read. They are not
+# yet admitted (admission needs the header's address), so they are capped here.
+MAX_PROXY_HEADER_READS = 256
+
 # A linger of zero: close() resets the connection and frees it at once.
 _RESET = struct.pack("ii", 1, 0)
 
@@ -63,6 +86,16 @@ class AdmittedConnection(FastServerConnection):
 
     ticket: Ticket | None = None
     gate: GatedListener | None = None
+    # The client a balancer's PROXY header named, when it named one.
+    client_address: tuple[str, int] | None = None
+
+    @property
+    def remote_address(self) -> Any:
+        """The client's address: the PROXY header's behind a trusted
+        balancer, the socket's peer otherwise."""
+        if self.client_address is not None:
+            return self.client_address
+        return super().remote_address
 
     async def send(self, message: Any, **options: Any) -> None:
         ticket = self.ticket
@@ -84,7 +117,7 @@ class GatedListener:
 
     def __init__(self, sockets: list[socket.socket], factory: Callable[[], ServerConnection],
                  tls: ssl.SSLContext | None, admission_: Admission,
-                 handshake_timeout: float = OPEN_TIMEOUT) -> None:
+                 handshake_timeout: float = OPEN_TIMEOUT, proxy_from: Networks = ()) -> None:
         self._sockets = sockets
         self._factory = factory
         self._tls = tls
@@ -93,6 +126,8 @@ class GatedListener:
         self._loop = asyncio.get_running_loop()
         self._opening: set[asyncio.Task[None]] = set()
         self._serving = False
+        self._proxy_from = proxy_from
+        self._reading_headers: set[asyncio.Task[None]] = set()
         # A descriptor kept free for the moment accept() fails with EMFILE:
         # closed, it lets the broker accept and reset the waiting peer, which
         # would otherwise wake the loop again and again.
@@ -125,7 +160,7 @@ class GatedListener:
                 self._loop.remove_reader(sock.fileno())
         for sock in self._sockets:
             sock.close()
-        for task in self._opening:
+        for task in (*self._reading_headers, *self._opening):
             task.cancel()
         if self._spare is not None:
             os.close(self._spare)
@@ -133,8 +168,8 @@ class GatedListener:
         self.trimmer.cancel()
 
     async def wait_closed(self) -> None:
-        if self._opening:
-            await asyncio.wait(self._opening)
+        if self._opening or self._reading_headers:
+            await asyncio.wait(self._opening | self._reading_headers)
 
     # -- accepting ----------------------------------------------------------
 
@@ -153,7 +188,51 @@ class GatedListener:
             self._admit(sock, address)
 
     def _admit(self, sock: socket.socket, address: Any) -> None:
-        source = admission.source_of(str(address[0]) if isinstance(address, tuple) else "")
+        peer = str(address[0]) if isinstance(address, tuple) else ""
+        if self._proxy_from and is_within(peer, self._proxy_from):
+            self._read_proxy_header(sock, (peer, int(address[1])))
+        else:
+            self._admit_from(sock, peer, None)
+
+    def _read_proxy_header(self, sock: socket.socket, balancer: tuple[str, int]) -> None:
+        if len(self._reading_headers) >= MAX_PROXY_HEADER_READS:
+            _reset(sock)
+            self.admission.refused[Decision.REFUSE_FULL] += 1
+            return
+        sock.setblocking(False)
+        task = self._loop.create_task(self._proxied(sock, balancer))
+        self._reading_headers.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._reading_headers.discard(finished)
+            if finished.cancelled():
+                sock.close()
+
+        task.add_done_callback(done)
+
+    async def _proxied(self, sock: socket.socket, balancer: tuple[str, int]) -> None:
+        try:
+            async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
+                prefix = await _receive_exactly(self._loop, sock, PREFIX_LENGTH)
+                rest = await _receive_exactly(self._loop, sock, body_length(prefix))
+            header = parse(prefix + rest)
+        except (ProxyProtocolError, TimeoutError, OSError, EOFError) as exc:
+            # Only the broker's own words: no byte of what was sent is logged.
+            reason = exc if isinstance(exc, ProxyProtocolError) else (
+                "it sent none in time" if isinstance(exc, TimeoutError)
+                else "it closed before sending it")
+            log.warning("dropped a connection from a load balancer without a usable PROXY v2 "
+                        "header: %s", reason)
+            _reset(sock)
+            return
+        # A LOCAL header (the balancer's health check) names no client: the
+        # balancer is the peer, as the specification says.
+        client = header.source or balancer
+        self._admit_from(sock, client[0], client if header.source else None)
+
+    def _admit_from(self, sock: socket.socket, peer: str,
+                    client: tuple[str, int] | None) -> None:
+        source = admission.source_of(peer)
         decision, oldest = self.admission.decide(source)
         if decision is not Decision.ADMIT:
             _reset(sock)
@@ -164,7 +243,7 @@ class GatedListener:
         sock.setblocking(False)
         with contextlib.suppress(OSError):  # keystrokes leave at once
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = self._loop.create_task(self._open(sock, ticket))
+        task = self._loop.create_task(self._open(sock, ticket, client))
 
         def drop() -> None:  # until the TLS handshake is done
             with contextlib.suppress(OSError):
@@ -181,11 +260,12 @@ class GatedListener:
         self._opening.add(task)
         task.add_done_callback(opened)
 
-    async def _open(self, sock: socket.socket, ticket: Ticket) -> None:
+    async def _open(self, sock: socket.socket, ticket: Ticket,
+                    client: tuple[str, int] | None = None) -> None:
         def made() -> ServerConnection:
             conn = self._factory()
             if isinstance(conn, AdmittedConnection):
-                conn.ticket, conn.gate = ticket, self
+                conn.ticket, conn.gate, conn.client_address = ticket, self, client
             return conn
 
         try:
@@ -216,6 +296,19 @@ class GatedListener:
             _reset(sock)
         self._spare = _open_spare()
         self.admission.refused[Decision.REFUSE_FULL] += 1
+
+
+async def _receive_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                           count: int) -> bytes:
+    """`count` bytes and not one more: what follows (the client's TLS) stays
+    in the socket for the handshake."""
+    data = b""
+    while len(data) < count:
+        chunk = await loop.sock_recv(sock, count - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
 
 
 def _reset(sock: socket.socket) -> None:
@@ -264,13 +357,15 @@ def listening_sockets(host: str, port: int, backlog: int = socket.SOMAXCONN,
 
 def serve_gated(handler: Callable[[ServerConnection], Awaitable[None]], host: str, port: int,
                 *, ssl: ssl.SSLContext | None, open_timeout: float = OPEN_TIMEOUT,
-                **kwargs: Any) -> Server:
+                proxy_protocol_from: Networks = (), **kwargs: Any) -> Server:
     """websockets' `serve(...)`, accepting through a `GatedListener`.
 
     Raises the open-file limit first and sizes the connections' share of
     descriptors from what is left. Use as ``async with serve_gated(...) as
     server``; `server.server.admission` holds the counts. Memory the
     closed connections leave behind is trimmed (`eventloop.TrimAfterClose`).
+    Connections from `proxy_protocol_from` must begin with a PROXY v2 header
+    (see the module doc).
     """
     soft, _hard = admission.raise_open_file_limit()
     ws_server = serve(handler, host, port, open_timeout=open_timeout,
@@ -282,7 +377,8 @@ def serve_gated(handler: Callable[[ServerConnection], Awaitable[None]], host: st
         # What is open now (databases, logs, the loop, these sockets) stays
         # open; connections get what is left after the reserve.
         capacity = admission.capacity_for(soft, admission.open_descriptors() + 1)
-        gate = GatedListener(sockets, factory, ssl, Admission(capacity), open_timeout)
+        gate = GatedListener(sockets, factory, ssl, Admission(capacity), open_timeout,
+                             proxy_from=proxy_protocol_from)
         await gate.start_serving()
         return gate
 

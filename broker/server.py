@@ -479,6 +479,8 @@ class Broker:
 
 
 def _peer(ws: ServerConnection) -> str:
+    # Behind a trusted balancer, the client its PROXY header named
+    # (broker.listener.AdmittedConnection.remote_address).
     addr = ws.remote_address
     return str(addr[0]) if addr else "unknown"
 
@@ -564,6 +566,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
             write_limit=limits.WRITE_HIGH_WATER,
             ping_interval=None,  # one sweep for all connections, below
             open_timeout=limits.OPEN_TIMEOUT, server_header=None,
+            proxy_protocol_from=config.proxy_protocol_from,
         ) as server:
             keepalive = asyncio.create_task(sweep_forever(
                 lambda: server.connections, interval=config.timeouts.ping_interval,
