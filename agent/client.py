@@ -56,7 +56,7 @@ from agent.transfers.view import TransferView
 from agent.ui import CustomerUI
 from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
-from broker.client.relay import SSHRelay
+from broker.client.relay import LinkEvent, Resumption, SSHRelay
 from broker.wire.code import JoinCode, draw_secret
 from broker.wire.codes import EndReason, ErrorCode, Right, upgrade_for
 from broker.wire.errors import WireError
@@ -75,6 +75,7 @@ from broker.wire.machine.handshake import (
 )
 from broker.wire.messages import Message, b64encode
 from broker.wire.receipt import Receipt, sign_receipt
+from broker.wire.resume.proof import ResumeKey
 from broker.wire.text import printable
 
 log = logging.getLogger("consentry.agent")
@@ -134,6 +135,7 @@ class ActiveSession:
     seat: str = ""
     # Set while this seat's `invite` awaits the broker's `invitation`.
     inviting: bool = False
+    relay: SSHRelay | None = None
 
     def settle_checks(self, live: bool, check: int | None = None) -> None:
         for key in [check] if check is not None else list(self.live_checks):
@@ -318,7 +320,8 @@ class Agent:
             task = asyncio.current_task()
             if task is not None:
                 self.joining.discard(task)  # from here on it ends as a session does
-            await self._serve(link, request, host_key, ask, decision)
+            await self._serve(link, request, host_key, ask, decision,
+                              run.handshake.resume_key())
         except Withdrawn as exc:
             self.screen.notice(_withdrawn_text(exc, request["engineer_display"]))
         except LinkError as exc:
@@ -442,8 +445,11 @@ class Agent:
             raise _withdrawn(handshake.outcome)
 
     async def _serve(self, link: BrokerLink, request: Message, host_key: asyncssh.SSHKey,
-                     ask: ConsentRequest, decision: Decision) -> None:
-        """Run the shell for the engineer until someone ends it."""
+                     ask: ConsentRequest, decision: Decision,
+                     resume_key: ResumeKey | None = None) -> None:
+        """Run the shell for the engineer until someone ends it. A broken
+        link to the broker is restored and the session resumed (the shell
+        and the consent stand) while the broker holds the seat."""
         session_id = request["session"]
         viewer = Viewer(display=request["engineer_display"], login=request["engineer_login"],
                         control=Right.CONTROL in decision.granted)
@@ -509,8 +515,15 @@ class Agent:
             active, direction, count, outcome)
         gate.on_chat = lambda: self._chatted(active, engineer=True)
         heartbeat.start()
-        relay = SSHRelay(link, on_control)
-        pump = relay.task  # ends when the link closes
+        resumption = None
+        if resume_key is not None:
+            resumption = Resumption(
+                key=resume_key, side="agent", token=request["token"],
+                reconnect=lambda: open_link(self.config.broker, "/v1/agent/session",
+                                            self.config.ca),
+                on_event=lambda event: self._link_event(active, event))
+        relay = active.relay = SSHRelay(link, on_control, resumption)
+        pump = relay.task  # ends when the link is over for good
         self.sessions[active.seat] = active
         self.screen.session_started(active.seat, viewer)
         try:
@@ -559,8 +572,21 @@ class Agent:
                 task.cancel()  # an open prompt for this session closes with it
             if active.conn is not None:
                 active.conn.close()
-            pump.cancel()
+            relay.finish()  # an `end` made while the link was down still goes
             self.screen.session_ended(active.seat, _ended_text(active.ended_by, viewer))
+
+    def _link_event(self, active: ActiveSession, event: LinkEvent) -> None:
+        """The state of this seat's link, on the customer's screen."""
+        who = printable(active.viewer.display, 40)
+        if event.kind == "retrying":
+            self.screen.notice(f"Connection lost — reconnecting ({event.seconds:.0f} s)… The "
+                               f"session with {who} stays open; Ctrl-] e ends it.")
+        elif event.kind == "peer_lost":
+            self.screen.notice(f"{who}'s connection was lost; waiting up to "
+                               f"{event.seconds:.0f} s for it to come back. Ctrl-] e ends it.")
+        elif event.kind == "resumed":
+            self.screen.notice(f"Connection restored: the session with {who} resumed "
+                               f"(after {event.seconds:.1f} s).")
 
     def _transfer_hub(self, session_id: str) -> TransferHub:
         config = self.config
@@ -856,8 +882,13 @@ class Agent:
         if first:
             if active.ended_by is None:
                 active.ended_by = reason
-            await self._report_totals(active)  # the final totals, before `end`
-            await _quietly(active.link.send("end", reason=reason))
+            if active.relay is not None and active.relay.down:
+                # Ended here while the link is down: said to the broker as
+                # soon as the link is back, and the engineer told.
+                active.relay.end_while_down(reason)
+            else:
+                await self._report_totals(active)  # the final totals, before `end`
+                await _quietly(active.link.send("end", reason=reason))
         else:
             # Another seat's `end` ended it: closing this seat's connections
             # first could reach the broker before that `end` and read as this

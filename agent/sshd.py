@@ -27,7 +27,7 @@ from agent.liveness import InputGuard
 from agent.pty import INPUT_HIGH_WATER, PtyShell
 from agent.replay import RecentOutput
 from broker.wire.chat import CHAT_SUBSYSTEM
-from broker.wire.limits import SSH_CIPHERS
+from broker.wire.limits import SSH_CIPHERS, SSH_WINDOW
 
 
 @dataclass
@@ -554,4 +554,5 @@ async def serve_shell(
         encryption_algs=list(SSH_CIPHERS),
         login_timeout=30,
         keepalive_interval=0,
+        window=SSH_WINDOW,
     )

@@ -24,7 +24,7 @@ from websockets.protocol import State
 
 from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
-from broker.client.relay import SSHRelay
+from broker.client.relay import LinkEvent, Resumption, SSHRelay
 from broker.wire import limits
 from broker.wire.code import JoinCode
 from broker.wire.codes import EndReason, Right
@@ -44,6 +44,7 @@ from broker.wire.machine.handshake import (
     Source,
 )
 from broker.wire.messages import AUDIT_FILTERS, Message, b64decode, b64encode, validate
+from broker.wire.resume.proof import ResumeKey
 from broker.wire.text import printable
 from console.errors import (
     BrokerError,
@@ -119,6 +120,12 @@ class JoinedSession:
     # handlers hear each new one, after `roster` is updated.
     roster: Roster | None = None
     on_roster: list[Callable[[Roster], Awaitable[None]]] = field(default_factory=list)
+    # Surviving a dropped link: the pairing's resume key, how to log in
+    # again, and who hears the link's state ("reconnecting", "resumed").
+    resume_key: ResumeKey | None = None
+    reconnect: Callable[[], Awaitable[BrokerLink]] | None = None
+    on_link: list[Callable[[LinkEvent], None]] = field(default_factory=list)
+    link_failure: str | None = None
 
     @property
     def control(self) -> bool:
@@ -151,8 +158,19 @@ class JoinedSession:
 
     def relay(self) -> SSHRelay:
         """The relay that carries this session's SSH bytes; its control frames
-        (rights, roster, `ended`) come to this session. One per session."""
-        return SSHRelay(self.link, self._dispatch)
+        (rights, roster, `ended`) come to this session. One per session.
+        With a resume key it reconnects after a drop and resumes."""
+        resumption = None
+        if self.resume_key is not None and self.reconnect is not None:
+            resumption = Resumption(key=self.resume_key, side="console",
+                                    reconnect=self.reconnect, on_event=self._link_event)
+        return SSHRelay(self.link, self._dispatch, resumption)
+
+    def _link_event(self, event: LinkEvent) -> None:
+        if event.kind == "gave_up":
+            self.link_failure = event.text
+        for listener in self.on_link:
+            listener(event)
 
     async def open_ssh(self) -> tuple[asyncssh.SSHClientConnection, asyncio.Task[None]]:
         """SSH to the agent over the relay, its host key pinned from pairing."""
@@ -163,6 +181,7 @@ class JoinedSession:
                 client_keys=[self.identity.keypair], agent_path=None, config=None,
                 known_hosts=([self.host_key], [], []), preferred_auth="publickey",
                 encryption_algs=list(SSH_CIPHERS), keepalive_interval=0, connect_timeout=30,
+                window=limits.SSH_WINDOW,
             )
         except (OSError, asyncssh.Error) as exc:
             relay.task.cancel()
@@ -195,6 +214,8 @@ class JoinedSession:
         if ended is None:
             if left:
                 return "You left the session."
+            if self.link_failure is not None:
+                raise LinkLost(printable(self.link_failure, 300))
             raise LinkLost("the connection to the broker was lost; the session is over "
                            "(the customer's computer ends it too)")
         message = printable(ended["message"], 200)
@@ -233,9 +254,17 @@ class ConsoleClient:
     async def connect(self, *, max_size: int = limits.MAX_FRAME) -> BrokerLink:
         """A new logged-in connection (each join has its own)."""
         try:
-            link = await open_link(self.broker_url, "/v1/console", self.ca, max_size=max_size)
+            return await self._logged_in(max_size)
         except LinkError as exc:
             raise BrokerError(str(exc)) from exc
+
+    async def reconnect(self) -> BrokerLink:
+        """A fresh logged-in link to resume a session on; `LinkError` (with
+        its code: unreachable, login_failed...) when there is none to be had."""
+        return await self._logged_in(limits.MAX_FRAME)
+
+    async def _logged_in(self, max_size: int) -> BrokerLink:
+        link = await open_link(self.broker_url, "/v1/console", self.ca, max_size=max_size)
         try:
             await link.send("login", user=self.identity.user)
             challenge = await link.expect("challenge", timeout=HANDSHAKE_TIMEOUT)
@@ -243,9 +272,15 @@ class ConsoleClient:
             signature = await self.identity.sign(login_payload(self.identity.user, nonce))
             await link.send("login_proof", signature=b64encode(signature))
             ok = await link.expect("login_ok", timeout=HANDSHAKE_TIMEOUT)
-        except (LinkError, WireError) as exc:
+        except ConnectionClosed as exc:
             await link.close()
-            raise BrokerError(str(exc)) from exc
+            raise LinkError(f"the broker closed the connection: {exc}", "closed") from exc
+        except WireError as exc:
+            await link.close()
+            raise LinkError(str(exc), "protocol") from exc
+        except LinkError:
+            await link.close()
+            raise
         self.display, self.role = ok["display"], ok["role"]
         return link
 
@@ -298,7 +333,8 @@ class ConsoleClient:
                 return JoinedSession(
                     link=link, session=run.handshake.session, alias=alias,
                     sas=run.handshake.sas or "", host_key=host_key, granted=event.granted,
-                    identity=self.identity,
+                    identity=self.identity, resume_key=run.handshake.resume_key(),
+                    reconnect=self.reconnect,
                 )
             elif isinstance(event, Refused):
                 reason = ("did not answer in time" if event.decision == "timeout"

@@ -26,6 +26,7 @@ from collections import deque
 
 import asyncssh
 
+from broker.client.relay import LinkEvent
 from broker.client.terminal_io import (
     TerminalFailed,
     TerminalInput,
@@ -395,8 +396,20 @@ async def run_terminal_session(joined: JoinedSession) -> str:
         say("asking the customer to allow file transfer..." if right == Right.FILES
             else "asking the customer for control...")
 
+    def on_link(event: LinkEvent) -> None:
+        # The shell stays open on the customer's side while the link is down;
+        # what is typed meanwhile is kept and sent once it is back.
+        if event.kind == "retrying":
+            say(f"connection lost — reconnecting ({event.seconds:.0f} s)…")
+        elif event.kind == "peer_lost":
+            say(f"the customer's connection was lost; waiting up to {event.seconds:.0f} s "
+                "for it to come back")
+        elif event.kind == "resumed":
+            say(f"resumed (the connection was down {event.seconds:.1f} s)")
+
     joined.on_control.append(on_control)
     joined.on_roster.append(on_roster)
+    joined.on_link.append(on_link)
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     if saved is not None:
         # Keys typed while the shell opens (Ctrl-] q at once) are kept for

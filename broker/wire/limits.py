@@ -171,10 +171,17 @@ MAX_ENGINEERS_PER_SESSION = 4
 
 # Resuming after a drop (`broker.wire.resume`, driven by `broker.client.resumable`).
 # Unacknowledged SSH stream bytes a sender keeps per direction for a replay.
-# While they fill it the sender stops reading the SSH connection, so a peer
-# that stops acknowledging slows the stream instead of growing memory. 1 MiB
-# is a few seconds of a busy terminal, at most 2 per seat.
-MAX_REPLAY_BYTES = 1024 * 1024
+# While the link is down SSH goes on writing into it until the peer's channel
+# windows are used up (it receives nothing, so it grants no more): the bound
+# must hold what SSH may have in flight, the shell's and a file transfer's
+# windows (`SSH_WINDOW` each) and its own packets. Past it a resume would
+# lose bytes, so the session ends instead. Only bytes in flight are held: a
+# few hundred KiB on a busy link, nothing on a quiet one.
+MAX_REPLAY_BYTES = 4 * 1024 * 1024
+# The SSH channel window both our ends grant (asyncssh's default is 2 MiB):
+# 1 MiB keeps a transfer fast over a 100 ms path (about 10 MB/s) and keeps
+# what can be in flight in a drop within `MAX_REPLAY_BYTES`.
+SSH_WINDOW = 1024 * 1024
 # How long a session waits for a lost end before ending as `agent_lost` or
 # `console_lost`: a Wi-Fi roam or a VPN reconnect takes seconds, a laptop
 # changing networks up to a minute; past two minutes the person at the other

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from broker.wire.code import parse_code
 from broker.wire.e2e import Pairing
 from broker.wire.errors import ResumeError
-from broker.wire.limits import MAX_REPLAY_BYTES, RESUME_WINDOW_SECONDS
+from broker.wire.limits import MAX_REPLAY_BYTES, RESUME_WINDOW_SECONDS, SSH_WINDOW
 from broker.wire.resume import (
     BACKOFF_MAX_SECONDS,
     NONCE_BYTES,
@@ -111,7 +111,9 @@ def test_the_buffer_is_bounded_and_acks_make_room() -> None:
 
 def test_the_default_bound_is_the_named_constant() -> None:
     sender = ReplayBuffer()
-    assert sender.limit == MAX_REPLAY_BYTES == 1024 * 1024
+    assert sender.limit == MAX_REPLAY_BYTES == 4 * 1024 * 1024
+    # It holds what SSH may have in flight in a drop: the shell's window and a transfer's.
+    assert MAX_REPLAY_BYTES >= 2 * SSH_WINDOW + 64 * 1024
     sender.push(bytes(MAX_REPLAY_BYTES))
     assert sender.room == 0
     with pytest.raises(ResumeError):

@@ -57,6 +57,7 @@ from broker.wire.machine.protocol import (
     may_send,
 )
 from broker.wire.messages import Message, b64decode, b64encode, decode
+from broker.wire.resume.proof import ResumeKey
 
 __all__ = [
     "MAX_CONSENT_WAIT",
@@ -290,6 +291,13 @@ class Handshake:
     def sas(self) -> str | None:
         """The pairing fingerprint both screens show, once paired."""
         return self._pairing.sas if self._pairing is not None and self._pairing.ready else None
+
+    def resume_key(self) -> ResumeKey | None:
+        """The key that proves a resume of this session after a dropped link
+        (`broker.wire.resume`), once paired; the broker can never make it."""
+        if self._pairing is None or not self._pairing.ready or self.session is None:
+            return None
+        return ResumeKey(self._pairing.resume_secret(), self.session)
 
     # -- inputs -------------------------------------------------------------
 

@@ -434,11 +434,13 @@ class SessionMachine:
                                 ErrorCode.UNEXPECTED_MESSAGE)
         return [self._send(self._peer(conn), "resume_proof", proof=msg["proof"])]
 
-    def _verifier_of(self, conn: str) -> Seat | None:
-        """The seat whose resume `conn` may accept or refuse (it is the
-        peer of the connection resuming), or None when no attempt is open."""
+    def _verifier_of(self, conn: str, *, challenged: bool = True) -> Seat | None:
+        """The seat whose resume `conn` may accept (once it challenged) or
+        refuse (at any point) as the peer of the connection resuming, or
+        None when no attempt is open."""
         seat = self._seat_of(conn)
-        if seat.resuming is None or seat.resuming == conn or len(seat.resume_received) != 2:
+        if seat.resuming is None or seat.resuming == conn \
+                or (challenged and len(seat.resume_received) != 2):
             if seat.resuming == conn:
                 raise ProtocolError("the end that resumes cannot accept itself",
                                     ErrorCode.UNEXPECTED_MESSAGE)
@@ -471,7 +473,7 @@ class SessionMachine:
     def _on_resume_refused(self, conn: str, msg: Message, now: float) -> list[Action]:
         """The peer found the proof wrong: whoever came was not the paired
         end (or could not prove it). Recorded; the seat stays held."""
-        seat = self._verifier_of(conn)
+        seat = self._verifier_of(conn, challenged=False)
         if seat is None:
             return []
         return self._drop_attempt(seat, ErrorCode.RESUME_REFUSED, _REFUSED_RESUME)

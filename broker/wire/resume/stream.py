@@ -24,9 +24,9 @@ __all__ = [
 ]
 
 # The receiver acknowledges at least this often, so a sender that streams
-# never fills its buffer while the link is up (a quarter leaves three
-# quarters in flight while the `ack` travels).
-ACK_EVERY_BYTES = MAX_REPLAY_BYTES // 4
+# holds little while the link is up: a quarter of an SSH window, so the ack
+# is back long before the window (and far before the buffer) fills.
+ACK_EVERY_BYTES = 256 * 1024
 
 
 def _check_offset(offset: int, what: str) -> None:
