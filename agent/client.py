@@ -285,7 +285,8 @@ class Agent:
 
     async def _join(self, request: Message, code: JoinCode) -> None:
         try:
-            link = await open_link(self.config.broker, "/v1/agent/session", self.config.ca)
+            link = await open_link(self.config.broker, "/v1/agent/session", self.config.ca,
+                                            session=True)
         except LinkError as exc:
             self.screen.notice(f"A support engineer tried to connect, but: {exc}")
             return
@@ -520,7 +521,7 @@ class Agent:
             resumption = Resumption(
                 key=resume_key, side="agent", token=request["token"],
                 reconnect=lambda: open_link(self.config.broker, "/v1/agent/session",
-                                            self.config.ca),
+                                            self.config.ca, session=True),
                 on_event=lambda event: self._link_event(active, event))
         relay = active.relay = SSHRelay(link, on_control, resumption)
         pump = relay.task  # ends when the link is over for good

@@ -151,12 +151,18 @@ class SessionDriver:
             return console if console in self.machine.seats else None
 
     async def resume(self, conn: str, ws: ServerConnection, msg: Message) -> None:
-        """A new socket resumes held connection `conn` (`ProtocolError` if
-        it no longer waits). An older socket still resuming it is closed:
-        the newest attempt is the one its end is waiting on."""
+        """A new socket resumes connection `conn` (`ProtocolError` if it can
+        no longer be resumed). The socket it had is closed: an older attempt
+        (the newest is the one its end waits on), or a link that died
+        silently."""
         async with self._lock:
+            old = self.sockets.get(conn)
+            if self.machine.ended is None and self.machine.phase(conn) is Phase.ACTIVE:
+                # Its end is back before the broker saw the old link die (a
+                # silent drop): that link is over; the seat is held as for any.
+                await self._perform(self.machine.lost(conn, time.monotonic()))
             actions = self.machine.resume(conn, msg, time.monotonic())
-            old, self.sockets[conn] = self.sockets.get(conn), ws
+            self.sockets[conn] = ws
             await self._perform(actions)
         if old is not None and old is not ws:
             await close_quietly(old, "replaced by a newer resume")

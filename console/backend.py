@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from broker.client.relay import LinkEvent
 from broker.wire.chat import ChatLine
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
@@ -25,7 +26,7 @@ from console.chat import GARBAGE_TEXT, ChatChannel, ChatClosed, ChatError, line_
 from console.client import ConsoleClient, JoinedSession, Progress
 from console.errors import ConsoleError, UsageError
 from console.files import FileTransfers
-from console.format import asked_rights, granted_text
+from console.format import asked_rights, granted_text, link_text
 from console.identity import load_file_identity
 from console.roster import Roster
 from console.session_end import outcome_after_shell
@@ -209,6 +210,7 @@ class RelaySession:
         self.on_output, self._on_event = on_output, on_event
         self._joined.on_control.append(self._control)
         self._joined.on_roster.append(self._roster)
+        self._joined.on_link.append(self._link)
         self._conn, self._pump = await self._joined.open_ssh()
         self._chan, _ = await self._conn.create_session(
             lambda: _Sink(self), term_type="xterm-256color", term_size=(cols, rows),
@@ -246,6 +248,11 @@ class RelaySession:
                 tuple(msg["granted"])))
         elif msg.type in ("ended", "error"):
             self.closed()  # in the same words as the plain terminal (a broker restart...)
+
+    def _link(self, event: LinkEvent) -> None:
+        text = link_text(event)
+        if text is not None:
+            self._on_event(SessionEvent("notice", text[0].upper() + text[1:]))
 
     async def _roster(self, roster: Roster) -> None:
         self._on_event(roster_event(roster))

@@ -251,20 +251,22 @@ class ConsoleClient:
         self._admin: BrokerLink | None = None
         self._admin_lock = asyncio.Lock()
 
-    async def connect(self, *, max_size: int = limits.MAX_FRAME) -> BrokerLink:
-        """A new logged-in connection (each join has its own)."""
+    async def connect(self, *, max_size: int = limits.MAX_FRAME,
+                      session: bool = False) -> BrokerLink:
+        """A new logged-in connection (each join has its own: a `session` one)."""
         try:
-            return await self._logged_in(max_size)
+            return await self._logged_in(max_size, session=session)
         except LinkError as exc:
             raise BrokerError(str(exc)) from exc
 
     async def reconnect(self) -> BrokerLink:
         """A fresh logged-in link to resume a session on; `LinkError` (with
         its code: unreachable, login_failed...) when there is none to be had."""
-        return await self._logged_in(limits.MAX_FRAME)
+        return await self._logged_in(limits.MAX_FRAME, session=True)
 
-    async def _logged_in(self, max_size: int) -> BrokerLink:
-        link = await open_link(self.broker_url, "/v1/console", self.ca, max_size=max_size)
+    async def _logged_in(self, max_size: int, *, session: bool = False) -> BrokerLink:
+        link = await open_link(self.broker_url, "/v1/console", self.ca, max_size=max_size,
+                               session=session)
         try:
             await link.send("login", user=self.identity.user)
             challenge = await link.expect("challenge", timeout=HANDSHAKE_TIMEOUT)
@@ -289,7 +291,7 @@ class ConsoleClient:
         on_progress: Callable[[Progress], None] = lambda _p: None,
     ) -> JoinedSession:
         on_progress(Progress("connecting", "Connecting to the broker..."))
-        link = await self.connect()
+        link = await self.connect(session=True)
         on_progress(Progress("logged_in", f"Logged in as {self.display} ({self.role})."))
         run = HandshakeRun(link, Handshake(ConsoleSide(wants, self.identity.public_line), code))
         try:

@@ -4,10 +4,15 @@ network becomes a `rich.text.Text` here — never a markup string — after
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
 
 from broker.wire.codes import RIGHTS, Right
 from broker.wire.text import printable
+
+if TYPE_CHECKING:  # the event's type only: formatting needs no relay
+    from broker.client.relay import LinkEvent
 
 
 def literal(value: object, max_len: int = 200, style: str = "") -> Text:
@@ -56,3 +61,16 @@ def granted_text(granted: tuple[str, ...] | list[str]) -> str:
     if len(known) == 2:
         return " and ".join(known)
     return ", ".join(known)
+
+
+def link_text(event: LinkEvent) -> str | None:
+    """What the engineer is told about the session's link (the plain
+    terminal, the TUI and the OpenSSH proxy say the same), or None."""
+    if event.kind == "retrying":
+        return f"connection lost — reconnecting ({event.seconds:.0f} s)…"
+    if event.kind == "peer_lost":
+        return (f"the customer's connection was lost; waiting up to {event.seconds:.0f} s "
+                "for it to come back")
+    if event.kind == "resumed":
+        return f"resumed (the connection was down {event.seconds:.1f} s)"
+    return None

@@ -20,10 +20,11 @@ import contextlib
 import signal
 import sys
 
+from broker.client.relay import LinkEvent
 from broker.wire.text import printable
 from console.client import JoinedSession
 from console.errors import ConsoleError, UsageError
-from console.format import granted_text
+from console.format import granted_text, link_text
 from console.terminal import status
 
 # What waits for ssh on stdout before the link stops being read.
@@ -135,7 +136,13 @@ async def carry(joined: JoinedSession) -> str | None:
         if getattr(msg, "type", "") in ("rights", "control_result"):
             status(f"your rights now: {granted_text(joined.granted)}.")
 
+    def on_link(event: LinkEvent) -> None:
+        text = link_text(event)
+        if text is not None:
+            status(text)  # stderr: ssh's stdin and stdout carry SSH
+
     joined.on_control.append(on_control)
+    joined.on_link.append(on_link)
     try:
         await relay.create_connection(lambda: to_ssh, "consentry-agent", 0)
         stdin, _ = await loop.connect_read_pipe(lambda: from_ssh, sys.stdin.buffer)

@@ -44,7 +44,7 @@ from console.client import JoinedSession, Progress
 from console.errors import ConsoleError, TerminalError
 from console.files import FileTransfers
 from console.files_prompt import FilesPrompt
-from console.format import granted_text
+from console.format import granted_text, link_text
 from console.roster import Roster
 from console.session_end import outcome_after_shell
 
@@ -399,13 +399,9 @@ async def run_terminal_session(joined: JoinedSession) -> str:
     def on_link(event: LinkEvent) -> None:
         # The shell stays open on the customer's side while the link is down;
         # what is typed meanwhile is kept and sent once it is back.
-        if event.kind == "retrying":
-            say(f"connection lost — reconnecting ({event.seconds:.0f} s)…")
-        elif event.kind == "peer_lost":
-            say(f"the customer's connection was lost; waiting up to {event.seconds:.0f} s "
-                "for it to come back")
-        elif event.kind == "resumed":
-            say(f"resumed (the connection was down {event.seconds:.1f} s)")
+        text = link_text(event)
+        if text is not None:
+            say(text)
 
     joined.on_control.append(on_control)
     joined.on_roster.append(on_roster)

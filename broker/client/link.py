@@ -196,13 +196,16 @@ def broker_url(url: str) -> str:
 
 
 async def open_link(
-    url: str, path: str, ca_file: Path, *, max_size: int = limits.MAX_FRAME
+    url: str, path: str, ca_file: Path, *, max_size: int = limits.MAX_FRAME,
+    session: bool = False,
 ) -> BrokerLink:
     """Connect to ``url`` + ``path`` over TLS verified against `ca_file`.
 
     `max_size` bounds every frame received. Keep the default (the largest
     relay or control frame) unless this link reads the admin audit API,
-    whose replies may reach `limits.MAX_ADMIN_FRAME`.
+    whose replies may reach `limits.MAX_ADMIN_FRAME`. A `session` link
+    (one that carries SSH) is kept alive more often, so a silent drop is
+    noticed while a resume can still be made.
     """
     url = broker_url(url)
     parts = urlsplit(url)
@@ -214,7 +217,9 @@ async def open_link(
             compression=None,  # ciphertext does not compress; deflate costs CPU and memory
             max_size=max_size, max_queue=limits.MAX_QUEUED_FRAMES,
             write_limit=limits.WRITE_HIGH_WATER, open_timeout=limits.OPEN_TIMEOUT,
-            ping_interval=limits.CLIENT_PING_INTERVAL, ping_timeout=limits.CLIENT_PING_TIMEOUT,
+            ping_interval=(limits.SESSION_PING_INTERVAL if session
+                           else limits.CLIENT_PING_INTERVAL),
+            ping_timeout=limits.SESSION_PING_TIMEOUT if session else limits.CLIENT_PING_TIMEOUT,
             user_agent_header=None, create_connection=FastClientConnection,
         )
     except ssl.SSLCertVerificationError as exc:

@@ -55,6 +55,11 @@ log = logging.getLogger("consentry.relay")
 # sender's buffer empties between bursts.
 ACK_IDLE_SECONDS = 1.0
 
+# A writer that can wait (the OpenSSH proxy's stdin) is held while the
+# replay buffer is past half full, and let go again at a quarter.
+_REPLAY_HIGH = limits.MAX_REPLAY_BYTES // 2
+_REPLAY_LOW = limits.MAX_REPLAY_BYTES // 4
+
 # Link errors after which trying again cannot help: the broker is not the
 # one we trust, or it says the session (or our place in it) is gone.
 _FINAL_CODES = frozenset({"bad_certificate", "login_failed", "unknown_session",
@@ -153,7 +158,10 @@ class SSHRelay:
         # Whether SSH bytes go out on the link now: not while our link is
         # down, nor while the broker says the peer's is (it would drop them).
         self._up = True
-        self._paused = False
+        # Who asks SSH's writer to wait: the link's buffer ("link"), the
+        # replay buffer past half full ("replay"). A writer that honours it
+        # (the OpenSSH proxy's stdin) waits; asyncssh's windows bound the rest.
+        self._held_by: set[str] = set()
         if resume is not None:
             self._out = ReplayBuffer(limits.MAX_REPLAY_BYTES)
             self._in = ReceiveCursor()
@@ -194,6 +202,8 @@ class SSHRelay:
                 self._give_up("too much was sent while the connection was down to keep it "
                               f"all for a resume ({exc})")
                 return
+            if self._out.held >= _REPLAY_HIGH and "replay" not in self._held_by:
+                self._hold("replay", True)
         if not self._up:
             return  # kept in the replay buffer; sent after the resume
         self._pending += data
@@ -254,10 +264,22 @@ class SSHRelay:
 
     def _attach_flow(self, ws: FastClientConnection) -> None:
         # The link's buffer filling up is SSH's signal to stop writing.
+        ws.on_pause_writing = lambda: self._hold("link", True)
+        ws.on_resume_writing = lambda: self._hold("link", False)
+
+    def _hold(self, why: str, held: bool) -> None:
+        before = bool(self._held_by)
+        if held:
+            self._held_by.add(why)
+        else:
+            self._held_by.discard(why)
         conn = self._conn
-        if conn is not None:
-            ws.on_pause_writing = conn.pause_writing
-            ws.on_resume_writing = conn.resume_writing
+        if conn is None or before == bool(self._held_by):
+            return
+        if self._held_by:
+            conn.pause_writing()
+        else:
+            conn.resume_writing()
 
     def connection_lost(self, exc: Exception | None = None) -> None:
         if self._lost:
@@ -265,6 +287,7 @@ class SSHRelay:
         self._lost = True
         self.link.hold_binary()
         self._ws.on_pause_writing = self._ws.on_resume_writing = None
+        self._held_by.clear()
         if self._resume is not None and self._ack_handle is not None:
             self._ack_handle.cancel()
         if self._conn is not None:
@@ -324,6 +347,8 @@ class SSHRelay:
                     self._out.ack(msg["offset"])
                 except ResumeError as exc:
                     self._give_up(f"the other end acknowledged bytes never sent ({exc})")
+                if self._out.held <= _REPLAY_LOW and "replay" in self._held_by:
+                    self._hold("replay", False)
             case "interrupted":
                 self._up = False
                 self._pending.clear()  # kept in the replay buffer
@@ -370,6 +395,8 @@ class SSHRelay:
             self._give_up(f"the other end asks for bytes this end no longer has ({exc})")
             return
         self._peer_has = None
+        if self._out.held <= _REPLAY_LOW:
+            self._hold("replay", False)
         if self._window.down:
             self._window.resumed(time.monotonic())
         self._up = True
@@ -486,6 +513,7 @@ class SSHRelay:
         self.link.ws = self._ws = link.ws
         self._ws.binary_sink = self._incoming
         self._attach_flow(self._ws)
+        self._hold("link", False)  # the old link's buffer is gone with it
         if old is not link.ws:
             asyncio.get_running_loop().create_task(_close_ws(old))
 

@@ -158,6 +158,12 @@ SSH_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-pol
 # the broker does not have to answer is CPU it keeps.
 CLIENT_PING_INTERVAL = 60.0
 CLIENT_PING_TIMEOUT = 30.0
+# A session's links (the console's and the agent side's) notice a silent
+# drop sooner, so a resume has most of its window left: a dead Wi-Fi sends
+# no reset, and only a missed ping tells. A ping goes out only after this
+# much silence, so a busy session sends none.
+SESSION_PING_INTERVAL = 10.0
+SESSION_PING_TIMEOUT = 10.0
 
 # TLS 1.2 cipher suites, for the broker and its clients alike: forward-secret
 # AEAD only (AES-GCM, ChaCha20-Poly1305), never the CBC suites OpenSSL's

@@ -170,3 +170,19 @@ def test_a_refusal_goes_to_the_one_resuming_not_to_the_peer(active: Setup) -> No
     refused = active.receive(AGENT_SESSION, frame("resume_refused"), now=4.0)
     (refusal,) = [a for a in refused if isinstance(a, Refuse)]
     assert refusal.to == CONSOLE and "prove" in refusal.message
+
+
+def test_a_resume_may_take_an_active_seat_whose_link_died_silently(active: Setup) -> None:
+    # The end noticed the dead link (its keepalive) before the broker did:
+    # the driver holds the connection first, then resumes it.
+    assert active.machine.held_console("alice") == CONSOLE
+    assert active.machine.held_agent_side("tok") == AGENT_SESSION
+    active.run(active.machine.lost(CONSOLE, 3.0))
+    exchange(active, CONSOLE, AGENT_SESSION, resumer_has=300, verifier_has=100, now=3.0)
+
+
+def test_nothing_is_resumable_before_consent_or_after_the_end() -> None:
+    setup = Setup()
+    setup.to_pairing()
+    assert setup.machine.held_console("alice") is None
+    assert setup.machine.held_agent_side("tok") is None

@@ -309,20 +309,28 @@ class SessionMachine:
             now))
 
     def held_console(self, engineer: str) -> str | None:
-        """The console id of this engineer's seat that waits for a resume
-        (held, or being resumed by an attempt a newer one replaces)."""
-        for seat in reversed(self._present()):
-            if (self._s.phases[seat.console] in (Phase.HELD, Phase.RESUMING)
-                    and self._engineer(seat).name == engineer):
-                return seat.console
-        return None
+        """The console id of this engineer's seat that a resume may take:
+        held (or being resumed by an attempt a newer one replaces) first,
+        else an active one, whose link may be dead without the broker
+        knowing yet (a silent drop is noticed by keepalives, seconds later
+        than by the end that reconnects). The peer's check of the proof
+        decides either way."""
+        return self._resumable([s.console for s in self._present()
+                                if self._engineer(s).name == engineer])
 
     def held_agent_side(self, token: str) -> str | None:
-        """The agent_session id of the seat with `token` that waits for a resume."""
-        for seat in self._present():
-            if (self._s.phases[seat.agent_session] in (Phase.HELD, Phase.RESUMING)
-                    and hmac.compare_digest(seat.token.encode(), token.encode())):
-                return seat.agent_session
+        """The agent_session id of the seat with `token` that a resume may take."""
+        return self._resumable([s.agent_session for s in self._present()
+                                if hmac.compare_digest(s.token.encode(), token.encode())])
+
+    def _resumable(self, conns: list[str]) -> str | None:
+        if self._s.ended is not None:
+            return None
+        for wanted in ((Phase.HELD, Phase.RESUMING), (Phase.ACTIVE,)):
+            for conn in reversed(conns):
+                if self._s.phases[conn] in wanted \
+                        and self._seat_of(conn).active_since is not None:
+                    return conn
         return None
 
     def resume(self, conn: str, msg: Message, now: float) -> list[Action]:
