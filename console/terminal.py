@@ -34,7 +34,7 @@ from broker.client.terminal_io import (
     set_nonblocking,
 )
 from broker.wire.chat import CHAT_HISTORY, ChatLine
-from broker.wire.codes import Right
+from broker.wire.codes import EndReason, Right
 from broker.wire.messages import Message
 from broker.wire.text import printable
 from console.boundary import CANCEL, OutputBoundary
@@ -474,8 +474,11 @@ async def run_terminal_session(joined: JoinedSession) -> str:
             with contextlib.suppress(termios.error, OSError):
                 termios.tcsetattr(stdin, termios.TCSAFLUSH, saved)
     if failure is not None:
-        # Not a leave: the broker sees the link drop (console_lost).
+        # Not a leave, and nothing to resume: the broker hears console_lost
+        # now rather than holding the seat for a console that is gone.
         pump.cancel()
+        with contextlib.suppress(Exception):
+            await joined.link.send("end", reason=EndReason.CONSOLE_LOST)
         await joined.link.close()
         raise TerminalError(f"your terminal failed ({failure.strerror}), so the session "
                             "is over (the customer's computer ends it too)")

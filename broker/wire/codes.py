@@ -109,7 +109,9 @@ def upgrade_for(granted: object, right: str = Right.CONTROL) -> tuple[Right, ...
 # The reasons an agent may give in its `end`, and a console in its.
 AGENT_END_REASONS = frozenset({EndReason.CUSTOMER_ENDED, EndReason.SHELL_EXITED,
                                EndReason.AGENT_QUIT})
-CONSOLE_END_REASONS = frozenset({EndReason.ENGINEER_LEFT})
+# console_lost from the console itself: it knows it cannot go on (its own
+# terminal failed), so the session need not wait a resume window for it.
+CONSOLE_END_REASONS = frozenset({EndReason.ENGINEER_LEFT, EndReason.CONSOLE_LOST})
 
 # Why pairing failed, as the agent reports it in `pairing_failed`; each is
 # also the session's end reason, so the engineer is told which it was.

@@ -84,6 +84,11 @@ class Forwarder:
 def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # A close alone does not end a connection another thread is blocked
+    # reading (the kernel keeps it until that read returns): shut it down
+    # first, which wakes the reader; the close then resets it (linger 0).
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 

@@ -105,8 +105,12 @@ def test_pastes_through_the_real_terminal_driver_bracketed_or_not(running: Deplo
     tui.send("\r")  # the connect form is filled in from the flags
     tui.expect("Join")
     time.sleep(0.5)
-    # The code, "control" on, past "files" (off), Join.
-    for keys in (code, "\t", " ", "\t", "\t", "\r"):
+    # The code, "control" on, past "files" (off), Join. The code is seen in
+    # its field before the rest is typed: under load the form could still be
+    # opening when "Join" was drawn, and the keys went nowhere.
+    tui.send(code)
+    tui.expect(code.split("-")[-1])
+    for keys in ("\t", " ", "\t", "\t", "\r"):
         tui.send(keys)
         time.sleep(0.2)
     agent.expect(r"\[n/Enter\] deny")
