@@ -45,7 +45,7 @@ from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_k
 from broker.audit.schema import initialise, rollback_quietly
 from broker.errors import AuditError, AuditWriteError
 
-__all__ = ["AuditEvent", "AuditLog", "Maintenance"]
+__all__ = ["AuditEvent", "AuditLog", "Maintenance", "check_event"]
 
 _log = logging.getLogger("consentry.audit")
 
@@ -131,7 +131,7 @@ ORDER BY e.seq ASC
 """
 
 
-def _check_event(type: str, session: str | None, actor: str | None, subject: str | None,
+def check_event(type: str, session: str | None, actor: str | None, subject: str | None,
                  body: Mapping[str, Any] | None) -> bytes:
     """Validate an event's fields; return the body's canonical bytes (what is
     stored, and what `chain.stored_row_hash` hashes)."""
@@ -215,7 +215,7 @@ class Maintenance:
         (the subject is already pseudonymous here, unlike `AuditLog.append`)."""
         if not self._write:
             raise AuditError("cannot append in a read-only audit transaction")
-        body_bytes = _check_event(type, session, actor, pseudonym, body)
+        body_bytes = check_event(type, session, actor, pseudonym, body)
         seq, digest = await self._log._insert_event(
             self.db, type, format_time(now), session, actor, pseudonym, body_bytes.decode(), None,
         )
@@ -381,7 +381,7 @@ class AuditLog:
         subject, so it can be erased with it. Raises AuditError for invalid
         input and AuditWriteError if the event could not be made durable.
         """
-        body_bytes = _check_event(type, session, actor, subject, body)
+        body_bytes = check_event(type, session, actor, subject, body)
         fields = check_personal(personal)
         if fields is not None and subject is None:
             raise AuditError("personal fields need a subject, so they can be erased with it")

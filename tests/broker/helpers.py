@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def raw(tmp_path: Path) -> sqlite3.Connection:
     """The audit database opened directly, as an attacker or a bug would."""
@@ -19,3 +21,10 @@ def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "broker", *args, "--data-dir", "data"],
                           cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
                           stdin=subprocess.DEVNULL)
+
+
+# Runs a test that takes the `log` fixture on each audit backend: the
+# embedded SQLite log and the cluster's PostgreSQL one (tests/conftest.py
+# starts the server the first time a test needs it).
+BACKENDS = ("sqlite", "postgresql")
+both_backends = pytest.mark.parametrize("log", BACKENDS, indirect=True)

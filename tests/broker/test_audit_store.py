@@ -16,12 +16,13 @@ import pytest
 from broker.audit.chain import GENESIS_HASH
 from broker.audit.store import AuditLog
 from broker.errors import AuditError, AuditWriteError
-from tests.broker.helpers import raw
+from tests.broker.helpers import both_backends, raw
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
 DEVICE = "dev-5b1f0c3e-8d7a-4c2e-9f00-aa11bb22cc33"
 
 
+@both_backends
 async def test_append_and_read_back(log: AuditLog) -> None:
     seq1 = await log.append(
         "agent_connected", now=T0, subject=DEVICE, body={"shared": []},
@@ -45,6 +46,7 @@ async def test_append_and_read_back(log: AuditLog) -> None:
     assert await log.verify_chain() is None
 
 
+@both_backends
 async def test_time_is_stored_in_utc(log: AuditLog) -> None:
     paris = dt.timezone(dt.timedelta(hours=1))
     await log.append("tick", now=dt.datetime(2025, 3, 1, 13, 0, tzinfo=paris))
@@ -54,6 +56,7 @@ async def test_time_is_stored_in_utc(log: AuditLog) -> None:
         await log.append("tick", now=dt.datetime(2025, 3, 1))
 
 
+@both_backends
 async def test_hash_follows_the_documented_formula(log: AuditLog) -> None:
     await log.append("a", now=T0, body={"é": 1, "b": [1, 2]}, subject=DEVICE)
     await log.append("b", now=T0, session="s", actor="x")
@@ -185,6 +188,7 @@ async def test_locked_database_fails_closed_then_recovers(tmp_path: Path) -> Non
         await audit.close()
 
 
+@both_backends
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -205,11 +209,13 @@ async def test_invalid_events_are_refused(
 
 
 @pytest.mark.parametrize("event_type", ["", "Agent", "with space", "x" * 65, "a-b"])
+@both_backends
 async def test_invalid_types_are_refused(log: AuditLog, event_type: str) -> None:
     with pytest.raises(AuditError, match="invalid audit event type"):
         await log.append(event_type, now=T0)
 
 
+@both_backends
 async def test_concurrent_appends_chain(log: AuditLog) -> None:
     seqs = await asyncio.gather(*(log.append("tick", now=T0, body={"n": n}) for n in range(50)))
     assert sorted(seqs) == list(range(1, 51))
@@ -229,6 +235,7 @@ async def test_two_writers_on_one_file_chain(tmp_path: Path) -> None:
         await cli.close()
 
 
+@both_backends
 async def test_cancelled_append_leaves_the_log_usable(log: AuditLog) -> None:
     task = asyncio.create_task(log.append("a", now=T0, subject=DEVICE, personal={"ip": "x"}))
     await asyncio.sleep(0)
@@ -240,6 +247,7 @@ async def test_cancelled_append_leaves_the_log_usable(log: AuditLog) -> None:
     assert [e.type for e in await log.events()][-1] == "b"
 
 
+@both_backends
 async def test_filters_and_limit(log: AuditLog) -> None:
     for n in range(6):
         await log.append("even" if n % 2 == 0 else "odd", now=T0,

@@ -1,44 +1,18 @@
-"""Fixtures of the cluster tests: one PostgreSQL for the whole test session
-(a fresh database per test, copied from a template), and HAProxy in front
-of brokers, per test. See tests/cluster/harness.py."""
+"""Fixtures of the cluster tests: HAProxy in front of brokers, per test
+(`postgres` and `database_url` are in tests/conftest.py, for the audit
+tests that run on both backends too). See tests/cluster/harness.py."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import HAProxy, Postgres, start_haproxy, start_postgres, stop_postgres
+from tests.cluster.harness import HAProxy, start_haproxy
 from tests.e2e.conftest import deployment, running
 
 __all__ = ["deployment", "running"]  # the e2e fixtures, for the brokers behind HAProxy
-
-# Each test's database is a copy of this one: the place for a schema every
-# test needs, so that it is installed once and copied cheaply.
-TEMPLATE = "consentry_template"
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    pg = start_postgres()
-    try:
-        pg.psql(f"CREATE DATABASE {TEMPLATE}")
-        yield pg
-    finally:
-        stop_postgres(pg)
-
-
-@pytest.fixture
-def database_url(postgres: Postgres) -> Iterator[str]:
-    """A database of the test's own (dropped after it), as a URL for asyncpg."""
-    name = f"test_{secrets.token_hex(6)}"
-    postgres.psql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    try:
-        yield postgres.url(name)
-    finally:
-        postgres.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

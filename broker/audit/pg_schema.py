@@ -1,0 +1,278 @@
+"""The audit log's PostgreSQL schema: tables, the chain head, the guards, the
+broker's role, and the one migration path that installs them.
+
+The same tables as SQLite's (`broker.audit.schema`), with what several broker
+nodes writing one log at once need besides:
+
+* ``chain_head``, one row: the seq and hash of the newest event. A writer
+  takes its row lock (`LOCK_HEAD`, through ``consentry_lock_chain_head()``)
+  before hashing its events, so writers on every node queue on that one
+  row and ``seq`` is contiguous: no sequence, whose numbers a rolled-back
+  transaction would leave as gaps. A BEFORE INSERT trigger on ``events``
+  refuses any row that does not follow the head and moves the head on, so
+  a writer that skipped the lock cannot fork the chain either.
+* Triggers that refuse UPDATE, DELETE and TRUNCATE on ``events`` and
+  ``checkpoints``. Only ``consentry_purge_events(through)`` (retention, the
+  oldest whole days; the caller appends the signed purge record,
+  `broker.audit.purge_record`, in the same transaction) opens the delete
+  guard, through ``purge_gate`` as on SQLite.
+* ``consentry_broker``, the role broker nodes log in under (a login role
+  granted it): SELECT and INSERT on the tables, EXECUTE on the functions,
+  nothing else. The functions that change rows (the head, a subject's key,
+  the purge) are SECURITY DEFINER, owned by whoever installed the schema,
+  each doing one narrow thing.
+
+`install` is idempotent (IF NOT EXISTS, CREATE OR REPLACE, a version row in
+``audit_schema``) and runs under an advisory lock, so several nodes starting
+at once install it once. A node whose role cannot create tables opens a
+database already at `SCHEMA_VERSION` without running any DDL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from broker.audit.chain import GENESIS_HASH
+from broker.errors import AuditError
+
+# A connection of its own or one lent by a pool.
+# (A string: asyncpg's classes are generic in its stubs only.)
+Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
+
+__all__ = ["BROKER_ROLE", "LOCK_HEAD", "SCHEMA_VERSION", "Connection", "grant_broker_role",
+           "install", "schema_version"]
+
+SCHEMA_VERSION = 1
+BROKER_ROLE = "consentry_broker"
+# Any constant unique to this schema: serialises concurrent installs.
+_INSTALL_LOCK = 0x636F6E73  # "cons"
+
+# Returns the head and holds its row lock until the transaction ends.
+LOCK_HEAD = "SELECT seq, hash FROM consentry_lock_chain_head()"
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS audit_schema (
+    one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+    version integer NOT NULL
+);
+
+-- Text compared byte by byte ("C"), as SQLite does: time ranges, the
+-- session-prefix search and its ordering do not depend on the locale.
+CREATE TABLE IF NOT EXISTS events (
+    seq       bigint PRIMARY KEY,
+    time      text COLLATE "C" NOT NULL,
+    type      text COLLATE "C" NOT NULL,
+    session   text COLLATE "C",
+    actor     text COLLATE "C",
+    subject   text COLLATE "C",
+    body      text NOT NULL,
+    prev_hash text NOT NULL,
+    hash      text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events (session);
+CREATE INDEX IF NOT EXISTS events_type ON events (type);
+CREATE INDEX IF NOT EXISTS events_subject ON events (subject);
+CREATE INDEX IF NOT EXISTS events_actor ON events (actor);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+
+CREATE TABLE IF NOT EXISTS chain_head (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq  bigint NOT NULL,
+    hash text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS purge_gate (through_seq bigint NOT NULL);
+
+CREATE TABLE IF NOT EXISTS subjects (
+    pseudonym   text PRIMARY KEY,
+    wrapped_key bytea,
+    created     text NOT NULL,
+    erased      text
+);
+
+CREATE TABLE IF NOT EXISTS personal (
+    seq        bigint PRIMARY KEY REFERENCES events (seq),
+    pseudonym  text NOT NULL REFERENCES subjects (pseudonym),
+    created    text NOT NULL,
+    ciphertext bytea NOT NULL,
+    alias_tag  bytea
+);
+CREATE INDEX IF NOT EXISTS personal_pseudonym ON personal (pseudonym);
+CREATE INDEX IF NOT EXISTS personal_created ON personal (created);
+CREATE INDEX IF NOT EXISTS personal_alias_tag ON personal (alias_tag);
+
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq    bigint NOT NULL,
+    record text NOT NULL
+);
+"""
+
+# search_path pinned on every SECURITY DEFINER function: otherwise a caller
+# could put a table of its own named `events` ahead of ours.
+_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION consentry_lock_chain_head()
+RETURNS TABLE (seq bigint, hash text)
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT h.seq, h.hash FROM chain_head AS h WHERE h.one FOR UPDATE
+$$;
+
+CREATE OR REPLACE FUNCTION consentry_events_follow_head() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    head chain_head%ROWTYPE;
+BEGIN
+    SELECT * INTO head FROM chain_head WHERE one FOR UPDATE;
+    IF NEW.seq <> head.seq + 1 OR NEW.prev_hash <> head.hash THEN
+        RAISE EXCEPTION
+            'audit event % does not follow the chain head % (take the head''s lock first)',
+            NEW.seq, head.seq USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    UPDATE chain_head SET seq = NEW.seq, hash = NEW.hash WHERE one;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION consentry_refuse_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'events' AND EXISTS (
+            SELECT 1 FROM purge_gate WHERE OLD.seq <= purge_gate.through_seq) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'audit % are append-only (% refused)', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+-- The subject's wrapped key, made with `new_wrapped` if it has none (never
+-- had one, or it was erased: then its old alias tags are cleared, so the old
+-- aliases do not become findable again under the new key).
+CREATE OR REPLACE FUNCTION consentry_subject_key(p_pseudonym text, new_wrapped bytea,
+                                                 p_created text)
+RETURNS bytea
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    current bytea;
+    found_row boolean;
+BEGIN
+    SELECT wrapped_key, true INTO current, found_row FROM subjects
+    WHERE pseudonym = p_pseudonym FOR UPDATE;
+    IF current IS NOT NULL THEN
+        RETURN current;
+    END IF;
+    IF found_row THEN
+        UPDATE personal SET alias_tag = NULL WHERE pseudonym = p_pseudonym;
+        UPDATE subjects SET wrapped_key = new_wrapped WHERE pseudonym = p_pseudonym;
+    ELSE
+        INSERT INTO subjects (pseudonym, wrapped_key, created)
+        VALUES (p_pseudonym, new_wrapped, p_created);
+    END IF;
+    RETURN new_wrapped;
+END
+$$;
+
+-- Retention's removal of the oldest events (through `through`) and their
+-- personal rows; the caller appends the signed purge record in the same
+-- transaction. Returns how many events went.
+CREATE OR REPLACE FUNCTION consentry_purge_events(through bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    removed bigint;
+BEGIN
+    DELETE FROM personal WHERE seq <= through;
+    INSERT INTO purge_gate (through_seq) VALUES (through);
+    DELETE FROM events WHERE seq <= through;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    DELETE FROM purge_gate;
+    RETURN removed;
+END
+$$;
+"""
+
+_TRIGGERS = """
+DROP TRIGGER IF EXISTS events_follow_head ON events;
+CREATE TRIGGER events_follow_head BEFORE INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION consentry_events_follow_head();
+DROP TRIGGER IF EXISTS events_no_change ON events;
+CREATE TRIGGER events_no_change BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION consentry_refuse_change();
+DROP TRIGGER IF EXISTS events_no_truncate ON events;
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION consentry_refuse_change();
+DROP TRIGGER IF EXISTS checkpoints_no_change ON checkpoints;
+CREATE TRIGGER checkpoints_no_change BEFORE UPDATE OR DELETE ON checkpoints
+    FOR EACH ROW EXECUTE FUNCTION consentry_refuse_change();
+DROP TRIGGER IF EXISTS checkpoints_no_truncate ON checkpoints;
+CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION consentry_refuse_change();
+"""
+
+# Roles are the cluster's, not the database's: made once, granted per database.
+# (The role's name is `BROKER_ROLE`.)
+_GRANTS = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'consentry_broker') THEN
+        CREATE ROLE consentry_broker NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object THEN NULL;  -- made by another install just now
+END $$;
+REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, checkpoints
+    FROM PUBLIC;
+GRANT SELECT, INSERT ON events, personal, checkpoints, subjects TO consentry_broker;
+GRANT SELECT ON audit_schema, chain_head TO consentry_broker;
+REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
+    consentry_purge_events(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
+    consentry_purge_events(bigint) TO consentry_broker;
+"""
+
+
+async def schema_version(conn: Connection) -> int:
+    """The installed version; 0 for a database without the audit schema."""
+    if await conn.fetchval("SELECT to_regclass('audit_schema')") is None:
+        return 0
+    version = await conn.fetchval("SELECT version FROM audit_schema")
+    return 0 if version is None else int(version)
+
+
+async def install(conn: Connection) -> None:
+    """Bring the database to `SCHEMA_VERSION` (creating everything if empty),
+    in one transaction; nothing to do, and no DDL run, if it is already there.
+    AuditError if the database is from a newer consentry or the role cannot
+    create the schema."""
+    try:
+        version = await schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise AuditError("the audit database was made by a newer consentry; "
+                             "upgrade to use it")
+        if version == SCHEMA_VERSION:
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _INSTALL_LOCK)
+            if await schema_version(conn) == SCHEMA_VERSION:
+                return  # another node installed it while we waited
+            await conn.execute(_TABLES)
+            await conn.execute("INSERT INTO chain_head (one, seq, hash) VALUES (true, 0, $1) "
+                               "ON CONFLICT (one) DO NOTHING", GENESIS_HASH)
+            await conn.execute(_FUNCTIONS)
+            await conn.execute(_TRIGGERS)
+            await conn.execute(_GRANTS)
+            await conn.execute(
+                "INSERT INTO audit_schema (one, version) VALUES (true, $1) "
+                "ON CONFLICT (one) DO UPDATE SET version = excluded.version", SCHEMA_VERSION)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise AuditError(
+            "the audit database has no consentry schema yet and this role cannot create it: "
+            "start one broker with the database owner's URL first, then its nodes with "
+            f"a role granted {BROKER_ROLE} ({exc})") from exc
+    except (asyncpg.PostgresError, OSError) as exc:
+        raise AuditError(f"cannot initialise the audit database: {exc}") from exc
+
+
+async def grant_broker_role(conn: Connection, login_role: str) -> None:
+    """Make `login_role` (an existing login role) a member of `BROKER_ROLE`."""
+    quoted = await conn.fetchval("SELECT quote_ident($1)", login_role)
+    await conn.execute(f"GRANT {BROKER_ROLE} TO {quoted}")
