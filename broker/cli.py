@@ -3,7 +3,7 @@
     consentry-broker serve        [--listen HOST:PORT] [--cert F] [--key F]
                                   [--checkpoint-file F] [--audit-max-mb N]
                                   [--pii-retention-days N] [--event-retention-days N]
-                                  [--agent-hellos-per-minute N]
+                                  [--agent-hellos-per-minute N] [--database-url URL]
     consentry-broker certs init   [--dir certs] [--name HOST ...] [--force]
     consentry-broker engineer add NAME --key FILE.pub [--role R] [--display TEXT]
     consentry-broker engineer list [--json]
@@ -15,6 +15,7 @@
     consentry-broker audit export --subject ALIAS [--device PSEUDONYM] [--format json]
                                   [--output F]
     consentry-broker audit verify [--pubkey F] [--checkpoint-file F] [--json]
+                                  [--database-url URL]
     consentry-broker audit pubkey
     consentry-broker audit purge  [--pii-retention-days N] [--event-retention-days N]
     consentry-broker audit erase  --subject ALIAS [--device P] [--yes]
@@ -63,7 +64,9 @@ DEFAULT_CONFIG = Path("/etc/consentry/broker.toml")
 SETTINGS = ("data_dir", "listen", "cert", "key", "checkpoint_file", "witness",
             "checkpoint_command", "audit_max_mb", "pii_retention_days",
             "event_retention_days", "agent_hellos_per_minute", "log_format",
-            "proxy_protocol_from")
+            "proxy_protocol_from", "database_url")
+# Settings --print-config says are set without showing them (a URL's password).
+SECRET_SETTINGS = ("database_url",)
 
 
 # -- serve --------------------------------------------------------------------
@@ -86,6 +89,16 @@ def _network(text: str) -> IPv4Network | IPv6Network:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _database_url(text: str | None) -> str | None:
+    """`--database-url`, checked before anything starts (its password never in
+    the message)."""
+    if text is None:
+        return None
+    from broker.audit.stores import check_database_url
+
+    return check_database_url(text)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     for path, what in ((args.cert, "TLS certificate"), (args.key, "TLS private key")):
@@ -101,7 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           agent_hellos_per_minute=args.agent_hellos_per_minute,
                           log_format=args.log_format,
                           timeouts=Timeouts(resume_window=float(args.resume_window)),
-                          proxy_protocol_from=tuple(args.proxy_protocol_from or ()))
+                          proxy_protocol_from=tuple(args.proxy_protocol_from or ()),
+                          database_url=_database_url(args.database_url))
     setup_logging(args.log_format)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
@@ -299,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "v2 (HAProxy `send-proxy-v2`): its connections must begin with the "
                         "header, and the client it names is the one recorded and "
                         "rate-limited (repeatable; from other addresses none is read)")
+    p.add_argument("--database-url", metavar="URL",
+                   help="keep the audit log in PostgreSQL (postgresql://USER@HOST/DB; "
+                        "leave the password out and use PGPASSWORD or ~/.pgpass, which "
+                        "ps does not show) instead of SQLite in DIR; every node of a "
+                        "cluster names the same database and holds the same "
+                        "DIR/master.key")
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
                    help="where signed audit checkpoints are appended (default: "
                         "DIR/checkpoints.jsonl; another disk is stronger)")
@@ -401,7 +421,8 @@ def configure(args: argparse.Namespace, parser: argparse.ArgumentParser,
     try:
         return configure_from(args, parser, SETTINGS,
                               program=" ".join((PROG, *_command_words(args))),
-                              default_file=DEFAULT_CONFIG, environ=environ)
+                              default_file=DEFAULT_CONFIG, environ=environ,
+                              secrets=SECRET_SETTINGS)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
 

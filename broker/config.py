@@ -89,6 +89,11 @@ class BrokerConfig:
     # header, whose client address the broker then records and rate-limits
     # by (broker.proxy_protocol). Empty: no header is read from anyone.
     proxy_protocol_from: Networks = ()
+    # `serve --database-url postgresql://...`: the audit log on PostgreSQL
+    # (`broker.audit.pg_store`), shared by the nodes of a cluster; None keeps
+    # it in SQLite in `data_dir`. The master key stays in `data_dir` (the
+    # same file on every node). May hold a password: never printed.
+    database_url: str | None = None
 
     @property
     def audit_db(self) -> Path:

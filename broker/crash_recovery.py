@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.audit.interface import AuditStore
 from broker.audit.store import AuditLog
 from broker.wire.codes import EndReason
 
@@ -126,6 +127,6 @@ async def close_what_a_crash_left_open(audit: AuditLog, *, now: dt.datetime) -> 
     return found
 
 
-async def record_clean_stop(audit: AuditLog, *, now: dt.datetime) -> None:
+async def record_clean_stop(audit: AuditStore, *, now: dt.datetime) -> None:
     """The run ended in order: every session and agent recorded its end."""
     await audit.append(RUN_STOPPED, now=now)

@@ -42,6 +42,7 @@ from broker.audit.retention import check_retention, retention_loop
 from broker.audit.shipping import CheckpointShipper
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
+from broker.audit.stores import open_store
 from broker.auth import AttemptLimiter, verify_login
 from broker.certs import cert_names
 from broker.config import BrokerConfig
@@ -502,24 +503,33 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     logging.getLogger("websockets").setLevel(logging.WARNING)
     tls = server_tls(config.cert, config.key)
     check_retention(config.pii_retention_days, config.event_retention_days)
-    audit = await AuditLog.open(
-        config.data_dir,
+    audit = await open_store(
+        config.data_dir, database_url=config.database_url,
         max_bytes=None if config.audit_max_mb is None else config.audit_max_mb * 1024 * 1024,
     )
+    # Checkpoints, crash recovery and retention still run SQLite statements
+    # (broker.audit.pg_store says what the PostgreSQL log lacks yet): a node
+    # on PostgreSQL runs none of them, and says so.
+    embedded = isinstance(audit, AuditLog)
+    if not embedded:
+        log.warning("audit log on PostgreSQL: this node writes no checkpoints, runs no "
+                    "retention and closes no sessions a crash left open")
     shipper: CheckpointShipper | None = None
+    checkpointer: Checkpointer | None = None
     try:
         # Refuses to start on a log that no longer holds what its newest
         # signed checkpoint covers (cut short, or an older copy restored).
-        checkpointer = Checkpointer(
-            audit, config.data_dir, checkpoint_file=config.checkpoint_file,
-            every_events=config.checkpoint_every_events,
-            every_seconds=config.checkpoint_every_seconds, witnesses=config.witnesses,
-        )
-        if config.checkpoint_command is not None:
-            shipper = CheckpointShipper(config.checkpoint_command)
-            checkpointer.add_listener(shipper.offer)
-            shipper.start()
-        await checkpointer.start()
+        if embedded:
+            checkpointer = Checkpointer(
+                audit, config.data_dir, checkpoint_file=config.checkpoint_file,
+                every_events=config.checkpoint_every_events,
+                every_seconds=config.checkpoint_every_seconds, witnesses=config.witnesses,
+            )
+            if config.checkpoint_command is not None:
+                shipper = CheckpointShipper(config.checkpoint_command)
+                checkpointer.add_listener(shipper.offer)
+                shipper.start()
+            await checkpointer.start()
     except BaseException:
         if shipper is not None:
             await shipper.stop(0)
@@ -528,13 +538,15 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     try:
         # Before anyone is served: sessions and agents a crashed run left open
         # are closed in the log (reason broker_crashed), and this run begins.
-        await close_what_a_crash_left_open(audit, now=utcnow())
+        if isinstance(audit, AuditLog):
+            await close_what_a_crash_left_open(audit, now=utcnow())
     except AuditWriteError as exc:
         # A full log still starts a broker, which refuses every session and
         # says why; the closing records are written at the next start instead.
         log.error("could not close what the previous run left open: %s", exc)
     except BaseException:
-        await checkpointer.stop()
+        if checkpointer is not None:
+            await checkpointer.stop()
         if shipper is not None:
             await shipper.stop()
         await audit.close()
@@ -552,7 +564,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         audit, signing_key=load_or_create_signing_key(config.data_dir),
         pii_days=config.pii_retention_days, event_days=config.event_retention_days,
         interval=config.retention_interval,
-    ))
+    ) if isinstance(audit, AuditLog) else asyncio.sleep(0))
     listening = False
     try:
         # Accepts through broker.admission (per-source and descriptor caps,
@@ -597,7 +609,8 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         retention.cancel()  # a purge already started finishes first
         with contextlib.suppress(asyncio.CancelledError):
             await retention
-        await checkpointer.stop()  # after the last session_ended: a final checkpoint
+        if checkpointer is not None:
+            await checkpointer.stop()  # after the last session_ended: a final checkpoint
         if shipper is not None:
             await shipper.stop()  # after the final checkpoint, so it is shipped too
         await audit.close()

@@ -19,7 +19,7 @@ from broker.audit.signing import (
     public_key_text,
 )
 from broker.audit.verify import VerifyReport, verify_log
-from broker.audit_cli.common import add_parser, log_admin_action
+from broker.audit_cli.common import add_parser, cli_actor, log_admin_action, now
 from broker.errors import AuditError, ConfigError
 
 __all__ = ["EXIT_NOT_INTACT", "register"]
@@ -93,7 +93,38 @@ def _print_report(report: VerifyReport, notes: list[str], as_json: bool) -> None
         print(f"note: {note}", file=sys.stderr)
 
 
+async def _verify_database(args: argparse.Namespace) -> int:
+    """`audit verify --database-url`: the chain of a PostgreSQL log, through
+    the store (`broker.audit.verify_store`); recorded in that log as on SQLite."""
+    from broker.audit.stores import open_store
+    from broker.audit.verify_store import verify_store
+
+    if args.witness or args.checkpoint_file is not None:
+        raise ConfigError("--witness and --checkpoint-file are not checked against a "
+                          "PostgreSQL log yet; run audit verify without them")
+    key, notes = _public_key(args)
+    store = await open_store(args.data_dir, database_url=args.database_url)
+    try:
+        report = await verify_store(store, public_key=key)
+        _print_report(report, notes, args.json)
+        sys.stdout.flush()
+        try:
+            await store.append("audit_verified", now=now(), actor=cli_actor(), body={
+                "ok": report.ok, "first_bad_seq": report.first_bad_seq,
+                "independent_key": args.pubkey is not None})
+        except AuditError as exc:
+            if report.ok:
+                raise
+            print(f"consentry-broker: error: could not record this check in the log: {exc}",
+                  file=sys.stderr)
+    finally:
+        await store.close()
+    return 0 if report.ok else EXIT_NOT_INTACT
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    if getattr(args, "database_url", None) is not None:
+        return asyncio.run(_verify_database(args))
     data_dir: Path = args.data_dir
     db_path = data_dir / "audit.db"
     checkpoint_file = checkpoint_path(data_dir, args.checkpoint_file)
@@ -162,6 +193,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="also check the log against the signed checkpoints in FILE, kept "
                         "elsewhere (a copy from --checkpoint-command, a customer's "
                         "checkpoints.jsonl); repeatable")
+    p.add_argument("--database-url", metavar="URL",
+                   help="verify the PostgreSQL log of a cluster (as given to `serve "
+                        "--database-url`; DIR holds its master.key and audit.key) instead "
+                        "of DIR/audit.db")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(func=cmd_audit_verify)
 
