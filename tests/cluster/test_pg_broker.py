@@ -1,0 +1,105 @@
+"""A broker whose audit log is in PostgreSQL (`serve --database-url`): a real
+session through real processes lands in the database, `audit verify
+--database-url` passes on it and finds an edit, and the URL's password is
+shown nowhere."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+
+import asyncpg
+
+from tests.cluster.harness import Postgres
+from tests.e2e.conftest import Deployment
+from tests.e2e.test_session import approve_session
+
+
+def _verify(deployment: Deployment, database_url: str, *extra: str,
+            ) -> subprocess.CompletedProcess[str]:
+    return deployment.cli("audit", "verify", "--database-url", database_url, *extra)
+
+
+async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
+        deployment: Deployment, database_url: str, postgres: Postgres) -> None:
+    deployment.start_broker(0, "--database-url", database_url)
+    agent, console, _code = approve_session(deployment, "c", "--control")
+    marker = "CSY" + secrets.token_hex(8)
+    console.send(f"echo {marker}-$((6*7))\r")
+    console.expect(f"{marker}-42")
+    agent.expect(f"{marker}-42")
+    console.send("\x1dq")
+    console.expect("You left the session.")
+    deployment.stop()
+
+    assert postgres.password not in deployment.broker_stdout.read_text(errors="replace")
+    # Sessions are in the database; the local file has only what the admin
+    # commands wrote (`engineer add`, which does not take --database-url yet).
+    local = deployment.audit_types()
+    assert "session_started" not in local and "agent_connected" not in local
+    conn = await asyncpg.connect(database_url)
+    try:
+        types = [r["type"] for r in await conn.fetch("SELECT type FROM events ORDER BY seq")]
+        for event in ("agent_connected", "engineer_login", "consent_granted",
+                      "session_started", "session_ended", "broker_stopped"):
+            assert event in types, "\n".join([*types, deployment.broker_stdout.read_text()])
+        assert marker not in "".join(r["body"] for r in await conn.fetch("SELECT body FROM events"))
+
+        result = _verify(deployment, database_url, "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["ok"] and report["first_seq"] == 1 and report["events"] == len(types)
+        assert postgres.password not in result.stdout + result.stderr
+        # The check is itself in the log.
+        assert await conn.fetchval(
+            "SELECT type FROM events ORDER BY seq DESC LIMIT 1") == "audit_verified"
+
+        # Someone with the owner's rights turns the guard off and edits a row.
+        await conn.execute("ALTER TABLE events DISABLE TRIGGER USER")
+        await conn.execute("UPDATE events SET actor = 'mallory' WHERE type = 'session_started'")
+        await conn.execute("ALTER TABLE events ENABLE TRIGGER USER")
+        edited = await conn.fetchval("SELECT seq FROM events WHERE actor = 'mallory'")
+    finally:
+        await conn.close()
+    result = _verify(deployment, database_url)
+    assert result.returncode == 9, result.stdout + result.stderr
+    assert f"seq {edited}: contents changed" in result.stdout
+
+
+def test_print_config_says_the_database_url_is_set_without_showing_it(
+        deployment: Deployment) -> None:
+    url = "postgresql://broker:pw-" + secrets.token_hex(6) + "@db.example:5432/audit"
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--database-url", url, "--print-config",
+         "--data-dir", str(deployment.data_dir)],
+        capture_output=True, text=True, timeout=60, cwd=deployment.root)
+    assert result.returncode == 0, result.stderr
+    assert "database_url = (set, not shown)" in result.stdout
+    assert "pw-" not in result.stdout + result.stderr
+
+
+def test_a_url_that_is_not_postgresql_is_refused_before_anything_starts(
+        deployment: Deployment) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--database-url",
+         "mysql://root:hunter2@db/audit", "--cert", str(deployment.pki.cert),
+         "--key", str(deployment.pki.key), "--data-dir", str(deployment.data_dir)],
+        capture_output=True, text=True, timeout=60, cwd=deployment.root)
+    assert result.returncode != 0
+    assert "--database-url must look like postgresql://" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_database_stops_the_broker_with_one_line(
+        deployment: Deployment) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--listen", "127.0.0.1:0", "--database-url",
+         "postgresql://broker:hunter2@127.0.0.1:1/audit", "--cert", str(deployment.pki.cert),
+         "--key", str(deployment.pki.key), "--data-dir", str(deployment.data_dir)],
+        capture_output=True, text=True, timeout=60, cwd=deployment.root)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "cannot connect to the audit database postgresql://broker:***@127.0.0.1:1/audit" \
+        in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
