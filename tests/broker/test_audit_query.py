@@ -14,7 +14,7 @@ from broker.audit.keys import AuditKeys, load_or_create_master_key
 from broker.audit.schema import SCHEMA_VERSION
 from broker.audit.store import AuditLog
 from broker.errors import AuditError
-from tests.broker.helpers import raw
+from tests.broker.helpers import both_backends, raw
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 DEVICE_A = "dev-aaaaaaaa"
@@ -46,6 +46,7 @@ async def seqs(log: AuditLog, **filters: object) -> list[int]:
     return [e.seq for e in events]
 
 
+@both_backends
 async def test_newest_first_with_personal_fields(log: AuditLog) -> None:
     await small_log(log)
     events, more = await log.query(limit=3)
@@ -58,6 +59,7 @@ async def test_newest_first_with_personal_fields(log: AuditLog) -> None:
     assert events[-1].subject == log.pseudonym(DEVICE_A)
 
 
+@both_backends
 async def test_each_filter(log: AuditLog) -> None:
     await small_log(log)
     assert await seqs(log, actor="alice") == [9, 5, 4, 3]
@@ -73,6 +75,7 @@ async def test_each_filter(log: AuditLog) -> None:
     assert await seqs(log, actor="nobody") == []
 
 
+@both_backends
 async def test_filters_combine(log: AuditLog) -> None:
     await small_log(log)
     assert await seqs(log, actor="alice", session="s1", type="join_requested") == [4]
@@ -81,6 +84,7 @@ async def test_filters_combine(log: AuditLog) -> None:
     assert await seqs(log, actor="alice", type="consent_denied") == []
 
 
+@both_backends
 async def test_keyset_paging_walks_every_event_once(log: AuditLog) -> None:
     await small_log(log)
     seen: list[int] = []
@@ -97,6 +101,7 @@ async def test_keyset_paging_walks_every_event_once(log: AuditLog) -> None:
     assert ([e.seq for e in events], more) == ([3, 2, 1], False)
 
 
+@both_backends
 async def test_alias_finds_every_event_of_the_device_ignoring_case(log: AuditLog) -> None:
     await small_log(log)
     assert await seqs(log, alias="Front Desk") == [9, 5, 4, 1]
@@ -157,6 +162,7 @@ async def test_erased_devices_cannot_be_found_by_alias(log: AuditLog, tmp_path: 
     assert tagged == [(2,), (11,)]
 
 
+@both_backends
 async def test_session_events_oldest_first(log: AuditLog) -> None:
     await small_log(log)
     events = await log.session_events("s1")
@@ -166,12 +172,14 @@ async def test_session_events_oldest_first(log: AuditLog) -> None:
     assert await log.session_events("nope") == []
 
 
+@both_backends
 @pytest.mark.parametrize("limit", [0, -1])
 async def test_bad_limits(log: AuditLog, limit: int) -> None:
     with pytest.raises(AuditError):
         await log.query(limit=limit)
 
 
+@both_backends
 async def test_naive_times_are_refused(log: AuditLog) -> None:
     with pytest.raises(AuditError, match="timezone-aware"):
         await log.query(since=dt.datetime(2025, 3, 1))
