@@ -507,13 +507,13 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         config.data_dir, database_url=config.database_url,
         max_bytes=None if config.audit_max_mb is None else config.audit_max_mb * 1024 * 1024,
     )
-    # Checkpoints, crash recovery and retention still run SQLite statements
+    # Checkpoints and crash recovery still run SQLite statements
     # (broker.audit.pg_store says what the PostgreSQL log lacks yet): a node
-    # on PostgreSQL runs none of them, and says so.
+    # on PostgreSQL runs neither, and says so.
     embedded = isinstance(audit, AuditLog)
     if not embedded:
-        log.warning("audit log on PostgreSQL: this node writes no checkpoints, runs no "
-                    "retention and closes no sessions a crash left open")
+        log.warning("audit log on PostgreSQL: this node writes no checkpoints and closes "
+                    "no sessions a crash left open")
     shipper: CheckpointShipper | None = None
     checkpointer: Checkpointer | None = None
     try:
@@ -564,7 +564,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         audit, signing_key=load_or_create_signing_key(config.data_dir),
         pii_days=config.pii_retention_days, event_days=config.event_retention_days,
         interval=config.retention_interval,
-    ) if isinstance(audit, AuditLog) else asyncio.sleep(0))
+    ))
     listening = False
     try:
         # Accepts through broker.admission (per-source and descriptor caps,

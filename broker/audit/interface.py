@@ -11,9 +11,11 @@ chain with `broker.audit.chain`, and personal fields are sealed per subject
 
 `AuditTransaction` is the part of `AuditStore.maintenance()`'s transaction
 that is the same on every backend: appends that commit with the change they
-record. What retention, erasure and crash recovery do inside it is still
-SQL on SQLite's connection (`Maintenance.db`), so those modules take the
-SQLite `AuditLog` itself until a second backend gives them their own calls.
+record. `RetentionTransaction` adds the calls retention makes, so
+`broker.audit.retention` runs on either backend (`RetentionStore`). What
+erasure and crash recovery do inside it is still SQL on SQLite's connection
+(`Maintenance.db`), so those modules take the SQLite `AuditLog` itself until
+they get calls of their own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any, Protocol
 
 from broker.audit.keys import AuditKeys
 
-__all__ = ["AuditEvent", "AuditStore", "AuditTransaction"]
+__all__ = ["AuditEvent", "AuditStore", "AuditTransaction", "RetentionStore",
+           "RetentionTransaction"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class AuditStore(Protocol):
         ...
 
     def maintenance(self, *, write: bool = True,
-                    ) -> AbstractAsyncContextManager[AuditTransaction]:
+                    ) -> AbstractAsyncContextManager[RetentionTransaction]:
         """Hold the log for one transaction, committed when the block ends."""
         ...
 
@@ -172,4 +175,51 @@ class AuditStore(Protocol):
         ...
 
     async def close(self) -> None:
+        ...
+
+
+class RetentionTransaction(AuditTransaction, Protocol):
+    """What `broker.audit.retention.purge` does inside one write transaction.
+    Times are `chain.format_time` texts."""
+
+    async def require_secure_delete(self) -> None:
+        """AuditError if what is deleted would stay readable where the backend
+        could prevent it."""
+        ...
+
+    async def delete_personal_before(self, cutoff: str) -> int:
+        """Remove personal rows created before `cutoff`; how many."""
+        ...
+
+    async def event_span(self, kept_from: str) -> tuple[int | None, int | None, int | None]:
+        """The first and last seq held, and the first dated at or after `kept_from`."""
+        ...
+
+    async def purge_point(self, through: int) -> tuple[str, int] | None:
+        """The hash of event `through` and how many events are at or before it."""
+        ...
+
+    async def purge_events(self, through: int) -> tuple[int, int]:
+        """Remove events through `through` and their personal rows, once the
+        signed purge record is appended in this transaction; how many
+        personal rows and events went."""
+        ...
+
+    async def shred_subjects_without_personal(self, time: str) -> int:
+        """Destroy the key of every subject with no personal row left; how many."""
+        ...
+
+    async def remove_forgotten_subjects(self) -> int:
+        """Remove shredded subjects no event or personal row names; how many."""
+        ...
+
+
+class RetentionStore(Protocol):
+    """A store retention can run on (both backends)."""
+
+    def maintenance(self, *, write: bool = True,
+                    ) -> AbstractAsyncContextManager[RetentionTransaction]:
+        ...
+
+    async def truncate_wal(self) -> bool:
         ...

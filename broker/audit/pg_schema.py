@@ -13,13 +13,13 @@ nodes writing one log at once need besides:
   a writer that skipped the lock cannot fork the chain either.
 * Triggers that refuse UPDATE, DELETE and TRUNCATE on ``events`` and
   ``checkpoints``. Only ``consentry_purge_events(through)`` (retention, the
-  oldest whole days; the caller appends the signed purge record,
-  `broker.audit.purge_record`, in the same transaction) opens the delete
-  guard, through ``purge_gate`` as on SQLite.
+  oldest whole days) opens the delete guard, through ``purge_gate`` as on
+  SQLite, and only right after the signed purge record
+  (`broker.audit.purge_record`) appended in the same transaction.
 * ``consentry_broker``, the role broker nodes log in under (a login role
   granted it): SELECT and INSERT on the tables, EXECUTE on the functions,
   nothing else. The functions that change rows (the head, a subject's key,
-  the purge) are SECURITY DEFINER, owned by whoever installed the schema,
+  retention's purge and deletions) are SECURITY DEFINER, owned by whoever installed the schema,
   each doing one narrow thing.
 
 `install` is idempotent (IF NOT EXISTS, CREATE OR REPLACE, a version row in
@@ -175,18 +175,69 @@ END
 $$;
 
 -- Retention's removal of the oldest events (through `through`) and their
--- personal rows; the caller appends the signed purge record in the same
--- transaction. Returns how many events went.
-CREATE OR REPLACE FUNCTION consentry_purge_events(through bigint) RETURNS bigint
+-- personal rows. Only right after its record: the newest event must be an
+-- events_purged naming `through`, appended by this same transaction, so no
+-- purge can happen without a record of it in the chain (`audit verify`
+-- checks the record's signature).
+CREATE OR REPLACE FUNCTION consentry_purge_events(through bigint)
+RETURNS TABLE (removed_personal bigint, removed_events bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    newest record;
+BEGIN
+    SELECT e.type, e.body, e.xmin = pg_current_xact_id()::xid AS ours INTO newest
+    FROM events AS e JOIN chain_head AS h ON e.seq = h.seq;
+    IF newest IS NULL OR newest.type IS DISTINCT FROM 'events_purged' OR NOT newest.ours
+            OR (newest.body::jsonb ->> 'through_seq')::bigint IS DISTINCT FROM through THEN
+        RAISE EXCEPTION 'a purge must come right after its events_purged record, in the same '
+            'transaction' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM personal WHERE seq <= through;
+    GET DIAGNOSTICS removed_personal = ROW_COUNT;
+    INSERT INTO purge_gate (through_seq) VALUES (through);
+    DELETE FROM events WHERE seq <= through;
+    GET DIAGNOSTICS removed_events = ROW_COUNT;
+    DELETE FROM purge_gate;
+    RETURN NEXT;
+END
+$$;
+
+-- The rest of retention: personal rows past their retention, then the keys
+-- of subjects with none left, then subjects nothing names any more.
+CREATE OR REPLACE FUNCTION consentry_delete_personal_before(cutoff text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     removed bigint;
 BEGIN
-    DELETE FROM personal WHERE seq <= through;
-    INSERT INTO purge_gate (through_seq) VALUES (through);
-    DELETE FROM events WHERE seq <= through;
+    DELETE FROM personal WHERE created < cutoff;
     GET DIAGNOSTICS removed = ROW_COUNT;
-    DELETE FROM purge_gate;
+    RETURN removed;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION consentry_shred_subjects_without_personal(erased_at text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    shredded bigint;
+BEGIN
+    UPDATE subjects SET wrapped_key = NULL, erased = erased_at
+    WHERE wrapped_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM personal AS p WHERE p.pseudonym = subjects.pseudonym);
+    GET DIAGNOSTICS shredded = ROW_COUNT;
+    RETURN shredded;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION consentry_remove_forgotten_subjects() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    removed bigint;
+BEGIN
+    DELETE FROM subjects WHERE wrapped_key IS NULL
+      AND NOT EXISTS (SELECT 1 FROM personal AS p WHERE p.pseudonym = subjects.pseudonym)
+      AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.subject = subjects.pseudonym);
+    GET DIAGNOSTICS removed = ROW_COUNT;
     RETURN removed;
 END
 $$;
@@ -224,9 +275,13 @@ REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, 
 GRANT SELECT, INSERT ON events, personal, checkpoints, subjects TO consentry_broker;
 GRANT SELECT ON audit_schema, chain_head TO consentry_broker;
 REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
-    consentry_purge_events(bigint) FROM PUBLIC;
+    consentry_purge_events(bigint), consentry_delete_personal_before(text),
+    consentry_shred_subjects_without_personal(text), consentry_remove_forgotten_subjects()
+    FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
-    consentry_purge_events(bigint) TO consentry_broker;
+    consentry_purge_events(bigint), consentry_delete_personal_before(text),
+    consentry_shred_subjects_without_personal(text), consentry_remove_forgotten_subjects()
+    TO consentry_broker;
 """
 
 

@@ -14,12 +14,12 @@ What is PostgreSQL's (`broker.audit.pg_schema`): a writer takes the row lock
 of the one-row chain head before hashing its batch, so writers on all nodes
 queue there and seq has no gaps; triggers refuse UPDATE, DELETE and TRUNCATE.
 
-Not supported on this backend yet: retention and erasure (`broker.audit.
-retention`, `broker.audit.subjects`) and crash recovery still run SQLite
-statements on `Maintenance.db`; the schema's ``consentry_purge_events`` is the
-purge path they will call (`PgMaintenance.purge_events`). Checkpoints are
-written by the SQLite checkpointer only; the ``checkpoints`` table is here,
-with its guards, for the cluster's leader to fill.
+Retention (`broker.audit.retention`) runs here too, through the schema's
+SECURITY DEFINER functions (`PgMaintenance`). Not supported on this backend
+yet: erasure and export of one subject (`broker.audit.subjects`) and crash
+recovery still run SQLite statements on `Maintenance.db`; checkpoints are
+written by the SQLite checkpointer only (the ``checkpoints`` table is here,
+with its guards, for the cluster's leader to fill).
 
 Erasure on PostgreSQL: a shredded subject key stays in old row versions
 until VACUUM reclaims them, in the WAL until it is recycled, and in every
@@ -128,7 +128,7 @@ def _check_text(name: str, value: str | None) -> None:
 
 class PgMaintenance:
     """One transaction on the PostgreSQL log (`PgAuditLog.maintenance`):
-    the `AuditTransaction` calls, plus `conn` and the purge function."""
+    the `RetentionTransaction` calls (appends and retention), and `conn`."""
 
     def __init__(self, log: PgAuditLog, conn: Connection, write: bool) -> None:
         self.conn = conn
@@ -162,13 +162,56 @@ class PgMaintenance:
         self.appended.append(written)
         return written[0]
 
-    async def purge_events(self, through_seq: int) -> int:
-        """Remove events (and their personal rows) through `through_seq`,
-        the retention purge; the caller appends the signed purge record
-        in this same transaction. How many events went."""
+    # -- retention (`broker.audit.retention`), through the schema's functions
+
+    def _writing(self) -> None:
         if not self._write:
-            raise AuditError("cannot purge in a read-only audit transaction")
-        return int(await self.conn.fetchval("SELECT consentry_purge_events($1)", through_seq))
+            raise AuditError("cannot change the audit log in a read-only transaction")
+
+    async def require_secure_delete(self) -> None:
+        """Nothing to switch on: PostgreSQL keeps deleted rows' old versions
+        until VACUUM (`PgAuditLog.truncate_wal`), the WAL and backups longer;
+        the module docstring says what bounds that."""
+
+    async def delete_personal_before(self, cutoff: str) -> int:
+        self._writing()
+        return int(await self.conn.fetchval("SELECT consentry_delete_personal_before($1)",
+                                            cutoff))
+
+    async def event_span(self, kept_from: str) -> tuple[int | None, int | None, int | None]:
+        # The head's lock first: retention on two nodes at once runs one
+        # after the other, each purging from what the other left.
+        await self.conn.fetchrow(LOCK_HEAD)
+        row = await self.conn.fetchrow(
+            "SELECT (SELECT MIN(seq) FROM events), (SELECT MAX(seq) FROM events), "
+            "(SELECT MIN(seq) FROM events WHERE time >= $1)", kept_from)
+        return (None, None, None) if row is None else (row[0], row[1], row[2])
+
+    async def purge_point(self, through: int) -> tuple[str, int] | None:
+        row = await self.conn.fetchrow(
+            "SELECT hash, (SELECT COUNT(*) FROM events WHERE seq <= $1) FROM events "
+            "WHERE seq = $1", through)
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    async def purge_events(self, through: int) -> tuple[int, int]:
+        """Remove events through `through` and their personal rows; only
+        right after the signed purge record appended in this transaction
+        (the function refuses otherwise). How many personal rows and events."""
+        self._writing()
+        row = await self.conn.fetchrow(
+            "SELECT removed_personal, removed_events FROM consentry_purge_events($1)", through)
+        if row is None:
+            raise AuditError("the purge function returned nothing")
+        return int(row[0]), int(row[1])
+
+    async def shred_subjects_without_personal(self, time: str) -> int:
+        self._writing()
+        return int(await self.conn.fetchval(
+            "SELECT consentry_shred_subjects_without_personal($1)", time))
+
+    async def remove_forgotten_subjects(self) -> int:
+        self._writing()
+        return int(await self.conn.fetchval("SELECT consentry_remove_forgotten_subjects()"))
 
 
 _Pending = tuple[tuple[Any, ...], "asyncio.Future[int]"]

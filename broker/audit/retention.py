@@ -48,8 +48,8 @@ from dataclasses import dataclass
 import nacl.signing
 
 from broker.audit.chain import format_time
+from broker.audit.interface import RetentionStore, RetentionTransaction
 from broker.audit.purge_record import PURGE_EVENT, purge_body
-from broker.audit.store import AuditLog, Maintenance
 from broker.errors import AuditError, ConfigError
 
 __all__ = [
@@ -136,7 +136,7 @@ def purge_through(first_seq: int | None, last_seq: int | None,
 
 
 async def purge(
-    audit: AuditLog,
+    audit: RetentionStore,
     *,
     now: dt.datetime,
     pii_days: int = DEFAULT_PII_DAYS,
@@ -155,25 +155,14 @@ async def purge(
     events_from = event_cutoff(now, event_days)
     async with audit.maintenance() as work:
         await work.require_secure_delete()
-        cursor = await work.db.execute("DELETE FROM personal WHERE created < ?", (pii_before,))
-        personal_rows = cursor.rowcount
+        personal_rows = await work.delete_personal_before(pii_before)
         through, count, purged_personal, record_seq = await _purge_events(
             work, now=now, before=events_from, signing_key=signing_key, actor=actor
         )
-        cursor = await work.db.execute(
-            "UPDATE subjects SET wrapped_key = NULL, erased = ? WHERE wrapped_key IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM personal AS p WHERE p.pseudonym = subjects.pseudonym)",
-            (time,),
-        )
-        shredded = cursor.rowcount
+        shredded = await work.shred_subjects_without_personal(time)
         # Once a shredded subject has no event left either, even its pseudonym
         # says nothing the log still needs: that this device was once seen.
-        cursor = await work.db.execute(
-            "DELETE FROM subjects WHERE wrapped_key IS NULL "
-            "AND NOT EXISTS (SELECT 1 FROM personal AS p WHERE p.pseudonym = subjects.pseudonym) "
-            "AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.subject = subjects.pseudonym)"
-        )
-        removed = cursor.rowcount
+        removed = await work.remove_forgotten_subjects()
         run_seq = await work.append("retention_run", now=now, actor=actor, body={
             "pii_retention_days": pii_days, "pii_cutoff": pii_before,
             "personal_rows": personal_rows, "subjects_shredded": shredded,
@@ -191,7 +180,7 @@ async def purge(
 
 
 async def _purge_events(
-    work: Maintenance,
+    work: RetentionTransaction,
     *,
     now: dt.datetime,
     before: dt.datetime,
@@ -201,34 +190,19 @@ async def _purge_events(
     """Remove the prefix of events dated before `before`; return the last seq
     removed, how many events, how many personal rows went with them, and the
     seq of the signed record."""
-    db = work.db
-    row = await (await db.execute("SELECT MIN(seq), MAX(seq) FROM events")).fetchone()
-    first_seq, last_seq = (None, None) if row is None else row
-    row = await (await db.execute(
-        "SELECT MIN(seq) FROM events WHERE time >= ?", (format_time(before),)
-    )).fetchone()
-    through = purge_through(first_seq, last_seq, None if row is None else row[0])
+    through = purge_through(*await work.event_span(format_time(before)))
     if through is None:
         return None, 0, 0, None
-    row = await (await db.execute(
-        "SELECT hash, (SELECT COUNT(*) FROM events WHERE seq <= :n) FROM events WHERE seq = :n",
-        {"n": through},
-    )).fetchone()
-    if row is None:
+    point = await work.purge_point(through)
+    if point is None:
         raise AuditError(f"audit event {through} vanished during the purge")
-    last_hash, count = str(row[0]), int(row[1])
+    last_hash, count = point
     day = before.date().isoformat()
     # Appended before the rows go, so it chains onto the newest event even
     # when every older event is removed; all in one transaction anyway.
     record_seq = await work.append(PURGE_EVENT, now=now, actor=actor, body=purge_body(
         signing_key, through_seq=through, last_hash=last_hash, before=day, count=count))
-    cursor = await db.execute("DELETE FROM personal WHERE seq <= ?", (through,))
-    purged_personal = cursor.rowcount
-    # The gate is visible to this transaction only, and closed before commit.
-    await db.execute("INSERT INTO purge_gate (through_seq) VALUES (?)", (through,))
-    cursor = await db.execute("DELETE FROM events WHERE seq <= ?", (through,))
-    deleted = cursor.rowcount
-    await db.execute("DELETE FROM purge_gate")
+    purged_personal, deleted = await work.purge_events(through)
     if deleted != count:
         raise AuditError(f"the purge removed {deleted} events, expected {count}; rolled back")
     return through, count, purged_personal, record_seq
@@ -249,7 +223,7 @@ def describe(report: PurgeReport) -> str:
 
 
 async def retention_loop(
-    audit: AuditLog,
+    audit: RetentionStore,
     *,
     signing_key: nacl.signing.SigningKey,
     pii_days: int = DEFAULT_PII_DAYS,

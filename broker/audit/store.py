@@ -222,6 +222,56 @@ class Maintenance:
         self.appended.append((seq, digest))
         return seq
 
+    # -- retention (`broker.audit.retention`), the same calls as `PgMaintenance`'s
+
+    async def delete_personal_before(self, cutoff: str) -> int:
+        """Remove personal rows created before `cutoff` (a `format_time` text)."""
+        cursor = await self.db.execute("DELETE FROM personal WHERE created < ?", (cutoff,))
+        return cursor.rowcount
+
+    async def event_span(self, kept_from: str) -> tuple[int | None, int | None, int | None]:
+        """The first and last seq held, and the first dated at or after `kept_from`."""
+        row = await (await self.db.execute("SELECT MIN(seq), MAX(seq) FROM events")).fetchone()
+        first, last = (None, None) if row is None else row
+        row = await (await self.db.execute(
+            "SELECT MIN(seq) FROM events WHERE time >= ?", (kept_from,))).fetchone()
+        return first, last, None if row is None else row[0]
+
+    async def purge_point(self, through: int) -> tuple[str, int] | None:
+        """The hash of event `through` and how many events are at or before it."""
+        row = await (await self.db.execute(
+            "SELECT hash, (SELECT COUNT(*) FROM events WHERE seq <= :n) FROM events "
+            "WHERE seq = :n", {"n": through})).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    async def purge_events(self, through: int) -> tuple[int, int]:
+        """Remove events through `through` and their personal rows (after the
+        signed purge record is appended); how many personal rows and events."""
+        cursor = await self.db.execute("DELETE FROM personal WHERE seq <= ?", (through,))
+        personal = cursor.rowcount
+        # The gate is visible to this transaction only, and closed before commit.
+        await self.db.execute("INSERT INTO purge_gate (through_seq) VALUES (?)", (through,))
+        cursor = await self.db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+        deleted = cursor.rowcount
+        await self.db.execute("DELETE FROM purge_gate")
+        return personal, deleted
+
+    async def shred_subjects_without_personal(self, time: str) -> int:
+        """Destroy the key of every subject that has no personal row left."""
+        cursor = await self.db.execute(
+            "UPDATE subjects SET wrapped_key = NULL, erased = ? WHERE wrapped_key IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM personal AS p WHERE p.pseudonym = subjects.pseudonym)",
+            (time,))
+        return cursor.rowcount
+
+    async def remove_forgotten_subjects(self) -> int:
+        """Remove shredded subjects that no event or personal row names."""
+        cursor = await self.db.execute(
+            "DELETE FROM subjects WHERE wrapped_key IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM personal AS p WHERE p.pseudonym = subjects.pseudonym) "
+            "AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.subject = subjects.pseudonym)")
+        return cursor.rowcount
+
     async def require_secure_delete(self) -> None:
         """Refuse to shred on a connection that would leave deleted bytes in
         free pages (the pragma is per connection; `AuditLog.open` sets it)."""

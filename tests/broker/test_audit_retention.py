@@ -19,7 +19,7 @@ from broker.audit.signing import load_or_create_signing_key, verify_record
 from broker.audit.store import AuditLog
 from broker.audit.subjects import export_subject
 from broker.errors import AuditError, ConfigError
-from tests.broker.helpers import run_cli
+from tests.broker.helpers import both_backends, run_cli
 
 DAY0 = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
 DEVICE_A = "dev-aaaaaaaa-0000-4000-8000-000000000001"
@@ -207,6 +207,7 @@ async def test_without_truncating_the_wal_the_bytes_would_stay(
     assert_nowhere(tmp_path, secrets_a)
 
 
+@both_backends
 async def test_a_device_active_within_the_period_keeps_its_key(
     log: AuditLog, tmp_path: Path, key: nacl.signing.SigningKey
 ) -> None:
@@ -297,6 +298,7 @@ async def test_purging_every_event_still_leaves_a_chain(
     run_full_verifier(tmp_path, key)
 
 
+@both_backends
 async def test_a_clock_stepped_back_ends_the_prefix(
     log: AuditLog, key: nacl.signing.SigningKey
 ) -> None:
@@ -372,6 +374,7 @@ async def test_a_failed_purge_changes_nothing(
 # -- the broker's schedule ---------------------------------------------------------
 
 
+@both_backends
 async def test_the_loop_purges_at_once_and_then_on_every_tick(
     log: AuditLog, key: nacl.signing.SigningKey
 ) -> None:

@@ -86,9 +86,9 @@ async def test_a_start_purged_under_a_signed_record_verifies(
         key = load_or_create_signing_key(tmp_path)
         last = (await log.scan(after_seq=3, through_seq=4))[0]
         async with log.maintenance() as work:
-            await work.purge_events(4)
             await work.append(PURGE_EVENT, now=T0, body=purge_body(
                 key, through_seq=4, last_hash=last.hash, before="2025-03-01", count=4))
+            await work.purge_events(4)
         report = await verify_store(log, public_key=key.verify_key)
         assert report.ok, report.problems
         assert (report.first_seq, report.purged_through) == (5, 4)

@@ -17,6 +17,9 @@ import pytest
 from broker.audit.chain import GENESIS_HASH
 from broker.audit.pg_schema import BROKER_ROLE, SCHEMA_VERSION, grant_broker_role
 from broker.audit.pg_store import PgAuditLog, redacted_url
+from broker.audit.retention import purge
+from broker.audit.signing import load_or_create_signing_key
+from broker.audit.verify_store import verify_store
 from broker.errors import AuditError, AuditWriteError
 from tests.cluster.harness import Postgres
 
@@ -249,21 +252,61 @@ async def test_an_unreachable_database_is_refused_without_its_password(tmp_path:
     assert redacted_url(url) == "postgresql://broker:***@127.0.0.1:1/audit"
 
 
-async def test_retention_purges_only_through_its_function(
-        broker_url: str, log: PgAuditLog, tmp_path: Path) -> None:
+async def test_retention_runs_on_the_broker_role_and_the_log_still_verifies(
+        broker_url: str, database_url: str, log: PgAuditLog, tmp_path: Path) -> None:
+    day0 = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
     for n in range(4):
-        await log.append("tick", now=T0, subject=DEVICE, personal={"ip": str(n)})
+        await log.append("tick", now=day0 + dt.timedelta(days=n), subject=DEVICE,
+                         personal={"ip": f"10.0.0.{n}"})
+    key = load_or_create_signing_key(tmp_path)
     node = await PgAuditLog.open(broker_url, tmp_path)
     try:
-        async with node.maintenance() as work:
-            assert await work.purge_events(2) == 2
-            await work.append("events_purged", now=T0, body={"through_seq": 2})
-        assert [e.seq for e in await node.events()] == [3, 4, 5]
-        # The chain after the purged rows still holds (verify checks the
-        # signed purge record for the start).
-        assert await node.verify_chain() == 3
+        report = await purge(node, now=day0 + dt.timedelta(days=20), event_days=18,
+                             signing_key=key)
+        # Every personal row is past 14 days (gone first), two whole days of events past 18.
+        assert (report.personal_rows, report.subjects_shredded) == (4, 1)
+        assert (report.events_purged, report.through_seq, report.purged_personal_rows) == (
+            2, 2, 0)
+        events = await node.events()
+        assert [e.type for e in events] == ["tick", "tick", "events_purged", "retention_run"]
+        assert all(e.personal is None for e in events)  # shredded with its key
+        checked = await verify_store(node, public_key=key.verify_key)
+        assert checked.ok, checked.problems
+        assert checked.purged_through == 2
     finally:
         await node.close()
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM personal") == 0
+        assert await conn.fetchval("SELECT wrapped_key FROM subjects") is None
+        assert await conn.fetchval("SELECT count(*) FROM purge_gate") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_purge_without_its_record_is_refused(broker_url: str, log: PgAuditLog,
+                                                      tmp_path: Path) -> None:
+    for n in range(3):
+        await log.append("tick", now=T0, body={"n": n})
+    node = await PgAuditLog.open(broker_url, tmp_path)
+    try:
+        with pytest.raises(AuditWriteError, match="right after its events_purged record"):
+            async with node.maintenance() as work:
+                await work.purge_events(2)
+        with pytest.raises(AuditWriteError, match="right after its events_purged record"):
+            async with node.maintenance() as work:  # a record for less than is purged
+                await work.append("events_purged", now=T0, body={"through_seq": 1})
+                await work.purge_events(2)
+        assert [e.seq for e in await node.events()] == [1, 2, 3]
+    finally:
+        await node.close()
+    # An old record does not license a later purge either.
+    async with log.maintenance() as work:
+        await work.append("events_purged", now=T0, body={"through_seq": 2})
+    with pytest.raises(AuditWriteError, match="right after its events_purged record"):
+        async with log.maintenance() as work:
+            await work.purge_events(2)
+    assert await log.verify_chain() is None
 
 
 async def test_grant_broker_role_makes_a_login_role_a_node(
