@@ -54,8 +54,11 @@ LOCK_HEAD = "SELECT seq, hash FROM consentry_lock_chain_head()"
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS audit_schema (
-    one     boolean PRIMARY KEY DEFAULT true CHECK (one),
-    version integer NOT NULL
+    one       boolean PRIMARY KEY DEFAULT true CHECK (one),
+    version   integer NOT NULL,
+    -- What the first node's master key makes of a fixed text
+    -- (`consentry_claim_key`): a node with another key is refused.
+    key_check text
 );
 
 -- Text compared byte by byte ("C"), as SQLite does: time ranges, the
@@ -174,6 +177,14 @@ BEGIN
 END
 $$;
 
+-- The log's master-key check: set by the first node to open the log, then
+-- returned to every node, which refuses to write if its own differs.
+CREATE OR REPLACE FUNCTION consentry_claim_key(p_check text) RETURNS text
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    UPDATE audit_schema SET key_check = coalesce(key_check, p_check) WHERE one
+    RETURNING key_check
+$$;
+
 -- Retention's removal of the oldest events (through `through`) and their
 -- personal rows. Only right after its record: the newest event must be an
 -- events_purged naming `through`, appended by this same transaction, so no
@@ -272,15 +283,18 @@ EXCEPTION WHEN duplicate_object THEN NULL;  -- made by another install just now
 END $$;
 REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, checkpoints
     FROM PUBLIC;
-GRANT SELECT, INSERT ON events, personal, checkpoints, subjects TO consentry_broker;
-GRANT SELECT ON audit_schema, chain_head TO consentry_broker;
+GRANT SELECT, INSERT ON events, personal, checkpoints TO consentry_broker;
+-- Subjects' keys change only through consentry_subject_key and retention.
+GRANT SELECT ON audit_schema, chain_head, subjects TO consentry_broker;
 REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
-    consentry_purge_events(bigint), consentry_delete_personal_before(text),
-    consentry_shred_subjects_without_personal(text), consentry_remove_forgotten_subjects()
+    consentry_claim_key(text), consentry_purge_events(bigint),
+    consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
+    consentry_remove_forgotten_subjects()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
-    consentry_purge_events(bigint), consentry_delete_personal_before(text),
-    consentry_shred_subjects_without_personal(text), consentry_remove_forgotten_subjects()
+    consentry_claim_key(text), consentry_purge_events(bigint),
+    consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
+    consentry_remove_forgotten_subjects()
     TO consentry_broker;
 """
 

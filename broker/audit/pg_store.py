@@ -59,6 +59,8 @@ _CONNECT_TIMEOUT = 10.0
 # closed) instead of holding a session's start forever.
 _COMMAND_TIMEOUT = 30.0
 _VERIFY_BATCH = 1000
+# No device id looks like this: its pseudonym is the log's master-key check.
+_KEY_CHECK_SUBJECT = "\x00consentry master key check"
 
 # `{where}`, `{limit}`, `{inner}`, `{outer}`: filled from constants only.
 _WITH_PERSONAL = """
@@ -256,11 +258,19 @@ class PgAuditLog:
             async with pool.acquire() as conn:
                 await install(conn)
                 has_events = await conn.fetchval("SELECT seq FROM chain_head") != 0
-            if not key_path.exists() and has_events:
-                raise AuditError(
-                    f"the audit database {where} holds events but the master key {key_path} "
-                    "is missing; copy master.key from another node or your backup")
-            keys = AuditKeys(load_or_create_master_key(key_path))
+                if not key_path.exists() and has_events:
+                    raise AuditError(
+                        f"the audit database {where} holds events but the master key "
+                        f"{key_path} is missing; copy master.key from another node or your "
+                        "backup")
+                keys = AuditKeys(load_or_create_master_key(key_path))
+                ours = keys.pseudonym(_KEY_CHECK_SUBJECT)
+                if await conn.fetchval("SELECT consentry_claim_key($1)", ours) != ours:
+                    # Its pseudonyms would not match the others', nor could it
+                    # open their personal data: a split log, silently.
+                    raise AuditError(
+                        f"the master key {key_path} is not the one the audit database "
+                        f"{where} is written with: copy master.key from another node")
         except _DB_ERRORS as exc:
             await pool.close()
             raise AuditError(f"cannot open the audit database {where}: {exc}") from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -80,6 +81,58 @@ async def test_two_nodes_appending_at_once_make_one_contiguous_chain(
         await conn.close()
 
 
+async def test_appends_waiting_on_a_commit_go_in_together(database_url: str,
+                                                          log: PgAuditLog) -> None:
+    seqs = await asyncio.gather(*(log.append("tick", now=T0, body={"n": n})
+                                  for n in range(50)))
+    assert sorted(seqs) == list(range(1, 51))
+    conn = await asyncpg.connect(database_url)
+    try:
+        # Rows one transaction inserted share its xmin: fewer transactions than events.
+        transactions = await conn.fetchval("SELECT count(DISTINCT xmin::text) FROM events")
+    finally:
+        await conn.close()
+    assert transactions < 50
+    assert await log.verify_chain() is None
+
+
+_WRITER = """
+import asyncio, datetime as dt, sys
+from pathlib import Path
+from broker.audit.pg_store import PgAuditLog
+
+async def main() -> None:
+    log = await PgAuditLog.open(sys.argv[1], Path(sys.argv[2]))
+    try:
+        now = dt.datetime.now(dt.UTC)
+        await asyncio.gather(*(log.append("tick", now=now, actor=sys.argv[3], body={"n": n})
+                               for n in range(int(sys.argv[4]))))
+    finally:
+        await log.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_writers_in_separate_processes_make_one_contiguous_chain(
+        database_url: str, tmp_path: Path, log: PgAuditLog) -> None:
+    writers = [await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WRITER, database_url, str(tmp_path), f"node{n}", "60")
+        for n in range(3)]
+    try:
+        codes = await asyncio.wait_for(asyncio.gather(*(w.wait() for w in writers)), 60)
+    finally:
+        for writer in writers:
+            if writer.returncode is None:
+                writer.kill()
+                await writer.wait()
+    assert codes == [0, 0, 0]
+    events = await log.events()
+    assert [e.seq for e in events] == list(range(1, 181))
+    assert {e.actor for e in events} == {"node0", "node1", "node2"}
+    assert await log.verify_chain() is None
+
+
 async def test_a_rolled_back_append_leaves_no_gap(database_url: str, log: PgAuditLog) -> None:
     await log.append("a", now=T0)
     with pytest.raises(RuntimeError):
@@ -134,6 +187,7 @@ async def test_triggers_refuse_changes_even_to_the_owner(
     "UPDATE events SET type = 'edited'",
     "DELETE FROM personal",
     "UPDATE subjects SET wrapped_key = NULL",
+    "INSERT INTO subjects (pseudonym, created) VALUES ('x', 'now')",
     "UPDATE chain_head SET seq = 0",
     "INSERT INTO purge_gate VALUES (100)",
     "DROP TABLE events",
@@ -242,6 +296,16 @@ async def test_the_master_key_must_come_with_a_log_that_has_events(
     await log.append("a", now=T0)
     with pytest.raises(AuditError, match=r"master key .* is missing"):
         await PgAuditLog.open(database_url, tmp_path / "another-node")
+
+
+async def test_a_node_with_another_master_key_is_refused(
+        database_url: str, tmp_path: Path, log: PgAuditLog) -> None:
+    other = tmp_path / "other-node"
+    with pytest.raises(AuditError, match="not the one the audit database"):
+        await PgAuditLog.open(database_url, other)  # an empty log, a fresh key: still refused
+    (other / "master.key").write_bytes((tmp_path / "master.key").read_bytes())
+    copied = await PgAuditLog.open(database_url, other)
+    await copied.close()
 
 
 async def test_an_unreachable_database_is_refused_without_its_password(tmp_path: Path) -> None:
