@@ -58,6 +58,9 @@ _CONNECT_TIMEOUT = 10.0
 # A statement that has not finished by then fails (and the append fails
 # closed) instead of holding a session's start forever.
 _COMMAND_TIMEOUT = 30.0
+# Our transactions never wait on anything but the database between two
+# statements; one idle this long belongs to a node that stopped.
+_IDLE_IN_TRANSACTION_MS = 10_000
 _VERIFY_BATCH = 1000
 # No device id looks like this: its pseudonym is the log's master-key check.
 _KEY_CHECK_SUBJECT = "\x00consentry master key check"
@@ -249,9 +252,7 @@ class PgAuditLog:
         key_path = master_key if master_key is not None else data_dir / "master.key"
         where = redacted_url(database_url)
         try:
-            pool = await asyncpg.create_pool(
-                database_url, min_size=1, max_size=4, timeout=_CONNECT_TIMEOUT,
-                command_timeout=_COMMAND_TIMEOUT, init=_init_connection)
+            pool = await _durable_pool(database_url)
         except (*_DB_ERRORS, ValueError) as exc:
             raise AuditError(f"cannot connect to the audit database {where}: {exc}") from exc
         try:
@@ -575,9 +576,24 @@ class PgAuditLog:
         return result
 
 
-async def _init_connection(conn: Connection) -> None:
-    """Each pooled connection: commits wait for the WAL flush (an acknowledged
-    event is a kept one) even where the server's default is off; a stricter
-    default (remote_write, remote_apply) is kept."""
-    if await conn.fetchval("SHOW synchronous_commit") == "off":
-        await conn.execute("SET synchronous_commit = on")
+async def _durable_pool(database_url: str) -> asyncpg.Pool:
+    """A pool whose sessions commit only once the WAL is flushed (an
+    acknowledged event is a kept one), even where the server's default is
+    off; a stricter default (remote_write, remote_apply) is kept. A node that
+    stalls inside a transaction (a frozen process, a cut network) holds the
+    chain head's lock and so every node's appends: the server ends such a
+    transaction after `_IDLE_IN_TRANSACTION_MS`, and the lock with it.
+
+    Startup settings, not SET: the pool resets each connection it takes
+    back (RESET ALL) to what it started with."""
+    settings = {"idle_in_transaction_session_timeout": str(_IDLE_IN_TRANSACTION_MS)}
+    probe = await asyncpg.connect(database_url, timeout=_CONNECT_TIMEOUT,
+                                  server_settings=settings)
+    try:
+        if await probe.fetchval("SHOW synchronous_commit") == "off":
+            settings["synchronous_commit"] = "on"
+    finally:
+        await probe.close()
+    return await asyncpg.create_pool(
+        database_url, min_size=1, max_size=4, timeout=_CONNECT_TIMEOUT,
+        command_timeout=_COMMAND_TIMEOUT, server_settings=settings)

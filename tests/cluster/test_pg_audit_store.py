@@ -133,6 +133,14 @@ async def test_writers_in_separate_processes_make_one_contiguous_chain(
     assert await log.verify_chain() is None
 
 
+async def test_sessions_commit_durably_and_the_server_ends_their_idle_transactions(
+        log: PgAuditLog) -> None:
+    # The test server runs with synchronous_commit off; the store's sessions do not.
+    async with log.maintenance(write=False) as work:
+        assert await work.conn.fetchval("SHOW synchronous_commit") == "on"
+        assert await work.conn.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
+
+
 async def test_a_rolled_back_append_leaves_no_gap(database_url: str, log: PgAuditLog) -> None:
     await log.append("a", now=T0)
     with pytest.raises(RuntimeError):
