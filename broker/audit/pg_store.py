@@ -22,10 +22,11 @@ written by the SQLite checkpointer only (the ``checkpoints`` table is here,
 with its guards, for the cluster's leader to fill).
 
 Erasure on PostgreSQL: a shredded subject key stays in old row versions
-until VACUUM reclaims them, in the WAL until it is recycled, and in every
-base backup and WAL archive taken before. Rotate the master key generation
-that wraps subject keys at least as often as the personal-data retention,
-so a shredded key cannot be unwrapped from any copy older than one rotation.
+until VACUUM reclaims them (`truncate_wal`), in the WAL until it is
+recycled, and in every base backup and WAL archive taken before, wrapped by
+the master key. The master key cannot be rotated yet: until it can, such
+copies hold personal data for as long as they are kept (README, "The audit
+log in PostgreSQL").
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ import json
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import asyncpg
+import pytest
 
 from tests.cluster.harness import Postgres
 from tests.e2e.conftest import Deployment
@@ -22,9 +24,31 @@ def _verify(deployment: Deployment, database_url: str, *extra: str,
     return deployment.cli("audit", "verify", "--database-url", database_url, *extra)
 
 
+@pytest.fixture
+def node_role(postgres: Postgres) -> Iterator[tuple[str, str]]:
+    """A login role (name, password) for a broker node; granted nothing yet."""
+    name, password = f"node_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    postgres.psql(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+    try:
+        yield name, password
+    finally:
+        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      f"WHERE usename = '{name}'")
+        postgres.psql(f"DROP ROLE {name}")
+
+
 async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
-        deployment: Deployment, database_url: str, postgres: Postgres) -> None:
-    deployment.start_broker(0, "--database-url", database_url)
+        deployment: Deployment, database_url: str, postgres: Postgres,
+        node_role: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the README says: the owner installs the schema, the node runs under
+    # a role granted consentry_broker, its password in PGPASSWORD.
+    installed = _verify(deployment, database_url)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    name, password = node_role
+    postgres.psql(f"GRANT consentry_broker TO {name}")
+    monkeypatch.setenv("PGPASSWORD", password)
+    node_url = database_url.replace(f"postgres:{postgres.password}@", f"{name}@")
+    deployment.start_broker(0, "--database-url", node_url)
     agent, console, _code = approve_session(deployment, "c", "--control")
     marker = "CSY" + secrets.token_hex(8)
     console.send(f"echo {marker}-$((6*7))\r")
@@ -34,7 +58,8 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
     console.expect("You left the session.")
     deployment.stop()
 
-    assert postgres.password not in deployment.broker_stdout.read_text(errors="replace")
+    out = deployment.broker_stdout.read_text(errors="replace")
+    assert postgres.password not in out and password not in out
     # Sessions are in the database; the local file has only what the admin
     # commands wrote (`engineer add`, which does not take --database-url yet).
     local = deployment.audit_types()
@@ -51,6 +76,7 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
         assert result.returncode == 0, result.stdout + result.stderr
         report = json.loads(result.stdout)
         assert report["ok"] and report["first_seq"] == 1 and report["events"] == len(types)
+        assert types[0] == "audit_verified"  # the install run
         assert postgres.password not in result.stdout + result.stderr
         # The check is itself in the log.
         assert await conn.fetchval(
