@@ -5,6 +5,7 @@ shown nowhere."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
@@ -12,10 +13,12 @@ import sys
 from collections.abc import Iterator
 
 import asyncpg
+import pexpect
 import pytest
 
-from tests.cluster.harness import Postgres
-from tests.e2e.conftest import Deployment
+from tests.cluster.harness import Postgres, start_postgres, stop_postgres
+from tests.e2e.conftest import Deployment, read_code, transcript
+from tests.e2e.test_fail_closed import REASON
 from tests.e2e.test_session import approve_session
 
 
@@ -129,3 +132,43 @@ def test_an_unreachable_database_stops_the_broker_with_one_line(
     assert "cannot connect to the audit database postgresql://broker:***@127.0.0.1:1/audit" \
         in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_with_postgresql_stopped_no_session_starts_and_it_resumes_when_back(
+        deployment: Deployment) -> None:
+    # A server of this test's own, to stop and start again.
+    pg = await asyncio.to_thread(start_postgres)
+    try:
+        url = pg.url()
+        key = deployment.add_engineer("alice", display="Alice Example")
+        deployment.start_broker(0, "--database-url", url)
+        agent = deployment.agent("--alias", "Front Desk")
+        code = await asyncio.to_thread(read_code, agent)
+
+        await asyncio.to_thread(pg.stop)
+        console = deployment.console(code, key, "alice")
+        await asyncio.to_thread(console.expect, pexpect.EOF, timeout=30)
+        console.close()
+        assert REASON in " ".join(transcript(console).split())
+        assert "wants to" not in transcript(agent)  # the customer was never asked
+        assert "audit log unavailable" in deployment.broker_stdout.read_text()
+        assert pg.password not in deployment.broker_stdout.read_text()
+
+        # With the log back, the same broker records again: the code still
+        # works, and the customer is asked.
+        await asyncio.to_thread(pg.start)
+        console = deployment.console(code, key, "alice")
+        await asyncio.to_thread(agent.expect, r"\[n/Enter\] deny", timeout=30)
+        agent.send("n")
+        await asyncio.to_thread(console.expect, pexpect.EOF, timeout=30)
+        deployment.stop()
+        conn = await asyncpg.connect(url)
+        try:
+            types = [r["type"] for r in await conn.fetch("SELECT type FROM events ORDER BY seq")]
+        finally:
+            await conn.close()
+        assert types.count("join_requested") == 1 and "consent_denied" in types
+        assert "session_started" not in types
+    finally:
+        deployment.stop()
+        await asyncio.to_thread(stop_postgres, pg)
