@@ -6,7 +6,7 @@ without them the tests fail, never skip: a cluster test that does not run
 proves nothing.
 
 Every process started here is stopped by whoever started it (the fixtures
-in tests/cluster/conftest.py).
+in tests/conftest.py and tests/cluster/conftest.py).
 """
 
 from __future__ import annotations
