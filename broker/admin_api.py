@@ -179,9 +179,33 @@ def _run_verify(db_path: Path, checkpoint_file: Path | None) -> tuple[bool, str,
     return report.ok, summary[:_MAX_SUMMARY], report.first_bad_seq
 
 
+async def _verify_through_store(audit: AuditStore) -> tuple[bool, str, int | None]:
+    """`_run_verify` for a log that is not a file (PostgreSQL): the chain and
+    purge records through the store's reads (`broker.audit.verify_store`),
+    with the broker's own key from its data directory (`audit.path`)."""
+    from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
+    from broker.audit.verify_store import verify_store
+
+    try:
+        key = (load_or_create_signing_key(audit.path).verify_key
+               if (audit.path / AUDIT_KEY_FILE).exists() else None)
+        report = await verify_store(audit, public_key=key)
+    except (AuditError, OSError) as exc:
+        return False, f"the check could not run: {exc}"[:_MAX_SUMMARY], None
+    summary = report.summary()
+    problems = report.ordered_problems()
+    if problems:
+        summary += f"; first problem: {problems[0].message}"
+    return report.ok, summary[:_MAX_SUMMARY], report.first_bad_seq
+
+
 async def _verify(audit: AuditStore, engineer: Engineer,
                   checkpoint_file: Path | None) -> str:
-    ok, summary, first_bad = await asyncio.to_thread(_run_verify, audit.path, checkpoint_file)
+    if audit.path.is_dir():  # the data directory of a log kept in PostgreSQL
+        ok, summary, first_bad = await _verify_through_store(audit)
+    else:
+        ok, summary, first_bad = await asyncio.to_thread(_run_verify, audit.path,
+                                                         checkpoint_file)
     fields: dict[str, Any] = {"ok": ok, "summary": summary}
     if first_bad is not None:
         fields["first_bad_seq"] = first_bad

@@ -82,8 +82,9 @@ class AuditStore(Protocol):
 
     @property
     def path(self) -> Path:
-        """Where the log lives. The checkpointer and `audit verify` open it
-        themselves (SQLite's file today)."""
+        """Where the log lives: SQLite's file, which the checkpointer and
+        `audit verify` open themselves; for a log in PostgreSQL, the data
+        directory (its keys) instead."""
         ...
 
     def pseudonym(self, device_id: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from broker.admin_api import answer_audit_request
 from broker.audit.chain import GENESIS_HASH
 from broker.audit.pg_schema import BROKER_ROLE, SCHEMA_VERSION, grant_broker_role
 from broker.audit.pg_store import PgAuditLog, redacted_url
@@ -22,6 +23,8 @@ from broker.audit.retention import purge
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.verify_store import verify_store
 from broker.errors import AuditError, AuditWriteError
+from broker.registry import Engineer
+from broker.wire.messages import decode, validate
 from tests.cluster.harness import Postgres
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -139,6 +142,23 @@ async def test_sessions_commit_durably_and_the_server_ends_their_idle_transactio
     async with log.maintenance(write=False) as work:
         assert await work.conn.fetchval("SHOW synchronous_commit") == "on"
         assert await work.conn.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
+
+
+async def test_the_consoles_verify_runs_through_the_store(log: PgAuditLog) -> None:
+    for n in range(5):
+        await log.append("tick", now=T0, body={"n": n})
+    sent: list[str] = []
+
+    class Socket:
+        async def send(self, frame: str) -> None:
+            sent.append(frame)
+
+    admin = Engineer("root", "Root Admin", "admin", "ssh-ed25519 AAAA", "2025-01-01T00:00:00Z")
+    await answer_audit_request(log, Socket(), admin,  # type: ignore[arg-type]
+                               validate("audit_verify", {}))
+    reply = decode(sent[0])
+    assert reply["ok"] is True and "audit log intact: 5 events" in reply["summary"]
+    assert (await log.events())[-1].type == "audit_verified"
 
 
 async def test_a_rolled_back_append_leaves_no_gap(database_url: str, log: PgAuditLog) -> None:
