@@ -192,6 +192,10 @@ class SSHRelay:
         for frame in self.link.take_held():
             self._incoming(frame)
         self._ws.binary_sink = self._incoming
+        if self._lost:
+            # The link was over before SSH asked for it: SSH hears it now
+            # (after what had arrived) rather than waiting for its timeout.
+            asyncio.get_running_loop().call_soon(conn.connection_lost, None)
         return transport, conn
 
     def outgoing(self, data: bytes | bytearray | memoryview) -> None:
