@@ -418,7 +418,10 @@ class SSHRelay:
         resume = self._resume
         self._up = False
         self._pending.clear()
+        # The dead link says nothing more: not its frames, not its buffer.
         self._ws.binary_sink = None
+        self._ws.on_pause_writing = self._ws.on_resume_writing = None
+        self._hold("link", False)
         self._window.lost(time.monotonic())
         resume.on_event(LinkEvent("lost"))
         while True:
