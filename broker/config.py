@@ -89,6 +89,16 @@ class BrokerConfig:
     # header, whose client address the broker then records and rate-limits
     # by (broker.proxy_protocol). Empty: no header is read from anyone.
     proxy_protocol_from: Networks = ()
+    # Several nodes (`serve --database-url postgresql://... --node-url
+    # wss://NODE:PORT`, broker.cluster): the shared database, and the URL at
+    # which consoles reach this node itself (sent in `moved` answers). None:
+    # one node alone, SQLite, as before.
+    database_url: str | None = None
+    node_url: str | None = None
+
+    @property
+    def clustered(self) -> bool:
+        return self.database_url is not None
 
     @property
     def audit_db(self) -> Path:

@@ -1,0 +1,68 @@
+"""A broker as one node of a cluster: its lease (`membership`), the node
+table, and the leader's jobs, started and stopped together by the broker.
+
+Routing: a join's nameplate names its node by its slot prefix. A join that
+reached another node is answered `moved` with the URL of the node holding
+that slot; both ends of a session then meet on one node, and the relay
+path is the single node's. The agent needs no redirect: the nameplate it
+was given is its own control connection's node, and its session connection
+(`/v1/agent/session`) is opened to the same URL, which through a balancer
+is any node - so a session connection that lands elsewhere is answered
+`moved` too? No: the agent opens it on its control connection's URL, and
+the deployment must make that URL reach this node (see README, "Running
+several nodes": agents use a node's own URL or a balancer with
+source-address stickiness).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from broker.cluster.leader import Job, Leader
+from broker.cluster.lease import nameplate_prefix, slot_of
+from broker.cluster.membership import Membership
+from broker.cluster.nodes import NodeTable, connect
+
+__all__ = ["ClusterNode"]
+
+
+class ClusterNode:
+    def __init__(self, pool: asyncpg.Pool, database_url: str, node_url: str) -> None:
+        self.pool = pool
+        self.database_url = database_url
+        self.table = NodeTable(pool)
+        self.membership = Membership(self.table, node_url)
+        self.leader: Leader | None = None
+
+    @classmethod
+    async def open(cls, database_url: str, node_url: str) -> ClusterNode:
+        return cls(await connect(database_url), database_url, node_url)
+
+    @property
+    def node_id(self) -> str:
+        return self.membership.node_id
+
+    @property
+    def slot(self) -> int | None:
+        return self.membership.slot
+
+    @property
+    def prefix(self) -> str | None:
+        slot = self.slot
+        return None if slot is None else nameplate_prefix(slot)
+
+    def owner_slot(self, nameplate: str) -> int | None:
+        return slot_of(nameplate)
+
+    async def url_of(self, slot: int) -> str | None:
+        return await self.table.url_of(slot)
+
+    def lead(self, jobs: list[Job]) -> None:
+        self.leader = Leader(self.database_url, jobs)
+        self.leader.start()
+
+    async def close(self) -> None:
+        if self.leader is not None:
+            await self.leader.stop()
+        await self.membership.leave()
+        await self.pool.close()
