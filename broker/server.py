@@ -170,7 +170,7 @@ class Broker:
         if request.path == HEALTH_PATH:
             status, text = health_answer(
                 clustered=self.cluster is not None,
-                slot=self.cluster.slot if self.cluster is not None else None,
+                slot=self.cluster.healthy_slot if self.cluster is not None else None,
                 audit=self.audit_health)
             return ws.respond(status, text)
         if request.path not in PATHS:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from broker.audit.interface import AuditStore
 from broker.cluster.lease import LEASE_SECONDS
 from broker.cluster.nodes import NodeTable
 
@@ -21,7 +22,14 @@ NODE_LOST = "node_lost"
 LOOK_EVERY_SECONDS = 5.0
 
 
-async def close_lost_nodes(table: NodeTable, audit: AuditStore, *, grace: float) -> int:
+class Appender(Protocol):
+    """The part of an AuditStore this job uses."""
+
+    async def append(self, type: str, *, now: dt.datetime,
+                     body: Mapping[str, Any] | None = None) -> int: ...
+
+
+async def close_lost_nodes(table: NodeTable, audit: Appender, *, grace: float) -> int:
     """Record node_lost for each lost node not yet recorded; how many."""
     lost = await table.lost_nodes(grace)
     for node in lost:
@@ -33,7 +41,7 @@ async def close_lost_nodes(table: NodeTable, audit: AuditStore, *, grace: float)
     return len(lost)
 
 
-async def lost_nodes_loop(table: NodeTable, audit: AuditStore, *,
+async def lost_nodes_loop(table: NodeTable, audit: Appender, *,
                           grace: float = LEASE_SECONDS,
                           every: float = LOOK_EVERY_SECONDS) -> None:
     while True:

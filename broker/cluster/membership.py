@@ -46,6 +46,10 @@ class Membership:
         self.lease: Lease | None = None
         self.on_change: Callable[[int | None], None] = lambda _slot: None
         self._task: asyncio.Task[None] | None = None
+        # The last renewal failed (the database unreachable): the lease may
+        # still be held, but /healthz already says 503 - a node that cannot
+        # reach the database cannot record what it would be sent.
+        self.renewal_failing = False
 
     @property
     def slot(self) -> int | None:
@@ -105,7 +109,9 @@ class Membership:
             try:
                 async with asyncio.timeout(self.renew_every * 2):
                     await self._renew()
+                self.renewal_failing = False
             except DATABASE_TROUBLE as exc:
+                self.renewal_failing = True
                 log.warning("cluster lease renewal failed: %s", exc)
                 lease = self.lease
                 if lease is not None and not lease.held(self.clock()):

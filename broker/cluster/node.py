@@ -4,14 +4,12 @@ table, and the leader's jobs, started and stopped together by the broker.
 Routing: a join's nameplate names its node by its slot prefix. A join that
 reached another node is answered `moved` with the URL of the node holding
 that slot; both ends of a session then meet on one node, and the relay
-path is the single node's. The agent needs no redirect: the nameplate it
-was given is its own control connection's node, and its session connection
-(`/v1/agent/session`) is opened to the same URL, which through a balancer
-is any node - so a session connection that lands elsewhere is answered
-`moved` too? No: the agent opens it on its control connection's URL, and
-the deployment must make that URL reach this node (see README, "Running
-several nodes": agents use a node's own URL or a balancer with
-source-address stickiness).
+path is the single node's. The agent needs no redirect: its `join_request`
+carries this node's own URL (`node`), and the agent opens the session
+connection there rather than at the balancer, which might pick another
+node. So each node must be reachable at its `--node-url` by agents and
+consoles alike (its own name, or a port of its own on the balancer:
+contrib/haproxy.cfg).
 """
 
 from __future__ import annotations
@@ -45,6 +43,11 @@ class ClusterNode:
     @property
     def slot(self) -> int | None:
         return self.membership.slot
+
+    @property
+    def healthy_slot(self) -> int | None:
+        """Our slot, unless its last renewal failed (for /healthz)."""
+        return None if self.membership.renewal_failing else self.slot
 
     @property
     def prefix(self) -> str | None:

@@ -68,9 +68,6 @@ class EndReason(StrEnum):
     AGENT_UNREACHABLE = "agent_unreachable"
     PROTOCOL_ERROR = "protocol_error"
     AUDIT_UNAVAILABLE = "audit_unavailable"
-    # A node of a cluster without its lease (broker.cluster): it issues no
-    # codes and takes no joins; the agent retries (the balancer picks a node).
-    NODE_UNAVAILABLE = "node_unavailable"
     BROKER_SHUTDOWN = "broker_shutdown"
     # Written only by crash recovery, for sessions a dead broker left open.
     BROKER_CRASHED = "broker_crashed"
