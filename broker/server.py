@@ -410,9 +410,10 @@ class Broker:
     # -- cluster ------------------------------------------------------------
 
     def require_lease(self) -> None:
-        """In a cluster, no nameplate is issued or honoured without our lease:
-        another node may hold our slot's prefix by now."""
-        if self.cluster is not None and self.cluster.slot is None:
+        """In a cluster, no nameplate is issued or honoured without our lease
+        (another node may hold our slot's prefix by now), nor while renewing
+        it fails (the database is away: nothing could be recorded there)."""
+        if self.cluster is not None and self.cluster.healthy_slot is None:
             raise ProtocolError(NO_LEASE, ErrorCode.NODE_UNAVAILABLE)
 
     async def moved_elsewhere(self, ws: ServerConnection, nameplate: str) -> bool:

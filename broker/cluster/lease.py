@@ -3,7 +3,7 @@
 A node holds a *slot*, a small integer that no other live node holds; its
 nameplates begin with the slot as two digits, so nameplates are unique
 across the cluster with no shared write per nameplate, and any node can
-tell from a nameplate which node it belongs to. A slot is held under a
+tell from a nameplate which node it belongs to (the slot *is* the prefix). A slot is held under a
 *lease* in the node table, renewed every `RENEW_EVERY_SECONDS`; the node
 counts it lost (and stops issuing nameplates) a margin *before* the table
 would let another node take it, so two live nodes never issue nameplates
@@ -25,7 +25,9 @@ __all__ = [
     "slot_of",
 ]
 
-FIRST_SLOT, LAST_SLOT = 1, 99
+# Two digits, and no leading zero (a code never starts with 0, so that a
+# dropped or added digit is caught): slots 10..99, ninety nodes at most.
+FIRST_SLOT, LAST_SLOT = 10, 99
 SLOT_DIGITS = 2
 # A node that cannot renew for this long is out (its slot may be taken).
 LEASE_SECONDS = 15.0
@@ -38,7 +40,7 @@ SAFETY_MARGIN_SECONDS = 3.0
 def nameplate_prefix(slot: int) -> str:
     if not FIRST_SLOT <= slot <= LAST_SLOT:
         raise ValueError(f"slot {slot} is outside {FIRST_SLOT}..{LAST_SLOT}")
-    return f"{slot:0{SLOT_DIGITS}d}"
+    return str(slot)
 
 
 def slot_of(nameplate: str) -> int | None:

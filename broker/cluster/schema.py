@@ -9,7 +9,7 @@ __all__ = ["CLUSTER_DDL"]
 
 CLUSTER_DDL = """
 CREATE TABLE IF NOT EXISTS cluster_nodes (
-    slot        integer PRIMARY KEY CHECK (slot BETWEEN 1 AND 99),
+    slot        integer PRIMARY KEY CHECK (slot BETWEEN 10 AND 99),
     node_id     text NOT NULL,
     url         text NOT NULL,
     expires_at  timestamptz NOT NULL,

@@ -28,12 +28,14 @@ WAIT = 20.0  # a bound on every wait below, never a timing assertion
 
 
 def test_a_nameplate_names_the_slot_of_the_node_that_issued_it() -> None:
-    book = NameplateBook(prefix=nameplate_prefix(7))
+    book = NameplateBook(prefix=nameplate_prefix(17))
     plates = {book.allocate(f"agent-{n}", now=0.0).value for n in range(50)}
     assert len(plates) == 50
-    assert all(p.startswith("07") and slot_of(p) == 7 for p in plates)
+    assert all(p.startswith("17") and slot_of(p) == 17 for p in plates)
     assert all(len(p) <= 8 for p in plates)
-    assert slot_of("4821") == 48 and slot_of("0012") is None and slot_of("12") is None
+    assert slot_of("4821") == 48 and slot_of("0912") is None and slot_of("12") is None
+    with pytest.raises(ValueError):
+        nameplate_prefix(9)  # a code never begins with 0: slots have two digits
 
 
 def test_the_prefix_leaves_the_drawn_digits_as_sparse_as_a_single_node() -> None:
@@ -92,10 +94,10 @@ async def test_two_nodes_get_different_slots_and_each_is_found_by_its_slot(
         table: NodeTable) -> None:
     one = await table.claim("node-a", "wss://a.example:8443", 15)
     two = await table.claim("node-b", "wss://b.example:8443", 15)
-    assert (one, two) == (1, 2)
-    assert await table.url_of(2) == "wss://b.example:8443"
-    assert await table.url_of(3) is None
-    assert await table.claim("node-a", "wss://a.example:8443", 15) == 1  # its own, kept
+    assert (one, two) == (10, 11)
+    assert await table.url_of(11) == "wss://b.example:8443"
+    assert await table.url_of(12) is None
+    assert await table.claim("node-a", "wss://a.example:8443", 15) == 10  # its own, kept
 
 
 async def test_nodes_claiming_at_once_never_share_a_slot(database_url: str) -> None:
@@ -104,7 +106,7 @@ async def test_nodes_claiming_at_once_never_share_a_slot(database_url: str) -> N
         slots = await asyncio.gather(*(NodeTable(pool).claim(f"node-{n}", f"wss://n{n}:1", 15)
                                        for n, pool in enumerate(pools) for _ in range(3)))
         # Each node asked three times: it keeps its one slot; four nodes, four slots.
-        assert set(slots) == {1, 2, 3, 4}
+        assert set(slots) == {10, 11, 12, 13}
     finally:
         for pool in pools:
             await pool.close()
@@ -112,12 +114,12 @@ async def test_nodes_claiming_at_once_never_share_a_slot(database_url: str) -> N
 
 async def test_a_lease_not_renewed_is_taken_over_and_its_old_holder_cannot_renew(
         table: NodeTable) -> None:
-    assert await table.claim("node-a", "wss://a.example:8443", 15) == 1
-    assert await table.renew(1, "node-a", 15)
-    await _expire(table, 1)
-    assert await table.claim("node-b", "wss://b.example:8443", 15) == 1
-    assert not await table.renew(1, "node-a", 15)
-    assert await table.url_of(1) == "wss://b.example:8443"
+    assert await table.claim("node-a", "wss://a.example:8443", 15) == 10
+    assert await table.renew(10, "node-a", 15)
+    await _expire(table, 10)
+    assert await table.claim("node-b", "wss://b.example:8443", 15) == 10
+    assert not await table.renew(10, "node-a", 15)
+    assert await table.url_of(10) == "wss://b.example:8443"
 
 
 async def test_a_node_whose_lease_ran_out_stops_issuing_and_claims_again(
@@ -125,20 +127,20 @@ async def test_a_node_whose_lease_ran_out_stops_issuing_and_claims_again(
     changes: list[int | None] = []
     member = Membership(table, "wss://a.example:8443", lease_seconds=15, renew_every=0.05)
     member.on_change = changes.append
-    assert await member.join() == 1
+    assert await member.join() == 10
     try:
-        await table.claim("node-b", "wss://b.example:8443", 15)  # slot 2
-        await _expire(table, 1)
-        await table.claim("node-c", "wss://c.example:8443", 15)  # takes slot 1
+        await table.claim("node-b", "wss://b.example:8443", 15)  # slot 11
+        await _expire(table, 10)
+        await table.claim("node-c", "wss://c.example:8443", 15)  # takes slot 10
         async with asyncio.timeout(WAIT):
             while len(changes) < 3:
                 await asyncio.sleep(0.02)
         # Lost (no nameplates meanwhile), then the next free slot.
-        assert changes[:3] == [1, None, 3]
-        assert member.slot == 3
+        assert changes[:3] == [10, None, 12]
+        assert member.slot == 12
     finally:
         await member.leave()
-    assert await table.url_of(3) is None  # a clean stop frees the slot at once
+    assert await table.url_of(12) is None  # a clean stop frees the slot at once
 
 
 # -- the leader ---------------------------------------------------------------
@@ -200,25 +202,25 @@ class RecordingAudit:
 async def test_the_leader_closes_a_dead_nodes_sessions_in_the_log_once(
         table: NodeTable) -> None:
     audit = RecordingAudit()
-    assert await table.claim("node-a", "wss://a.example:8443", 15) == 1
-    assert await table.claim("node-b", "wss://b.example:8443", 15) == 2
-    await table.session_started("s-1", "node-a", 1)
-    await table.session_started("s-2", "node-a", 1)
-    await table.session_started("s-3", "node-b", 2)
+    assert await table.claim("node-a", "wss://a.example:8443", 15) == 10
+    assert await table.claim("node-b", "wss://b.example:8443", 15) == 11
+    await table.session_started("s-1", "node-a", 10)
+    await table.session_started("s-2", "node-a", 10)
+    await table.session_started("s-3", "node-b", 11)
     await table.session_over("s-2")
     assert await close_lost_nodes(table, audit, grace=15) == 0  # alive: nothing
-    await _expire(table, 1, ago=5)
+    await _expire(table, 10, ago=5)
     assert await close_lost_nodes(table, audit, grace=15) == 0  # within the grace
-    await _expire(table, 1, ago=30)
+    await _expire(table, 10, ago=30)
     assert await close_lost_nodes(table, audit, grace=15) == 1
-    assert audit.events == [("node_lost", {"body": {"node": "node-a", "slot": 1,
+    assert audit.events == [("node_lost", {"body": {"node": "node-a", "slot": 10,
                                                     "sessions": ["s-1"]}})]
     assert await close_lost_nodes(table, audit, grace=15) == 0
     # A node whose slot was taken before the leader looked is found by its sessions.
-    await table.session_started("s-4", "node-b", 2)
-    await _expire(table, 2, ago=1)
+    await table.session_started("s-4", "node-b", 11)
+    await _expire(table, 11, ago=1)
     await table.claim("node-c", "wss://c.example:8443", 15)
     await table.claim("node-d", "wss://d.example:8443", 15)
     assert await close_lost_nodes(table, audit, grace=15) == 1
-    assert audit.events[-1] == ("node_lost", {"body": {"node": "node-b", "slot": 2,
+    assert audit.events[-1] == ("node_lost", {"body": {"node": "node-b", "slot": 11,
                                                        "sessions": ["s-3", "s-4"]}})

@@ -1,0 +1,129 @@
+"""Two real broker nodes on one PostgreSQL: the agent on node 1, the
+engineer's join on node 2, which answers `moved`; the console follows it
+and the session works (a marker both sides). `/healthz` over each node's
+TLS port: 200 while it holds its lease, 503 once the database is gone."""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from broker.certs import PkiPaths, init_dev_pki
+from tests.cluster.harness import Postgres, free_port, start_postgres, stop_postgres
+from tests.e2e.conftest import Deployment, matched, read_code, transcript, write_key
+
+WAIT = 30.0
+
+
+def _node(root: Path, pki: PkiPaths, database_url: str) -> Deployment:
+    """A broker node of the cluster, as a subprocess; the caller stops it."""
+    root.mkdir(parents=True, exist_ok=True)
+    dep = Deployment(root=root, pki=pki, data_dir=root / "var")
+    port = free_port()
+    dep.start_broker(port, "--database-url", database_url,
+                     "--node-url", f"wss://127.0.0.1:{port}")
+    return dep
+
+
+def healthz(dep: Deployment) -> int:
+    ctx = ssl.create_default_context(cafile=str(dep.pki.ca_cert))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{dep.port}/healthz", context=ctx,
+                                    timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def wait_for_health(dep: Deployment, status: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while (seen := healthz(dep)) != status:
+        assert time.monotonic() < deadline, f"/healthz stayed {seen}, not {status}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, database_url: str) -> Iterator[list[Deployment]]:
+    started: list[Deployment] = []
+    pki = init_dev_pki(tmp_path / "certs")
+    try:
+        for n in (1, 2):
+            started.append(_node(tmp_path / f"node{n}", pki, database_url))
+        yield started
+    finally:
+        for dep in started:
+            dep.stop()
+
+
+def _engineer_on(nodes: list[Deployment], name: str) -> Path:
+    key = write_key(nodes[0].root / f"{name}_ed25519")
+    for dep in nodes:  # the registry moves to PostgreSQL elsewhere; here each node's own
+        result = dep.cli("engineer", "add", name, "--key", f"{key}.pub",
+                         "--display", "Alice Example")
+        assert result.returncode == 0, result.stderr
+    return key
+
+
+def test_a_join_on_the_wrong_node_is_moved_to_the_agents_node_and_works(
+        nodes: list[Deployment]) -> None:
+    one, two = nodes
+    key = _engineer_on(nodes, "alice")
+    agent = one.agent("--alias", "front desk")
+    code = read_code(agent)
+    assert code[:2] in ("10", "11")
+    # The agent's node is the slot its code begins with; join at the other.
+    home, other = (one, two) if code.startswith("10") else (two, one)
+    assert home is one
+    console = other.console(code, key, "alice", "--control")
+    agent.expect(r"Alice Example \(alice, engineer\)")
+    agent.expect(r"Pairing:\s+([0-9A-F]{4}-[0-9A-F]{4})")
+    sas = matched(agent)
+    agent.expect(r"\[n/Enter\] deny")
+    agent.send("c")
+    console.expect(f"fingerprint {sas}")
+    console.expect("connected to front desk")
+    console.expect(r"\$ ")
+    marker = "CSY" + secrets.token_hex(8)
+    console.send(f"echo {marker}-$((6*7))\r")
+    console.expect(f"{marker}-42")
+    agent.expect(f"{marker}-42")
+    console.send("\x1dq")
+    console.expect("You left the session.")
+    # Both ends met on the agent's node: its log has the session, the other's none.
+    assert "session_started" in home.audit_types()
+    assert "session_started" not in other.audit_types()
+    assert "moved" not in transcript(agent)
+
+
+def test_healthz_is_200_with_a_lease_and_503_once_the_database_is_gone(
+        tmp_path: Path) -> None:
+    pg: Postgres = start_postgres()
+    dep: Deployment | None = None
+    try:
+        pg.psql("CREATE DATABASE healthz")
+        dep = _node(tmp_path / "node", init_dev_pki(tmp_path / "certs"), pg.url("healthz"))
+        assert healthz(dep) == 200
+        pg.stop()
+        wait_for_health(dep, 503)
+        # Without the database, no code: the agent is told why (a first
+        # contact that fails ends the agent; a registered one retries).
+        agent = dep.agent("--alias", "front desk")
+        agent.expect("issues no codes and takes no joins", timeout=WAIT)
+        agent.expect(pexpect.EOF, timeout=WAIT)
+        assert "Your support code" not in transcript(agent)
+    finally:
+        if dep is not None:
+            dep.stop()
+        stop_postgres(pg)
+
+
+def test_a_single_node_says_200_on_healthz(running: Deployment) -> None:
+    assert healthz(running) == 200
