@@ -63,7 +63,7 @@ DEFAULT_CONFIG = Path("/etc/consentry/broker.toml")
 SETTINGS = ("data_dir", "listen", "cert", "key", "checkpoint_file", "witness",
             "checkpoint_command", "audit_max_mb", "pii_retention_days",
             "event_retention_days", "agent_hellos_per_minute", "log_format",
-            "proxy_protocol_from", "database_url", "node_url")
+            "proxy_protocol_from", "database_url", "node_url", "node_lease")
 
 
 # -- serve --------------------------------------------------------------------
@@ -99,6 +99,9 @@ def check_cluster_flags(config: BrokerConfig) -> None:
     if config.node_url is None:
         raise ConfigError("--database-url needs --node-url wss://HOST:PORT: the address at "
                           "which consoles reach this node itself")
+    if config.node_lease_seconds < 3:
+        raise ConfigError("--node-lease must be at least 3 seconds (it is renewed every "
+                          "fifth of it)")
     problem = node_url_problem(config.node_url)
     if problem is not None:
         raise ConfigError(f"--node-url {problem}")
@@ -120,7 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           log_format=args.log_format,
                           timeouts=Timeouts(resume_window=float(args.resume_window)),
                           proxy_protocol_from=tuple(args.proxy_protocol_from or ()),
-                          database_url=args.database_url, node_url=args.node_url)
+                          database_url=args.database_url, node_url=args.node_url,
+                          node_lease_seconds=float(args.node_lease))
     check_cluster_flags(config)
     setup_logging(args.log_format)
     # Imported here so the admin sub-commands work without the server stack.
@@ -325,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-url", metavar="URL",
                    help="with --database-url: wss://HOST:PORT at which consoles reach this "
                         "node itself, past the balancer (README: \"Running several nodes\")")
+    p.add_argument("--node-lease", type=_positive_int, default=15, metavar="SECONDS",
+                   help="with --database-url: how long this node's lease lasts unrenewed "
+                        "(default 15, at least 3); a node dead for about twice this is "
+                        "recorded node_lost and its slot freed")
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
                    help="where signed audit checkpoints are appended (default: "
                         "DIR/checkpoints.jsonl; another disk is stronger)")

@@ -95,6 +95,10 @@ class BrokerConfig:
     # one node alone, SQLite, as before.
     database_url: str | None = None
     node_url: str | None = None
+    # How long a node's lease lasts unrenewed (`serve --node-lease`): a dead
+    # node leaves the cluster, and its sessions are closed in the log, after
+    # about twice this; a shorter lease reacts faster to a slow database too.
+    node_lease_seconds: float = 15.0
 
     @property
     def clustered(self) -> bool:

@@ -602,7 +602,8 @@ async def _join_cluster(config: BrokerConfig, broker: Broker) -> ClusterNode | N
     if config.database_url is None or config.node_url is None:
         return None
     try:
-        cluster = await ClusterNode.open(config.database_url, config.node_url)
+        cluster = await ClusterNode.open(config.database_url, config.node_url,
+                                         config.node_lease_seconds)
     except DATABASE_TROUBLE as exc:
         raise ConfigError(f"cannot reach the cluster database: {exc}") from None
     broker.join_cluster(cluster)
@@ -681,7 +682,9 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     else:
         # Cluster-wide jobs run on the one node that holds the leader lock.
         table = cluster.table
-        cluster.lead([retain, lambda: lost_nodes_loop(table, audit)])
+        grace = cluster.lease_seconds
+        cluster.lead([retain, lambda: lost_nodes_loop(table, audit, grace=grace,
+                                                      every=min(5.0, grace / 3))])
     listening = False
     try:
         # Accepts through broker.admission (per-source and descriptor caps,

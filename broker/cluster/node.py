@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncpg
 
 from broker.cluster.leader import Job, Leader
-from broker.cluster.lease import nameplate_prefix, slot_of
+from broker.cluster.lease import LEASE_SECONDS, nameplate_prefix, slot_of
 from broker.cluster.membership import Membership
 from broker.cluster.nodes import NodeTable, connect
 
@@ -25,16 +25,20 @@ __all__ = ["ClusterNode"]
 
 
 class ClusterNode:
-    def __init__(self, pool: asyncpg.Pool, database_url: str, node_url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, database_url: str, node_url: str,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
         self.pool = pool
         self.database_url = database_url
+        self.lease_seconds = lease_seconds
         self.table = NodeTable(pool)
-        self.membership = Membership(self.table, node_url)
+        self.membership = Membership(self.table, node_url, lease_seconds=lease_seconds,
+                                     renew_every=lease_seconds / 5)
         self.leader: Leader | None = None
 
     @classmethod
-    async def open(cls, database_url: str, node_url: str) -> ClusterNode:
-        return cls(await connect(database_url), database_url, node_url)
+    async def open(cls, database_url: str, node_url: str,
+                   lease_seconds: float = LEASE_SECONDS) -> ClusterNode:
+        return cls(await connect(database_url), database_url, node_url, lease_seconds)
 
     @property
     def node_id(self) -> str:

@@ -5,13 +5,16 @@ TLS port: 200 while it holds its lease, 503 once the database is gone."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import signal
 import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -23,13 +26,13 @@ from tests.e2e.conftest import Deployment, matched, read_code, transcript, write
 WAIT = 30.0
 
 
-def _node(root: Path, pki: PkiPaths, database_url: str) -> Deployment:
+def _node(root: Path, pki: PkiPaths, database_url: str, *extra: str) -> Deployment:
     """A broker node of the cluster, as a subprocess; the caller stops it."""
     root.mkdir(parents=True, exist_ok=True)
     dep = Deployment(root=root, pki=pki, data_dir=root / "var")
     port = free_port()
     dep.start_broker(port, "--database-url", database_url,
-                     "--node-url", f"wss://127.0.0.1:{port}")
+                     "--node-url", f"wss://127.0.0.1:{port}", *extra)
     return dep
 
 
@@ -52,11 +55,14 @@ def wait_for_health(dep: Deployment, status: int) -> None:
 
 @pytest.fixture
 def nodes(tmp_path: Path, database_url: str) -> Iterator[list[Deployment]]:
+    """Two nodes, the first started first (slot 10, and the leader); short
+    leases, so that a node killed is found lost within seconds."""
     started: list[Deployment] = []
     pki = init_dev_pki(tmp_path / "certs")
     try:
         for n in (1, 2):
-            started.append(_node(tmp_path / f"node{n}", pki, database_url))
+            started.append(_node(tmp_path / f"node{n}", pki, database_url,
+                                 "--node-lease", "3"))
         yield started
     finally:
         for dep in started:
@@ -127,3 +133,41 @@ def test_healthz_is_200_with_a_lease_and_503_once_the_database_is_gone(
 
 def test_a_single_node_says_200_on_healthz(running: Deployment) -> None:
     assert healthz(running) == 200
+
+
+def _events(dep: Deployment, event_type: str) -> list[dict[str, Any]]:
+    result = dep.cli("audit", "list", "--json", "--type", event_type)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_a_node_killed_mid_session_is_recorded_lost_with_its_session_by_the_leader(
+        nodes: list[Deployment]) -> None:
+    one, two = nodes
+    key = _engineer_on(nodes, "alice")
+    agent = one.agent("--alias", "front desk")
+    code = read_code(agent)
+    console = one.console(code, key, "alice", "--control")
+    agent.expect(r"Alice Example \(alice, engineer\)")
+    agent.expect(r"Pairing:\s+([0-9A-F]{4}-[0-9A-F]{4})")
+    agent.expect(r"\[n/Enter\] deny")
+    agent.send("c")
+    console.expect("connected to front desk")
+    [started] = _events(one, "session_started")
+    assert one.broker is not None
+    one.broker.send_signal(signal.SIGKILL)
+    one.broker.wait(timeout=WAIT)
+    # The second node takes the leader's lock, and once the dead node's lease
+    # and its grace are over, closes its session in the log.
+    deadline = time.monotonic() + WAIT
+    while not (lost := _events(two, "node_lost")):
+        assert time.monotonic() < deadline, two.broker_stdout.read_text()
+        time.sleep(0.3)
+    [event] = lost
+    assert event["body"]["slot"] == 10
+    assert event["body"]["sessions"] == [started["session"]]
+    # The survivor still serves: a new agent gets a code of its own slot.
+    fresh = two.spawn("consentry-agent", "--broker", two.url, "--ca", str(two.pki.ca_cert),
+                      "--state-dir", str(two.root / "agent2"), "--shell", "/bin/sh",
+                      "--alias", "back office")
+    assert read_code(fresh).startswith("11")
