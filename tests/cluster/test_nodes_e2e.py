@@ -12,7 +12,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pexpect
 import pytest
 
 from broker.certs import PkiPaths, init_dev_pki
-from tests.cluster.harness import Postgres, free_port, start_postgres, stop_postgres
+from tests.cluster.harness import HAProxy, Postgres, free_port, start_postgres, stop_postgres
 from tests.e2e.conftest import Deployment, matched, read_code, transcript, write_key
 
 WAIT = 30.0
@@ -171,3 +171,55 @@ def test_a_node_killed_mid_session_is_recorded_lost_with_its_session_by_the_lead
                       "--state-dir", str(two.root / "agent2"), "--shell", "/bin/sh",
                       "--alias", "back office")
     assert read_code(fresh).startswith("11")
+
+
+def test_through_haproxy_the_engineer_landing_on_the_other_node_meets_the_agent(
+        tmp_path: Path, database_url: str, haproxy: Callable[..., HAProxy]) -> None:
+    """The agent and the console both dial the balancer; the console's
+    connection lands on the node without the agent (leastconn: the agent
+    holds one), is moved to the agent's node by its URL, and the session
+    runs there. HAProxy checks each node by GET /healthz over TLS, and
+    connects from 127.0.0.2, the only address the nodes take a PROXY header
+    from, so that the nodes' own URLs on 127.0.0.1 are dialled directly."""
+    pki = init_dev_pki(tmp_path / "certs")
+    nodes: list[Deployment] = []
+    front = Deployment(root=tmp_path / "front", pki=pki, data_dir=tmp_path / "unused")
+    try:
+        for n in (1, 2):
+            nodes.append(_node(tmp_path / f"node{n}", pki, database_url,
+                               "--proxy-protocol-from", "127.0.0.2"))
+        proxy = haproxy([("127.0.0.1", dep.port) for dep in nodes], check_ca=pki.ca_cert,
+                        healthz=True, source="127.0.0.2")
+        deadline = time.monotonic() + WAIT
+        while not all(s["status"] == "UP" and s["check_status"] == "L7OK"
+                      for s in proxy.servers().values()):
+            assert time.monotonic() < deadline, proxy.servers()
+            time.sleep(0.1)
+        front.root.mkdir()
+        front.port = proxy.port
+        key = _engineer_on(nodes, "alice")
+        agent = front.agent("--alias", "front desk")
+        code = read_code(agent)
+        console = front.console(code, key, "alice", "--control")
+        agent.expect(r"Alice Example \(alice, engineer\)")
+        agent.expect(r"Pairing:\s+([0-9A-F]{4}-[0-9A-F]{4})")
+        agent.expect(r"\[n/Enter\] deny")
+        agent.send("c")
+        console.expect("connected to front desk")
+        console.expect(r"\$ ")
+        marker = "CSY" + secrets.token_hex(8)
+        console.send(f"echo {marker}-$((6*7))\r")
+        console.expect(f"{marker}-42")
+        agent.expect(f"{marker}-42")
+        console.send("\x1dq")
+        console.expect("You left the session.")
+        home = nodes[0] if code.startswith("10") else nodes[1]
+        other = nodes[1] if home is nodes[0] else nodes[0]
+        assert "session_started" in home.audit_types()
+        # The engineer logged in on the other node first, and was moved.
+        assert "engineer_login" in other.audit_types()
+        assert "session_started" not in other.audit_types()
+    finally:
+        front.stop()
+        for dep in nodes:
+            dep.stop()
