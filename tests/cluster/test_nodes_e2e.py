@@ -223,3 +223,23 @@ def test_through_haproxy_the_engineer_landing_on_the_other_node_meets_the_agent(
         front.stop()
         for dep in nodes:
             dep.stop()
+
+
+def test_a_node_that_loses_its_lease_sends_its_agents_away_and_they_come_back(
+        tmp_path: Path, database_url: str, postgres: Postgres) -> None:
+    dep = _node(tmp_path / "node", init_dev_pki(tmp_path / "certs"), database_url,
+                "--node-lease", "3")
+    try:
+        agent = dep.agent("--alias", "front desk")
+        assert read_code(agent).startswith("10")
+        # Another node takes slot 10 (as if this one had been silent too long).
+        name = database_url.rsplit("/", 1)[1]
+        postgres.psql("UPDATE cluster_nodes SET node_id = 'usurper', "
+                      "expires_at = now() + interval '1 hour' WHERE slot = 10", database=name)
+        agent.expect("issues no codes and takes no joins", timeout=WAIT)
+        agent.expect(r"retrying in \d+ s", timeout=WAIT)
+        # The node claims the next free slot; the agent's retry gets a code of it.
+        assert read_code(agent, timeout=WAIT).startswith("11")
+        assert healthz(dep) == 200
+    finally:
+        dep.stop()
