@@ -433,9 +433,12 @@ def configure(args: argparse.Namespace, parser: argparse.ArgumentParser,
               environ: Mapping[str, str]) -> str | None:
     """Fill `args` from the layers; the --print-config text if it was asked for."""
     try:
+        # The database URL holds its password: --print-config says only
+        # whether it is set.
         return configure_from(args, parser, SETTINGS,
                               program=" ".join((PROG, *_command_words(args))),
-                              default_file=DEFAULT_CONFIG, environ=environ)
+                              default_file=DEFAULT_CONFIG, environ=environ,
+                              secrets=("database_url",))
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -609,6 +609,9 @@ async def _join_cluster(config: BrokerConfig, broker: Broker) -> ClusterNode | N
     broker.join_cluster(cluster)
     try:
         await cluster.membership.join()
+    except DATABASE_TROUBLE as exc:
+        await cluster.close()
+        raise ConfigError(f"cannot claim a slot in the cluster database: {exc}") from None
     except BaseException:
         await cluster.close()
         raise
@@ -663,7 +666,14 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
     broker.checkpoints = checkpointer  # consent receipts sealed back to agents
-    cluster = await _join_cluster(config, broker)
+    try:
+        cluster = await _join_cluster(config, broker)
+    except BaseException:
+        await checkpointer.stop()
+        if shipper is not None:
+            await shipper.stop()
+        await audit.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

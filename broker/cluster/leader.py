@@ -55,19 +55,24 @@ class Leader:
     async def _run(self) -> None:
         while True:
             try:
-                await self._try_once()
+                await self._contend()
             except Exception as exc:  # a lost database, or a job that failed
                 # Leading stops; the lock is let go with the connection, and
                 # this node (or another) takes it again at a later try.
                 log.warning("cluster leadership ended: %r", exc)
             await asyncio.sleep(self.try_every)
 
-    async def _try_once(self) -> None:
+    async def _contend(self) -> None:
+        """On one connection: try the lock every few seconds; once held,
+        lead until the connection or a job fails."""
         conn = await asyncpg.connect(self.url, timeout=10)
         try:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
-                return
-            log.info("this node leads the cluster (checkpoints, retention, lost nodes)")
+            # A poll of the database (nothing here could set an Event).
+            while True:
+                if await self._try_lock(conn):
+                    break
+                await asyncio.sleep(self.try_every)
+            log.info("this node leads the cluster (retention, lost nodes)")
             self.leading.set()
             try:
                 async with asyncio.TaskGroup() as jobs:
@@ -81,6 +86,11 @@ class Leader:
             with contextlib.suppress(*DATABASE_TROUBLE):
                 await asyncio.wait_for(conn.close(), 5)
             conn.terminate()
+
+    async def _try_lock(self, conn: asyncpg.Connection) -> bool:
+        got = await asyncio.wait_for(
+            conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK), self.try_every * 5)
+        return bool(got)
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """Raise once the lock's connection is gone (and the lock with it)."""

@@ -60,11 +60,17 @@ async def connect(url: str) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(url, min_size=1, max_size=3, timeout=10,
                                          command_timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # Never the URL itself: it holds the password.
         raise ConfigError(f"cannot reach the cluster database: {exc}") from None
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
-        await conn.execute(CLUSTER_DDL)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+            await conn.execute(CLUSTER_DDL)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        await pool.close()
+        raise ConfigError(f"cannot create the cluster's tables (the broker's database "
+                          f"role needs CREATE on its schema the first time): {exc}") from None
     return pool
 
 
