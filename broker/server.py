@@ -262,7 +262,11 @@ class Broker:
     async def issue_nameplate(self, link: AgentLink) -> None:
         if link.conn_id not in self.agents:
             return  # gone: a nameplate now would only wait in the book for nobody
-        self.require_lease()
+        if self.cluster is not None and self.cluster.healthy_slot is None:
+            # Not raised: this also runs inside a session (the agent's next
+            # code), which must go on. The agent retries, at another node.
+            await refuse(link.ws, ErrorCode.NODE_UNAVAILABLE, NO_LEASE)
+            return
         plate = self.book.allocate(link.conn_id, time.monotonic())
         await link.ws.send(
             encode("nameplate", nameplate=plate.value, expires_in=int(self.book.lifetime))
