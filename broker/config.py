@@ -89,6 +89,20 @@ class BrokerConfig:
     # header, whose client address the broker then records and rate-limits
     # by (broker.proxy_protocol). Empty: no header is read from anyone.
     proxy_protocol_from: Networks = ()
+    # Several nodes (`serve --database-url postgresql://... --node-url
+    # wss://NODE:PORT`, broker.cluster): the shared database, and the URL at
+    # which consoles reach this node itself (sent in `moved` answers). None:
+    # one node alone, SQLite, as before.
+    database_url: str | None = None
+    node_url: str | None = None
+    # How long a node's lease lasts unrenewed (`serve --node-lease`): a dead
+    # node leaves the cluster, and its sessions are closed in the log, after
+    # about twice this; a shorter lease reacts faster to a slow database too.
+    node_lease_seconds: float = 15.0
+
+    @property
+    def clustered(self) -> bool:
+        return self.database_url is not None
 
     @property
     def audit_db(self) -> Path:

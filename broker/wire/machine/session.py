@@ -130,8 +130,10 @@ class SessionMachine:
 
     def __init__(self, *, session_id: str, token: str, nameplate: str, agent: AgentFacts,
                  engineer: EngineerFacts, wants: tuple[str, ...], timeouts: SessionTimeouts,
-                 now: float) -> None:
+                 now: float, node_url: str | None = None) -> None:
         self.id = session_id
+        # A cluster node's own URL, told the agent for its session connection.
+        self.node_url = node_url
         self.token = token
         self.nameplate = nameplate
         self.agent = agent
@@ -850,7 +852,8 @@ class SessionMachine:
         return self._send(AGENT, "join_request", nameplate=nameplate or self.nameplate,
                           session=self.id, token=seat.token, engineer_login=engineer.name,
                           engineer_display=engineer.display, engineer_role=engineer.role,
-                          engineer_key=engineer.public_key, wants=list(seat.wants))
+                          engineer_key=engineer.public_key, wants=list(seat.wants),
+                          **({"node": self.node_url} if self.node_url else {}))
 
     def _awaited(self, token: str) -> Seat | None:
         if self._s.ended is not None:
