@@ -57,6 +57,7 @@ from agent.ui import CustomerUI
 from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import LinkEvent, Resumption, SSHRelay
+from broker.cluster.urls import node_url_problem
 from broker.wire.code import JoinCode, draw_secret
 from broker.wire.codes import EndReason, ErrorCode, Right, upgrade_for
 from broker.wire.errors import WireError
@@ -85,7 +86,8 @@ HANDSHAKE_TIMEOUT = STEP_TIMEOUT  # also how long a grant of control waits for t
 # temporarily unable to record sessions, or pacing registrations from this
 # address. Anything else (untrusted certificate, protocol refusal) needs a person.
 _RETRY_CODES = frozenset({"closed", "unreachable", ErrorCode.TIMEOUT,
-                          ErrorCode.AUDIT_UNAVAILABLE, ErrorCode.RATE_LIMITED})
+                          ErrorCode.AUDIT_UNAVAILABLE, ErrorCode.RATE_LIMITED,
+                          ErrorCode.NODE_UNAVAILABLE})
 _MAX_RETRY_DELAY = 30.0
 # How long to wait for the broker to say why, when the engineer's SSH closes.
 _ENDED_GRACE = 5.0
@@ -283,9 +285,19 @@ class Agent:
 
     # -- one join -------------------------------------------------------------
 
+    def _session_url(self, request: Message) -> str:
+        """Where this join's session connection goes: a cluster node names
+        itself (a balancer in front might pick another node); a URL that is
+        not a plain wss://HOST:PORT is not followed."""
+        node = request.get("node")
+        if node and node_url_problem(node) is None:
+            return str(node)
+        return self.config.broker
+
     async def _join(self, request: Message, code: JoinCode) -> None:
+        session_url = self._session_url(request)
         try:
-            link = await open_link(self.config.broker, "/v1/agent/session", self.config.ca,
+            link = await open_link(session_url, "/v1/agent/session", self.config.ca,
                                             session=True)
         except LinkError as exc:
             self.screen.notice(f"A support engineer tried to connect, but: {exc}")
@@ -520,7 +532,7 @@ class Agent:
         if resume_key is not None:
             resumption = Resumption(
                 key=resume_key, side="agent", token=request["token"],
-                reconnect=lambda: open_link(self.config.broker, "/v1/agent/session",
+                reconnect=lambda: open_link(self._session_url(request), "/v1/agent/session",
                                             self.config.ca, session=True),
                 on_event=lambda event: self._link_event(active, event))
         relay = active.relay = SSHRelay(link, on_control, resumption)

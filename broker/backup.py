@@ -6,10 +6,13 @@ half-written is copied) and the checkpoint file, copied *before* the audit
 database, so every checkpoint in the backup covers events that are in it.
 
 What stays out, on purpose: `master.key` (it unlocks the personal data and
-the pseudonyms) and `audit.key` (it signs checkpoints). A stolen backup then
-reveals no personal data and cannot forge a checkpoint, and erasing a
-subject's key in the live log is not undone by an old backup that also held
-the master key. The operator keeps the two key files elsewhere (README).
+the pseudonyms), `audit-wrap.keys` (the generations of the key that wraps
+subject keys, `broker.audit.keyring`) and `audit.key` (it signs
+checkpoints). A stolen backup then reveals no personal data and cannot forge
+a checkpoint, and erasing a subject's key in the live log is not undone by
+an old backup that also held the keys; once the key ring has rotated, an old
+backup cannot open any subject key at all. The operator keeps the key files
+elsewhere (README), the key ring's current version only.
 
 The file: `MAGIC`, then a fresh stream key sealed to the recipient's X25519
 public key (NaCl SealedBox), then libsodium's secretstream (XChaCha20-
@@ -42,7 +45,7 @@ MAGIC = b"consentry-backup v1\n"
 # What a backup holds, and what it never holds (see above).
 DATABASES = ("audit.db", "registry.db")
 BACKED_UP = ("checkpoints.jsonl", *DATABASES)
-KEPT_OUT = ("master.key", "audit.key")
+KEPT_OUT = ("master.key", "audit-wrap.keys", "audit.key")
 CHUNK = 64 * 1024
 # A chunk on disk: its plaintext length at most CHUNK, plus the stream's tag.
 _MAX_SEALED_CHUNK = CHUNK + sodium.crypto_secretstream_xchacha20poly1305_ABYTES

@@ -64,9 +64,7 @@ DEFAULT_CONFIG = Path("/etc/consentry/broker.toml")
 SETTINGS = ("data_dir", "listen", "cert", "key", "checkpoint_file", "witness",
             "checkpoint_command", "audit_max_mb", "pii_retention_days",
             "event_retention_days", "agent_hellos_per_minute", "log_format",
-            "proxy_protocol_from", "database_url")
-# Settings --print-config says are set without showing them (a URL's password).
-SECRET_SETTINGS = ("database_url",)
+            "proxy_protocol_from", "database_url", "node_url", "node_lease")
 
 
 # -- serve --------------------------------------------------------------------
@@ -89,14 +87,25 @@ def _network(text: str) -> IPv4Network | IPv6Network:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _database_url(text: str | None) -> str | None:
-    """`--database-url`, checked before anything starts (its password never in
-    the message)."""
-    if text is None:
-        return None
+def check_cluster_flags(config: BrokerConfig) -> None:
+    """--database-url and --node-url go together, and each must be usable."""
     from broker.audit.stores import check_database_url
+    from broker.cluster.urls import node_url_problem
 
-    return check_database_url(text)
+    if config.database_url is None and config.node_url is None:
+        return
+    if config.database_url is None:
+        raise ConfigError("--node-url is for a node of several: give --database-url too")
+    check_database_url(config.database_url)  # the URL's password never in the message
+    if config.node_url is None:
+        raise ConfigError("--database-url needs --node-url wss://HOST:PORT: the address at "
+                          "which consoles reach this node itself")
+    if config.node_lease_seconds < 3:
+        raise ConfigError("--node-lease must be at least 3 seconds (it is renewed every "
+                          "fifth of it)")
+    problem = node_url_problem(config.node_url)
+    if problem is not None:
+        raise ConfigError(f"--node-url {problem}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -115,7 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           log_format=args.log_format,
                           timeouts=Timeouts(resume_window=float(args.resume_window)),
                           proxy_protocol_from=tuple(args.proxy_protocol_from or ()),
-                          database_url=_database_url(args.database_url))
+                          database_url=args.database_url, node_url=args.node_url,
+                          node_lease_seconds=float(args.node_lease))
+    check_cluster_flags(config)
     setup_logging(args.log_format)
     # Imported here so the admin sub-commands work without the server stack.
     from broker import server
@@ -314,11 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "header, and the client it names is the one recorded and "
                         "rate-limited (repeatable; from other addresses none is read)")
     p.add_argument("--database-url", metavar="URL",
-                   help="keep the audit log in PostgreSQL (postgresql://USER@HOST/DB; "
-                        "leave the password out and use PGPASSWORD or ~/.pgpass, which "
-                        "ps does not show) instead of SQLite in DIR; every node of a "
-                        "cluster names the same database and holds the same "
-                        "DIR/master.key")
+                   help="run as one node of several: the shared PostgreSQL, which "
+                        "holds the audit log too (postgresql://USER@HOST/DB; leave the "
+                        "password out and use PGPASSWORD or ~/.pgpass, which ps does not "
+                        "show; every node holds the same DIR/master.key); needs --node-url")
+    p.add_argument("--node-url", metavar="URL",
+                   help="with --database-url: wss://HOST:PORT at which consoles reach this "
+                        "node itself, past the balancer (README: \"Running several nodes\")")
+    p.add_argument("--node-lease", type=_positive_int, default=15, metavar="SECONDS",
+                   help="with --database-url: how long this node's lease lasts unrenewed "
+                        "(default 15, at least 3); a node dead for about twice this is "
+                        "recorded node_lost and its slot freed")
     p.add_argument("--checkpoint-file", type=Path, metavar="FILE",
                    help="where signed audit checkpoints are appended (default: "
                         "DIR/checkpoints.jsonl; another disk is stronger)")
@@ -419,10 +436,12 @@ def configure(args: argparse.Namespace, parser: argparse.ArgumentParser,
               environ: Mapping[str, str]) -> str | None:
     """Fill `args` from the layers; the --print-config text if it was asked for."""
     try:
+        # The database URL holds its password: --print-config says only
+        # whether it is set.
         return configure_from(args, parser, SETTINGS,
                               program=" ".join((PROG, *_command_words(args))),
                               default_file=DEFAULT_CONFIG, environ=environ,
-                              secrets=SECRET_SETTINGS)
+                              secrets=("database_url",))
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -89,11 +89,22 @@ class BrokerConfig:
     # header, whose client address the broker then records and rate-limits
     # by (broker.proxy_protocol). Empty: no header is read from anyone.
     proxy_protocol_from: Networks = ()
-    # `serve --database-url postgresql://...`: the audit log on PostgreSQL
-    # (`broker.audit.pg_store`), shared by the nodes of a cluster; None keeps
-    # it in SQLite in `data_dir`. The master key stays in `data_dir` (the
-    # same file on every node). May hold a password: never printed.
+    # Several nodes (`serve --database-url postgresql://... --node-url
+    # wss://NODE:PORT`, broker.cluster): the shared database, which holds the
+    # audit log too (`broker.audit.pg_store`; the master key stays in
+    # `data_dir`, the same file on every node), and the URL at which consoles
+    # reach this node itself (sent in `moved` answers). None: one node alone,
+    # SQLite, as before. May hold a password: never printed.
     database_url: str | None = None
+    node_url: str | None = None
+    # How long a node's lease lasts unrenewed (`serve --node-lease`): a dead
+    # node leaves the cluster, and its sessions are closed in the log, after
+    # about twice this; a shorter lease reacts faster to a slow database too.
+    node_lease_seconds: float = 15.0
+
+    @property
+    def clustered(self) -> bool:
+        return self.database_url is not None
 
     @property
     def audit_db(self) -> Path:

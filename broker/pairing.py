@@ -5,6 +5,10 @@ among waiting agents, single-use (claimed once, then gone), expires after
 `CODE_LIFETIME_SECONDS`, and drawn sparsely (`NAMEPLATE_SPARSITY`), so a
 join with a made-up nameplate almost never reaches anyone. Time is passed
 in, so tests use a fake clock.
+
+In a cluster each node's nameplates begin with its `prefix` (its slot,
+`broker.cluster.lease`): unique across nodes with no shared write, and
+saying which node a join belongs on. The sparsity is the drawn digits'.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ class Nameplate:
 class NameplateBook:
     """Which agent waits behind which nameplate."""
 
-    def __init__(self, lifetime: float = CODE_LIFETIME_SECONDS) -> None:
+    def __init__(self, lifetime: float = CODE_LIFETIME_SECONDS, prefix: str = "") -> None:
         self.lifetime = lifetime
+        self.prefix = prefix
         self._by_value: dict[str, Nameplate] = {}
         self._by_owner: dict[str, Nameplate] = {}
 
@@ -43,8 +48,8 @@ class NameplateBook:
         # to 90, ... eight (the most) up to 90,000; denser only beyond that.
         waiting = len(self._by_value) + 1
         digits = 1
-        while waiting * NAMEPLATE_SPARSITY > 9 * 10 ** (digits - 1) and (
-                digits < MAX_NAMEPLATE_DIGITS):
+        most = MAX_NAMEPLATE_DIGITS - len(self.prefix)
+        while waiting * NAMEPLATE_SPARSITY > 9 * 10 ** (digits - 1) and digits < most:
             digits += 1
         return digits
 
@@ -55,7 +60,7 @@ class NameplateBook:
         digits = self._digits()
         low = 10 ** (digits - 1)
         while True:
-            value = str(low + secrets.randbelow(9 * low))
+            value = self.prefix + str(low + secrets.randbelow(9 * low))
             if value not in self._by_value:
                 break
         plate = Nameplate(value, owner, now + self.lifetime)
@@ -75,6 +80,11 @@ class NameplateBook:
 
     def current(self, owner: str) -> Nameplate | None:
         return self._by_owner.get(owner)
+
+    def clear(self) -> None:
+        """Forget every nameplate (the node's prefix is no longer its own)."""
+        self._by_value.clear()
+        self._by_owner.clear()
 
     def release(self, owner: str) -> None:
         plate = self._by_owner.get(owner)

@@ -35,7 +35,8 @@ import asyncssh
 from broker.errors import RegistryError
 from broker.wire.text import printable, validate_label
 
-__all__ = ["ROLES", "Engineer", "Registry", "parse_ed25519_public_key"]
+__all__ = ["ROLES", "Engineer", "Registry", "device_digest", "new_engineer",
+           "parse_ed25519_public_key"]
 
 ROLES = frozenset({"engineer", "admin"})
 # Names appear in audit events, consent prompts and file paths: keep them to a
@@ -109,6 +110,28 @@ def _validate_name(name: str) -> None:
         )
 
 
+def new_engineer(name: str, public_key_text: str, *, role: str = "engineer",
+                 display: str | None = None, now: dt.datetime) -> Engineer:
+    """The engineer to register, every field checked (RegistryError if unfit);
+    the one set of rules for every registry backend."""
+    _validate_name(name)
+    if role not in ROLES:
+        raise RegistryError(
+            f"invalid role {printable(role)!r}: choose one of {', '.join(sorted(ROLES))}"
+        )
+    display = name if display is None else display
+    problem = validate_label(display)
+    if problem is not None:
+        raise RegistryError(f"display name {problem}")
+    return Engineer(name=name, display=display, role=role,
+                    public_key=parse_ed25519_public_key(public_key_text), added=_utc_text(now))
+
+
+def device_digest(device_key: bytes) -> str:
+    """What a registry keeps of a device's key: its SHA-256, in hex."""
+    return hashlib.sha256(device_key).hexdigest()
+
+
 def _utc_text(now: dt.datetime) -> str:
     if now.tzinfo is None:
         raise RegistryError("registry times must be timezone-aware")
@@ -172,22 +195,7 @@ class Registry:
         now: dt.datetime,
     ) -> Engineer:
         """Register `name` with an Ed25519 public key; raise RegistryError if unfit."""
-        _validate_name(name)
-        if role not in ROLES:
-            raise RegistryError(
-                f"invalid role {printable(role)!r}: choose one of {', '.join(sorted(ROLES))}"
-            )
-        display = name if display is None else display
-        problem = validate_label(display)
-        if problem is not None:
-            raise RegistryError(f"display name {problem}")
-        engineer = Engineer(
-            name=name,
-            display=display,
-            role=role,
-            public_key=parse_ed25519_public_key(public_key_text),
-            added=_utc_text(now),
-        )
+        engineer = new_engineer(name, public_key_text, role=role, display=display, now=now)
         with self._connect() as conn:
             if self._get(conn, name) is not None:
                 raise RegistryError(f"an engineer named {name!r} is already registered")
@@ -236,7 +244,7 @@ class Registry:
     def bind_device(self, pseudonym: str, device_key: bytes, *, now: dt.datetime) -> bool:
         """True if `device_key` is the key this device came with (binding it
         now if the device is new); False if the device is bound to another."""
-        digest = hashlib.sha256(device_key).hexdigest()
+        digest = device_digest(device_key)
         with self._connect() as conn:
             # One statement binds a new device; an existing one keeps its key.
             conn.execute(

@@ -25,7 +25,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,10 @@ from broker.audit.store import AuditLog
 from broker.audit.stores import open_store
 from broker.auth import AttemptLimiter, verify_login
 from broker.certs import cert_names
+from broker.cluster.health import AuditHealth, health_answer
+from broker.cluster.lost import lost_nodes_loop
+from broker.cluster.membership import DATABASE_TROUBLE
+from broker.cluster.node import ClusterNode
 from broker.config import BrokerConfig
 from broker.crash_recovery import close_what_a_crash_left_open, record_clean_stop
 from broker.errors import AuditError, AuditWriteError, ConfigError, PkiError
@@ -75,6 +79,8 @@ from broker.wire.text import printable
 log = logging.getLogger("consentry.broker")
 
 PATHS = ("/v1/agent", "/v1/agent/session", "/v1/console")
+# Plain HTTPS GET for a load balancer's check (broker.cluster.health).
+HEALTH_PATH = "/healthz"
 # The nameplate book's owner for a session's invitation (agents are owned
 # by their connection id, which has no colon).
 _INVITE = "invite:"
@@ -131,10 +137,43 @@ class Broker:
         # Set once the checkpointer runs: each consent event's covering
         # checkpoint then goes back to the agent (`consent_sealed`).
         self.checkpoints: Checkpointer | None = None
+        # One node of several (broker.cluster), else None.
+        self.cluster: ClusterNode | None = None
+        self.audit_health = AuditHealth()
+        audit.add_append_listener(self.audit_health.wrote)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def join_cluster(self, cluster: ClusterNode) -> None:
+        self.cluster = cluster
+        cluster.membership.on_change = self.lease_changed
+
+    def lease_changed(self, slot: int | None) -> None:
+        """Our slot is new, or gone: nameplates drawn under the old prefix
+        are no longer ours to honour, so they are forgotten; without a lease
+        the waiting agents are told why and sent away (they retry, and the
+        balancer takes them to a node that has one)."""
+        assert self.cluster is not None
+        self.book.clear()
+        self.book.prefix = self.cluster.prefix or ""
+        if slot is not None:
+            return
+        for link in list(self.agents.values()):
+            self._in_background(refuse(link.ws, ErrorCode.NODE_UNAVAILABLE, NO_LEASE))
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- routing and error handling ---------------------------------------
 
     def check_path(self, ws: ServerConnection, request: Request) -> Response | None:
+        if request.path == HEALTH_PATH:
+            status, text = health_answer(
+                clustered=self.cluster is not None,
+                slot=self.cluster.healthy_slot if self.cluster is not None else None,
+                audit=self.audit_health)
+            return ws.respond(status, text)
         if request.path not in PATHS:
             return ws.respond(HTTPStatus.NOT_FOUND, "unknown endpoint\n")
         return None
@@ -161,6 +200,7 @@ class Broker:
             await refuse(ws, exc.code, str(exc))
         except AuditWriteError as exc:
             log.error("audit log unavailable: %s", exc)
+            self.audit_health.failed(str(exc))
             await refuse(ws, ErrorCode.AUDIT_UNAVAILABLE, AUDIT_UNAVAILABLE)
         except ConnectionClosed:
             pass
@@ -223,6 +263,11 @@ class Broker:
     async def issue_nameplate(self, link: AgentLink) -> None:
         if link.conn_id not in self.agents:
             return  # gone: a nameplate now would only wait in the book for nobody
+        if self.cluster is not None and self.cluster.healthy_slot is None:
+            # Not raised: this also runs inside a session (the agent's next
+            # code), which must go on. The agent retries, at another node.
+            await refuse(link.ws, ErrorCode.NODE_UNAVAILABLE, NO_LEASE)
+            return
         plate = self.book.allocate(link.conn_id, time.monotonic())
         await link.ws.send(
             encode("nameplate", nameplate=plate.value, expires_in=int(self.book.lifetime))
@@ -274,6 +319,8 @@ class Broker:
         if refusal is not None:
             await self.record_join_failure(engineer, "rate_limited")
             raise ProtocolError(refusal, ErrorCode.RATE_LIMITED)
+        if self.cluster is not None and await self.moved_elsewhere(ws, join["nameplate"]):
+            return
         owner = self.book.claim(join["nameplate"], time.monotonic())
         invited = self.sessions.get(owner.removeprefix(_INVITE)) if owner and owner.startswith(
             _INVITE) else None
@@ -293,8 +340,10 @@ class Broker:
             session_id=secrets.token_urlsafe(9), token=secrets.token_urlsafe(24),
             nameplate=join["nameplate"],
             agent=AgentFacts(link.device_id, link.device_key, link.alias),
-            engineer=engineer, wants=wants, timeouts=self.config.timeouts, now=time.monotonic())
+            engineer=engineer, wants=wants, timeouts=self.config.timeouts, now=time.monotonic(),
+            node_url=self.config.node_url if self.cluster is not None else None)
         session = SessionDriver(machine, self, link, ws)
+        await self.cluster_session_started(session.id)
         self.sessions[session.id] = session
         try:
             await session.open()
@@ -360,6 +409,58 @@ class Broker:
     def session_over(self, session: SessionDriver) -> None:
         self.sessions.pop(session.id, None)
         self.book.release(_INVITE + session.id)
+        if self.cluster is not None:
+            self._in_background(self._cluster_session_over(session.id))
+
+    # -- cluster ------------------------------------------------------------
+
+    def require_lease(self) -> None:
+        """In a cluster, no nameplate is issued or honoured without our lease
+        (another node may hold our slot's prefix by now), nor while renewing
+        it fails (the database is away: nothing could be recorded there)."""
+        if self.cluster is not None and self.cluster.healthy_slot is None:
+            raise ProtocolError(NO_LEASE, ErrorCode.NODE_UNAVAILABLE)
+
+    async def moved_elsewhere(self, ws: ServerConnection, nameplate: str) -> bool:
+        """A join whose nameplate another live node issued is told that
+        node's URL (`moved`) and closed; True if so. A nameplate of no live
+        node is this node's to refuse as unknown."""
+        assert self.cluster is not None
+        self.require_lease()
+        slot = self.cluster.owner_slot(nameplate)
+        if slot is None or slot == self.cluster.slot:
+            return False
+        try:
+            url = await self.cluster.url_of(slot)
+        except DATABASE_TROUBLE as exc:
+            raise AuditWriteError(f"the cluster database is unreachable: {exc}") from exc
+        if url is None:
+            return False
+        await ws.send(encode("moved", url=url))
+        await close_quietly(ws, "moved to another node")
+        return True
+
+    async def cluster_session_started(self, session: str) -> None:
+        """The node table says which node holds the session, so that the
+        leader can close it in the log if this node dies."""
+        if self.cluster is None:
+            return
+        slot = self.cluster.slot
+        if slot is None:
+            raise ProtocolError(NO_LEASE, ErrorCode.NODE_UNAVAILABLE)
+        try:
+            await self.cluster.table.session_started(session, self.cluster.node_id, slot)
+        except DATABASE_TROUBLE as exc:
+            raise AuditWriteError(f"the cluster database is unreachable: {exc}") from exc
+
+    async def _cluster_session_over(self, session: str) -> None:
+        assert self.cluster is not None
+        try:
+            await self.cluster.table.session_over(session)
+        except DATABASE_TROUBLE as exc:
+            # Left in the table: the leader records it in node_lost should
+            # this node die; harmless otherwise.
+            log.warning("could not note the end of a session in the node table: %s", exc)
 
     async def count_join_miss(self, engineer: Engineer, source: str) -> None:
         """Count a join that found no customer. When an account (or an
@@ -479,6 +580,11 @@ class Broker:
             await close_quietly(link.ws, "broker shutting down")
 
 
+NO_LEASE = ("this support server node has lost its place in the cluster (its lease on "
+            "the shared database lapsed), so it issues no codes and takes no joins; "
+            "try again")
+
+
 def _peer(ws: ServerConnection) -> str:
     # Behind a trusted balancer, the client its PROXY header named
     # (broker.listener.AdmittedConnection.remote_address).
@@ -493,6 +599,28 @@ def _announce(config: BrokerConfig, message: str, **fields: object) -> None:
         log.info(message, extra=fields)
     else:
         print(f"consentry-broker: {message}", flush=True)
+
+
+async def _join_cluster(config: BrokerConfig, broker: Broker) -> ClusterNode | None:
+    """With --database-url: this node's slot, claimed before anyone is served
+    (none free: it serves, says 503 on /healthz, and keeps trying)."""
+    if config.database_url is None or config.node_url is None:
+        return None
+    try:
+        cluster = await ClusterNode.open(config.database_url, config.node_url,
+                                         config.node_lease_seconds)
+    except DATABASE_TROUBLE as exc:
+        raise ConfigError(f"cannot reach the cluster database: {exc}") from None
+    broker.join_cluster(cluster)
+    try:
+        await cluster.membership.join()
+    except DATABASE_TROUBLE as exc:
+        await cluster.close()
+        raise ConfigError(f"cannot claim a slot in the cluster database: {exc}") from None
+    except BaseException:
+        await cluster.close()
+        raise
+    return cluster
 
 
 async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | None = None) -> None:
@@ -554,17 +682,36 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     registry = Registry(config.registry_db)
     broker = Broker(config, audit, registry)
     broker.checkpoints = checkpointer  # consent receipts sealed back to agents
+    try:
+        cluster = await _join_cluster(config, broker)
+    except BaseException:
+        if checkpointer is not None:
+            await checkpointer.stop()
+        if shipper is not None:
+            await shipper.stop()
+        await audit.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # Retention runs now and then hourly, beside the sessions; its events go
     # through the same log (and checkpoints) as theirs.
-    retention = asyncio.create_task(retention_loop(
-        audit, signing_key=load_or_create_signing_key(config.data_dir),
-        pii_days=config.pii_retention_days, event_days=config.event_retention_days,
-        interval=config.retention_interval,
-    ))
+    def retain() -> Coroutine[Any, Any, None]:
+        return retention_loop(
+            audit, signing_key=load_or_create_signing_key(config.data_dir),
+            pii_days=config.pii_retention_days, event_days=config.event_retention_days,
+            interval=config.retention_interval)
+
+    retention: asyncio.Task[None] | None = None
+    if cluster is None:
+        retention = asyncio.create_task(retain())
+    else:
+        # Cluster-wide jobs run on the one node that holds the leader lock.
+        table = cluster.table
+        grace = cluster.lease_seconds
+        cluster.lead([retain, lambda: lost_nodes_loop(table, audit, grace=grace,
+                                                      every=min(5.0, grace / 3))])
     listening = False
     try:
         # Accepts through broker.admission (per-source and descriptor caps,
@@ -606,9 +753,12 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
                           f"{exc.strerror or exc} (is another broker already running "
                           "there? choose another port with --listen)") from None
     finally:
-        retention.cancel()  # a purge already started finishes first
-        with contextlib.suppress(asyncio.CancelledError):
-            await retention
+        if retention is not None:
+            retention.cancel()  # a purge already started finishes first
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention
+        if cluster is not None:
+            await cluster.close()  # the slot is free at once
         if checkpointer is not None:
             await checkpointer.stop()  # after the last session_ended: a final checkpoint
         if shipper is not None:

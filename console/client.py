@@ -25,6 +25,7 @@ from websockets.protocol import State
 from broker.client.handshake import HandshakeRun
 from broker.client.link import BrokerLink, LinkError, open_link
 from broker.client.relay import LinkEvent, Resumption, SSHRelay
+from broker.cluster.urls import node_url_problem
 from broker.wire import limits
 from broker.wire.code import JoinCode
 from broker.wire.codes import EndReason, Right
@@ -97,7 +98,7 @@ class Forbidden(BrokerError):
 class Progress:
     """A step of the join, for the engineer's screen."""
 
-    state: str  # connecting | logged_in | pairing | waiting | approved
+    state: str  # connecting | logged_in | moved | pairing | waiting | approved
     text: str
     deadline: float | None = None  # monotonic time the customer's prompt times out
 
@@ -239,8 +240,12 @@ class JoinedSession:
 class ConsoleClient:
     """Talks to one broker as one engineer."""
 
-    def __init__(self, broker_url: str, ca: Path, identity: Identity) -> None:
+    def __init__(self, broker_url: str, ca: Path, identity: Identity, *,
+                 follow_moves: bool = True) -> None:
         self.broker_url = broker_url
+        # A join answered `moved` (a cluster node that does not hold the
+        # code) is made again at the node named, once: never a loop.
+        self.follow_moves = follow_moves
         self.ca = ca
         self.identity = identity
         self.display = identity.user
@@ -296,6 +301,9 @@ class ConsoleClient:
         run = HandshakeRun(link, Handshake(ConsoleSide(wants, self.identity.public_line), code))
         try:
             return await self._join(run, on_progress)
+        except _Moved as moved:
+            await link.close()
+            return await self._join_at(moved.url, code, wants, on_progress)
         except BaseException as exc:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 # The engineer gave up (Ctrl-C): said as such, so the customer's
@@ -304,6 +312,24 @@ class ConsoleClient:
                     await run.perform(run.handshake.withdraw(EndReason.ENGINEER_LEFT))
             await link.close()
             raise
+
+    async def _join_at(self, url: str, code: JoinCode, wants: tuple[str, ...],
+                       on_progress: Callable[[Progress], None]) -> JoinedSession:
+        """Join again at the node a `moved` answer named: a wss:// URL only,
+        verified against the same CA, and no further move."""
+        problem = node_url_problem(url)
+        if problem is not None:
+            raise BrokerError(f"the broker sent this join to an address that is not "
+                              f"acceptable ({printable(url, 80)} {problem}); tell the "
+                              "broker's operator")
+        if not self.follow_moves:
+            raise BrokerError("the broker node this join was sent to sent it on again "
+                              f"(to {printable(url, 80)}); the cluster's nodes disagree "
+                              "about who holds the code: tell the broker's operator")
+        on_progress(Progress("moved", f"The code is held by node {printable(url, 80)}; "
+                                      "connecting there..."))
+        node = ConsoleClient(url, self.ca, self.identity, follow_moves=False)
+        return await node.join(code, wants, on_progress)
 
     async def _join(self, run: HandshakeRun,
                     on_progress: Callable[[Progress], None]) -> JoinedSession:
@@ -343,6 +369,8 @@ class ConsoleClient:
                           else "declined the request")
                 raise NotApproved(f"the customer {reason}")
             elif isinstance(event, Failed):
+                if event.source is Source.MOVED:
+                    raise _Moved(event.message)
                 raise join_failure(event, waiting=waiting)
 
 
@@ -440,6 +468,14 @@ class ConsoleClient:
                         continue
                     raise BrokerError(str(exc)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Moved(Exception):
+    """Inside `ConsoleClient.join`: the node sent the join to `url`."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
 
 
 def join_failure(failed: Failed, *, waiting: bool) -> ConsoleError:

@@ -62,7 +62,7 @@ class SessionRecord:
         return self.detail
 
     def progress(self, step: Progress) -> None:
-        self.state = {"connecting": "joining", "logged_in": "joining",
+        self.state = {"connecting": "joining", "logged_in": "joining", "moved": "joining",
                       "approved": "active"}.get(step.state, step.state)
         self.detail = step.text
         self.deadline = step.deadline

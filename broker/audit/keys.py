@@ -43,12 +43,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.audit.chain import canonical_json
+from broker.audit.keyring import WrapRing
 from broker.errors import AuditError
 
 __all__ = [
     "MASTER_KEY_SIZE",
     "MAX_PERSONAL_BYTES",
     "AuditKeys",
+    "SubjectKeyDestroyed",
     "check_personal",
     "load_or_create_master_key",
 ]
@@ -121,15 +123,32 @@ def _derive(master: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(master)
 
 
-class AuditKeys:
-    """Key operations of one audit log; holds the derived keys, not the master."""
+class SubjectKeyDestroyed(AuditError):
+    """A subject key wrapped under a generation the key ring no longer has:
+    the row comes from before a rotation (an old backup restored); its
+    personal data is as erased."""
 
-    def __init__(self, master: bytes) -> None:
+
+# A wrapped subject key: generation 0 (the master-derived wrapping key) is
+# the bare SecretBox (72 bytes); later generations are tagged with theirs.
+_GENERATION_TAG = b"G"
+_TAGGED_LENGTH = 1 + 4 + 72
+
+
+class AuditKeys:
+    """Key operations of one audit log; holds the derived keys, not the master.
+
+    With a `ring` (`broker.audit.keyring`), subject keys are wrapped under its
+    current generation and a rotation can make older copies unopenable;
+    without one, under the master-derived key (generation 0) only."""
+
+    def __init__(self, master: bytes, ring: WrapRing | None = None) -> None:
         if len(master) != MASTER_KEY_SIZE:
             raise AuditError(f"the audit master key must be {MASTER_KEY_SIZE} bytes")
         self._pseudonym_key = _derive(master, _PSEUDONYM_PURPOSE)
         self._wrap_box = nacl.secret.SecretBox(_derive(master, _WRAP_PURPOSE))
         self._alias_key = _derive(master, _ALIAS_INDEX_PURPOSE)
+        self.ring = ring
 
     def pseudonym(self, subject_id: str) -> str:
         """Stable 32-hex-digit pseudonym for a device id (or other subject id)."""
@@ -144,16 +163,49 @@ class AuditKeys:
 
     def new_wrapped_subject_key(self) -> bytes:
         """A fresh random subject key, wrapped for storage in the database."""
-        return self._wrap_box.encrypt(nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE))
+        return self.wrap(nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE))
+
+    def wrap(self, subject_key: bytes) -> bytes:
+        """`subject_key` wrapped under the current generation."""
+        if self.ring is None:
+            return bytes(self._wrap_box.encrypt(subject_key))
+        current = self.ring.current
+        return (_GENERATION_TAG + current.number.to_bytes(4, "big")
+                + bytes(nacl.secret.SecretBox(current.key).encrypt(subject_key)))
+
+    @staticmethod
+    def generation_of(wrapped: bytes) -> int:
+        """The generation a stored subject key is wrapped under (0: the master's)."""
+        if len(wrapped) == _TAGGED_LENGTH and wrapped[:1] == _GENERATION_TAG:
+            return int.from_bytes(wrapped[1:5], "big")
+        return 0
 
     def unwrap(self, wrapped: bytes) -> bytes:
+        """The subject key; `SubjectKeyDestroyed` when its generation is gone."""
+        number = self.generation_of(wrapped)
+        if number == 0:
+            box, sealed = self._wrap_box, wrapped
+        else:
+            generation = self.ring.get(number) if self.ring is not None else None
+            if generation is None:
+                raise SubjectKeyDestroyed(
+                    f"a subject key is wrapped under key generation {number}, which was "
+                    "destroyed by a rotation: its personal data is erased")
+            box, sealed = nacl.secret.SecretBox(generation.key), wrapped[5:]
         try:
-            return self._wrap_box.decrypt(wrapped)
+            return box.decrypt(sealed)
         except nacl.exceptions.CryptoError as exc:
             raise AuditError(
-                "a subject key does not open with this master key "
-                "(was master.key replaced?)"
+                "a subject key does not open with this master key and key ring "
+                "(was master.key or audit-wrap.keys replaced?)"
             ) from exc
+
+    def opened(self, wrapped: bytes) -> bytes | None:
+        """The subject key, or None where a rotation destroyed its generation."""
+        try:
+            return self.unwrap(wrapped)
+        except SubjectKeyDestroyed:
+            return None
 
     @staticmethod
     def seal_personal(subject_key: bytes, seq: int, personal: Mapping[str, str]) -> bytes:

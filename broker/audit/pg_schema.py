@@ -35,6 +35,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from broker.audit.chain import GENESIS_HASH
+from broker.cluster.schema import CLUSTER_DDL
 from broker.errors import AuditError
 
 # A connection of its own or one lent by a pool.
@@ -286,6 +287,9 @@ REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, 
 GRANT SELECT, INSERT ON events, personal, checkpoints TO consentry_broker;
 -- Subjects' keys change only through consentry_subject_key and retention.
 GRANT SELECT ON audit_schema, chain_head, subjects TO consentry_broker;
+-- The cluster's bookkeeping (slots, leases, who holds which session): not
+-- the audit log, so its rows change.
+GRANT SELECT, INSERT, UPDATE, DELETE ON cluster_nodes, cluster_sessions TO consentry_broker;
 REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
     consentry_claim_key(text), consentry_purge_events(bigint),
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
@@ -324,6 +328,9 @@ async def install(conn: Connection) -> None:
             if await schema_version(conn) == SCHEMA_VERSION:
                 return  # another node installed it while we waited
             await conn.execute(_TABLES)
+            # The cluster's tables too (broker.cluster), so that nodes under
+            # the broker role, which cannot create them, find them there.
+            await conn.execute(CLUSTER_DDL)
             await conn.execute("INSERT INTO chain_head (one, seq, hash) VALUES (true, 0, $1) "
                                "ON CONFLICT (one) DO NOTHING", GENESIS_HASH)
             await conn.execute(_FUNCTIONS)

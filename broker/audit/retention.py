@@ -50,6 +50,8 @@ import nacl.signing
 from broker.audit.chain import format_time
 from broker.audit.interface import RetentionStore, RetentionTransaction
 from broker.audit.purge_record import PURGE_EVENT, purge_body
+from broker.audit.rotation import rotate_wrapping, rotation_due
+from broker.audit.store import AuditLog
 from broker.errors import AuditError, ConfigError
 
 __all__ = [
@@ -260,4 +262,26 @@ async def retention_loop(
             log.exception("retention run failed unexpectedly; retrying at the next run")
         else:
             log.info("%s", describe(report))
+            await _rotate_if_due(audit, clock(), pii_days)
         await asyncio.sleep(interval)
+
+
+async def _rotate_if_due(audit: RetentionStore, now: dt.datetime, pii_days: int) -> None:
+    """Rotate the subject-key wrapping at least once per personal-data
+    retention period (`broker.audit.rotation`), so a key shredded today is
+    unrecoverable from any copy of the log older than one period. SQLite's
+    log only: rotation does not run on PostgreSQL yet (`broker.audit.pg_store`)."""
+    if not isinstance(audit, AuditLog):
+        return
+    ring = audit.key_ring
+    if ring is None or not rotation_due(ring, now, pii_days):
+        return
+    try:
+        report = await rotate_wrapping(audit, now=now, actor="broker")
+    except AuditError as exc:
+        log.error("rotating the subject-key wrapping failed; old copies of the log keep "
+                  "shredded keys openable until the next run: %s", exc)
+        return
+    log.info("key rotation: generation %d wraps %d subject key(s); generation(s) %s "
+             "destroyed", report.generation, report.subjects,
+             ", ".join(map(str, report.destroyed)) or "none")

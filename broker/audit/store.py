@@ -41,6 +41,7 @@ import aiosqlite
 
 from broker.audit.chain import GENESIS_HASH, ChainWalk, check_body, format_time, stored_row_hash
 from broker.audit.interface import AuditEvent
+from broker.audit.keyring import KEYRING_NAME, WrapRing
 from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
 from broker.audit.schema import initialise, rollback_quietly
 from broker.errors import AuditError, AuditWriteError
@@ -345,7 +346,8 @@ class AuditLog:
                 f"{db_path} exists but its master key {key_path} is missing; "
                 "restore master.key from your backup"
             )
-        keys = AuditKeys(load_or_create_master_key(key_path))
+        keys = AuditKeys(load_or_create_master_key(key_path),
+                         WrapRing.load_or_create(key_path.with_name(KEYRING_NAME)))
         try:
             _prepare_file(db_path)
             db = await aiosqlite.connect(db_path, timeout=busy_timeout, isolation_level=None)
@@ -365,6 +367,11 @@ class AuditLog:
         if db is not None:
             async with self._lock:
                 await db.close()
+
+    @property
+    def key_ring(self) -> WrapRing | None:
+        """The wrapping-key generations (`broker.audit.rotation` rotates them)."""
+        return self._keys.ring
 
     def pseudonym(self, device_id: str) -> str:
         """The stable pseudonym under which `device_id` appears in the log."""
@@ -541,7 +548,11 @@ class AuditLog:
             await db.execute("SELECT wrapped_key FROM subjects WHERE pseudonym = ?", (pseudonym,))
         ).fetchone()
         if row is not None and row[0] is not None:
-            return self._keys.unwrap(row[0])
+            key = self._keys.opened(row[0])
+            if key is not None:
+                return key
+            # (A key wrapped under a destroyed generation: an old copy of the
+            # log restored after a rotation; as erased, it gets a fresh key.)
         if row is not None:
             # Erased before: its old rows stay shredded, and their alias tags
             # must not make the old aliases findable again under the new key.
@@ -677,15 +688,17 @@ class AuditLog:
     def _decrypted(self, rows: list[Any]) -> list[AuditEvent]:
         """Rows of the event + personal + subject join as events, personal
         fields opened (None where erased or not openable)."""
-        keys: dict[bytes, bytes] = {}
+        keys: dict[bytes, bytes | None] = {}
         result = []
         for (seq, time, type_, session_, actor, subject, body, prev_hash, digest,
              ciphertext, wrapped) in rows:
             personal = None
             if ciphertext is not None and wrapped is not None:
                 if wrapped not in keys:
-                    keys[wrapped] = self._keys.unwrap(wrapped)
-                personal = self._keys.open_personal(keys[wrapped], seq, ciphertext)
+                    keys[wrapped] = self._keys.opened(wrapped)
+                key = keys[wrapped]
+                if key is not None:
+                    personal = self._keys.open_personal(key, seq, ciphertext)
             result.append(AuditEvent(seq, time, type_, session_, actor, subject,
                                      json.loads(body), personal, prev_hash, digest))
         return result

@@ -7,7 +7,7 @@ frames: no socket pair, no pump task, one copy.
 
 Surviving a drop (`broker.wire.resume` holds the rules, this is their
 driver): every byte SSH writes is numbered and kept in a `ReplayBuffer`
-until the peer acknowledges it (`ack`, every `ACK_EVERY_BYTES` or after
+until the peer acknowledges it (`ack`, every `ACK_EVERY_BYTES`, 1 MiB, or after
 `ACK_IDLE_SECONDS`), and every byte received is counted by a
 `ReceiveCursor`. When the link breaks, SSH is not told: it goes on writing
 into the buffer (SSH's own channel windows bound how much, as the peer
@@ -56,9 +56,10 @@ log = logging.getLogger("consentry.relay")
 ACK_IDLE_SECONDS = 1.0
 
 # A writer that can wait (the OpenSSH proxy's stdin) is held while the
-# replay buffer is past half full, and let go again at a quarter.
-_REPLAY_HIGH = limits.MAX_REPLAY_BYTES // 2
-_REPLAY_LOW = limits.MAX_REPLAY_BYTES // 4
+# replay buffer is three quarters full, and let go again at half: above what
+# a window in flight and an unacknowledged quarter hold while the link is up.
+_REPLAY_HIGH = limits.MAX_REPLAY_BYTES * 3 // 4
+_REPLAY_LOW = limits.MAX_REPLAY_BYTES // 2
 
 # Link errors after which trying again cannot help: the broker is not the
 # one we trust, or it says the session (or our place in it) is gone.
@@ -159,7 +160,7 @@ class SSHRelay:
         # down, nor while the broker says the peer's is (it would drop them).
         self._up = True
         # Who asks SSH's writer to wait: the link's buffer ("link"), the
-        # replay buffer past half full ("replay"). A writer that honours it
+        # replay buffer three quarters full ("replay"). A writer that honours it
         # (the OpenSSH proxy's stdin) waits; asyncssh's windows bound the rest.
         self._held_by: set[str] = set()
         if resume is not None:
@@ -192,6 +193,10 @@ class SSHRelay:
         for frame in self.link.take_held():
             self._incoming(frame)
         self._ws.binary_sink = self._incoming
+        if self._lost:
+            # The link was over before SSH asked for it: SSH hears it now
+            # (after what had arrived) rather than waiting for its timeout.
+            asyncio.get_running_loop().call_soon(conn.connection_lost, None)
         return transport, conn
 
     def outgoing(self, data: bytes | bytearray | memoryview) -> None:
@@ -414,7 +419,10 @@ class SSHRelay:
         resume = self._resume
         self._up = False
         self._pending.clear()
+        # The dead link says nothing more: not its frames, not its buffer.
         self._ws.binary_sink = None
+        self._ws.on_pause_writing = self._ws.on_resume_writing = None
+        self._hold("link", False)
         self._window.lost(time.monotonic())
         resume.on_event(LinkEvent("lost"))
         while True:

@@ -40,6 +40,9 @@ class ErrorCode(StrEnum):
     DEVICE_KEY_MISMATCH = "device_key_mismatch"
     FORBIDDEN = "forbidden"
     AUDIT_UNAVAILABLE = "audit_unavailable"
+    # A node of a cluster without its lease (broker.cluster): it issues no
+    # codes and takes no joins; the agent retries (the balancer picks a node).
+    NODE_UNAVAILABLE = "node_unavailable"
     RESUME_REFUSED = "resume_refused"  # the peer did not accept the proof
     RESUME_TIMEOUT = "resume_timeout"  # the resume's exchange did not finish in time
     INTERNAL_ERROR = "internal_error"  # the broker's own bug, logged for the operator

@@ -212,6 +212,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "engineer_role": _LABEL,
         "engineer_key": Field("str", 200),
         "wants": Field("rights"),
+        # A node of a cluster: its own URL, where the agent opens the
+        # session connection (a balancer might send it to another node).
+        "node": Field("str", 200, required=False),
     },
     # -- agent session connection (/v1/agent/session)
     "attach": {"session": _ID, "token": _ID},
@@ -349,6 +352,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "end": {"reason": _REASON},
     "ended": {"reason": _LABEL, "message": _REASON},
     "error": {"code": _LABEL, "message": _REASON},
+    # broker -> console, answering a join whose nameplate another node of
+    # the cluster issued: that node's URL (wss://HOST:PORT); the console
+    # reconnects there, once.
+    "moved": {"url": Field("str", 200)},
 }
 
 

@@ -21,8 +21,10 @@ def haproxy(tmp_path: Path) -> Iterator[Callable[..., HAProxy]]:
     one it started when the test ends."""
     started: list[HAProxy] = []
 
-    def start(backends: Sequence[tuple[str, int]], *, check_ca: Path | None = None) -> HAProxy:
-        proxy = start_haproxy(tmp_path / f"haproxy{len(started)}", backends, check_ca=check_ca)
+    def start(backends: Sequence[tuple[str, int]], *, check_ca: Path | None = None,
+              healthz: bool = False, source: str | None = None) -> HAProxy:
+        proxy = start_haproxy(tmp_path / f"haproxy{len(started)}", backends, check_ca=check_ca,
+                              healthz=healthz, source=source)
         started.append(proxy)
         return proxy
 

@@ -205,15 +205,23 @@ def haproxy_binary() -> str:
 
 
 def haproxy_config(port: int, backends: Sequence[tuple[str, int]], stats: Path, *,
-                   check_ca: Path | None = None) -> str:
+                   check_ca: Path | None = None, healthz: bool = False,
+                   source: str | None = None) -> str:
     """TCP mode, TLS passed through to the brokers untouched, a PROXY v2
     header in front of each connection; contrib/haproxy.cfg is the
     production shape of the same. With `check_ca`, each broker is checked
-    by a TLS handshake verified against that CA (the PROXY header first)."""
+    by a TLS handshake verified against that CA (the PROXY header first),
+    and with `healthz` by a GET /healthz over it that must say 200.
+    `source`: the address HAProxy connects to the brokers from (so that
+    the brokers trust only it, and clients on 127.0.0.1 dial them directly)."""
     check = (f" check check-send-proxy check-ssl verify required ca-file {check_ca} inter 500ms"
              if check_ca else "")
+    if source:
+        check += f" source {source}"
     servers = "\n".join(f"    server broker{n} {host}:{bport} send-proxy-v2{check}"
                         for n, (host, bport) in enumerate(backends, 1))
+    http_check = ("    option httpchk\n    http-check send meth GET uri /healthz ver HTTP/1.1 "
+                  "hdr Host consentry\n    http-check expect status 200\n" if healthz else "")
     return f"""\
 global
     maxconn 2000
@@ -232,7 +240,7 @@ frontend consentry
 
 backend brokers
     balance leastconn
-{servers}
+{http_check}{servers}
 """
 
 
@@ -274,14 +282,16 @@ class HAProxy:
 
 
 def start_haproxy(folder: Path, backends: Sequence[tuple[str, int]], *,
-                  check_ca: Path | None = None) -> HAProxy:
+                  check_ca: Path | None = None, healthz: bool = False,
+                  source: str | None = None) -> HAProxy:
     """HAProxy in the foreground on a free loopback port; the caller stops it."""
     binary = haproxy_binary()
     folder.mkdir(parents=True, exist_ok=True)
     config, log, stats = folder / "haproxy.cfg", folder / "haproxy.log", folder / "admin.sock"
     for attempt in range(3):
         port = free_port()
-        config.write_text(haproxy_config(port, backends, stats, check_ca=check_ca))
+        config.write_text(haproxy_config(port, backends, stats, check_ca=check_ca,
+                                         healthz=healthz, source=source))
         checked = subprocess.run([binary, "-c", "-q", "-f", str(config)],
                                  capture_output=True, text=True, timeout=30)
         if checked.returncode != 0:

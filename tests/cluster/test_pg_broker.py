@@ -16,10 +16,17 @@ import asyncpg
 import pexpect
 import pytest
 
-from tests.cluster.harness import Postgres, start_postgres, stop_postgres
+from tests.cluster.harness import Postgres, free_port, start_postgres, stop_postgres
 from tests.e2e.conftest import Deployment, read_code, transcript
 from tests.e2e.test_fail_closed import REASON
 from tests.e2e.test_session import approve_session
+
+
+def start_node(deployment: Deployment, database_url: str, *extra: str) -> None:
+    """One node of a cluster (`--database-url` needs `--node-url`)."""
+    port = free_port()
+    deployment.start_broker(port, "--database-url", database_url,
+                            "--node-url", f"wss://127.0.0.1:{port}", *extra)
 
 
 def _verify(deployment: Deployment, database_url: str, *extra: str,
@@ -51,7 +58,7 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
     postgres.psql(f"GRANT consentry_broker TO {name}")
     monkeypatch.setenv("PGPASSWORD", password)
     node_url = database_url.replace(f"postgres:{postgres.password}@", f"{name}@")
-    deployment.start_broker(0, "--database-url", node_url)
+    start_node(deployment, node_url)
     agent, console, _code = approve_session(deployment, "c", "--control")
     marker = "CSY" + secrets.token_hex(8)
     console.send(f"echo {marker}-$((6*7))\r")
@@ -125,7 +132,8 @@ def test_an_unreachable_database_stops_the_broker_with_one_line(
         deployment: Deployment) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "broker", "serve", "--listen", "127.0.0.1:0", "--database-url",
-         "postgresql://broker:hunter2@127.0.0.1:1/audit", "--cert", str(deployment.pki.cert),
+         "postgresql://broker:hunter2@127.0.0.1:1/audit", "--node-url", "wss://127.0.0.1:9",
+         "--cert", str(deployment.pki.cert),
          "--key", str(deployment.pki.key), "--data-dir", str(deployment.data_dir)],
         capture_output=True, text=True, timeout=60, cwd=deployment.root)
     assert result.returncode == 4, result.stdout + result.stderr
@@ -141,7 +149,10 @@ async def test_with_postgresql_stopped_no_session_starts_and_it_resumes_when_bac
     try:
         url = pg.url()
         key = deployment.add_engineer("alice", display="Alice Example")
-        deployment.start_broker(0, "--database-url", url)
+        # A lease far longer than the outage below: the node keeps its slot,
+        # so the agent's code stays valid (a lapsed lease is the cluster
+        # tests' business).
+        start_node(deployment, url, "--node-lease", "120")
         agent = deployment.agent("--alias", "Front Desk")
         code = await asyncio.to_thread(read_code, agent)
 
@@ -154,8 +165,8 @@ async def test_with_postgresql_stopped_no_session_starts_and_it_resumes_when_bac
         assert "audit log unavailable" in deployment.broker_stdout.read_text()
         assert pg.password not in deployment.broker_stdout.read_text()
 
-        # With the log back, the same broker records again: the code still
-        # works, and the customer is asked.
+        # With the database back, the same node records again: the code
+        # still works, and the customer is asked.
         await asyncio.to_thread(pg.start)
         console = deployment.console(code, key, "alice")
         await asyncio.to_thread(agent.expect, r"\[n/Enter\] deny", timeout=30)

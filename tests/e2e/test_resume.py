@@ -249,3 +249,39 @@ async def _forged_resume(deployment: Deployment, key: Path, session: str) -> Lin
 
 
 
+
+
+def test_the_customer_ends_the_session_while_the_agent_link_is_down(
+        deployment: Deployment) -> None:
+    """Ctrl-] e works at once with no link; the broker and the engineer hear
+    `customer_ended` as soon as the agent's link is back."""
+    deployment.start_broker(0, "--resume-window", RESUME_WINDOW)
+    key = deployment.add_engineer("alice", display="Alice Example")
+    to_agent = Forwarder(deployment.port)
+    try:
+        agent = deployment.agent("--alias", "front desk", "--broker", to_agent.url)
+        code = read_code(agent)
+        console = deployment.console(code, key, "alice", "--control")
+        agent.expect(r"\[n/Enter\] deny")
+        agent.send("c")
+        console.expect(r"\$ ")
+        to_agent.refusing = True
+        to_agent.cut()
+        agent.expect("Connection lost — reconnecting", timeout=20)
+        console.expect("the customer's connection was lost", timeout=20)
+        agent.send("\x1d")
+        agent.expect(r"\[e\] end the session now")
+        agent.send("e")
+        agent.expect("You ended the session with Alice Example.")
+        to_agent.refusing = False
+        console.expect("The customer ended the session.", timeout=30)
+        console.expect(pexpect.EOF)
+        for child in (agent, console):
+            assert "Traceback" not in transcript(child)
+    finally:
+        deployment.stop()
+        to_agent.close()
+    result = deployment.cli("audit", "list", "--json")
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    ended = [e for e in events if e["type"] == "session_ended"]
+    assert [e["body"]["reason"] for e in ended] == ["customer_ended"]

@@ -509,3 +509,16 @@ def test_every_awaited_message_is_one_the_catalogue_lets_the_broker_send() -> No
         for msg_type in types:
             assert may_send(conn, phase, msg_type) or may_send(conn, Phase.ACTIVE, msg_type), (
                 role, step, msg_type)
+
+
+def test_a_cluster_nodes_moved_answer_to_the_join_ends_it_with_the_url() -> None:
+    hs = _at("console", "joining")
+    assert hs.receive(message("moved", url="wss://node2.example:8443"), 1.0) == [
+        Failed("moved", "wss://node2.example:8443", Source.MOVED)]
+    # Only in answer to the join: once paired, a `moved` is the broker's mistake.
+    hs = _at("console", "pake")
+    [failed] = hs.receive(message("moved", url="wss://node2.example:8443"), 1.0)
+    assert isinstance(failed, Failed) and failed.reason == Failure.UNEXPECTED
+    hs = _at("agent", "joining")
+    [failed] = hs.receive(message("moved", url="wss://node2.example:8443"), 1.0)
+    assert isinstance(failed, Failed) and failed.reason == Failure.UNEXPECTED

@@ -101,6 +101,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "end": {"reason": "engineer_left"},
     "ended": {"reason": "customer_ended", "message": "The customer ended the session."},
     "error": {"code": "unexpected_message", "message": "not now"},
+    "moved": {"url": "wss://node2.example:8443"},
     "request_control": {},
     "control_request": {},
     "control_result": {"decision": "unchanged", "granted": ["view"]},

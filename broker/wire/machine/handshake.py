@@ -118,6 +118,8 @@ class Source(StrEnum):
 
     ENDED = "ended"  # the broker ended the join (`ended`): the session's end reason
     ERROR = "error"  # the broker refused a frame (`error`): its error code
+    # a cluster node sent the join elsewhere (`moved`): the message is the URL
+    MOVED = "moved"
     LOCAL = "local"  # found here: a `Failure`
 
 
@@ -338,6 +340,9 @@ class Handshake:
         if not may_send(self._conn, self._phase, msg.type):
             return self._fail(Failure.UNEXPECTED, f"the broker may not send {msg.type!r} "
                               f"while this connection is {self._phase.value}")
+        if msg.type == "moved":
+            self._moved_by(msg.type, Party.BROKER, self._party)
+            return self._finish(Failed("moved", msg["url"], Source.MOVED))
         awaited = _AWAITS[self.role, self.step]
         if msg.type not in awaited:
             return self._fail(Failure.UNEXPECTED, (

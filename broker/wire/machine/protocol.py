@@ -166,6 +166,9 @@ CATALOGUE: tuple[Route, ...] = (
           "nameplate (single use); nobody waiting: error unknown_code. With an "
           "invitation's nameplate: the same, as a new seat of that session, and no "
           "fresh nameplate; the session full: error session_full, nobody is asked"),
+    Route("moved", B, C, (WAITING,), CLOSED,
+          "the nameplate is another cluster node's: its URL, then the close; the console "
+          "joins there (once); nothing is recorded, nobody is asked"),
     # -- one session: the agent's side attaches, both pair ------------------
     Route("attach", S, B, (HELLO,), PAIRING,
           "the agent's side of the join is bound; joined is sent to the console"),

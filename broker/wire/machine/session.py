@@ -97,6 +97,8 @@ _REFUSAL_REASON = {"denied": EndReason.DENIED, "timeout": EndReason.TIMEOUT}
 # A seat's departure -> the event that closes it (once it was active).
 _DEPARTURE_EVENT: dict[str, str] = {EndReason.ENGINEER_REMOVED: "engineer_removed"}
 _UP = (Phase.ACTIVE, Phase.RESUMING)  # an active seat's connection that has a socket
+# Messages whose handling changes no state (forwarded or dropped as they are).
+_READ_ONLY = frozenset({"ack"})
 _REFUSED_RESUME = ("the other end of the session did not accept this resume: it could not "
                    "prove it is the paired end")
 _STALLED = f"the resume did not complete within {RESUME_STEP_TIMEOUT:.0f} s; try again"
@@ -128,8 +130,10 @@ class SessionMachine:
 
     def __init__(self, *, session_id: str, token: str, nameplate: str, agent: AgentFacts,
                  engineer: EngineerFacts, wants: tuple[str, ...], timeouts: SessionTimeouts,
-                 now: float) -> None:
+                 now: float, node_url: str | None = None) -> None:
         self.id = session_id
+        # A cluster node's own URL, told the agent for its session connection.
+        self.node_url = node_url
         self.token = token
         self.nameplate = nameplate
         self.agent = agent
@@ -271,18 +275,27 @@ class SessionMachine:
             # Teardown: the ends are still flushing (an SSH disconnect, a last
             # keystroke). Nothing more is relayed, and it is no error.
             return self._out([])
-        self._save()
         self._joining = None
+        phase = self._s.phases[conn]
+        msg: Message | None = None
+        saved = False
         try:
-            phase = self._s.phases[conn]
-            if isinstance(frame, bytes):
+            msg = decode(frame) if isinstance(frame, str) else None
+            saved = msg is None or msg.type not in _READ_ONLY
+            if saved:
+                # Copied for `audit_failed` (and a refusal) to undo; an `ack`
+                # changes nothing, and comes a few hundred times a second in
+                # a bulk copy, so it is spared the copy.
+                self._save()
+            if msg is None:
+                assert isinstance(frame, bytes)
                 check_binary(kind, phase)
                 return self._out(self._forward(conn, frame, now))
-            msg = decode(frame)
             check_inbound(kind, phase, msg.type)
             return self._out(_HANDLERS[msg.type](self, conn, msg, now))
         except ProtocolError as exc:
-            self._restore()
+            if saved:
+                self._restore()
             return self._out(self._broken(conn, exc, now))
 
     def lost(self, conn: str, now: float) -> list[Action]:
@@ -839,7 +852,8 @@ class SessionMachine:
         return self._send(AGENT, "join_request", nameplate=nameplate or self.nameplate,
                           session=self.id, token=seat.token, engineer_login=engineer.name,
                           engineer_display=engineer.display, engineer_role=engineer.role,
-                          engineer_key=engineer.public_key, wants=list(seat.wants))
+                          engineer_key=engineer.public_key, wants=list(seat.wants),
+                          **({"node": self.node_url} if self.node_url else {}))
 
     def _awaited(self, token: str) -> Seat | None:
         if self._s.ended is not None:
