@@ -36,7 +36,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ import asyncpg
 from broker.audit.chain import ChainWalk, StoredRow, format_time, stored_row_hash
 from broker.audit.interface import AuditEvent
 from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
+from broker.audit.listeners import AppendListeners
 from broker.audit.pg_schema import LOCK_HEAD, Connection, install
 from broker.audit.store import check_event
 from broker.errors import AuditError, AuditWriteError
@@ -223,7 +224,7 @@ class PgMaintenance:
 _Pending = tuple[tuple[Any, ...], "asyncio.Future[int]"]
 
 
-class PgAuditLog:
+class PgAuditLog(AppendListeners):
     """One open PostgreSQL audit store: `await PgAuditLog.open(url, data_dir)`,
     then `close()`."""
 
@@ -237,7 +238,7 @@ class PgAuditLog:
         # `_pending` and go in together (group commit).
         self._commit_lock = asyncio.Lock()
         self._pending: list[_Pending] = []
-        self._append_listeners: list[Callable[[int, str], None]] = []
+        self._init_listeners()
 
     @classmethod
     async def open(cls, database_url: str, data_dir: Path, *,
@@ -289,23 +290,6 @@ class PgAuditLog:
 
     def pseudonym(self, device_id: str) -> str:
         return self._keys.pseudonym(device_id)
-
-    def add_append_listener(self, listener: Callable[[int, str], None]) -> None:
-        self._append_listeners.append(listener)
-
-    def remove_append_listener(self, listener: Callable[[int, str], None]) -> None:
-        if listener in self._append_listeners:
-            self._append_listeners.remove(listener)
-
-    def _tell_listeners(self, appended: list[tuple[int, str]]) -> None:
-        # After the commit only: a listener's bug must not make a durable
-        # event look unwritten.
-        for seq, digest in appended:
-            for listener in list(self._append_listeners):
-                try:
-                    listener(seq, digest)
-                except Exception:
-                    _log.exception("audit append listener failed")
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:

@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from broker.audit.chain import GENESIS_HASH, ChainWalk, check_body, format_time,
 from broker.audit.interface import AuditEvent
 from broker.audit.keyring import KEYRING_NAME, WrapRing
 from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
+from broker.audit.listeners import AppendListeners
 from broker.audit.schema import initialise, rollback_quietly
 from broker.errors import AuditError, AuditWriteError
 
@@ -282,7 +283,7 @@ class Maintenance:
                              "deleted personal data could stay readable in the file")
 
 
-class AuditLog:
+class AuditLog(AppendListeners):
     """One open audit store. Use `await AuditLog.open(data_dir)`, then `close()`."""
 
     def __init__(self, db: aiosqlite.Connection, keys: AuditKeys, path: Path) -> None:
@@ -297,25 +298,7 @@ class AuditLog:
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[int]]] = []
         # Told (seq, hash) of each event once it is durable; the checkpointer
         # counts events with this instead of polling the database.
-        self._append_listeners: list[Callable[[int, str], None]] = []
-
-    def add_append_listener(self, listener: Callable[[int, str], None]) -> None:
-        """Call `listener(seq, hash)` after each committed append; it must be quick."""
-        self._append_listeners.append(listener)
-
-    def remove_append_listener(self, listener: Callable[[int, str], None]) -> None:
-        if listener in self._append_listeners:
-            self._append_listeners.remove(listener)
-
-    def _tell_listeners(self, appended: list[tuple[int, str]]) -> None:
-        # Only after the commit, and outside its try: a listener's bug must not
-        # make a durable event look unwritten (the caller would fail closed).
-        for seq, digest in appended:
-            for listener in list(self._append_listeners):
-                try:
-                    listener(seq, digest)
-                except Exception:
-                    _log.exception("audit append listener failed")
+        self._init_listeners()
 
     @classmethod
     async def open(
