@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,6 @@ from broker.errors import AuditError, AuditWriteError
 
 __all__ = ["PgAuditLog", "PgMaintenance", "redacted_url"]
 
-_log = logging.getLogger("consentry.audit")
 
 # What a broken or unreachable database raises through asyncpg.
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import logging
 import os
 import re
 import sqlite3
@@ -49,7 +48,6 @@ from broker.errors import AuditError, AuditWriteError
 
 __all__ = ["AuditEvent", "AuditLog", "Maintenance", "check_event"]
 
-_log = logging.getLogger("consentry.audit")
 
 # How long an append waits for another process (the admin CLI, say) holding
 # the write lock before it gives up and fails closed.
