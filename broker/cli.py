@@ -41,7 +41,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from broker import audit_cli, eventloop
-from broker.audit_cli.common import log_admin_action, now
+from broker.audit_cli.common import cli_actor, log_admin_action, now
 from broker.backup import BackupError, make_backup, make_recipient_key, restore_backup
 from broker.certs import DEFAULT_NAMES, PkiPaths, cert_names, init_dev_pki
 from broker.cli_style import add_version, finish_parser
@@ -168,6 +168,15 @@ def _read_key_file(path: Path) -> str:
 
 def cmd_engineer_add(args: argparse.Namespace) -> int:
     key_text = _read_key_file(args.key)
+    if args.database_url is not None:
+        from broker.cluster import admin
+
+        engineer = admin.add_engineer(args.database_url, args.data_dir, args.name, key_text,
+                                      role=args.role, display=args.display,
+                                      actor=cli_actor(), now=now())
+        print(f"added {engineer.role} {engineer.name!r} ({printable(engineer.display)}), "
+              f"key {engineer.fingerprint}, to the cluster")
+        return 0
     registry = Registry(args.data_dir / "registry.db")
     engineer = registry.add(args.name, key_text, role=args.role, display=args.display,
                             now=now())
@@ -208,8 +217,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_registry_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", metavar="URL",
+                   help="a cluster's PostgreSQL (the owner's URL, password in PGPASSWORD): "
+                        "its engineers, shared by every node, instead of this directory's "
+                        "registry.db")
+
+
 def cmd_engineer_list(args: argparse.Namespace) -> int:
-    engineers = Registry(args.data_dir / "registry.db").list()
+    if args.database_url is not None:
+        from broker.cluster import admin
+
+        engineers = admin.list_engineers(args.database_url)
+    else:
+        engineers = Registry(args.data_dir / "registry.db").list()
     if args.json:
         for e in engineers:
             print(json.dumps({"name": e.name, "role": e.role, "display": e.display,
@@ -230,6 +251,16 @@ def cmd_engineer_list(args: argparse.Namespace) -> int:
 
 
 def cmd_engineer_remove(args: argparse.Namespace) -> int:
+    if args.database_url is not None:
+        from broker.cluster import admin
+
+        removed = admin.remove_engineer(args.database_url, args.data_dir, args.name,
+                                        actor=cli_actor(), now=now())
+        if removed is None:
+            raise RegistryError(f"no engineer named {printable(args.name)!r} is registered "
+                                "in the cluster")
+        print(f"removed {removed.role} {removed.name!r} from the cluster")
+        return 0
     registry = Registry(args.data_dir / "registry.db")
     engineer = registry.get(args.name)
     if engineer is None or not registry.remove(args.name):
@@ -392,12 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engineer: joins sessions; admin: also reads the audit log")
     p.add_argument("--display", metavar="TEXT",
                    help="full name shown to customers (default: the NAME)")
+    _cluster_registry_flag(p)
     p.set_defaults(func=cmd_engineer_add)
     p = eng_sub.add_parser("list", parents=[common], help="list registered engineers")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _cluster_registry_flag(p)
     p.set_defaults(func=cmd_engineer_list)
     p = eng_sub.add_parser("remove", parents=[common], help="remove an engineer")
     p.add_argument("name", help="the engineer's login name, as in `engineer list`")
+    _cluster_registry_flag(p)
     p.set_defaults(func=cmd_engineer_remove)
 
     audit = sub.add_parser("audit", help="the audit log")

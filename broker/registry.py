@@ -19,6 +19,7 @@ admin CLI and a running broker can share the file safely.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -35,8 +36,8 @@ import asyncssh
 from broker.errors import RegistryError
 from broker.wire.text import printable, validate_label
 
-__all__ = ["ROLES", "Engineer", "Registry", "device_digest", "new_engineer",
-           "parse_ed25519_public_key"]
+__all__ = ["ROLES", "Engineer", "Registry", "ThreadedRegistry", "device_digest",
+           "new_engineer", "parse_ed25519_public_key"]
 
 ROLES = frozenset({"engineer", "admin"})
 # Names appear in audit events, consent prompts and file paths: keep them to a
@@ -255,3 +256,19 @@ class Registry:
             row = conn.execute("SELECT key_sha256 FROM devices WHERE pseudonym = ?",
                                (pseudonym,)).fetchone()
         return row is not None and hmac.compare_digest(str(row[0]), digest)
+
+
+class ThreadedRegistry:
+    """The SQLite registry as the broker's event loop calls it: each call in
+    a thread (a file per call), the same two calls as `broker.pg_registry`."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def get(self, name: str) -> Engineer | None:
+        return await asyncio.to_thread(self.registry.get, name)
+
+    async def bind_device(self, pseudonym: str, device_key: bytes, *,
+                          now: dt.datetime) -> bool:
+        return await asyncio.to_thread(self.registry.bind_device, pseudonym, device_key,
+                                       now=now)

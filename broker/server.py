@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import secrets
@@ -51,7 +52,7 @@ from broker.cluster.membership import DATABASE_TROUBLE
 from broker.cluster.node import ClusterNode
 from broker.config import BrokerConfig
 from broker.crash_recovery import close_what_a_crash_left_open, record_clean_stop
-from broker.errors import AuditError, AuditWriteError, ConfigError, PkiError
+from broker.errors import AuditError, AuditWriteError, ConfigError, PkiError, RegistryError
 from broker.failures import (
     FLUSH_EVERY_SECONDS,
     FailureAggregator,
@@ -62,7 +63,8 @@ from broker.failures import (
 from broker.keepalive import sweep_forever
 from broker.listener import serve_gated
 from broker.pairing import NameplateBook
-from broker.registry import Engineer, Registry
+from broker.pg_registry import PgLoginCounts, PgRegistry
+from broker.registry import Engineer, Registry, ThreadedRegistry
 from broker.session import AgentLink, SessionDriver, close_quietly, refuse, utcnow
 from broker.throttle import JoinLimits, LoginThrottle
 from broker.wire import limits
@@ -117,10 +119,14 @@ async def recv_control(ws: ServerConnection, lobby: Lobby) -> Message:
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig, audit: AuditStore, registry: Registry) -> None:
+    def __init__(self, config: BrokerConfig, audit: AuditStore,
+                 registry: Registry | ThreadedRegistry | PgRegistry) -> None:
         self.config = config
         self.audit = audit
-        self.registry = registry
+        # Who may log in: the node's SQLite file, or the cluster's tables.
+        self.registry = ThreadedRegistry(registry) if isinstance(registry, Registry) else registry
+        # Failed logins counted by every node together (a cluster), else None.
+        self.login_counts: PgLoginCounts | None = None
         self.book = NameplateBook()
         self.agents: dict[str, AgentLink] = {}
         self.sessions: dict[str, SessionDriver] = {}
@@ -221,7 +227,7 @@ class Broker:
         device_key = b64decode(hello["device_key"])
         if len(device_key) != 32:
             raise ProtocolError("hello.device_key must be a 32-byte Ed25519 key")
-        bound = await asyncio.to_thread(self.registry.bind_device,
+        bound = await self.registry.bind_device(
                                         self.audit.pseudonym(hello["device_id"]), device_key,
                                         now=utcnow())
         if not bound:
@@ -506,7 +512,7 @@ class Broker:
         nonce = os.urandom(NONCE_BYTES)
         await ws.send(encode("challenge", nonce=b64encode(nonce)))
         proof = await recv_control(ws, lobby)
-        engineer = await asyncio.to_thread(self.registry.get, user)
+        engineer = await self.registry.get(user)
         signature = b64decode(proof["signature"])
         # One message for unknown user and wrong key: no probing the registry.
         if engineer is None or not verify_login(engineer.public_key, user, nonce, signature):
@@ -528,6 +534,15 @@ class Broker:
         number of slots."""
         source = _peer(ws)
         delay = self.login_throttle.failed(source, user, time.monotonic())
+        if self.login_counts is not None:
+            # Behind a balancer a guesser would get each node's free tries
+            # anew: the count that sets the delay is the cluster's.
+            try:
+                worst = await self.login_counts.failed(source, user, utcnow())
+            except RegistryError as exc:
+                log.warning("failed logins not counted cluster-wide: %s", exc)
+            else:
+                delay = max(delay, self.login_throttle.delay_for(worst))
         await self._note_failure(self.login_failures, login_event, source, user, reason)
         if delay and self.login_throttle.hold():
             try:
@@ -684,6 +699,11 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     broker.checkpoints = checkpointer  # consent receipts sealed back to agents
     try:
         cluster = await _join_cluster(config, broker)
+        if cluster is not None:
+            # Engineers, device bindings and failed logins are the cluster's.
+            broker.registry = PgRegistry(cluster.pool)
+            broker.login_counts = PgLoginCounts(
+                cluster.pool, dt.timedelta(seconds=limits.LOGIN_WINDOW_SECONDS))
     except BaseException:
         if checkpointer is not None:
             await checkpointer.stop()

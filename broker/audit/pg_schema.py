@@ -37,6 +37,7 @@ import asyncpg
 from broker.audit.chain import GENESIS_HASH
 from broker.cluster.schema import CLUSTER_DDL
 from broker.errors import AuditError
+from broker.pg_registry import REGISTRY_DDL
 
 # A connection of its own or one lent by a pool.
 # (A string: asyncpg's classes are generic in its stubs only.)
@@ -290,6 +291,13 @@ GRANT SELECT ON audit_schema, chain_head, subjects TO consentry_broker;
 -- The cluster's bookkeeping (slots, leases, who holds which session): not
 -- the audit log, so its rows change.
 GRANT SELECT, INSERT, UPDATE, DELETE ON cluster_nodes, cluster_sessions TO consentry_broker;
+-- The registry: engineers are the owner's to add and remove (the admin
+-- commands, with the owner's URL); a node reads them, binds devices on first
+-- sight, and counts failed logins (old ones deleted as new ones come).
+REVOKE ALL ON engineers, devices, failed_logins FROM PUBLIC;
+GRANT SELECT ON engineers TO consentry_broker;
+GRANT SELECT, INSERT ON devices TO consentry_broker;
+GRANT SELECT, INSERT, DELETE ON failed_logins TO consentry_broker;
 REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
     consentry_claim_key(text), consentry_purge_events(bigint),
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
@@ -331,6 +339,9 @@ async def install(conn: Connection) -> None:
             # The cluster's tables too (broker.cluster), so that nodes under
             # the broker role, which cannot create them, find them there.
             await conn.execute(CLUSTER_DDL)
+            # And the cluster's engineer registry and failed-login counts
+            # (broker.pg_registry): one for every node.
+            await conn.execute(REGISTRY_DDL)
             await conn.execute("INSERT INTO chain_head (one, seq, hash) VALUES (true, 0, $1) "
                                "ON CONFLICT (one) DO NOTHING", GENESIS_HASH)
             await conn.execute(_FUNCTIONS)

@@ -80,19 +80,24 @@ def nodes(tmp_path: Path, database_url: str) -> Iterator[list[Deployment]]:
             dep.stop()
 
 
-def _engineer_on(nodes: list[Deployment], name: str) -> Path:
+def _engineer_on(nodes: list[Deployment], name: str, url: str) -> Path:
+    """Registered once, in the cluster's database: every node lets them in."""
     key = write_key(nodes[0].root / f"{name}_ed25519")
-    for dep in nodes:  # the registry moves to PostgreSQL elsewhere; here each node's own
-        result = dep.cli("engineer", "add", name, "--key", f"{key}.pub",
-                         "--display", "Alice Example")
-        assert result.returncode == 0, result.stderr
+    result = nodes[0].cli("engineer", "add", name, "--key", f"{key}.pub",
+                          "--display", "Alice Example", "--database-url", url)
+    assert result.returncode == 0, result.stderr
+    assert "to the cluster" in result.stdout
+    listed = nodes[1].cli("engineer", "list", "--json", "--database-url", url)
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == [name]
+    for dep in nodes:  # no node's own registry.db knows them
+        assert dep.cli("engineer", "list", "--json").stdout == ""
     return key
 
 
 def test_a_join_on_the_wrong_node_is_moved_to_the_agents_node_and_works(
         nodes: list[Deployment], database_url: str) -> None:
     one, two = nodes
-    key = _engineer_on(nodes, "alice")
+    key = _engineer_on(nodes, "alice", database_url)
     agent = one.agent("--alias", "front desk")
     code = read_code(agent)
     assert code[:2] in ("10", "11")
@@ -170,7 +175,7 @@ def _types(database_url: str) -> list[str]:
 def test_a_node_killed_mid_session_is_recorded_lost_with_its_session_by_the_leader(
         nodes: list[Deployment], database_url: str) -> None:
     one, two = nodes
-    key = _engineer_on(nodes, "alice")
+    key = _engineer_on(nodes, "alice", database_url)
     agent = one.agent("--alias", "front desk")
     code = read_code(agent)
     console = one.console(code, key, "alice", "--control")
@@ -223,7 +228,7 @@ def test_through_haproxy_the_engineer_landing_on_the_other_node_meets_the_agent(
             time.sleep(0.1)
         front.root.mkdir()
         front.port = proxy.port
-        key = _engineer_on(nodes, "alice")
+        key = _engineer_on(nodes, "alice", database_url)
         agent = front.agent("--alias", "front desk")
         code = read_code(agent)
         console = front.console(code, key, "alice", "--control")
