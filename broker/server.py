@@ -227,9 +227,13 @@ class Broker:
         device_key = b64decode(hello["device_key"])
         if len(device_key) != 32:
             raise ProtocolError("hello.device_key must be a 32-byte Ed25519 key")
-        bound = await self.registry.bind_device(
-                                        self.audit.pseudonym(hello["device_id"]), device_key,
-                                        now=utcnow())
+        try:
+            bound = await self.registry.bind_device(
+                self.audit.pseudonym(hello["device_id"]), device_key, now=utcnow())
+        except RegistryError as exc:
+            # The registry's database (the cluster's) is down: nothing can be
+            # recorded either; refused with the audit reason, and retried.
+            raise AuditWriteError(f"the registry is unavailable: {exc}") from exc
         if not bound:
             raise ProtocolError(
                 "the support service knows this computer's id with a different key, so "
@@ -512,7 +516,10 @@ class Broker:
         nonce = os.urandom(NONCE_BYTES)
         await ws.send(encode("challenge", nonce=b64encode(nonce)))
         proof = await recv_control(ws, lobby)
-        engineer = await self.registry.get(user)
+        try:
+            engineer = await self.registry.get(user)
+        except RegistryError as exc:
+            raise AuditWriteError(f"the registry is unavailable: {exc}") from exc
         signature = b64decode(proof["signature"])
         # One message for unknown user and wrong key: no probing the registry.
         if engineer is None or not verify_login(engineer.public_key, user, nonce, signature):

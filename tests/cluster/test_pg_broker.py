@@ -11,13 +11,14 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pexpect
 import pytest
 
 from tests.cluster.harness import Postgres, free_port, start_postgres, stop_postgres
-from tests.e2e.conftest import Deployment, read_code, transcript
+from tests.e2e.conftest import Deployment, read_code, transcript, write_key
 from tests.e2e.test_fail_closed import REASON
 from tests.e2e.test_session import approve_session
 
@@ -27,6 +28,16 @@ def start_node(deployment: Deployment, database_url: str, *extra: str) -> None:
     port = free_port()
     deployment.start_broker(port, "--database-url", database_url,
                             "--node-url", f"wss://127.0.0.1:{port}", *extra)
+
+
+def cluster_engineer(deployment: Deployment, owner_url: str, name: str = "alice") -> Path:
+    """An engineer added to the cluster's registry (as the README says: once,
+    with the owner's URL), not to this directory's registry.db."""
+    key = write_key(deployment.root / f"{name}_ed25519")
+    result = deployment.cli("engineer", "add", name, "--key", f"{key}.pub",
+                            "--display", "Alice Example", "--database-url", owner_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return key
 
 
 def _verify(deployment: Deployment, database_url: str, *extra: str,
@@ -58,8 +69,9 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
     postgres.psql(f"GRANT consentry_broker TO {name}")
     monkeypatch.setenv("PGPASSWORD", password)
     node_url = database_url.replace(f"postgres:{postgres.password}@", f"{name}@")
+    key = cluster_engineer(deployment, database_url)
     start_node(deployment, node_url)
-    agent, console, _code = approve_session(deployment, "c", "--control")
+    agent, console, _code = approve_session(deployment, "c", "--control", key=key)
     marker = "CSY" + secrets.token_hex(8)
     console.send(f"echo {marker}-$((6*7))\r")
     console.expect(f"{marker}-42")
@@ -70,14 +82,13 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
 
     out = deployment.broker_stdout.read_text(errors="replace")
     assert postgres.password not in out and password not in out
-    # Sessions are in the database; the local file has only what the admin
-    # commands wrote (`engineer add`, which does not take --database-url yet).
+    # Sessions, and the engineer's registration, are in the database.
     local = deployment.audit_types()
     assert "session_started" not in local and "agent_connected" not in local
     conn = await asyncpg.connect(database_url)
     try:
         types = [r["type"] for r in await conn.fetch("SELECT type FROM events ORDER BY seq")]
-        for event in ("agent_connected", "engineer_login", "consent_granted",
+        for event in ("engineer_added", "agent_connected", "engineer_login", "consent_granted",
                       "session_started", "session_ended", "broker_stopped"):
             assert event in types, "\n".join([*types, deployment.broker_stdout.read_text()])
         assert marker not in "".join(r["body"] for r in await conn.fetch("SELECT body FROM events"))
@@ -148,7 +159,8 @@ async def test_with_postgresql_stopped_no_session_starts_and_it_resumes_when_bac
     pg = await asyncio.to_thread(start_postgres)
     try:
         url = pg.url()
-        key = deployment.add_engineer("alice", display="Alice Example")
+        await asyncio.to_thread(deployment.cli, "audit", "verify", "--database-url", url)
+        key = await asyncio.to_thread(cluster_engineer, deployment, url)
         # A lease far longer than the outage below: the node keeps its slot,
         # so the agent's code stays valid (a lapsed lease is the cluster
         # tests' business).

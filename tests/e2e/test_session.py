@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import pexpect
 
@@ -10,9 +11,11 @@ from tests.e2e.conftest import Deployment, matched, read_code, transcript
 
 
 def approve_session(dep: Deployment, key_answer: str = "c", *console_args: str,
-                    ) -> tuple[pexpect.spawn, pexpect.spawn, str]:
-    """Start an agent and a console, pair them, answer the consent prompt."""
-    key = dep.add_engineer("alice", display="Alice Example")
+                    key: Path | None = None) -> tuple[pexpect.spawn, pexpect.spawn, str]:
+    """Start an agent and a console, pair them, answer the consent prompt.
+    `key`: alice's, registered already (in a cluster's database, say)."""
+    if key is None:
+        key = dep.add_engineer("alice", display="Alice Example")
     agent = dep.agent("--alias", "front desk")
     code = read_code(agent)
     console = dep.console(code, key, "alice", *console_args)
