@@ -20,23 +20,11 @@ import hmac
 import asyncpg
 
 from broker.errors import RegistryError
-from broker.registry import Engineer, device_digest, new_engineer
+from broker.registry import REGISTRY_TABLES, Engineer, device_digest, new_engineer
 
 __all__ = ["REGISTRY_DDL", "PgLoginCounts", "PgRegistry"]
 
-REGISTRY_DDL = """
-CREATE TABLE IF NOT EXISTS engineers (
-    name       TEXT PRIMARY KEY,
-    display    TEXT NOT NULL,
-    role       TEXT NOT NULL CHECK (role IN ('engineer', 'admin')),
-    public_key TEXT NOT NULL UNIQUE,
-    added      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS devices (
-    pseudonym  TEXT PRIMARY KEY,
-    key_sha256 TEXT NOT NULL,
-    first_seen TEXT NOT NULL
-);
+REGISTRY_DDL = REGISTRY_TABLES + """
 CREATE TABLE IF NOT EXISTS failed_logins (
     at     TIMESTAMPTZ NOT NULL,
     source TEXT NOT NULL,

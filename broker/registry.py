@@ -45,7 +45,9 @@ ROLES = frozenset({"engineer", "admin"})
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 # 1: engineers. 2: devices (a version-1 file gains the table on first use).
 _SCHEMA_VERSION = 2
-_SCHEMA = """
+# Plain SQL that SQLite and PostgreSQL both take: the cluster's registry
+# (broker.pg_registry) makes the same tables.
+REGISTRY_TABLES = """
 CREATE TABLE IF NOT EXISTS engineers (
     name       TEXT PRIMARY KEY,
     display    TEXT NOT NULL,
@@ -162,7 +164,8 @@ class Registry:
                 # Only on a new file: a read must not write (the broker reads
                 # on every login while the admin CLI may be writing).
                 conn.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
+                    f"BEGIN IMMEDIATE;{REGISTRY_TABLES}"
+                    f"PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
                 )
             with conn:  # one transaction per call: commit, or roll back on error
                 yield conn
