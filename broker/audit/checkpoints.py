@@ -37,6 +37,13 @@ re-signs the same seq and hash with a newer time, proving the log was not cut
 short meanwhile). `covering(seq)` gives a caller (the consent handler) the
 checkpoint that covers its event, sealing one at once if needed.
 
+On PostgreSQL (`broker.audit.pg_checkpoints`) the ``checkpoints`` table of
+the shared database is the chain of checkpoints, written by one node at a
+time: the cluster's leader (`Checkpointer.lead`), under the chain head's
+lock. Each node's checkpoint file then holds the checkpoints it wrote while
+it led — a witness of the table, checked as one at start — and every node
+holds the log against the table's newest checkpoint before it serves.
+
 Where the checkpoint file lives is recorded in the data directory
 (`CHECKPOINT_LOCATION`) when the broker is told another place, so the admin
 commands seal into the same file (`checkpoint_path`).
@@ -53,6 +60,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import nacl.signing
 
@@ -67,7 +75,7 @@ from broker.audit.checkpoint_record import (
 )
 from broker.audit.interface import AuditStore
 from broker.audit.schema import ensure_checkpoint_table
-from broker.audit.signing import load_or_create_signing_key
+from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
 from broker.errors import AuditError
 
 __all__ = [
@@ -79,12 +87,16 @@ __all__ = [
     "GENESIS_CHECKPOINT",
     "MAX_UNSEALED_SECONDS",
     "Checkpoint",
+    "CheckpointStorage",
     "Checkpointer",
+    "SqliteCheckpoints",
     "checkpoint_path",
     "ensure_checkpoint_table",
+    "newest_in_file",
     "newest_in_witness",
     "parse_checkpoint",
     "record_digest",
+    "tail_problem",
 ]
 
 CHECKPOINT_FILE = "checkpoints.jsonl"
@@ -103,6 +115,9 @@ MAX_UNSEALED_SECONDS = 2.0
 # How long `covering` waits for a checkpoint of a given event before the
 # caller goes on without one (the agent works without it).
 COVER_WAIT = 5.0
+# How often `covering` looks at the table for the checkpoint another node
+# (the cluster's leader) writes.
+_COVER_POLL = 0.2
 # How long a checkpoint waits for the database's write lock (a long admin
 # command, say) before it gives up and tries again at the next turn.
 _BUSY_TIMEOUT = 10.0
@@ -261,6 +276,33 @@ def newest_in_witness(path: Path, key: nacl.signing.VerifyKey) -> Checkpoint | N
     return best
 
 
+def tail_problem(newest: Checkpoint, source: str | Path, *, first: int | None,
+                 last: int | None, stored_hash: str | None) -> str | None:
+    """Why a log whose events span `first`-`last` (None: none), and whose
+    event at `newest.seq` has `stored_hash` (None: no such event), does not
+    hold what `newest` (from `source`) signed; None if it does. The same
+    words for every backend."""
+    if newest.seq == 0:
+        return None
+    if stored_hash is None and first is not None and newest.seq < first:
+        return None  # purged by retention; verify checks the signed purge record
+    if stored_hash is None:
+        return (
+            f"the audit log ends at seq {last or 0} but the checkpoint of {newest.time} "
+            f"in {source} covers seq {newest.seq}: events were deleted from the end, "
+            "or the log was replaced by an older copy. Run `consentry-broker audit "
+            "verify`. Only if you are deliberately starting a new log, move the "
+            "checkpoint file aside."
+        )
+    if stored_hash != newest.hash:
+        return (
+            f"event {newest.seq} of the audit log is not the one the checkpoint of "
+            f"{newest.time} in {source} signed: the log was changed. Run "
+            "`consentry-broker audit verify`."
+        )
+    return None
+
+
 def _tail_problem(conn: sqlite3.Connection, newest: Checkpoint, source: Path,
                   db_path: Path) -> str | None:
     """Why the log does not hold what `newest` (from `source`) signed, or None."""
@@ -271,23 +313,179 @@ def _tail_problem(conn: sqlite3.Connection, newest: Checkpoint, source: Path,
         row = conn.execute("SELECT hash FROM events WHERE seq = ?", (newest.seq,)).fetchone()
     except sqlite3.Error as exc:
         raise AuditError(f"cannot read the audit log {db_path}: {exc}") from exc
-    if row is None and first is not None and newest.seq < first:
-        return None  # purged by retention; verify checks the signed purge record
-    if row is None:
-        return (
-            f"the audit log ends at seq {last or 0} but the checkpoint of {newest.time} "
-            f"in {source} covers seq {newest.seq}: events were deleted from the end, "
-            "or audit.db was replaced by an older copy. Run `consentry-broker audit "
-            "verify`. Only if you are deliberately starting a new log, move the "
-            "checkpoint file aside."
+    return tail_problem(newest, source, first=first, last=last,
+                        stored_hash=None if row is None else str(row[0]))
+
+
+def newest_in_file(path: Path, key: nacl.signing.SigningKey, key_path: Path) -> Checkpoint | None:
+    """The last checkpoint of a checkpoint file, its signature checked."""
+    line = _last_line(path)
+    if line is None:
+        return None
+    try:
+        return parse_checkpoint(line, key.verify_key)
+    except AuditError as exc:
+        raise AuditError(
+            f"the last line of the checkpoint file {path} is not a checkpoint signed "
+            f"by this broker's audit key {key_path} ({exc}); the file "
+            "or the key was replaced — run `consentry-broker audit verify`"
+        ) from None
+
+
+class CheckpointStorage(Protocol):
+    """Where one log's checkpoints are kept and how its tail is read: all
+    the `Checkpointer` needs of a backend (`SqliteCheckpoints` here,
+    `broker.audit.pg_checkpoints.PgCheckpoints` for PostgreSQL)."""
+
+    # Where the newest checkpoint comes from, for messages.
+    source: str
+    # Whether the checkpoint file is only this process's copy (checked at
+    # start like a witness) rather than the chain the store is held against.
+    file_is_witness: bool
+    # Seconds between looks at the log's head (`head_seq`), or None when
+    # every append goes through this process's append listeners.
+    head_poll: float | None
+
+    async def newest(self) -> Checkpoint | None:
+        """The newest checkpoint kept, its signature checked (AuditError if not)."""
+        ...
+
+    async def tail_problem(self, claim: Checkpoint, source: str | Path) -> str | None:
+        """Why the log does not hold what `claim` signed, or None."""
+        ...
+
+    async def write(self, time: str) -> Checkpoint:
+        """Sign and keep a checkpoint of the newest event, chained on the newest kept."""
+        ...
+
+    async def head_seq(self) -> int:
+        """The seq of the newest event of the log (0 when empty)."""
+        ...
+
+
+class SqliteCheckpoints:
+    """Checkpoints of an SQLite `AuditLog`: the file line and the table row
+    written in one write transaction (module docstring)."""
+
+    file_is_witness = False
+    head_poll: float | None = None
+
+    def __init__(self, db_path: Path, path: Path, key: nacl.signing.SigningKey,
+                 key_path: Path) -> None:
+        self.db_path = db_path
+        self.path = path
+        self.source = str(path)
+        self._key = key
+        self._key_path = key_path
+        self._table_ready = False
+        # One checkpoint at a time, across threads: each chains on the last.
+        self._write_lock = threading.Lock()
+
+    async def newest(self) -> Checkpoint | None:
+        return await asyncio.to_thread(newest_in_file, self.path, self._key, self._key_path)
+
+    async def tail_problem(self, claim: Checkpoint, source: str | Path) -> str | None:
+        def check() -> str | None:
+            conn = _connect(self.db_path)
+            try:
+                return _tail_problem(conn, claim, Path(source), self.db_path)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(check)
+
+    async def head_seq(self) -> int:
+        def read() -> int:
+            conn = _connect(self.db_path)
+            try:
+                return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise AuditError(f"cannot read the audit log {self.db_path}: {exc}") from exc
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(read)
+
+    async def write(self, time: str) -> Checkpoint:
+        # In a thread, with its own connection: signing and two fsyncs must
+        # not stall the event loop; the thread finishes even if we are cancelled.
+        return await asyncio.to_thread(self._write, time)
+
+    def _write(self, time: str) -> Checkpoint:
+        with self._write_lock:
+            conn = _connect(self.db_path)
+            try:
+                if not self._table_ready:
+                    ensure_checkpoint_table(conn)
+                    self._table_ready = True
+                # The write lock, so the newest event cannot change under us and
+                # no other writer (this process or another) slips a checkpoint in.
+                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute(
+                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                seq, digest = (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+                in_file = newest_in_file(self.path, self._key, self._key_path)
+                if in_file is not None:
+                    problem = _tail_problem(conn, in_file, self.path, self.db_path)
+                    if problem is not None:
+                        raise AuditError(f"no checkpoint written: {problem}")
+                prev = self._reconcile(conn, in_file)
+                checkpoint = make_checkpoint(self._key, seq=seq, hash=digest, time=time,
+                                             prev=prev)
+                conn.execute("INSERT INTO checkpoints (seq, record) VALUES (?, ?)",
+                             (seq, checkpoint.text()))
+                # The file first: if the commit below fails, the next checkpoint
+                # chains on the file's line and repairs the table from it.
+                _append_line(self.path, checkpoint.line())
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise AuditError(f"cannot write an audit checkpoint to {self.db_path}: "
+                                 f"{exc}") from exc
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                conn.close()
+        return checkpoint
+
+    def _reconcile(self, conn: sqlite3.Connection, in_file: Checkpoint | None) -> str:
+        """The ``prev`` for the next checkpoint, once file and table agree.
+
+        Only one disagreement is expected — the file one line ahead after a
+        crash or failed commit — and that is repaired here. Any other means
+        one of them was tampered with; writing on would hide that.
+        """
+        row = conn.execute("SELECT record FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+        file_digest = GENESIS_CHECKPOINT if in_file is None else in_file.digest
+        table_digest = GENESIS_CHECKPOINT if row is None else row_digest(row[0]) or "damaged"
+        if file_digest == table_digest:
+            return file_digest
+        if in_file is not None and in_file.prev == table_digest:
+            log.warning("checkpoint of %s is in %s but not in the database (interrupted "
+                        "write); adding it", in_file.time, self.path)
+            conn.execute("INSERT INTO checkpoints (seq, record) VALUES (?, ?)",
+                         (in_file.seq, canonical_json(in_file.record).decode()))
+            return file_digest
+        raise AuditError(
+            f"the checkpoint file {self.path} and the checkpoints table of "
+            f"{self.db_path} disagree about the newest checkpoint, so no new one is "
+            "written: run `consentry-broker audit verify` to see which was changed"
         )
-    if row[0] != newest.hash:
-        return (
-            f"event {newest.seq} of the audit log is not the one the checkpoint of "
-            f"{newest.time} in {source} signed: the log was changed. Run "
-            "`consentry-broker audit verify`."
-        )
-    return None
+
+
+def _storage_for(audit: AuditStore, path: Path, key: nacl.signing.SigningKey,
+                 key_path: Path) -> CheckpointStorage:
+    # Imported here: the SQLite broker (and the agent's imports) need no asyncpg.
+    from broker.audit.pg_store import PgAuditLog
+
+    if isinstance(audit, PgAuditLog):
+        from broker.audit.pg_checkpoints import PgCheckpoints
+
+        return PgCheckpoints(audit, path, key, key_path)
+    return SqliteCheckpoints(audit.path, path, key, key_path)
 
 
 class Checkpointer:
@@ -297,6 +495,12 @@ class Checkpointer:
     in tests); `poll` caps how long the background task sleeps between looks
     at that clock. `witnesses` are files of checkpoints kept elsewhere that
     `start` holds the log against as it does the checkpoint file.
+
+    Where the checkpoints are kept is the `storage`'s business (chosen by
+    the store's backend); the schedule, the witnesses and `covering` are
+    the same for both. On PostgreSQL only the cluster's leader writes
+    (`lead`); every node checks the log at start (`check`) and finds the
+    checkpoint covering an event in the table (`covering`).
     """
 
     def __init__(
@@ -329,13 +533,12 @@ class Checkpointer:
         except OSError as exc:
             raise AuditError(f"cannot read or create the audit signing key in "
                              f"{self.data_dir}: {exc}") from exc
-        self._table_ready = False
-        # One checkpoint at a time, across threads: each chains on the last.
-        self._write_lock = threading.Lock()
+        self.storage = _storage_for(audit, self.path, self._key,
+                                    self.data_dir / AUDIT_KEY_FILE)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[Checkpoint] | None = None
-        self._latest_seq = 0  # newest seq this process appended
+        self._latest_seq = 0  # newest seq appended (here, or seen at the head)
         self._uncovered_at: dt.datetime | None = None  # first event no checkpoint covers
         self._last: Checkpoint | None = None  # newest checkpoint written here
         self._last_at: dt.datetime | None = None
@@ -346,6 +549,11 @@ class Checkpointer:
     def last(self) -> Checkpoint | None:
         """The newest checkpoint this checkpointer wrote."""
         return self._last
+
+    @property
+    def running(self) -> bool:
+        """Whether this checkpointer writes on its schedule now (`start`)."""
+        return self._task is not None
 
     def add_listener(self, listener: Callable[[Checkpoint], None]) -> None:
         """Call `listener(checkpoint)` after each checkpoint written here (in
@@ -368,8 +576,11 @@ class Checkpointer:
         return (now - self._last_at).total_seconds() >= self.every_seconds
 
     def _next_look(self) -> float:
-        """Seconds until `due` may next turn true (at most `poll`)."""
+        """Seconds until `due` may next turn true (at most `poll`, and at
+        most the storage's `head_poll`: appends elsewhere are seen only then)."""
         timeout = self._poll
+        if self.storage.head_poll is not None:
+            timeout = min(timeout, self.storage.head_poll)
         now = self._clock()
         if self._last_at is not None:
             elapsed = (now - self._last_at).total_seconds()
@@ -391,42 +602,85 @@ class Checkpointer:
         elif seq - self._last.seq >= self.every_events:
             self._wake.set()
 
-    async def start(self) -> None:
-        """Check the log against the newest checkpoint of the checkpoint file
-        and of every witness, write one, then run.
+    async def check(self) -> None:
+        """Refuse (AuditError) a log that no longer holds what the newest
+        checkpoint kept, the checkpoint file's or a witness's signed — cut
+        short, or replaced by an older copy: carrying on would bury the
+        evidence under new checkpoints."""
+        claims: list[tuple[Checkpoint, str | Path]] = []
+        newest = await self.storage.newest()
+        if newest is not None:
+            claims.append((newest, self.storage.source))
+        witnesses = list(self.witnesses)
+        if self.storage.file_is_witness and self.path.exists():
+            witnesses.insert(0, self.path)
+        for witness in witnesses:
+            if not witness.exists():
+                raise AuditError(f"the witness file {witness} does not exist (check "
+                                 "--witness; an empty file is a witness of nothing)")
+            found = await asyncio.to_thread(newest_in_witness, witness, self._key.verify_key)
+            if found is not None:
+                claims.append((found, witness))
+        for checkpoint, source in claims:
+            problem = await self.storage.tail_problem(checkpoint, source)
+            if problem is not None:
+                raise AuditError(problem)
 
-        Refuses (AuditError) if the log no longer holds what one of them
-        signed — cut short, or replaced by an older copy: carrying on would
-        bury the evidence under new checkpoints.
-        """
-        await asyncio.to_thread(self._check_tail)
+    async def start(self) -> None:
+        """`check` the log, write a checkpoint, then run the schedule."""
+        await self.check()
         await asyncio.to_thread(_record_location, self.data_dir, self.path)
+        self._stopping = False
         await self.checkpoint()
         self.audit.add_append_listener(self._on_append)
         self._task = asyncio.create_task(self._run(), name="audit-checkpointer")
 
     async def stop(self) -> None:
-        """Stop the schedule and write a last checkpoint (failures are logged)."""
-        self.audit.remove_append_listener(self._on_append)
+        """Stop the schedule and write a last checkpoint (failures are logged).
+        Nothing to do if the schedule is not running."""
         task, self._task = self._task, None
-        if task is not None:
-            # The flag as well as the cancel: asyncio.wait_for (3.11) swallows a
-            # cancellation that arrives just as the wake-up event is set.
-            self._stopping = True
-            self._wake.set()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        self.audit.remove_append_listener(self._on_append)
+        # The flag as well as the cancel: asyncio.wait_for (3.11) swallows a
+        # cancellation that arrives just as the wake-up event is set.
+        self._stopping = True
+        self._wake.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         try:
             await self.checkpoint()
         except AuditError as exc:
             log.error("could not write the final audit checkpoint: %s", exc)
 
+    async def lead(self) -> None:
+        """The cluster leader's job (`broker.cluster.leader`): write
+        checkpoints for as long as this runs, a last one when it ends.
+
+        A log this node must not seal (cut short, or its checkpoints signed
+        with another audit key) is logged and tried again later, never
+        sealed over; the other jobs of the leader go on meanwhile.
+        """
+        while True:
+            try:
+                await self.start()
+                break
+            except AuditError as exc:
+                log.error("this node leads the cluster but writes no audit checkpoints: %s",
+                          exc)
+            await asyncio.sleep(self.every_seconds)
+        try:
+            await asyncio.Event().wait()  # until leadership ends (cancelled)
+        finally:
+            await self.stop()
+
     async def checkpoint(self) -> Checkpoint:
         """Sign and store a checkpoint of the newest event, now."""
-        # In a thread, with its own connection: signing and two fsyncs must
-        # not stall the event loop; the thread finishes even if we are cancelled.
-        checkpoint = await asyncio.to_thread(self._write, self._clock())
+        now = self._clock()
+        checkpoint = await self.storage.write(format_time(now))
+        self._last, self._last_at = checkpoint, now
+        self._latest_seq = max(self._latest_seq, checkpoint.seq)
         if self._latest_seq <= checkpoint.seq:
             self._uncovered_at = None
         elif self._uncovered_at is None:
@@ -449,11 +703,19 @@ class Checkpointer:
 
     async def covering(self, seq: int, timeout: float = COVER_WAIT) -> Checkpoint | None:
         """A checkpoint that covers event `seq`: the last one if it does, else
-        one sealed now. None (logged) if none could be had within `timeout`."""
+        one sealed now — or, where another node writes the checkpoints (the
+        cluster's leader), the first of its that does. None (logged) if none
+        could be had within `timeout`."""
 
         async def sealed() -> Checkpoint:
             while self._last is None or self._last.seq < seq:
-                await self.seal()
+                if self.running:
+                    await self.seal()
+                    continue
+                newest = await self.storage.newest()
+                if newest is not None and newest.seq >= seq:
+                    return newest
+                await asyncio.sleep(_COVER_POLL)
             return self._last
 
         try:
@@ -469,9 +731,12 @@ class Checkpointer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._next_look())
             self._wake.clear()
-            if not self.due():
-                continue
             try:
+                if self.storage.head_poll is not None:
+                    # Other nodes' appends reach no listener here.
+                    self._on_append(await self.storage.head_seq(), "")
+                if not self.due():
+                    continue
                 await self.seal()
             except Exception as exc:
                 # Logged and retried at the next turn: the schedule must
@@ -481,107 +746,3 @@ class Checkpointer:
                 else:
                     log.exception("could not write an audit checkpoint")
                 await asyncio.sleep(self._poll)  # not a busy loop while it stays broken
-
-    # -- the work, in a thread ----------------------------------------------
-
-    def _newest_in_file(self) -> Checkpoint | None:
-        line = _last_line(self.path)
-        if line is None:
-            return None
-        try:
-            return parse_checkpoint(line, self._key.verify_key)
-        except AuditError as exc:
-            raise AuditError(
-                f"the last line of the checkpoint file {self.path} is not a checkpoint signed "
-                f"by this broker's audit key {self.data_dir / 'audit.key'} ({exc}); the file "
-                "or the key was replaced — run `consentry-broker audit verify`"
-            ) from None
-
-    def _check_tail(self) -> None:
-        claims: list[tuple[Checkpoint, Path]] = []
-        newest = self._newest_in_file()
-        if newest is not None:
-            claims.append((newest, self.path))
-        for witness in self.witnesses:
-            if not witness.exists():
-                raise AuditError(f"the witness file {witness} does not exist (check "
-                                 "--witness; an empty file is a witness of nothing)")
-            found = newest_in_witness(witness, self._key.verify_key)
-            if found is not None:
-                claims.append((found, witness))
-        if not claims:
-            return
-        conn = _connect(self.audit.path)
-        try:
-            for checkpoint, source in claims:
-                problem = _tail_problem(conn, checkpoint, source, self.audit.path)
-                if problem is not None:
-                    raise AuditError(problem)
-        finally:
-            conn.close()
-
-    def _write(self, now: dt.datetime) -> Checkpoint:
-        time = format_time(now)
-        with self._write_lock:
-            conn = _connect(self.audit.path)
-            try:
-                if not self._table_ready:
-                    ensure_checkpoint_table(conn)
-                    self._table_ready = True
-                # The write lock, so the newest event cannot change under us and
-                # no other writer (this process or another) slips a checkpoint in.
-                conn.execute("BEGIN IMMEDIATE")
-                row = conn.execute(
-                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-                seq, digest = (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
-                in_file = self._newest_in_file()
-                if in_file is not None:
-                    problem = _tail_problem(conn, in_file, self.path, self.audit.path)
-                    if problem is not None:
-                        raise AuditError(f"no checkpoint written: {problem}")
-                prev = self._reconcile(conn, in_file)
-                checkpoint = make_checkpoint(self._key, seq=seq, hash=digest, time=time,
-                                             prev=prev)
-                conn.execute("INSERT INTO checkpoints (seq, record) VALUES (?, ?)",
-                             (seq, checkpoint.text()))
-                _append_line(self.path, checkpoint.line())
-                # The file has it now, so the next one chains on it even if the
-                # commit below fails (the table is then repaired from the file).
-                self._last, self._last_at = checkpoint, now
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise AuditError(f"cannot write an audit checkpoint to {self.audit.path}: "
-                                 f"{exc}") from exc
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            finally:
-                conn.close()
-        return checkpoint
-
-    def _reconcile(self, conn: sqlite3.Connection, in_file: Checkpoint | None) -> str:
-        """The ``prev`` for the next checkpoint, once file and table agree.
-
-        Only one disagreement is expected — the file one line ahead after a
-        crash or failed commit — and that is repaired here. Any other means
-        one of them was tampered with; writing on would hide that.
-        """
-        row = conn.execute("SELECT record FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-        file_digest = GENESIS_CHECKPOINT if in_file is None else in_file.digest
-        table_digest = GENESIS_CHECKPOINT if row is None else row_digest(row[0]) or "damaged"
-        if file_digest == table_digest:
-            return file_digest
-        if in_file is not None and in_file.prev == table_digest:
-            log.warning("checkpoint of %s is in %s but not in the database (interrupted "
-                        "write); adding it", in_file.time, self.path)
-            conn.execute("INSERT INTO checkpoints (seq, record) VALUES (?, ?)",
-                         (in_file.seq, canonical_json(in_file.record).decode()))
-            return file_digest
-        raise AuditError(
-            f"the checkpoint file {self.path} and the checkpoints table of "
-            f"{self.audit.path} disagree about the newest checkpoint, so no new one is "
-            "written: run `consentry-broker audit verify` to see which was changed"
-        )
