@@ -38,7 +38,8 @@ from broker.audit.pg_schema import LOCK_HEAD, Connection
 from broker.audit.pg_store import PgAuditLog
 from broker.errors import AuditError
 
-__all__ = ["HEAD_POLL_SECONDS", "PgCheckpoints"]
+__all__ = ["HEAD_POLL_SECONDS", "PgCheckpoints", "checkpoint_rows", "event_hashes",
+           "newest_checkpoint_id"]
 
 # How often the leader looks at the chain head for events other nodes
 # appended (one indexed one-row read): how late, at worst, the short
@@ -141,3 +142,37 @@ async def _tail_problem(conn: Connection, claim: Checkpoint,
     first, last, stored = (None, None, None) if row is None else (row[0], row[1], row[2])
     return tail_problem(claim, source, first=first, last=last,
                         stored_hash=None if stored is None else str(stored))
+
+
+# -- read by `audit verify` (`broker.audit.verify_store`) ---------------------
+
+
+async def newest_checkpoint_id(audit: PgAuditLog) -> int | None:
+    """The id of the newest row of the checkpoints table (None: none yet)."""
+    try:
+        value = await audit.pool.fetchval("SELECT max(id) FROM checkpoints")
+    except _DB_ERRORS as exc:
+        raise AuditError(f"cannot read the audit checkpoints: {exc}") from exc
+    return None if value is None else int(value)
+
+
+async def checkpoint_rows(audit: PgAuditLog, *, after_id: int, through_id: int,
+                          limit: int) -> list[tuple[int, str]]:
+    """Up to `limit` rows (id, record) of the checkpoints table, in id order."""
+    try:
+        rows = await audit.pool.fetch(
+            "SELECT id, record FROM checkpoints WHERE id > $1 AND id <= $2 "
+            "ORDER BY id LIMIT $3", after_id, through_id, limit)
+    except _DB_ERRORS as exc:
+        raise AuditError(f"cannot read the audit checkpoints: {exc}") from exc
+    return [(int(row[0]), str(row[1])) for row in rows]
+
+
+async def event_hashes(audit: PgAuditLog, seqs: list[int]) -> dict[int, str]:
+    """The stored hash of each of `seqs` that is in the log."""
+    try:
+        rows = await audit.pool.fetch(
+            "SELECT seq, hash FROM events WHERE seq = ANY($1::bigint[])", seqs)
+    except _DB_ERRORS as exc:
+        raise AuditError(f"cannot read the audit log: {exc}") from exc
+    return {int(row[0]): str(row[1]) for row in rows}
