@@ -86,6 +86,7 @@ __all__ = [
     "DEFAULT_EVERY_SECONDS",
     "GENESIS_CHECKPOINT",
     "MAX_UNSEALED_SECONDS",
+    "PG_CHECKPOINT_FILE",
     "Checkpoint",
     "CheckpointStorage",
     "Checkpointer",
@@ -100,6 +101,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "checkpoints.jsonl"
+# A node's own copy of the checkpoints it wrote into a PostgreSQL log.
+PG_CHECKPOINT_FILE = "checkpoints-postgresql.jsonl"
 # Written by the broker when its checkpoint file is not the default: one
 # line, the file's absolute path. Read by the admin commands.
 CHECKPOINT_LOCATION = "checkpoints.location"
@@ -339,6 +342,8 @@ class CheckpointStorage(Protocol):
 
     # Where the newest checkpoint comes from, for messages.
     source: str
+    # The checkpoint file this process appends to.
+    path: Path
     # Whether the checkpoint file is only this process's copy (checked at
     # start like a witness) rather than the chain the store is held against.
     file_is_witness: bool
@@ -476,15 +481,20 @@ class SqliteCheckpoints:
         )
 
 
-def _storage_for(audit: AuditStore, path: Path, key: nacl.signing.SigningKey,
-                 key_path: Path) -> CheckpointStorage:
+def _storage_for(audit: AuditStore, data_dir: Path, explicit: Path | None,
+                 key: nacl.signing.SigningKey) -> CheckpointStorage:
     # Imported here: the SQLite broker (and the agent's imports) need no asyncpg.
     from broker.audit.pg_store import PgAuditLog
 
+    key_path = data_dir / AUDIT_KEY_FILE
     if isinstance(audit, PgAuditLog):
         from broker.audit.pg_checkpoints import PgCheckpoints
 
+        # Not the SQLite log's file: the data directory's own audit.db (the
+        # admin commands') is sealed into that one.
+        path = explicit if explicit is not None else data_dir / PG_CHECKPOINT_FILE
         return PgCheckpoints(audit, path, key, key_path)
+    path = explicit if explicit is not None else data_dir / CHECKPOINT_FILE
     return SqliteCheckpoints(audit.path, path, key, key_path)
 
 
@@ -520,8 +530,6 @@ class Checkpointer:
             raise AuditError("checkpoints need a positive event count, interval and poll time")
         self.audit = audit
         self.data_dir = Path(data_dir)
-        self.path = (Path(checkpoint_file) if checkpoint_file is not None
-                     else self.data_dir / CHECKPOINT_FILE)
         self.every_events = every_events
         self.every_seconds = every_seconds
         self.seal_after = seal_after
@@ -533,8 +541,10 @@ class Checkpointer:
         except OSError as exc:
             raise AuditError(f"cannot read or create the audit signing key in "
                              f"{self.data_dir}: {exc}") from exc
-        self.storage = _storage_for(audit, self.path, self._key,
-                                    self.data_dir / AUDIT_KEY_FILE)
+        self.storage = _storage_for(
+            audit, self.data_dir, None if checkpoint_file is None else Path(checkpoint_file),
+            self._key)
+        self.path = self.storage.path
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[Checkpoint] | None = None
@@ -629,7 +639,9 @@ class Checkpointer:
     async def start(self) -> None:
         """`check` the log, write a checkpoint, then run the schedule."""
         await self.check()
-        await asyncio.to_thread(_record_location, self.data_dir, self.path)
+        if not self.storage.file_is_witness:
+            # For the admin commands, which seal the SQLite log in the data dir.
+            await asyncio.to_thread(_record_location, self.data_dir, self.path)
         self._stopping = False
         await self.checkpoint()
         self.audit.add_append_listener(self._on_append)

@@ -17,7 +17,7 @@ import nacl.signing
 import pytest
 
 from broker.audit.checkpoint_record import make_checkpoint, parse_checkpoint
-from broker.audit.checkpoints import Checkpointer
+from broker.audit.checkpoints import PG_CHECKPOINT_FILE, Checkpointer
 from broker.audit.pg_store import PgAuditLog
 from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
 from broker.audit.verify_store import verify_store
@@ -81,8 +81,8 @@ async def test_only_the_leader_writes_and_the_next_leader_chains_on_its_checkpoi
         covering = await cp_b.covering(seqs[-1], WAIT)
         assert covering is not None and covering.seq >= seqs[-1]
         assert not lead_b.leading.is_set() and not cp_b.running
-        assert covering.text() in file_lines(a.path / "checkpoints.jsonl")
-        assert file_lines(b.path / "checkpoints.jsonl") == []
+        assert covering.text() in file_lines(a.path / PG_CHECKPOINT_FILE)
+        assert file_lines(b.path / PG_CHECKPOINT_FILE) == []
 
         # a's lock connection dies (its node was killed): b leads and chains on.
         await watcher.execute(
@@ -92,7 +92,7 @@ async def test_only_the_leader_writes_and_the_next_leader_chains_on_its_checkpoi
         seq = await a.append("tick", now=T0, body={"n": 6})
         covering = await cp_a.covering(seq, WAIT)
         assert covering is not None and covering.seq >= seq
-        assert covering.text() in file_lines(b.path / "checkpoints.jsonl")
+        assert covering.text() in file_lines(b.path / PG_CHECKPOINT_FILE)
     finally:
         await watcher.close()
         await lead_a.stop()
@@ -102,8 +102,8 @@ async def test_only_the_leader_writes_and_the_next_leader_chains_on_its_checkpoi
     key = load_or_create_signing_key(a.path).verify_key
     chain = [parse_checkpoint(r, key) for r in records]
     assert all(later.prev == earlier.digest for earlier, later in itertools.pairwise(chain))
-    in_files = (file_lines(a.path / "checkpoints.jsonl")
-                + file_lines(b.path / "checkpoints.jsonl"))
+    in_files = (file_lines(a.path / PG_CHECKPOINT_FILE)
+                + file_lines(b.path / PG_CHECKPOINT_FILE))
     assert set(in_files) <= set(records) and len(in_files) == len(set(in_files))
     report = await verify_store(a, public_key=key)
     assert report.ok, [p.message for p in report.problems]
