@@ -9,6 +9,8 @@ import asyncio
 import datetime as dt
 import itertools
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,11 +20,12 @@ import pytest
 
 from broker.audit.checkpoint_record import make_checkpoint, parse_checkpoint
 from broker.audit.checkpoints import PG_CHECKPOINT_FILE, Checkpointer
-from broker.audit.pg_store import PgAuditLog
+from broker.audit.pg_store import PgAuditLog, redacted_url
 from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
 from broker.audit.verify_store import verify_store
 from broker.cluster.leader import LEADER_LOCK, Leader
 from broker.errors import AuditError
+from tests.e2e.conftest import Deployment
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 WAIT = 20.0  # a bound on every wait below, never a timing assertion
@@ -92,7 +95,11 @@ async def test_only_the_leader_writes_and_the_next_leader_chains_on_its_checkpoi
         seq = await a.append("tick", now=T0, body={"n": 6})
         covering = await cp_a.covering(seq, WAIT)
         assert covering is not None and covering.seq >= seq
-        assert covering.text() in file_lines(b.path / PG_CHECKPOINT_FILE)
+        # (That one may be a's last, written as its job ended; b seals it too.)
+        async with asyncio.timeout(WAIT):
+            while not any(parse_checkpoint(line).seq >= seq
+                          for line in file_lines(b.path / PG_CHECKPOINT_FILE)):
+                await asyncio.sleep(0.05)
     finally:
         await watcher.close()
         await lead_a.stop()
@@ -191,3 +198,35 @@ async def test_verify_and_start_catch_events_cut_from_the_end(
             await Checkpointer(log, log.path).check()
     with pytest.raises(AuditError, match="no checkpoint written"):
         await Checkpointer(b, b.path).checkpoint()
+
+
+async def test_a_node_on_a_cut_log_refuses_to_start_with_one_line(
+        database_url: str, deployment: Deployment) -> None:
+    log = await PgAuditLog.open(database_url, deployment.data_dir)
+    try:
+        await single_node_with_checkpoints(log)
+    finally:
+        await log.close()
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE events DISABLE TRIGGER USER")
+            await conn.execute("DELETE FROM events WHERE seq > 2")
+            await conn.execute("UPDATE chain_head SET seq = 2, "
+                               "hash = (SELECT hash FROM events WHERE seq = 2)")
+            await conn.execute("ALTER TABLE events ENABLE TRIGGER USER")
+    finally:
+        await conn.close()
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "broker", "serve", "--listen", "127.0.0.1:0",
+         "--database-url", database_url, "--node-url", "wss://127.0.0.1:9",
+         "--cert", str(deployment.pki.cert), "--key", str(deployment.pki.key),
+         "--data-dir", str(deployment.data_dir)],
+        capture_output=True, text=True, timeout=60, cwd=deployment.root)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "the audit log ends at seq 2 but the checkpoint" in result.stderr
+    assert "events were deleted from the end" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert redacted_url(database_url) in result.stderr  # the table's, its password hidden
+    assert database_url not in result.stdout + result.stderr
