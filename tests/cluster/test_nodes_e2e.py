@@ -21,9 +21,11 @@ import asyncpg
 import pexpect
 import pytest
 
+from broker.audit.checkpoint_record import parse_checkpoint
 from broker.certs import PkiPaths, init_dev_pki
 from tests.cluster.harness import HAProxy, Postgres, free_port, start_postgres, stop_postgres
 from tests.e2e.conftest import Deployment, matched, read_code, transcript, write_key
+from tests.e2e.test_session import approve_session
 
 WAIT = 30.0
 
@@ -32,18 +34,23 @@ def _node(root: Path, pki: PkiPaths, database_url: str, *extra: str) -> Deployme
     """A broker node of the cluster, as a subprocess; the caller stops it."""
     root.mkdir(parents=True, exist_ok=True)
     dep = Deployment(root=root, pki=pki, data_dir=root / "var")
-    # One audit log for all nodes, so one master key: the first node's.
-    shared = root.parent / "cluster-master.key"
+    # One audit log for all nodes, so one master key and one audit (signing)
+    # key: the first node's.
+    keys = ("master.key", "audit.key")
+    shared = root.parent / "cluster-keys"
     if shared.exists():
         dep.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (dep.data_dir / "master.key").write_bytes(shared.read_bytes())
-        (dep.data_dir / "master.key").chmod(0o600)
+        for name in keys:
+            (dep.data_dir / name).write_bytes((shared / name).read_bytes())
+            (dep.data_dir / name).chmod(0o600)
     port = free_port()
     dep.start_broker(port, "--database-url", database_url,
                      "--node-url", f"wss://127.0.0.1:{port}", *extra)
     if not shared.exists():
-        shared.write_bytes((dep.data_dir / "master.key").read_bytes())
-        shared.chmod(0o600)
+        shared.mkdir(mode=0o700)
+        for name in keys:
+            (shared / name).write_bytes((dep.data_dir / name).read_bytes())
+            (shared / name).chmod(0o600)
     return dep
 
 
@@ -273,3 +280,22 @@ def test_a_node_that_loses_its_lease_sends_its_agents_away_and_they_come_back(
         assert healthz(dep) == 200
     finally:
         dep.stop()
+
+
+def test_an_agent_on_a_node_that_does_not_lead_gets_the_leaders_sealed_receipt(
+        nodes: list[Deployment], database_url: str) -> None:
+    one, two = nodes
+    key = _engineer_on(nodes, "alice", database_url)
+    _agent, console, _code = approve_session(two, "c", "--control", key=key)
+    kept = two.root / "agent-state" / "checkpoints.jsonl"
+    deadline = time.monotonic() + WAIT
+    while not (kept.exists() and kept.read_text().endswith("\n")):
+        assert time.monotonic() < deadline, "no consent_sealed reached the agent"
+        time.sleep(0.1)
+    console.send("\x1dq")
+    console.expect("You left the session.")
+    # The first node leads and wrote it; the agent's node writes none.
+    line = kept.read_text().splitlines()[0]
+    assert line in (one.data_dir / "checkpoints-postgresql.jsonl").read_text().splitlines()
+    assert not (two.data_dir / "checkpoints-postgresql.jsonl").exists()
+    assert parse_checkpoint(line).seq >= _types(database_url).index("consent_granted") + 1
