@@ -299,3 +299,25 @@ def test_an_agent_on_a_node_that_does_not_lead_gets_the_leaders_sealed_receipt(
     assert line in (one.data_dir / "checkpoints-postgresql.jsonl").read_text().splitlines()
     assert not (two.data_dir / "checkpoints-postgresql.jsonl").exists()
     assert parse_checkpoint(line).seq >= _types(database_url).index("consent_granted") + 1
+
+
+def test_a_node_restarted_after_kill_9_is_a_new_node_and_its_old_sessions_are_closed(
+        nodes: list[Deployment], database_url: str) -> None:
+    one, _two = nodes
+    key = _engineer_on(nodes, "alice", database_url)
+    _agent, _console, _code = approve_session(one, "c", "--control", key=key)
+    [started] = _events(database_url, "session_started")
+    assert one.broker is not None
+    one.broker.send_signal(signal.SIGKILL)
+    one.broker.wait(timeout=WAIT)
+    # At once, before its old lease ran out: the same data dir, a new process.
+    port = one.port
+    one.start_broker(port, "--database-url", database_url, "--node-url",
+                     f"wss://127.0.0.1:{port}", "--node-lease", "3")
+    deadline = time.monotonic() + WAIT
+    while not (lost := _events(database_url, "node_lost")):
+        assert time.monotonic() < deadline, one.broker_stdout.read_text()
+        time.sleep(0.3)
+    [event] = lost
+    assert event["body"]["slot"] == 10 and event["body"]["sessions"] == [started["session"]]
+    assert healthz(one) == 200  # the new process serves, in a slot of its own
