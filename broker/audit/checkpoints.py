@@ -40,9 +40,12 @@ checkpoint that covers its event, sealing one at once if needed.
 On PostgreSQL (`broker.audit.pg_checkpoints`) the ``checkpoints`` table of
 the shared database is the chain of checkpoints, written by one node at a
 time: the cluster's leader (`Checkpointer.lead`), under the chain head's
-lock. Each node's checkpoint file then holds the checkpoints it wrote while
-it led — a witness of the table, checked as one at start — and every node
-holds the log against the table's newest checkpoint before it serves.
+lock. Each node's checkpoint file (default
+``data_dir/checkpoints-postgresql.jsonl``, so that it never mixes with the
+SQLite file of the data directory's own ``audit.db``) then holds the
+checkpoints it wrote while it led — a witness of the table, checked as one
+at start — and every node holds the log against the table's newest
+checkpoint before it serves.
 
 Where the checkpoint file lives is recorded in the data directory
 (`CHECKPOINT_LOCATION`) when the broker is told another place, so the admin

@@ -21,6 +21,7 @@ import pytest
 from broker.audit.checkpoint_record import make_checkpoint, parse_checkpoint
 from broker.audit.checkpoints import PG_CHECKPOINT_FILE, Checkpointer
 from broker.audit.pg_store import PgAuditLog, redacted_url
+from broker.audit.retention import purge
 from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
 from broker.audit.verify_store import verify_store
 from broker.cluster.leader import LEADER_LOCK, Leader
@@ -230,3 +231,26 @@ async def test_a_node_on_a_cut_log_refuses_to_start_with_one_line(
     assert "Traceback" not in result.stderr
     assert redacted_url(database_url) in result.stderr  # the table's, its password hidden
     assert database_url not in result.stdout + result.stderr
+
+
+async def test_checkpoints_of_purged_events_still_verify(
+        logs: tuple[PgAuditLog, PgAuditLog]) -> None:
+    a, _ = logs
+    cp = Checkpointer(a, a.path)
+    await cp.start()
+    try:
+        for day in range(4):
+            for n in range(3):
+                await a.append("tick", now=T0 + dt.timedelta(days=day, minutes=n),
+                               body={"day": day, "n": n})
+            await cp.checkpoint()
+        report = await purge(a, now=T0 + dt.timedelta(days=3, hours=12), event_days=2,
+                             signing_key=load_or_create_signing_key(a.path))
+        assert report.events_purged == 6  # days 0 and 1
+    finally:
+        await cp.stop()
+    key = load_or_create_signing_key(a.path).verify_key
+    result = await verify_store(a, public_key=key)
+    assert result.ok, [p.message for p in result.problems]
+    assert (result.first_seq, result.purged_through, result.unsealed) == (7, 6, 0)
+    await Checkpointer(a, a.path).check()  # and a node starts on it
