@@ -17,9 +17,9 @@ queue there and seq has no gaps; triggers refuse UPDATE, DELETE and TRUNCATE.
 Retention (`broker.audit.retention`) runs here too, through the schema's
 SECURITY DEFINER functions (`PgMaintenance`). Not supported on this backend
 yet: erasure and export of one subject (`broker.audit.subjects`) and crash
-recovery still run SQLite statements on `Maintenance.db`; checkpoints are
-written by the SQLite checkpointer only (the ``checkpoints`` table is here,
-with its guards, for the cluster's leader to fill).
+recovery still run SQLite statements on `Maintenance.db`. Checkpoints are
+written into the ``checkpoints`` table by the cluster's leader
+(`broker.audit.pg_checkpoints`).
 
 Erasure on PostgreSQL: a shredded subject key stays in old row versions
 until VACUUM reclaims them (`truncate_wal`), in the WAL until it is
@@ -293,6 +293,12 @@ class PgAuditLog(AppendListeners):
         if self._pool is None:
             raise AuditError("the audit log is closed")
         return self._pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The open pool (AuditError once closed), for the checkpoints
+        (`broker.audit.pg_checkpoints`), which share the store's database."""
+        return self._require_pool()
 
     # -- writing ---------------------------------------------------------------
 
