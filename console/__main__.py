@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
+import importlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
-from broker.client.link import LinkError, broker_url
+from broker.client.link import BrokerLink, LinkError, broker_url, open_link
 from broker.layered_config import mark_defaults, settings_or_exit, xdg_config_file
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
 from broker.wire.errors import CodeError
 from broker.wire.text import printable
 from console import known_hosts
-from console.client import ConsoleClient, JoinedSession
-from console.errors import ConsoleError, UsageError
+from console.errors import BrokerError, ConsoleError, UsageError
 from console.format import asked_rights, granted_text
-from console.identity import load_agent_identity, load_file_identity, tty_passphrase
-from console.proxy import carry, check_stdio
-from console.terminal import KEYS_TEXT, ProgressPrinter, run_terminal_session, status
+from console.identity import (
+    Identity,
+    check_key_file,
+    load_agent_identity,
+    load_file_identity,
+    needs_passphrase,
+    tty_passphrase,
+)
+from console.status_line import CONNECTING, CONNECTING_TEXT, Progress, ProgressPrinter, status
+
+# Imported by `_load_the_rest`, while the connection opens: asyncssh, the
+# pairing, the terminal session. Nothing above may import them (a test
+# checks), nor Textual and rich, which only the TUI uses.
+if TYPE_CHECKING:
+    from console.client import JoinedSession
 
 DEFAULT_BROKER = "wss://127.0.0.1:8443"
 CONFIG_NAME = "console.toml"
@@ -115,23 +129,37 @@ def add_join_flags(p: argparse.ArgumentParser) -> None:
 async def _joined(args: argparse.Namespace, code_text: str, *, can_prompt: bool
                   ) -> JoinedSession:
     """Log in, pair and wait for the customer's consent: `join` and `proxy`
-    alike. `can_prompt`: a key's passphrase may be asked for on the terminal."""
+    alike. `can_prompt`: a key's passphrase may be asked for on the terminal.
+
+    The connection to the broker opens first; while its TLS and WebSocket
+    handshakes are under way a worker thread imports the rest of the console
+    (asyncssh, the pairing) and reads the key, so a join's first byte is on
+    the network before any of that is paid for. A key with a passphrase is
+    read before connecting, as the engineer types it while nothing waits.
+    """
     try:
         code = parse_code(code_text)
         # Checked before the key is read (and its passphrase asked for).
         broker_url(args.broker)
     except (CodeError, LinkError) as exc:
         raise UsageError(str(exc)) from exc
-    if args.ssh_agent:
-        identity = await load_agent_identity(args.user, args.identity)
-    else:
-        prompt = tty_passphrase if can_prompt else None
-        identity = load_file_identity(args.user, args.identity.expanduser(), prompt)
-    client = ConsoleClient(args.broker, args.ca, identity)
-    wants = asked_rights(control=args.control, files=args.files)
+    identity: Identity | None = None
+    key_file: Path | None = None
+    if not args.ssh_agent:
+        key_file = args.identity.expanduser()
+        check_key_file(key_file)
+        if needs_passphrase(key_file) is not False:
+            prompt = tty_passphrase if can_prompt else None
+            identity = load_file_identity(args.user, key_file, prompt)
     printer = ProgressPrinter()
     try:
-        joined = await client.join(code, wants, printer)
+        printer(Progress(CONNECTING, CONNECTING_TEXT))
+        link, identity = await _connected(args, identity, key_file)
+        from console.client import ConsoleClient
+
+        client = ConsoleClient(args.broker, args.ca, identity)
+        wants = asked_rights(control=args.control, files=args.files)
+        joined = await client.join(code, wants, printer, opened=link)
     finally:
         printer.stop()
     if args.control and not joined.control:
@@ -140,6 +168,36 @@ async def _joined(args: argparse.Namespace, code_text: str, *, can_prompt: bool
         status("the customer did not grant files: you cannot copy files.")
     status(f"granted: {granted_text(joined.granted)}.")
     return joined
+
+
+async def _connected(args: argparse.Namespace, identity: Identity | None,
+                     key_file: Path | None) -> tuple[BrokerLink, Identity]:
+    """The session link, opened while the rest of the console is loaded
+    (and the key read, unless it already was)."""
+    opening = asyncio.ensure_future(
+        open_link(args.broker, "/v1/console", args.ca, session=True))
+    try:
+        read = await asyncio.to_thread(_load_the_rest, args.user,
+                                       key_file if identity is None else None)
+        if identity is None:
+            identity = read or await load_agent_identity(args.user, args.identity)
+        link = await opening
+    except LinkError as exc:
+        raise BrokerError(str(exc)) from exc
+    except BaseException:
+        opening.cancel()
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            await opening.result().close()
+        raise
+    return link, identity
+
+
+def _load_the_rest(user: str, key_file: Path | None) -> Identity | None:
+    """In a worker thread: import what a join needs once it is connected,
+    and read an unencrypted key (`key_file`)."""
+    for module in ("console.client", "console.terminal"):
+        importlib.import_module(module)
+    return None if key_file is None else load_file_identity(user, key_file, None)
 
 
 def _has_terminal() -> bool:
@@ -153,6 +211,8 @@ def _has_terminal() -> bool:
 
 
 async def _proxy(args: argparse.Namespace) -> int:
+    from console.proxy import carry, check_stdio
+
     check_stdio()
     name = known_hosts.entry_name(args.code)
     joined = await _joined(args, known_hosts.code_part(args.code), can_prompt=_has_terminal())
@@ -173,6 +233,8 @@ async def _proxy(args: argparse.Namespace) -> int:
 
 async def _join(args: argparse.Namespace) -> int:
     joined = await _joined(args, args.code, can_prompt=sys.stdin.isatty())
+    from console.terminal import KEYS_TEXT, run_terminal_session
+
     status(f"connected to {joined.alias}. {KEYS_TEXT}.")
     reason = await run_terminal_session(joined)
     status(reason)

@@ -23,13 +23,14 @@ from broker.wire.codes import Right
 from broker.wire.errors import CodeError
 from broker.wire.messages import Message
 from console.chat import GARBAGE_TEXT, ChatChannel, ChatClosed, ChatError, line_text
-from console.client import ConsoleClient, JoinedSession, Progress
+from console.client import ConsoleClient, JoinedSession
 from console.errors import ConsoleError, UsageError
 from console.files import FileTransfers
 from console.format import asked_rights, granted_text, link_text
 from console.identity import load_file_identity
 from console.roster import Roster
 from console.session_end import outcome_after_shell
+from console.status_line import Progress
 
 __all__ = [
     "Backend",

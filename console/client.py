@@ -62,6 +62,7 @@ from console.errors import (
 from console.format import granted_text
 from console.identity import Identity
 from console.roster import Roster
+from console.status_line import CONNECTING, CONNECTING_TEXT, Progress
 
 HANDSHAKE_TIMEOUT = STEP_TIMEOUT  # each step of the login, as of the join
 # An audit page from a large log is still one indexed query on the broker.
@@ -92,15 +93,6 @@ SHUTDOWN_TEXT = ("the broker shut down or restarted, so the session is over (not
 class Forbidden(BrokerError):
     """The broker refused a request this engineer's role does not allow
     (the audit log is for admins only). The broker has closed the link."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A step of the join, for the engineer's screen."""
-
-    state: str  # connecting | logged_in | moved | pairing | waiting | approved
-    text: str
-    deadline: float | None = None  # monotonic time the customer's prompt times out
 
 
 @dataclass(eq=False)
@@ -256,11 +248,12 @@ class ConsoleClient:
         self._admin: BrokerLink | None = None
         self._admin_lock = asyncio.Lock()
 
-    async def connect(self, *, max_size: int = limits.MAX_FRAME,
-                      session: bool = False) -> BrokerLink:
-        """A new logged-in connection (each join has its own: a `session` one)."""
+    async def connect(self, *, max_size: int = limits.MAX_FRAME, session: bool = False,
+                      opened: BrokerLink | None = None) -> BrokerLink:
+        """A new logged-in connection (each join has its own: a `session` one),
+        or log in on `opened`, a link already open to this broker."""
         try:
-            return await self._logged_in(max_size, session=session)
+            return await self._logged_in(max_size, session=session, opened=opened)
         except LinkError as exc:
             raise BrokerError(str(exc)) from exc
 
@@ -269,9 +262,10 @@ class ConsoleClient:
         its code: unreachable, login_failed...) when there is none to be had."""
         return await self._logged_in(limits.MAX_FRAME, session=True)
 
-    async def _logged_in(self, max_size: int, *, session: bool = False) -> BrokerLink:
-        link = await open_link(self.broker_url, "/v1/console", self.ca, max_size=max_size,
-                               session=session)
+    async def _logged_in(self, max_size: int, *, session: bool = False,
+                         opened: BrokerLink | None = None) -> BrokerLink:
+        link = opened or await open_link(self.broker_url, "/v1/console", self.ca,
+                                         max_size=max_size, session=session)
         try:
             await link.send("login", user=self.identity.user)
             challenge = await link.expect("challenge", timeout=HANDSHAKE_TIMEOUT)
@@ -293,10 +287,14 @@ class ConsoleClient:
 
     async def join(
         self, code: JoinCode, wants: tuple[str, ...],
-        on_progress: Callable[[Progress], None] = lambda _p: None,
+        on_progress: Callable[[Progress], None] = lambda _p: None, *,
+        opened: BrokerLink | None = None,
     ) -> JoinedSession:
-        on_progress(Progress("connecting", "Connecting to the broker..."))
-        link = await self.connect(session=True)
+        """`opened`: a session link already open to this broker (the plain
+        join opens it while it loads the rest of itself), else a new one."""
+        if opened is None:
+            on_progress(Progress(CONNECTING, CONNECTING_TEXT))
+        link = await self.connect(session=True, opened=opened)
         on_progress(Progress("logged_in", f"Logged in as {self.display} ({self.role})."))
         run = HandshakeRun(link, Handshake(ConsoleSide(wants, self.identity.public_line), code))
         try:

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.text import Text
-
 from broker.wire.codes import RIGHTS, Right
 from broker.wire.text import printable
 
-if TYPE_CHECKING:  # the event's type only: formatting needs no relay
+if TYPE_CHECKING:  # types only: formatting needs no relay, and a plain join no rich
+    from rich.text import Text
+
     from broker.client.relay import LinkEvent
 
 
 def literal(value: object, max_len: int = 200, style: str = "") -> Text:
     """A network string, shown exactly as received: no markup, no escapes acting."""
+    from rich.text import Text  # the TUI's only: the plain join never imports rich
+
     return Text(printable("" if value is None else value, max_len), style=style)
 
 

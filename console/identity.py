@@ -1,18 +1,26 @@
 """The engineer's SSH identity: an OpenSSH Ed25519 key from a file (with a
-passphrase if it has one) or from a running ssh-agent."""
+passphrase if it has one) or from a running ssh-agent.
+
+asyncssh is imported where a key is read, not with this module: a plain
+join checks the key file (`needs_passphrase`) and starts its connection
+before it pays for asyncssh (`console.__main__`).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import getpass
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import asyncssh
-from asyncssh.public_key import decode_ssh_public_key
+from typing import TYPE_CHECKING
 
 from console.errors import IdentityError
+
+if TYPE_CHECKING:
+    import asyncssh
 
 PassphrasePrompt = Callable[[Path], str]
 
@@ -33,11 +41,15 @@ class Identity:
     @property
     def public_line(self) -> str:
         """``ssh-ed25519 AAAA...``, without a comment."""
+        from asyncssh.public_key import decode_ssh_public_key
+
         key = decode_ssh_public_key(self.keypair.public_data)
         return " ".join(key.export_public_key("openssh").decode().split()[:2])
 
     @property
     def fingerprint(self) -> str:
+        from asyncssh.public_key import decode_ssh_public_key
+
         return decode_ssh_public_key(self.keypair.public_data).get_fingerprint("sha256")
 
     async def sign(self, data: bytes) -> bytes:
@@ -48,10 +60,50 @@ class Identity:
         return bytes(self.keypair.sign(data))
 
 
-def load_file_identity(user: str, path: Path, prompt: PassphrasePrompt | None) -> Identity:
-    """Read a private key file, asking for its passphrase only if it has one."""
+def check_key_file(path: Path) -> None:
     if not path.is_file():
         raise IdentityError(f"no SSH key at {path}; pass --identity with your private key file")
+
+
+_OPENSSH_PEM = (b"-----BEGIN OPENSSH PRIVATE KEY-----", b"-----END OPENSSH PRIVATE KEY-----")
+_OPENSSH_MAGIC = b"openssh-key-v1\0"
+
+
+def needs_passphrase(path: Path) -> bool | None:
+    """Whether the key in `path` is encrypted, read from its header without
+    asyncssh: True or False for an OpenSSH private key file, None for any
+    other (or unreadable) file, which `load_file_identity` then judges.
+
+    The OpenSSH format names its cipher in clear right after its magic
+    (PROTOCOL.key): "none" for a key without a passphrase."""
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return None
+    begin, end = _OPENSSH_PEM
+    if begin not in text or end not in text:
+        return None
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    try:
+        blob = base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not blob.startswith(_OPENSSH_MAGIC):
+        return None
+    rest = blob[len(_OPENSSH_MAGIC):]
+    if len(rest) < 4:
+        return None
+    length = int.from_bytes(rest[:4], "big")
+    if length > 64 or len(rest) < 4 + length:
+        return None
+    return rest[4:4 + length] != b"none"
+
+
+def load_file_identity(user: str, path: Path, prompt: PassphrasePrompt | None) -> Identity:
+    """Read a private key file, asking for its passphrase only if it has one."""
+    import asyncssh
+
+    check_key_file(path)
     try:
         keypairs = asyncssh.load_keypairs([str(path)], ignore_encrypted=False)
     except asyncssh.KeyImportError as exc:
@@ -73,6 +125,8 @@ def load_file_identity(user: str, path: Path, prompt: PassphrasePrompt | None) -
 async def load_agent_identity(user: str, public_file: Path | None) -> Identity:
     """Use a key held by ssh-agent: the one matching `public_file`, or the
     first Ed25519 key."""
+    import asyncssh
+
     if not os.environ.get("SSH_AUTH_SOCK"):
         raise IdentityError("--ssh-agent was given but no ssh-agent is running (SSH_AUTH_SOCK)")
     try:

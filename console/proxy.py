@@ -19,13 +19,16 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from broker.client.relay import LinkEvent
 from broker.wire.text import printable
-from console.client import JoinedSession
 from console.errors import ConsoleError, UsageError
 from console.format import granted_text, link_text
-from console.terminal import status
+from console.status_line import status
+
+if TYPE_CHECKING:
+    from console.client import JoinedSession
 
 # What waits for ssh on stdout before the link stops being read.
 STDOUT_HIGH_WATER = 1024 * 1024

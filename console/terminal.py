@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import termios
-import time
 import tty
 from collections import deque
 
@@ -40,13 +39,14 @@ from broker.wire.text import printable
 from console.boundary import CANCEL, OutputBoundary
 from console.chat import GARBAGE_TEXT, ChatChannel, ChatError, terminal_line
 from console.chat_prompt import ChatPrompt
-from console.client import JoinedSession, Progress
+from console.client import JoinedSession
 from console.errors import ConsoleError, TerminalError
 from console.files import FileTransfers
 from console.files_prompt import FilesPrompt
 from console.format import granted_text, link_text
 from console.roster import Roster
 from console.session_end import outcome_after_shell
+from console.status_line import status
 
 CTRL_RBRACKET = 0x1D
 # Our own lines waiting for the shell's output to reach a boundary (see
@@ -81,38 +81,6 @@ CONTROL_RESULT_TEXT = {
 def roster_status(roster: Roster) -> str:
     """The status line for a new roster (names escaped by `Roster`)."""
     return f"now in this session: {roster.text()}"
-
-
-def status(text: str) -> None:
-    """A status line for the engineer, kept apart from the remote output."""
-    sys.stderr.write(f"consentry: {text}\r\n")
-    sys.stderr.flush()
-
-
-class ProgressPrinter:
-    """Prints join progress; counts down while the customer decides."""
-
-    def __init__(self) -> None:
-        self._countdown: asyncio.Task[None] | None = None
-
-    def __call__(self, progress: Progress) -> None:
-        self.stop()
-        status(printable(progress.text, 300))
-        if progress.deadline is not None and sys.stderr.isatty():
-            self._countdown = asyncio.get_running_loop().create_task(
-                self._count(progress.deadline))
-
-    async def _count(self, deadline: float) -> None:
-        while (left := deadline - time.monotonic()) > 0:
-            sys.stderr.write(f"\rconsentry: waiting for the customer to approve ({left:.0f} s) ")
-            sys.stderr.flush()
-            await asyncio.sleep(1)
-
-    def stop(self) -> None:
-        if self._countdown is not None:
-            self._countdown.cancel()
-            self._countdown = None
-            sys.stderr.write("\r\x1b[K")
 
 
 class _Output(asyncssh.SSHClientSession[bytes]):

@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from console.terminal import KEYS_TEXT, run_terminal_session, status  # noqa: E402
+from console.status_line import status  # noqa: E402
+from console.terminal import KEYS_TEXT, run_terminal_session  # noqa: E402
 from tests.console.chat_server import ChatServer, chat_listener, loopback_joined  # noqa: E402
 
 
