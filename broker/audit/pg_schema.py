@@ -108,6 +108,16 @@ CREATE INDEX IF NOT EXISTS personal_pseudonym ON personal (pseudonym);
 CREATE INDEX IF NOT EXISTS personal_created ON personal (created);
 CREATE INDEX IF NOT EXISTS personal_alias_tag ON personal (alias_tag);
 
+-- The generation of the key that wraps subject keys (`broker.audit.ratchet`):
+-- its number, the check value that recognises its key (never the key, which
+-- only the nodes' files hold), and since when it is current.
+CREATE TABLE IF NOT EXISTS audit_wrap (
+    one         boolean PRIMARY KEY DEFAULT true CHECK (one),
+    generation  integer NOT NULL CHECK (generation >= 1),
+    check_value text NOT NULL,
+    since       text NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS checkpoints (
     id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     seq    bigint NOT NULL,
@@ -152,6 +162,70 @@ BEGIN
 END
 $$;
 
+-- Whether a wrapped subject key carries the current generation's tag
+-- ('G', the generation as 4 bytes big-endian, then the 72-byte box:
+-- `broker.audit.keys`).
+CREATE OR REPLACE FUNCTION consentry_wrapped_under_current(wrapped bytea) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT length(wrapped) = 77 AND get_byte(wrapped, 0) = 71
+       AND substring(wrapped FROM 2 FOR 4) = int4send(w.generation)
+    FROM audit_wrap AS w FOR SHARE
+$$;
+
+-- The first node's wrapping generation unless the log has one; returns the
+-- log's (a node whose key does not lead to it refuses to start).
+CREATE OR REPLACE FUNCTION consentry_claim_wrap(p_generation integer, p_check text,
+                                                p_since text)
+RETURNS TABLE (generation integer, check_value text, since text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    INSERT INTO audit_wrap (one, generation, check_value, since)
+    VALUES (true, p_generation, p_check, p_since) ON CONFLICT (one) DO NOTHING;
+    RETURN QUERY SELECT w.generation, w.check_value, w.since FROM audit_wrap AS w;
+END
+$$;
+
+-- A rotation's first step (after the chain head's lock): the current
+-- generation, locked until the transaction ends.
+CREATE OR REPLACE FUNCTION consentry_lock_wrap()
+RETURNS TABLE (generation integer, check_value text, since text)
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT w.generation, w.check_value, w.since FROM audit_wrap AS w FOR UPDATE
+$$;
+
+-- A rotation's commit: the live subject keys re-wrapped under generation
+-- p_from + 1 (a NULL key: it would not open, so it is erased), then the
+-- generation moved on. Refused unless every live key is then under the new
+-- generation, so no key is left that no node can open after the step.
+CREATE OR REPLACE FUNCTION consentry_rotate_wrap(p_from integer, p_check text, p_since text,
+                                                 p_pseudonyms text[], p_keys bytea[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    rewrapped bigint;
+BEGIN
+    IF (SELECT w.generation FROM audit_wrap AS w FOR UPDATE) IS DISTINCT FROM p_from THEN
+        RAISE EXCEPTION 'the wrapping generation is no longer %: another rotation ran', p_from
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    UPDATE subjects AS s
+    SET wrapped_key = k.wrapped,
+        erased = CASE WHEN k.wrapped IS NULL THEN p_since ELSE s.erased END
+    FROM unnest(p_pseudonyms, p_keys) AS k (pseudonym, wrapped)
+    WHERE s.pseudonym = k.pseudonym AND s.wrapped_key IS NOT NULL;
+    GET DIAGNOSTICS rewrapped = ROW_COUNT;
+    UPDATE audit_wrap SET generation = p_from + 1, check_value = p_check, since = p_since
+    WHERE one;
+    IF EXISTS (SELECT 1 FROM subjects WHERE wrapped_key IS NOT NULL
+               AND (length(wrapped_key) <> 77 OR get_byte(wrapped_key, 0) <> 71
+                    OR substring(wrapped_key FROM 2 FOR 4) <> int4send(p_from + 1))) THEN
+        RAISE EXCEPTION 'a rotation left a subject key under an older generation'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN rewrapped;
+END
+$$;
+
 -- The subject's wrapped key, made with `new_wrapped` if it has none (never
 -- had one, or it was erased: then its old alias tags are cleared, so the old
 -- aliases do not become findable again under the new key).
@@ -163,6 +237,13 @@ DECLARE
     current bytea;
     found_row boolean;
 BEGIN
+    -- A new key must be wrapped under the current generation (a node that
+    -- missed a rotation would otherwise store a key nobody can open after
+    -- the next). Taken first, the same order as a rotation's.
+    IF NOT coalesce(consentry_wrapped_under_current(new_wrapped), false) THEN
+        RAISE EXCEPTION 'a subject key wrapped under another generation than the current one'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
     SELECT wrapped_key, true INTO current, found_row FROM subjects
     WHERE pseudonym = p_pseudonym FOR UPDATE;
     IF current IS NOT NULL THEN
@@ -283,11 +364,11 @@ DO $$ BEGIN
     END IF;
 EXCEPTION WHEN duplicate_object THEN NULL;  -- made by another install just now
 END $$;
-REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, checkpoints
-    FROM PUBLIC;
+REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, checkpoints,
+    audit_wrap FROM PUBLIC;
 GRANT SELECT, INSERT ON events, personal, checkpoints TO consentry_broker;
 -- Subjects' keys change only through consentry_subject_key and retention.
-GRANT SELECT ON audit_schema, chain_head, subjects TO consentry_broker;
+GRANT SELECT ON audit_schema, chain_head, subjects, audit_wrap TO consentry_broker;
 -- The cluster's bookkeeping (slots, leases, who holds which session): not
 -- the audit log, so its rows change.
 GRANT SELECT, INSERT, UPDATE, DELETE ON cluster_nodes, cluster_sessions TO consentry_broker;
@@ -301,12 +382,16 @@ GRANT SELECT, INSERT, DELETE ON failed_logins TO consentry_broker;
 REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
     consentry_claim_key(text), consentry_purge_events(bigint),
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
-    consentry_remove_forgotten_subjects()
+    consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
+    consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
+    consentry_rotate_wrap(integer, text, text, text[], bytea[])
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
     consentry_claim_key(text), consentry_purge_events(bigint),
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
-    consentry_remove_forgotten_subjects()
+    consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
+    consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
+    consentry_rotate_wrap(integer, text, text, text[], bytea[])
     TO consentry_broker;
 """
 

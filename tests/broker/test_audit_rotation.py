@@ -102,8 +102,8 @@ async def test_a_rotation_leaves_old_copies_unopenable(tmp_path: Path) -> None:
 def test_rotation_is_due_once_the_generation_is_a_retention_period_old(
         tmp_path: Path) -> None:
     ring = WrapRing.load_or_create(tmp_path / KEYRING_NAME, now=NOW)
-    assert not rotation_due(ring, NOW + dt.timedelta(days=13, hours=23), 14)
-    assert rotation_due(ring, NOW + dt.timedelta(days=14), 14)
+    assert not rotation_due(ring.current.created, NOW + dt.timedelta(days=13, hours=23), 14)
+    assert rotation_due(ring.current.created, NOW + dt.timedelta(days=14), 14)
 
 
 async def test_the_retention_loop_rotates_when_due(tmp_path: Path) -> None:
