@@ -16,6 +16,11 @@ nodes writing one log at once need besides:
   oldest whole days) opens the delete guard, through ``purge_gate`` as on
   SQLite, and only right after the signed purge record
   (`broker.audit.purge_record`) appended in the same transaction.
+* ``audit_wrap``, one row: the generation of the key that wraps subject
+  keys (`broker.audit.ratchet`), with a check value, never the key. New
+  subject keys must be wrapped under it (``consentry_subject_key`` refuses
+  others), and ``consentry_rotate_wrap`` moves it on only with every live
+  key re-wrapped under the next generation.
 * ``consentry_broker``, the role broker nodes log in under (a login role
   granted it): SELECT and INSERT on the tables, EXECUTE on the functions,
   nothing else. The functions that change rows (the head, a subject's key,

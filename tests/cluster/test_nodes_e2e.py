@@ -21,6 +21,7 @@ import asyncpg
 import pexpect
 import pytest
 
+from broker.audit.ratchet import RATCHET_NAME
 from broker.certs import PkiPaths, init_dev_pki
 from tests.cluster.harness import HAProxy, Postgres, free_port, start_postgres, stop_postgres
 from tests.e2e.conftest import Deployment, matched, read_code, transcript, write_key
@@ -32,18 +33,22 @@ def _node(root: Path, pki: PkiPaths, database_url: str, *extra: str) -> Deployme
     """A broker node of the cluster, as a subprocess; the caller stops it."""
     root.mkdir(parents=True, exist_ok=True)
     dep = Deployment(root=root, pki=pki, data_dir=root / "var")
-    # One audit log for all nodes, so one master key: the first node's.
-    shared = root.parent / "cluster-master.key"
+    # One audit log for all nodes, so one master key and one wrapping key
+    # (audit-ratchet.key): the first node's.
+    shared = root.parent / "cluster-keys"
     if shared.exists():
         dep.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (dep.data_dir / "master.key").write_bytes(shared.read_bytes())
-        (dep.data_dir / "master.key").chmod(0o600)
+        for key in shared.iterdir():
+            (dep.data_dir / key.name).write_bytes(key.read_bytes())
+            (dep.data_dir / key.name).chmod(0o600)
     port = free_port()
     dep.start_broker(port, "--database-url", database_url,
                      "--node-url", f"wss://127.0.0.1:{port}", *extra)
     if not shared.exists():
-        shared.write_bytes((dep.data_dir / "master.key").read_bytes())
-        shared.chmod(0o600)
+        shared.mkdir(mode=0o700)
+        for name in ("master.key", RATCHET_NAME):
+            (shared / name).write_bytes((dep.data_dir / name).read_bytes())
+            (shared / name).chmod(0o600)
     return dep
 
 
