@@ -231,6 +231,30 @@ BEGIN
 END
 $$;
 
+-- A database restored from a copy older than a rotation, at generation
+-- p_from of a ratchet the nodes have stepped on to p_generation: no node can
+-- open its live subject keys any more, so they are marked erased and the
+-- nodes' generation made current.
+CREATE OR REPLACE FUNCTION consentry_rebase_wrap(p_from integer, p_generation integer,
+                                                 p_check text, p_since text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    erased_count bigint;
+BEGIN
+    IF (SELECT w.generation FROM audit_wrap AS w FOR UPDATE) IS DISTINCT FROM p_from
+            OR p_generation <= p_from THEN
+        RAISE EXCEPTION 'the wrapping generation is no longer %, or % is not newer', p_from,
+            p_generation USING ERRCODE = 'serialization_failure';
+    END IF;
+    UPDATE subjects SET wrapped_key = NULL, erased = p_since WHERE wrapped_key IS NOT NULL;
+    GET DIAGNOSTICS erased_count = ROW_COUNT;
+    UPDATE audit_wrap SET generation = p_generation, check_value = p_check, since = p_since
+    WHERE one;
+    RETURN erased_count;
+END
+$$;
+
 -- The subject's wrapped key, made with `new_wrapped` if it has none (never
 -- had one, or it was erased: then its old alias tags are cleared, so the old
 -- aliases do not become findable again under the new key).
@@ -389,14 +413,16 @@ REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, 
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
     consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
     consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
-    consentry_rotate_wrap(integer, text, text, text[], bytea[])
+    consentry_rotate_wrap(integer, text, text, text[], bytea[]),
+    consentry_rebase_wrap(integer, integer, text, text)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
     consentry_claim_key(text), consentry_purge_events(bigint),
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
     consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
     consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
-    consentry_rotate_wrap(integer, text, text, text[], bytea[])
+    consentry_rotate_wrap(integer, text, text, text[], bytea[]),
+    consentry_rebase_wrap(integer, integer, text, text)
     TO consentry_broker;
 """
 

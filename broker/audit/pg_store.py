@@ -59,11 +59,11 @@ from broker.audit.keys import (
 )
 from broker.audit.listeners import AppendListeners
 from broker.audit.pg_schema import LOCK_HEAD, Connection, install
-from broker.audit.ratchet import RATCHET_NAME, Ratchet
+from broker.audit.ratchet import RATCHET_NAME, DatabaseRestored, Ratchet
 from broker.audit.store import check_event
 from broker.errors import AuditError, AuditWriteError
 
-__all__ = ["FOLLOW_EVERY", "PgAuditLog", "PgMaintenance", "redacted_url"]
+__all__ = ["FOLLOW_EVERY", "RESTORED_EVENT", "PgAuditLog", "PgMaintenance", "redacted_url"]
 
 log = logging.getLogger("consentry.audit")
 
@@ -84,6 +84,8 @@ _KEY_CHECK_SUBJECT = "\x00consentry master key check"
 # forgets the old generation within this long of the rotation.
 FOLLOW_EVERY = 60.0
 _WRAP_ROW = "SELECT generation, check_value, since FROM audit_wrap"
+# Recorded when a node starts on a database restored from before a rotation.
+RESTORED_EVENT = "wrapping_restored"
 
 # `{where}`, `{limit}`, `{inner}`, `{outer}`: filled from constants only.
 _WITH_PERSONAL = """
@@ -333,7 +335,7 @@ class PgAuditLog(AppendListeners):
                     raise AuditError(
                         f"the master key {key_path} is not the one the audit database "
                         f"{where} is written with: copy master.key from another node")
-                ratchet = await _join_ratchet(conn, key_path.with_name(RATCHET_NAME))
+                ratchet, restored = await _join_ratchet(conn, key_path.with_name(RATCHET_NAME))
         except _DB_ERRORS as exc:
             await pool.close()
             raise AuditError(f"cannot open the audit database {where}: {exc}") from exc
@@ -341,6 +343,12 @@ class PgAuditLog(AppendListeners):
             await pool.close()
             raise
         audit = cls(pool, AuditKeys(master, ratchet), ratchet, data_dir, database_url)
+        if restored is not None:
+            try:
+                await audit._start_on_restored(restored)
+            except BaseException:
+                await audit.close()
+                raise
         audit._following = asyncio.create_task(audit._follow_rotations(follow_every))
         return audit
 
@@ -388,13 +396,42 @@ class PgAuditLog(AppendListeners):
                      self.ratchet.current.number)
         return stepped
 
+    async def _start_on_restored(self, generation: int) -> None:
+        """The database was restored from a copy taken at `generation`, before
+        rotations this node's key has followed: its subject keys open with no
+        node's key, which is what erasure promised. Record them as erased and
+        make the nodes' generation current, so the log is usable again (the
+        events and their chain are intact)."""
+        now = dt.datetime.now(dt.UTC)
+        current = self.ratchet.current
+        async with self.maintenance() as work:
+            number, _check, _since = await work.lock_wrapping()
+            if number != generation:
+                erased = None  # another node did it while we waited for the lock
+            else:
+                erased = int(await work.conn.fetchval(
+                    "SELECT consentry_rebase_wrap($1, $2, $3, $4)", number, current.number,
+                    self.ratchet.check, format_time(now)))
+                await work.append(RESTORED_EVENT, now=now, actor="broker", body={
+                    "database_generation": number, "generation": current.number,
+                    "subjects_erased": erased})
+        await self.follow_rotation()  # the database now agrees, or this raises
+        if erased is not None:
+            log.warning("the audit database was restored from a copy older than a key "
+                        "rotation (generation %d, the nodes are at %d): %d device key(s) "
+                        "could not be opened any more and are recorded as erased",
+                        generation, current.number, erased)
+
     async def _follow_rotations(self, every: float) -> None:
         """Until closed: follow the leader's rotations, so this node forgets
         an old generation even if it reads and writes no personal data."""
         while True:
             await asyncio.sleep(every)
             try:
-                await self.follow_rotation()
+                try:
+                    await self.follow_rotation()
+                except DatabaseRestored as restored:  # under a running node
+                    await self._start_on_restored(restored.generation)
             except AuditError as exc:
                 # The next append that needs a key fails closed on the same
                 # check; here the operator hears of it.
@@ -690,12 +727,13 @@ class PgAuditLog(AppendListeners):
         return result
 
 
-async def _join_ratchet(conn: Connection, path: Path) -> Ratchet:
+async def _join_ratchet(conn: Connection, path: Path) -> tuple[Ratchet, int | None]:
     """This node's wrapping key, checked against (and stepped to) the
-    database's generation. The first node of a cluster makes it (a random
-    first generation, never derived from the master key); every other node
-    must have a copy, else it refuses to start (`Ratchet.load` says what to
-    copy)."""
+    database's generation, and the database's generation if it is an older
+    one of the same ratchet (restored from before a rotation), else None.
+    The first node of a cluster makes the key (a random first generation,
+    never derived from the master key); every other node must have a copy,
+    else it refuses to start (`Ratchet.load` says what to copy)."""
     row = await conn.fetchrow(_WRAP_ROW)
     if row is None:
         ratchet = Ratchet.load_or_create(path, now=dt.datetime.now(dt.UTC))
@@ -708,8 +746,11 @@ async def _join_ratchet(conn: Connection, path: Path) -> Ratchet:
         ratchet = Ratchet.load(path)
     # Another node's first key won the claim, this file is another
     # cluster's, or the node missed rotations (then it steps forward).
-    ratchet.advance(int(row[0]), str(row[1]), _parse_since(row[2]))
-    return ratchet
+    try:
+        ratchet.advance(int(row[0]), str(row[1]), _parse_since(row[2]))
+    except DatabaseRestored as restored:
+        return ratchet, restored.generation
+    return ratchet, None
 
 
 def _parse_since(text: str) -> dt.datetime:

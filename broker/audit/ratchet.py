@@ -27,6 +27,13 @@ master key, else the master key would recover every generation.
 A node steps only once the database says the next generation is current:
 until the rotation commits, the subject keys it reads are still wrapped
 under K_n.
+
+The file also keeps the check values of the generations it stepped past
+(they reveal no key): a database at an older generation whose check is
+among them is this cluster's, restored from a copy older than a rotation
+(`DatabaseRestored`); its subject keys can no longer be opened, and the
+node may start on it treating them as erased (`PgAuditLog.open`). One
+whose check is not among them belongs to another cluster and is refused.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from broker.atomic_file import create_exclusively, replace_atomically
 from broker.audit.keyring import Generation
 from broker.errors import AuditError
 
-__all__ = ["MAX_STEPS", "RATCHET_NAME", "Ratchet", "check_value", "next_generation"]
+__all__ = ["MAX_STEPS", "RATCHET_NAME", "DatabaseRestored", "Ratchet", "check_value",
+           "next_generation"]
 
 RATCHET_NAME = "audit-ratchet.key"
 _FORMAT = 1
@@ -59,6 +67,17 @@ _CHECK_PURPOSE = b"consentry audit wrap check v1"
 # centuries. A database claiming more was tampered with; stepping that far
 # would only burn CPU.
 MAX_STEPS = 100_000
+# Check values of past generations kept in the file: decades of rotations.
+_MAX_HISTORY = 2_000
+
+
+class DatabaseRestored(AuditError):
+    """The database is at an older generation of this very ratchet: it was
+    restored from a copy older than a rotation."""
+
+    def __init__(self, message: str, generation: int) -> None:
+        super().__init__(message)
+        self.generation = generation
 
 
 def next_generation(generation: Generation, since: dt.datetime) -> Generation:
@@ -80,9 +99,12 @@ class Ratchet:
     Offers what `broker.audit.keys.AuditKeys` needs of a key ring: the
     current generation and `get`, which knows no other generation."""
 
-    def __init__(self, path: Path, current: Generation) -> None:
+    def __init__(self, path: Path, current: Generation,
+                 history: dict[int, str] | None = None) -> None:
         self.path = path
         self._current = current
+        # generation -> check value, for the generations stepped past
+        self._history = dict(history or {})
 
     @classmethod
     def load(cls, path: Path) -> Ratchet:
@@ -108,13 +130,15 @@ class Ratchet:
             generation = Generation(int(data["generation"]),
                                     base64.b64decode(data["key"], validate=True),
                                     dt.datetime.fromisoformat(data["since"]))
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            history = {int(number): str(check)
+                       for number, check in data.get("past_checks", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise AuditError(f"the audit wrapping key {path} is damaged ({exc}); copy "
                              "audit-ratchet.key from a running node") from exc
         if generation.number < 1 or len(generation.key) != nacl.secret.SecretBox.KEY_SIZE:
             raise AuditError(f"the audit wrapping key {path} is damaged (no usable key); "
                              "copy audit-ratchet.key from a running node")
-        return cls(path, generation)
+        return cls(path, generation, history)
 
     @classmethod
     def load_or_create(cls, path: Path, *, now: dt.datetime) -> Ratchet:
@@ -124,7 +148,7 @@ class Ratchet:
         first = Generation(1, nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE),
                            now.astimezone(dt.UTC))
         try:
-            create_exclusively(path, _encoded(first))
+            create_exclusively(path, _encoded(first, {}))
         except OSError as exc:
             raise AuditError(f"cannot create the audit wrapping key {path}: {exc}") from exc
         return cls.load(path)
@@ -154,21 +178,29 @@ class Ratchet:
     def advance(self, number: int, check: str, since: dt.datetime) -> bool:
         """Step forward to generation `number`, which the database says is
         current with `check`, and write the file (forgetting the older key).
-        Whether it stepped. AuditError if the key does not lead there: the
-        file is from another cluster, or ahead of the database (restored
-        from a copy older than a rotation)."""
+        Whether it stepped. `DatabaseRestored` if the database is at one
+        of the generations this file stepped past; AuditError if the key
+        does not lead there (another cluster's file or database)."""
         current = self._current
         if number < current.number:
+            past = self._history.get(number)
+            if past is not None and hmac.compare_digest(past, check):
+                raise DatabaseRestored(
+                    f"the audit database is at wrapping-key generation {number}, but "
+                    f"{self.path} is at {current.number}: the database was restored from a "
+                    "copy older than a key rotation, and its subject keys cannot be opened "
+                    "any more", number)
             raise AuditError(
                 f"the audit database is at wrapping-key generation {number}, but "
-                f"{self.path} is at {current.number}: the database was restored from a "
-                "copy older than a key rotation (its subject keys cannot be opened "
-                "any more), or this file belongs to another cluster")
+                f"{self.path} is at {current.number} and never was at the database's: "
+                "this file belongs to another cluster; copy audit-ratchet.key from a "
+                "running node")
         if number - current.number > MAX_STEPS:
             raise AuditError(f"the audit database claims wrapping-key generation {number}, "
                              f"{number - current.number} rotations past {self.path}: refused")
-        candidate = current
+        candidate, passed = current, {}
         while candidate.number < number:
+            passed[candidate.number] = check_value(candidate)
             candidate = next_generation(candidate, since)
         if not hmac.compare_digest(check_value(candidate), check):
             raise AuditError(
@@ -176,15 +208,19 @@ class Ratchet:
                 "written with: copy audit-ratchet.key from a running node")
         if candidate.number == current.number:
             return False
+        history = {**self._history, **passed}
+        history = {n: history[n] for n in sorted(history)[-_MAX_HISTORY:]}
         try:
-            replace_atomically(self.path, _encoded(candidate), mode=0o600)
+            replace_atomically(self.path, _encoded(candidate, history), mode=0o600)
         except OSError as exc:
             raise AuditError(f"cannot write the audit wrapping key {self.path}: {exc}") from exc
-        self._current = candidate
+        self._current, self._history = candidate, history
         return True
 
 
-def _encoded(generation: Generation) -> bytes:
+def _encoded(generation: Generation, history: dict[int, str]) -> bytes:
     return json.dumps({"format": _FORMAT, "generation": generation.number,
                        "key": base64.b64encode(generation.key).decode(),
-                       "since": generation.created.isoformat()}).encode() + b"\n"
+                       "since": generation.created.isoformat(),
+                       "past_checks": {str(n): check for n, check in sorted(history.items())}},
+                      indent=1).encode() + b"\n"

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from broker.audit.keys import AuditKeys, SubjectKeyDestroyed, load_or_create_master_key
-from broker.audit.pg_store import PgAuditLog
+from broker.audit.pg_store import RESTORED_EVENT, PgAuditLog
 from broker.audit.ratchet import RATCHET_NAME, Ratchet, check_value, next_generation
 from broker.audit.retention import _rotate_if_due, purge, retention_loop
 from broker.audit.rotation import ROTATION_EVENT, rotate_wrapping
@@ -235,16 +235,60 @@ async def test_a_node_with_a_wrong_or_missing_wrapping_key_refuses_to_start(
             assert await aliases(late) == ["a"]
         finally:
             await late.close()
-        # A database restored from before a rotation is not silently used.
+        # A database at an older generation that this ratchet never had.
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute("UPDATE audit_wrap SET generation = 1")
+            await conn.execute("UPDATE audit_wrap SET generation = 1, check_value = 'ab'")
         finally:
             await conn.close()
-        with pytest.raises(AuditError, match="restored from a copy older than a key rotation"):
+        with pytest.raises(AuditError, match="belongs to another cluster"):
             await PgAuditLog.open(database_url, tmp_path / "node2")
     finally:
         await first.close()
+
+
+async def test_a_database_restored_from_before_a_rotation_starts_with_those_keys_erased(
+        database_url: str, tmp_path: Path) -> None:
+    first = await PgAuditLog.open(database_url, tmp_path / "node1")
+    try:
+        await first.append("agent_connected", now=T0, subject="dev-1", personal={"alias": "a"})
+        # The rows a backup taken now would bring back.
+        conn = await asyncpg.connect(database_url)
+        try:
+            backup_wrap = await conn.fetchrow("SELECT * FROM audit_wrap")
+            assert backup_wrap is not None
+            backup_keys = await conn.fetch("SELECT pseudonym, wrapped_key FROM subjects")
+            await rotate_wrapping(first, now=T0)
+            await rotate_wrapping(first, now=T0)
+            # Restored: the subject keys and the generation as they were.
+            await conn.executemany("UPDATE subjects SET wrapped_key = $2 WHERE pseudonym = $1",
+                                   [tuple(r) for r in backup_keys])
+            await conn.execute("UPDATE audit_wrap SET generation = $1, check_value = $2, "
+                               "since = $3", *tuple(backup_wrap)[1:])
+        finally:
+            await conn.close()
+    finally:
+        await first.close()
+    copy_keys(tmp_path / "node1", tmp_path / "node2")
+    restored = await PgAuditLog.open(database_url, tmp_path / "node2")
+    try:
+        assert restored.ratchet.current.number == 3
+        # What the backup held is erased, as it was before the restore...
+        assert await aliases(restored) == ["-"]
+        assert await wrapped_keys(database_url) == {}
+        (record,) = await restored.events(type=RESTORED_EVENT)
+        assert record.body == {"database_generation": 1, "generation": 3,
+                               "subjects_erased": 1}
+        # ... and the log works: new data reads, the chain verifies.
+        await restored.append("agent_connected", now=T0, subject="dev-1",
+                              personal={"alias": "b"})
+        assert await aliases(restored) == ["-", "b"]
+        assert await restored.verify_chain() is None
+    finally:
+        await restored.close()
+    # The first node, restarted, agrees (its file is at the same generation).
+    again = await PgAuditLog.open(database_url, tmp_path / "node1")
+    await again.close()
 
 
 async def test_rotation_is_due_once_a_retention_period_after_the_last(
