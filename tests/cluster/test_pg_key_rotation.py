@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from broker.audit.retention import _rotate_if_due, purge, retention_loop
 from broker.audit.rotation import ROTATION_EVENT, rotate_wrapping
 from broker.audit.signing import load_or_create_signing_key
 from broker.errors import AuditError
+from tests.e2e.conftest import Deployment
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 WAIT = 20.0
@@ -365,3 +368,21 @@ async def test_appends_from_another_node_during_a_rotation_all_land_and_read(
     expected = sorted(f"desk {n}" for n in range(45))
     assert await aliases(leader) == await aliases(other) == expected
     assert await leader.verify_chain() is None
+
+
+async def test_serve_without_the_wrapping_key_stops_with_one_line_saying_what_to_copy(
+        database_url: str, tmp_path: Path, deployment: Deployment) -> None:
+    first = await PgAuditLog.open(database_url, tmp_path / "node1")
+    await first.close()
+    deployment.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "node1" / "master.key", deployment.data_dir / "master.key")
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--listen", "127.0.0.1:0",
+         "--database-url", database_url, "--node-url", "wss://127.0.0.1:9",
+         "--cert", str(deployment.pki.cert), "--key", str(deployment.pki.key),
+         "--data-dir", str(deployment.data_dir)],
+        capture_output=True, text=True, timeout=60, cwd=deployment.root)
+    assert result.returncode != 0
+    assert "copy audit-ratchet.key from a running node" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (deployment.data_dir / RATCHET_NAME).exists()  # none made up
