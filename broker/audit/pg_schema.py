@@ -266,17 +266,16 @@ DECLARE
     current bytea;
     found_row boolean;
 BEGIN
-    -- A new key must be wrapped under the current generation (a node that
-    -- missed a rotation would otherwise store a key nobody can open after
-    -- the next). Taken first, the same order as a rotation's.
-    IF NOT coalesce(consentry_wrapped_under_current(new_wrapped), false) THEN
-        RAISE EXCEPTION 'a subject key wrapped under another generation than the current one'
-            USING ERRCODE = 'integrity_constraint_violation';
-    END IF;
     SELECT wrapped_key, true INTO current, found_row FROM subjects
     WHERE pseudonym = p_pseudonym FOR UPDATE;
     IF current IS NOT NULL THEN
         RETURN current;
+    END IF;
+    -- A new key must be wrapped under the current generation: one from a
+    -- node that missed a rotation would open with no node's key.
+    IF NOT coalesce(consentry_wrapped_under_current(new_wrapped), false) THEN
+        RAISE EXCEPTION 'a subject key wrapped under another generation than the current one'
+            USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     IF found_row THEN
         UPDATE personal SET alias_tag = NULL WHERE pseudonym = p_pseudonym;

@@ -386,3 +386,17 @@ async def test_serve_without_the_wrapping_key_stops_with_one_line_saying_what_to
     assert "copy audit-ratchet.key from a running node" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (deployment.data_dir / RATCHET_NAME).exists()  # none made up
+
+
+async def test_the_database_refuses_a_new_key_under_an_old_generation(
+        nodes: tuple[PgAuditLog, PgAuditLog], database_url: str, tmp_path: Path) -> None:
+    leader, _ = nodes
+    stale = keys_from_files(tmp_path / "node2").new_wrapped_subject_key()  # generation 1
+    await rotate_wrapping(leader, now=T0)
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError,
+                           match="another generation"):
+            await conn.fetchval("SELECT consentry_subject_key('p', $1, 't')", stale)
+    finally:
+        await conn.close()
