@@ -51,7 +51,10 @@ Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionPr
 __all__ = ["BROKER_ROLE", "LOCK_HEAD", "SCHEMA_VERSION", "Connection", "grant_broker_role",
            "install", "schema_version"]
 
-SCHEMA_VERSION = 1
+# 2: ``audit_wrap`` and its functions (the generation that wraps subject
+# keys, `broker.audit.ratchet`). Every step is idempotent DDL: an older
+# database is brought up by running it all again.
+SCHEMA_VERSION = 2
 BROKER_ROLE = "consentry_broker"
 # Any constant unique to this schema: serialises concurrent installs.
 _INSTALL_LOCK = 0x636F6E73  # "cons"

@@ -400,3 +400,21 @@ async def test_the_database_refuses_a_new_key_under_an_old_generation(
             await conn.fetchval("SELECT consentry_subject_key('p', $1, 't')", stale)
     finally:
         await conn.close()
+
+
+async def test_a_database_from_before_the_ratchet_is_upgraded_on_open(
+        database_url: str, tmp_path: Path) -> None:
+    audit = await PgAuditLog.open(database_url, tmp_path)
+    await audit.append("agent_connected", now=T0, subject="dev-1", personal={"alias": "a"})
+    await audit.close()
+    conn = await asyncpg.connect(database_url)
+    try:  # as the schema was at version 1: no wrapping generation
+        await conn.execute("DROP TABLE audit_wrap; UPDATE audit_schema SET version = 1")
+    finally:
+        await conn.close()
+    again = await PgAuditLog.open(database_url, tmp_path)
+    try:
+        assert await aliases(again) == ["a"]
+        assert again.ratchet.current.number == 1
+    finally:
+        await again.close()
