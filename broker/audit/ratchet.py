@@ -184,7 +184,7 @@ class Ratchet:
         current = self._current
         if number < current.number:
             past = self._history.get(number)
-            if past is not None and hmac.compare_digest(past, check):
+            if past is not None and _same(past, check):
                 raise DatabaseRestored(
                     f"the audit database is at wrapping-key generation {number}, but "
                     f"{self.path} is at {current.number}: the database was restored from a "
@@ -202,7 +202,7 @@ class Ratchet:
         while candidate.number < number:
             passed[candidate.number] = check_value(candidate)
             candidate = next_generation(candidate, since)
-        if not hmac.compare_digest(check_value(candidate), check):
+        if not _same(check_value(candidate), check):
             raise AuditError(
                 f"the audit wrapping key {self.path} is not the one the audit database is "
                 "written with: copy audit-ratchet.key from a running node")
@@ -216,6 +216,12 @@ class Ratchet:
             raise AuditError(f"cannot write the audit wrapping key {self.path}: {exc}") from exc
         self._current, self._history = candidate, history
         return True
+
+
+def _same(ours: str, theirs: str) -> bool:
+    # As bytes: compare_digest refuses non-ASCII text, and the database's
+    # text is not ours to trust.
+    return hmac.compare_digest(ours.encode(), theirs.encode())
 
 
 def _encoded(generation: Generation, history: dict[int, str]) -> bytes:

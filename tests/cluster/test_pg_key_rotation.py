@@ -418,3 +418,9 @@ async def test_a_database_from_before_the_ratchet_is_upgraded_on_open(
         assert again.ratchet.current.number == 1
     finally:
         await again.close()
+
+
+def test_a_check_value_that_is_not_hex_is_refused_not_crashed_on(tmp_path: Path) -> None:
+    ratchet = Ratchet.load_or_create(tmp_path / RATCHET_NAME, now=T0)
+    with pytest.raises(AuditError, match="not the one"):
+        ratchet.advance(1, "é\x1b[2J", T0)
