@@ -31,8 +31,9 @@ from bench.cases import Mode, Row
 from bench.fixture import BIN, Deployment
 from bench.paths import Agents, console_client, relayed
 from bench.stats import Summary, percentile, ratios
+from broker.audit.stores import CLUSTER_KEY_FILES
 from broker.wire.code import parse_code
-from console.client import Progress
+from console.status_line import Progress
 from tests.cluster.harness import (
     HAProxy,
     Postgres,
@@ -93,11 +94,12 @@ def start_cluster(single: Deployment) -> Cluster:
             node = Deployment(root=root / f"node{n}", pki=single.pki,
                               data_dir=root / f"node{n}" / "var", key_path=single.key_path)
             node.root.mkdir(parents=True)
-            if cluster.nodes:  # one audit log, so one master key: the first node's
+            if cluster.nodes:  # one audit log, so one set of keys: the first node's
                 node.data_dir.mkdir(mode=0o700, parents=True)
-                key = node.data_dir / "master.key"
-                key.write_bytes((cluster.nodes[0].data_dir / "master.key").read_bytes())
-                key.chmod(0o600)
+                for name in CLUSTER_KEY_FILES:
+                    key = node.data_dir / name
+                    key.write_bytes((cluster.nodes[0].data_dir / name).read_bytes())
+                    key.chmod(0o600)
             cluster.nodes.append(node)
             node.start_broker("--database-url", url,
                               "--node-url", f"wss://127.0.0.1:{node_port}",

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["replace_atomically", "replace_atomically_from"]
+__all__ = ["create_exclusively", "replace_atomically", "replace_atomically_from"]
 
 
 def replace_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -43,3 +43,30 @@ def replace_atomically_from(path: Path, chunks: Iterable[bytes], *,
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def create_exclusively(path: Path, data: bytes) -> bool:
+    """Create `path` (mode 0600) holding `data` unless it exists; whether
+    this call made it. Written whole under a temporary name, made durable,
+    then linked into place: link() fails if the name exists, so of several
+    processes creating it at once exactly one wins and nobody reads a
+    half-written file. OSError on failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run as one node of several: the shared PostgreSQL, which "
                         "holds the audit log too (postgresql://USER@HOST/DB; leave the "
                         "password out and use PGPASSWORD or ~/.pgpass, which ps does not "
-                        "show; every node holds the same DIR/master.key); needs --node-url")
+                        "show; every node holds the same DIR/master.key and "
+                        "DIR/audit-ratchet.key); needs --node-url")
     p.add_argument("--node-url", metavar="URL",
                    help="with --database-url: wss://HOST:PORT at which consoles reach this "
                         "node itself, past the balancer (README: \"Running several nodes\")")

@@ -96,6 +96,12 @@ class WrapRing:
         return None
 
     @property
+    def keeps_master_generation(self) -> bool:
+        """Generation 0 (master-derived, from before this file) opens until
+        the first rotation, which re-wraps its keys and forgets generation 1."""
+        return self.get(1) is not None
+
+    @property
     def numbers(self) -> list[int]:
         return [g.number for g in self._generations]
 

@@ -35,6 +35,7 @@ import tempfile
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import nacl.exceptions
 import nacl.secret
@@ -43,7 +44,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.audit.chain import canonical_json
-from broker.audit.keyring import WrapRing
+from broker.audit.keyring import Generation
 from broker.errors import AuditError
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_PERSONAL_BYTES",
     "AuditKeys",
     "SubjectKeyDestroyed",
+    "WrapGenerations",
     "check_personal",
     "load_or_create_master_key",
 ]
@@ -135,14 +137,31 @@ _GENERATION_TAG = b"G"
 _TAGGED_LENGTH = 1 + 4 + 72
 
 
+class WrapGenerations(Protocol):
+    """The wrapping-key generations a log knows: SQLite's random ring
+    (`broker.audit.keyring.WrapRing`) or a cluster's hash ratchet
+    (`broker.audit.ratchet.Ratchet`)."""
+
+    @property
+    def current(self) -> Generation: ...
+
+    def get(self, number: int) -> Generation | None: ...
+
+    @property
+    def keeps_master_generation(self) -> bool:
+        """Whether generation 0 (the master-derived key) still opens."""
+        ...
+
+
 class AuditKeys:
     """Key operations of one audit log; holds the derived keys, not the master.
 
-    With a `ring` (`broker.audit.keyring`), subject keys are wrapped under its
-    current generation and a rotation can make older copies unopenable;
-    without one, under the master-derived key (generation 0) only."""
+    With a `ring` (`broker.audit.keyring`, `broker.audit.ratchet`), subject
+    keys are wrapped under its current generation and a rotation can make
+    older copies unopenable; without one, under the master-derived key
+    (generation 0) only."""
 
-    def __init__(self, master: bytes, ring: WrapRing | None = None) -> None:
+    def __init__(self, master: bytes, ring: WrapGenerations | None = None) -> None:
         if len(master) != MASTER_KEY_SIZE:
             raise AuditError(f"the audit master key must be {MASTER_KEY_SIZE} bytes")
         self._pseudonym_key = _derive(master, _PSEUDONYM_PURPOSE)
@@ -169,9 +188,13 @@ class AuditKeys:
         """`subject_key` wrapped under the current generation."""
         if self.ring is None:
             return bytes(self._wrap_box.encrypt(subject_key))
-        current = self.ring.current
-        return (_GENERATION_TAG + current.number.to_bytes(4, "big")
-                + bytes(nacl.secret.SecretBox(current.key).encrypt(subject_key)))
+        return self.wrap_under(subject_key, self.ring.current)
+
+    @staticmethod
+    def wrap_under(subject_key: bytes, generation: Generation) -> bytes:
+        """`subject_key` wrapped under `generation` (a rotation's next one)."""
+        return (_GENERATION_TAG + generation.number.to_bytes(4, "big")
+                + bytes(nacl.secret.SecretBox(generation.key).encrypt(subject_key)))
 
     @staticmethod
     def generation_of(wrapped: bytes) -> int:
@@ -183,6 +206,13 @@ class AuditKeys:
     def unwrap(self, wrapped: bytes) -> bytes:
         """The subject key; `SubjectKeyDestroyed` when its generation is gone."""
         number = self.generation_of(wrapped)
+        if number == 0 and self.ring is not None and not self.ring.keeps_master_generation:
+            # The first rotation re-wrapped every live key of generation 0;
+            # one still wrapped so comes from an older copy, and must not
+            # open with the master key, which never changes.
+            raise SubjectKeyDestroyed(
+                "a subject key is wrapped under the master key's generation, which the "
+                "first key rotation retired: its personal data is erased")
         if number == 0:
             box, sealed = self._wrap_box, wrapped
         else:
@@ -196,8 +226,8 @@ class AuditKeys:
             return box.decrypt(sealed)
         except nacl.exceptions.CryptoError as exc:
             raise AuditError(
-                "a subject key does not open with this master key and key ring "
-                "(was master.key or audit-wrap.keys replaced?)"
+                "a subject key does not open with this master key and wrapping key "
+                "(was master.key, audit-wrap.keys or audit-ratchet.key replaced?)"
             ) from exc
 
     def opened(self, wrapped: bytes) -> bytes | None:

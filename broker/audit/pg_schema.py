@@ -16,6 +16,11 @@ nodes writing one log at once need besides:
   oldest whole days) opens the delete guard, through ``purge_gate`` as on
   SQLite, and only right after the signed purge record
   (`broker.audit.purge_record`) appended in the same transaction.
+* ``audit_wrap``, one row: the generation of the key that wraps subject
+  keys (`broker.audit.ratchet`), with a check value, never the key. New
+  subject keys must be wrapped under it (``consentry_subject_key`` refuses
+  others), and ``consentry_rotate_wrap`` moves it on only with every live
+  key re-wrapped under the next generation.
 * ``consentry_broker``, the role broker nodes log in under (a login role
   granted it): SELECT and INSERT on the tables, EXECUTE on the functions,
   nothing else. The functions that change rows (the head, a subject's key,
@@ -46,7 +51,10 @@ Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionPr
 __all__ = ["BROKER_ROLE", "LOCK_HEAD", "SCHEMA_VERSION", "Connection", "grant_broker_role",
            "install", "schema_version"]
 
-SCHEMA_VERSION = 1
+# 2: ``audit_wrap`` and its functions (the generation that wraps subject
+# keys, `broker.audit.ratchet`). Every step is idempotent DDL: an older
+# database is brought up by running it all again.
+SCHEMA_VERSION = 2
 BROKER_ROLE = "consentry_broker"
 # Any constant unique to this schema: serialises concurrent installs.
 _INSTALL_LOCK = 0x636F6E73  # "cons"
@@ -108,6 +116,16 @@ CREATE INDEX IF NOT EXISTS personal_pseudonym ON personal (pseudonym);
 CREATE INDEX IF NOT EXISTS personal_created ON personal (created);
 CREATE INDEX IF NOT EXISTS personal_alias_tag ON personal (alias_tag);
 
+-- The generation of the key that wraps subject keys (`broker.audit.ratchet`):
+-- its number, the check value that recognises its key (never the key, which
+-- only the nodes' files hold), and since when it is current.
+CREATE TABLE IF NOT EXISTS audit_wrap (
+    one         boolean PRIMARY KEY DEFAULT true CHECK (one),
+    generation  integer NOT NULL CHECK (generation >= 1),
+    check_value text NOT NULL,
+    since       text NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS checkpoints (
     id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     seq    bigint NOT NULL,
@@ -152,6 +170,94 @@ BEGIN
 END
 $$;
 
+-- Whether a wrapped subject key carries the current generation's tag
+-- ('G', the generation as 4 bytes big-endian, then the 72-byte box:
+-- `broker.audit.keys`).
+CREATE OR REPLACE FUNCTION consentry_wrapped_under_current(wrapped bytea) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT length(wrapped) = 77 AND get_byte(wrapped, 0) = 71
+       AND substring(wrapped FROM 2 FOR 4) = int4send(w.generation)
+    FROM audit_wrap AS w FOR SHARE
+$$;
+
+-- The first node's wrapping generation unless the log has one; returns the
+-- log's (a node whose key does not lead to it refuses to start).
+CREATE OR REPLACE FUNCTION consentry_claim_wrap(p_generation integer, p_check text,
+                                                p_since text)
+RETURNS TABLE (generation integer, check_value text, since text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    INSERT INTO audit_wrap (one, generation, check_value, since)
+    VALUES (true, p_generation, p_check, p_since) ON CONFLICT (one) DO NOTHING;
+    RETURN QUERY SELECT w.generation, w.check_value, w.since FROM audit_wrap AS w;
+END
+$$;
+
+-- A rotation's first step (after the chain head's lock): the current
+-- generation, locked until the transaction ends.
+CREATE OR REPLACE FUNCTION consentry_lock_wrap()
+RETURNS TABLE (generation integer, check_value text, since text)
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT w.generation, w.check_value, w.since FROM audit_wrap AS w FOR UPDATE
+$$;
+
+-- A rotation's commit: the live subject keys re-wrapped under generation
+-- p_from + 1 (a NULL key: it would not open, so it is erased), then the
+-- generation moved on. Refused unless every live key is then under the new
+-- generation, so no key is left that no node can open after the step.
+CREATE OR REPLACE FUNCTION consentry_rotate_wrap(p_from integer, p_check text, p_since text,
+                                                 p_pseudonyms text[], p_keys bytea[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    rewrapped bigint;
+BEGIN
+    IF (SELECT w.generation FROM audit_wrap AS w FOR UPDATE) IS DISTINCT FROM p_from THEN
+        RAISE EXCEPTION 'the wrapping generation is no longer %: another rotation ran', p_from
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    UPDATE subjects AS s
+    SET wrapped_key = k.wrapped,
+        erased = CASE WHEN k.wrapped IS NULL THEN p_since ELSE s.erased END
+    FROM unnest(p_pseudonyms, p_keys) AS k (pseudonym, wrapped)
+    WHERE s.pseudonym = k.pseudonym AND s.wrapped_key IS NOT NULL;
+    GET DIAGNOSTICS rewrapped = ROW_COUNT;
+    UPDATE audit_wrap SET generation = p_from + 1, check_value = p_check, since = p_since
+    WHERE one;
+    IF EXISTS (SELECT 1 FROM subjects WHERE wrapped_key IS NOT NULL
+               AND (length(wrapped_key) <> 77 OR get_byte(wrapped_key, 0) <> 71
+                    OR substring(wrapped_key FROM 2 FOR 4) <> int4send(p_from + 1))) THEN
+        RAISE EXCEPTION 'a rotation left a subject key under an older generation'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN rewrapped;
+END
+$$;
+
+-- A database restored from a copy older than a rotation, at generation
+-- p_from of a ratchet the nodes have stepped on to p_generation: no node can
+-- open its live subject keys any more, so they are marked erased and the
+-- nodes' generation made current.
+CREATE OR REPLACE FUNCTION consentry_rebase_wrap(p_from integer, p_generation integer,
+                                                 p_check text, p_since text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    erased_count bigint;
+BEGIN
+    IF (SELECT w.generation FROM audit_wrap AS w FOR UPDATE) IS DISTINCT FROM p_from
+            OR p_generation <= p_from THEN
+        RAISE EXCEPTION 'the wrapping generation is no longer %, or % is not newer', p_from,
+            p_generation USING ERRCODE = 'serialization_failure';
+    END IF;
+    UPDATE subjects SET wrapped_key = NULL, erased = p_since WHERE wrapped_key IS NOT NULL;
+    GET DIAGNOSTICS erased_count = ROW_COUNT;
+    UPDATE audit_wrap SET generation = p_generation, check_value = p_check, since = p_since
+    WHERE one;
+    RETURN erased_count;
+END
+$$;
+
 -- The subject's wrapped key, made with `new_wrapped` if it has none (never
 -- had one, or it was erased: then its old alias tags are cleared, so the old
 -- aliases do not become findable again under the new key).
@@ -167,6 +273,12 @@ BEGIN
     WHERE pseudonym = p_pseudonym FOR UPDATE;
     IF current IS NOT NULL THEN
         RETURN current;
+    END IF;
+    -- A new key must be wrapped under the current generation: one from a
+    -- node that missed a rotation would open with no node's key.
+    IF NOT coalesce(consentry_wrapped_under_current(new_wrapped), false) THEN
+        RAISE EXCEPTION 'a subject key wrapped under another generation than the current one'
+            USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     IF found_row THEN
         UPDATE personal SET alias_tag = NULL WHERE pseudonym = p_pseudonym;
@@ -283,11 +395,11 @@ DO $$ BEGIN
     END IF;
 EXCEPTION WHEN duplicate_object THEN NULL;  -- made by another install just now
 END $$;
-REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, checkpoints
-    FROM PUBLIC;
+REVOKE ALL ON audit_schema, events, chain_head, purge_gate, subjects, personal, checkpoints,
+    audit_wrap FROM PUBLIC;
 GRANT SELECT, INSERT ON events, personal, checkpoints TO consentry_broker;
 -- Subjects' keys change only through consentry_subject_key and retention.
-GRANT SELECT ON audit_schema, chain_head, subjects TO consentry_broker;
+GRANT SELECT ON audit_schema, chain_head, subjects, audit_wrap TO consentry_broker;
 -- The cluster's bookkeeping (slots, leases, who holds which session): not
 -- the audit log, so its rows change.
 GRANT SELECT, INSERT, UPDATE, DELETE ON cluster_nodes, cluster_sessions TO consentry_broker;
@@ -301,12 +413,18 @@ GRANT SELECT, INSERT, DELETE ON failed_logins TO consentry_broker;
 REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
     consentry_claim_key(text), consentry_purge_events(bigint),
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
-    consentry_remove_forgotten_subjects()
+    consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
+    consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
+    consentry_rotate_wrap(integer, text, text, text[], bytea[]),
+    consentry_rebase_wrap(integer, integer, text, text)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
     consentry_claim_key(text), consentry_purge_events(bigint),
     consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
-    consentry_remove_forgotten_subjects()
+    consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
+    consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
+    consentry_rotate_wrap(integer, text, text, text[], bytea[]),
+    consentry_rebase_wrap(integer, integer, text, text)
     TO consentry_broker;
 """
 

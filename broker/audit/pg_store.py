@@ -23,10 +23,17 @@ written into the ``checkpoints`` table by the cluster's leader
 
 Erasure on PostgreSQL: a shredded subject key stays in old row versions
 until VACUUM reclaims them (`truncate_wal`), in the WAL until it is
-recycled, and in every base backup and WAL archive taken before, wrapped by
-the master key. The master key cannot be rotated yet: until it can, such
-copies hold personal data for as long as they are kept (README, "The audit
-log in PostgreSQL").
+recycled, and in every base backup and WAL archive taken before. So subject
+keys are wrapped not by the master key, which never changes, but by a key
+generation that moves on: a hash ratchet in each node's
+``audit-ratchet.key`` (`broker.audit.ratchet`; the database holds only the
+generation's number and a check value). The leader rotates it at least once
+per personal-data retention period (`broker.audit.rotation`), and every
+node steps its file forward as soon as the database says the next
+generation is current (on meeting a newer key, and every `FOLLOW_EVERY`
+seconds), forgetting the older key. From then on a key shredded before the
+rotation opens from no copy of the database, however old (README, "The
+audit log in PostgreSQL").
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,13 +51,21 @@ import asyncpg
 
 from broker.audit.chain import ChainWalk, StoredRow, format_time, stored_row_hash
 from broker.audit.interface import AuditEvent
-from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
+from broker.audit.keys import (
+    AuditKeys,
+    SubjectKeyDestroyed,
+    check_personal,
+    load_or_create_master_key,
+)
 from broker.audit.listeners import AppendListeners
 from broker.audit.pg_schema import LOCK_HEAD, Connection, install
+from broker.audit.ratchet import RATCHET_NAME, DatabaseRestored, Ratchet
 from broker.audit.store import check_event
 from broker.errors import AuditError, AuditWriteError
 
-__all__ = ["PgAuditLog", "PgMaintenance", "redacted_url"]
+__all__ = ["FOLLOW_EVERY", "RESTORED_EVENT", "PgAuditLog", "PgMaintenance", "redacted_url"]
+
+log = logging.getLogger("consentry.audit")
 
 
 # What a broken or unreachable database raises through asyncpg.
@@ -64,6 +80,12 @@ _IDLE_IN_TRANSACTION_MS = 10_000
 _VERIFY_BATCH = 1000
 # No device id looks like this: its pseudonym is the log's master-key check.
 _KEY_CHECK_SUBJECT = "\x00consentry master key check"
+# How often a node asks whether the leader rotated the wrapping key: it
+# forgets the old generation within this long of the rotation.
+FOLLOW_EVERY = 60.0
+_WRAP_ROW = "SELECT generation, check_value, since FROM audit_wrap"
+# Recorded when a node starts on a database restored from before a rotation.
+RESTORED_EVENT = "wrapping_restored"
 
 # `{where}`, `{limit}`, `{inner}`, `{outer}`: filled from constants only.
 _WITH_PERSONAL = """
@@ -144,6 +166,41 @@ class PgMaintenance:
     @property
     def keys(self) -> AuditKeys:
         return self._log._keys
+
+    @property
+    def ratchet(self) -> Ratchet:
+        return self._log.ratchet
+
+    # -- rotation of the wrapping key (`broker.audit.rotation`)
+
+    async def lock_wrapping(self) -> tuple[int, str, dt.datetime]:
+        """The current wrapping generation (number, check value, since),
+        locked until the transaction ends; the chain head's lock first, as
+        every writer takes it, so no new subject key is made meanwhile."""
+        self._writing()
+        await self.conn.fetchrow(LOCK_HEAD)
+        row = await self.conn.fetchrow(
+            "SELECT generation, check_value, since FROM consentry_lock_wrap()")
+        if row is None:
+            raise AuditError("the audit database has no wrapping-key generation "
+                             "(was it set up by hand?)")
+        return int(row[0]), str(row[1]), _parse_since(row[2])
+
+    async def live_subject_keys(self) -> list[tuple[str, bytes]]:
+        """Every subject key not erased: (pseudonym, wrapped key)."""
+        rows = await self.conn.fetch(
+            "SELECT pseudonym, wrapped_key FROM subjects WHERE wrapped_key IS NOT NULL")
+        return [(str(row[0]), bytes(row[1])) for row in rows]
+
+    async def commit_wrapping(self, from_generation: int, check: str, since: str,
+                              rewrapped: Sequence[tuple[str, bytes | None]]) -> int:
+        """Store the re-wrapped keys (None: erased) and make generation
+        `from_generation` + 1 current, recognised by `check`; the database
+        refuses if a live key would be left under another generation."""
+        self._writing()
+        return int(await self.conn.fetchval(
+            "SELECT consentry_rotate_wrap($1, $2, $3, $4, $5)", from_generation, check, since,
+            [pseudonym for pseudonym, _ in rewrapped], [key for _, key in rewrapped]))
 
     async def append(
         self,
@@ -226,9 +283,12 @@ class PgAuditLog(AppendListeners):
     """One open PostgreSQL audit store: `await PgAuditLog.open(url, data_dir)`,
     then `close()`."""
 
-    def __init__(self, pool: asyncpg.Pool, keys: AuditKeys, data_dir: Path, url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, keys: AuditKeys, ratchet: Ratchet, data_dir: Path,
+                 url: str) -> None:
         self._pool: asyncpg.Pool | None = pool
         self._keys = keys
+        self.ratchet = ratchet
+        self._following: asyncio.Task[None] | None = None
         # The data directory (master.key, audit.key): the log itself is in the database.
         self.path = data_dir
         self.url = redacted_url(url)
@@ -240,10 +300,13 @@ class PgAuditLog(AppendListeners):
 
     @classmethod
     async def open(cls, database_url: str, data_dir: Path, *,
-                   master_key: Path | None = None) -> PgAuditLog:
+                   master_key: Path | None = None,
+                   follow_every: float = FOLLOW_EVERY) -> PgAuditLog:
         """Connect to `database_url`, install or check the schema, and load the
-        master key from `master_key` (default ``data_dir/master.key``).
-        AuditError if the database cannot be reached or is not usable."""
+        master key from `master_key` (default ``data_dir/master.key``) and
+        the wrapping key beside it (``audit-ratchet.key``; made by the first
+        node of a cluster, copied to the others). AuditError if the database
+        cannot be reached or is not usable, or a key is not the log's."""
         data_dir = Path(data_dir)
         try:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -264,23 +327,37 @@ class PgAuditLog(AppendListeners):
                         f"the audit database {where} holds events but the master key "
                         f"{key_path} is missing; copy master.key from another node or your "
                         "backup")
-                keys = AuditKeys(load_or_create_master_key(key_path))
-                ours = keys.pseudonym(_KEY_CHECK_SUBJECT)
+                master = load_or_create_master_key(key_path)
+                ours = AuditKeys(master).pseudonym(_KEY_CHECK_SUBJECT)
                 if await conn.fetchval("SELECT consentry_claim_key($1)", ours) != ours:
                     # Its pseudonyms would not match the others', nor could it
                     # open their personal data: a split log, silently.
                     raise AuditError(
                         f"the master key {key_path} is not the one the audit database "
                         f"{where} is written with: copy master.key from another node")
+                ratchet, restored = await _join_ratchet(conn, key_path.with_name(RATCHET_NAME))
         except _DB_ERRORS as exc:
             await pool.close()
             raise AuditError(f"cannot open the audit database {where}: {exc}") from exc
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, keys, data_dir, database_url)
+        audit = cls(pool, AuditKeys(master, ratchet), ratchet, data_dir, database_url)
+        if restored is not None:
+            try:
+                await audit._start_on_restored(restored)
+            except BaseException:
+                await audit.close()
+                raise
+        audit._following = asyncio.create_task(audit._follow_rotations(follow_every))
+        return audit
 
     async def close(self) -> None:
+        following, self._following = self._following, None
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         pool, self._pool = self._pool, None
         if pool is not None:
             async with self._commit_lock:
@@ -288,6 +365,77 @@ class PgAuditLog(AppendListeners):
 
     def pseudonym(self, device_id: str) -> str:
         return self._keys.pseudonym(device_id)
+
+    # -- the wrapping key's generation (`broker.audit.ratchet`) ----------------
+
+    async def wrapping_since(self) -> dt.datetime:
+        """Since when the database's current wrapping generation is current
+        (what `broker.audit.rotation.rotation_due` is asked about)."""
+        row = await self._wrap_row()
+        return _parse_since(row[2])
+
+    async def follow_rotation(self) -> bool:
+        """Step this node's wrapping key to the database's current
+        generation (after the leader rotated), forgetting the older one;
+        whether it stepped. AuditError if this node's key does not lead
+        there (another cluster's file, or a database older than it)."""
+        row = await self._wrap_row()
+        return self._follow(row)
+
+    async def _wrap_row(self) -> asyncpg.Record:
+        rows = await self._fetch(_WRAP_ROW)
+        if not rows:
+            raise AuditError("the audit database has no wrapping-key generation "
+                             "(was it set up by hand?)")
+        return rows[0]
+
+    def _follow(self, row: asyncpg.Record) -> bool:
+        stepped = self.ratchet.advance(int(row[0]), str(row[1]), _parse_since(row[2]))
+        if stepped:
+            log.info("audit wrapping key: now generation %d (the older one is forgotten)",
+                     self.ratchet.current.number)
+        return stepped
+
+    async def _start_on_restored(self, generation: int) -> None:
+        """The database was restored from a copy taken at `generation`, before
+        rotations this node's key has followed: its subject keys open with no
+        node's key, which is what erasure promised. Record them as erased and
+        make the nodes' generation current, so the log is usable again (the
+        events and their chain are intact)."""
+        now = dt.datetime.now(dt.UTC)
+        current = self.ratchet.current
+        async with self.maintenance() as work:
+            number, _check, _since = await work.lock_wrapping()
+            if number != generation:
+                erased = None  # another node did it while we waited for the lock
+            else:
+                erased = int(await work.conn.fetchval(
+                    "SELECT consentry_rebase_wrap($1, $2, $3, $4)", number, current.number,
+                    self.ratchet.check, format_time(now)))
+                await work.append(RESTORED_EVENT, now=now, actor="broker", body={
+                    "database_generation": number, "generation": current.number,
+                    "subjects_erased": erased})
+        await self.follow_rotation()  # the database now agrees, or this raises
+        if erased is not None:
+            log.warning("the audit database was restored from a copy older than a key "
+                        "rotation (generation %d, the nodes are at %d): %d device key(s) "
+                        "could not be opened any more and are recorded as erased",
+                        generation, current.number, erased)
+
+    async def _follow_rotations(self, every: float) -> None:
+        """Until closed: follow the leader's rotations, so this node forgets
+        an old generation even if it reads and writes no personal data."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                try:
+                    await self.follow_rotation()
+                except DatabaseRestored as restored:  # under a running node
+                    await self._start_on_restored(restored.generation)
+            except AuditError as exc:
+                # The next append that needs a key fails closed on the same
+                # check; here the operator hears of it.
+                log.error("cannot follow the audit wrapping key's rotation: %s", exc)
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -375,6 +523,14 @@ class PgAuditLog(AppendListeners):
         await conn.executemany(
             "INSERT INTO events (seq, time, type, session, actor, subject, body, prev_hash, hash)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", events)
+        if personal_rows:
+            # New keys are wrapped under the current generation: if the
+            # leader rotated since, step first. (A rotation holds the head's
+            # lock too, so none commits between this and our keys.)
+            wrap = await conn.fetchrow(_WRAP_ROW)
+            if wrap is None:
+                raise AuditError("the audit database has no wrapping-key generation")
+            self._follow(wrap)
         # A key only when there is something to encrypt: an event that merely
         # names a subject (its erasure record, say) must not re-key it.
         subject_keys: dict[str, bytes] = {}
@@ -448,7 +604,12 @@ class PgAuditLog(AppendListeners):
         sql = _WITH_PERSONAL.format(where=where, limit=limit_text,
                                     inner="DESC" if newest_first else "ASC",
                                     outer="ASC" if oldest_first_result else "DESC")
-        return self._decrypted(await self._fetch(sql, *params))
+        rows = await self._fetch(sql, *params)
+        current = self.ratchet.current.number
+        if any(row[10] is not None and AuditKeys.generation_of(bytes(row[10])) > current
+               for row in rows):
+            await self.follow_rotation()  # the leader rotated since we last looked
+        return self._decrypted(rows)
 
     async def events(self, *, session: str | None = None, type: str | None = None,
                      limit: int | None = None) -> list[AuditEvent]:
@@ -558,11 +719,52 @@ class PgAuditLog(AppendListeners):
             if ciphertext is not None and wrapped is not None:
                 wrapped = bytes(wrapped)
                 if wrapped not in keys:
-                    keys[wrapped] = self._keys.unwrap(wrapped)
-                personal = self._keys.open_personal(keys[wrapped], seq, bytes(ciphertext))
+                    try:
+                        keys[wrapped] = self._keys.unwrap(wrapped)
+                    except SubjectKeyDestroyed:
+                        # Read in a snapshot from before a rotation that this
+                        # node has already followed: as erased, for this read.
+                        keys[wrapped] = b""
+                if keys[wrapped]:
+                    personal = self._keys.open_personal(keys[wrapped], seq,
+                                                        bytes(ciphertext))
             result.append(AuditEvent(seq, time, type_, session, actor, subject,
                                      json.loads(body), personal, prev_hash, digest))
         return result
+
+
+async def _join_ratchet(conn: Connection, path: Path) -> tuple[Ratchet, int | None]:
+    """This node's wrapping key, checked against (and stepped to) the
+    database's generation, and the database's generation if it is an older
+    one of the same ratchet (restored from before a rotation), else None.
+    The first node of a cluster makes the key (a random first generation,
+    never derived from the master key); every other node must have a copy,
+    else it refuses to start (`Ratchet.load` says what to copy)."""
+    row = await conn.fetchrow(_WRAP_ROW)
+    if row is None:
+        ratchet = Ratchet.load_or_create(path, now=dt.datetime.now(dt.UTC))
+        row = await conn.fetchrow(
+            "SELECT generation, check_value, since FROM consentry_claim_wrap($1, $2, $3)",
+            ratchet.current.number, ratchet.check, format_time(ratchet.current.created))
+        if row is None:
+            raise AuditError("the audit database did not record a wrapping-key generation")
+    else:
+        ratchet = Ratchet.load(path)
+    # Another node's first key won the claim, this file is another
+    # cluster's, or the node missed rotations (then it steps forward).
+    try:
+        ratchet.advance(int(row[0]), str(row[1]), _parse_since(row[2]))
+    except DatabaseRestored as restored:
+        return ratchet, restored.generation
+    return ratchet, None
+
+
+def _parse_since(text: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+    except ValueError as exc:
+        raise AuditError(f"the audit database's wrapping-key time {text!r} is not a "
+                         "time") from exc
 
 
 async def _durable_pool(database_url: str) -> asyncpg.Pool:

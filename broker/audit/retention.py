@@ -50,8 +50,7 @@ import nacl.signing
 from broker.audit.chain import format_time
 from broker.audit.interface import RetentionStore, RetentionTransaction
 from broker.audit.purge_record import PURGE_EVENT, purge_body
-from broker.audit.rotation import rotate_wrapping, rotation_due
-from broker.audit.store import AuditLog
+from broker.audit.rotation import rotate_wrapping, rotation_due, wrapping_since
 from broker.errors import AuditError, ConfigError
 
 __all__ = [
@@ -269,14 +268,12 @@ async def retention_loop(
 async def _rotate_if_due(audit: RetentionStore, now: dt.datetime, pii_days: int) -> None:
     """Rotate the subject-key wrapping at least once per personal-data
     retention period (`broker.audit.rotation`), so a key shredded today is
-    unrecoverable from any copy of the log older than one period. SQLite's
-    log only: rotation does not run on PostgreSQL yet (`broker.audit.pg_store`)."""
-    if not isinstance(audit, AuditLog):
-        return
-    ring = audit.key_ring
-    if ring is None or not rotation_due(ring, now, pii_days):
-        return
+    unrecoverable from any copy of the log older than one period. On a
+    cluster this runs on the leader only (the retention loop is its job)."""
     try:
+        since = await wrapping_since(audit)
+        if since is None or not rotation_due(since, now, pii_days):
+            return
         report = await rotate_wrapping(audit, now=now, actor="broker")
     except AuditError as exc:
         log.error("rotating the subject-key wrapping failed; old copies of the log keep "

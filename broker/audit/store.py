@@ -352,7 +352,8 @@ class AuditLog(AppendListeners):
     @property
     def key_ring(self) -> WrapRing | None:
         """The wrapping-key generations (`broker.audit.rotation` rotates them)."""
-        return self._keys.ring
+        ring = self._keys.ring
+        return ring if isinstance(ring, WrapRing) else None
 
     def pseudonym(self, device_id: str) -> str:
         """The stable pseudonym under which `device_id` appears in the log."""

@@ -12,9 +12,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from broker.audit.interface import AuditStore
+from broker.audit.ratchet import RATCHET_NAME
+from broker.audit.signing import AUDIT_KEY_FILE
 from broker.errors import ConfigError
 
-__all__ = ["check_database_url", "open_store"]
+__all__ = ["CLUSTER_KEY_FILES", "check_database_url", "open_store"]
+
+# The files in a data directory that every node of one PostgreSQL log must
+# share (copied from the first node, mode 0600): the master key (pseudonyms
+# and personal fields), the signing key of checkpoints and purge records,
+# and the current wrapping key of subject keys.
+CLUSTER_KEY_FILES = ("master.key", AUDIT_KEY_FILE, RATCHET_NAME)
 
 _SCHEMES = ("postgresql", "postgres")
 

@@ -102,8 +102,8 @@ async def test_a_rotation_leaves_old_copies_unopenable(tmp_path: Path) -> None:
 def test_rotation_is_due_once_the_generation_is_a_retention_period_old(
         tmp_path: Path) -> None:
     ring = WrapRing.load_or_create(tmp_path / KEYRING_NAME, now=NOW)
-    assert not rotation_due(ring, NOW + dt.timedelta(days=13, hours=23), 14)
-    assert rotation_due(ring, NOW + dt.timedelta(days=14), 14)
+    assert not rotation_due(ring.current.created, NOW + dt.timedelta(days=13, hours=23), 14)
+    assert rotation_due(ring.current.created, NOW + dt.timedelta(days=14), 14)
 
 
 async def test_the_retention_loop_rotates_when_due(tmp_path: Path) -> None:
@@ -133,3 +133,19 @@ def test_a_damaged_or_readable_ring_is_refused(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(AuditError, match="other users"):
         WrapRing.load_or_create(path)
+
+
+def test_keys_from_before_the_ring_stop_opening_once_the_first_rotation_is_done(
+        tmp_path: Path) -> None:
+    # Generation 0 is derived from the master key, which never changes: an
+    # old copy's key must not open with it once the first rotation re-wrapped
+    # the live ones.
+    master = bytes(range(32))
+    ring = WrapRing.load_or_create(tmp_path / KEYRING_NAME, now=NOW)
+    legacy = AuditKeys(master).new_wrapped_subject_key()
+    keys = AuditKeys(master, ring)
+    assert keys.opened(legacy) is not None
+    ring.add(NOW)
+    assert keys.opened(legacy) is not None  # during the rotation
+    ring.forget_before(2)
+    assert keys.opened(legacy) is None

@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 
 from broker.audit.checkpoint_record import parse_checkpoint
+from broker.audit.stores import CLUSTER_KEY_FILES
 from broker.certs import PkiPaths, init_dev_pki
 from tests.cluster.harness import Postgres, free_port
 from tests.e2e.conftest import Deployment, read_code, write_key
@@ -36,13 +37,12 @@ def _node(root: Path, pki: PkiPaths, database_url: str, *extra: str) -> Deployme
     """A broker node of the cluster, as a subprocess; the caller stops it."""
     root.mkdir(parents=True, exist_ok=True)
     dep = Deployment(root=root, pki=pki, data_dir=root / "var")
-    # One audit log for all nodes, so one master key and one audit (signing)
-    # key: the first node's.
-    keys = ("master.key", "audit.key")
+    # One audit log for all nodes, so one master key, one audit (signing)
+    # key and one wrapping key (audit-ratchet.key): the first node's.
     shared = root.parent / "cluster-keys"
     if shared.exists():
         dep.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for name in keys:
+        for name in CLUSTER_KEY_FILES:
             (dep.data_dir / name).write_bytes((shared / name).read_bytes())
             (dep.data_dir / name).chmod(0o600)
     port = free_port()
@@ -50,7 +50,7 @@ def _node(root: Path, pki: PkiPaths, database_url: str, *extra: str) -> Deployme
                      "--node-url", f"wss://127.0.0.1:{port}", *extra)
     if not shared.exists():
         shared.mkdir(mode=0o700)
-        for name in keys:
+        for name in CLUSTER_KEY_FILES:
             (shared / name).write_bytes((dep.data_dir / name).read_bytes())
             (shared / name).chmod(0o600)
     return dep

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from broker.admin_api import answer_audit_request
 from broker.audit.chain import GENESIS_HASH
 from broker.audit.pg_schema import BROKER_ROLE, SCHEMA_VERSION, grant_broker_role
 from broker.audit.pg_store import PgAuditLog, redacted_url
+from broker.audit.ratchet import RATCHET_NAME
 from broker.audit.retention import purge
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.verify_store import verify_store
@@ -332,6 +334,10 @@ async def test_a_node_with_another_master_key_is_refused(
     with pytest.raises(AuditError, match="not the one the audit database"):
         await PgAuditLog.open(database_url, other)  # an empty log, a fresh key: still refused
     (other / "master.key").write_bytes((tmp_path / "master.key").read_bytes())
+    # The master key alone is not enough: the wrapping key must come too.
+    with pytest.raises(AuditError, match=r"audit-ratchet.key is missing.*copy audit-ratchet"):
+        await PgAuditLog.open(database_url, other)
+    shutil.copy(tmp_path / RATCHET_NAME, other / RATCHET_NAME)
     copied = await PgAuditLog.open(database_url, other)
     await copied.close()
 

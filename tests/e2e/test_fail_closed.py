@@ -25,9 +25,10 @@ import pytest
 from broker.audit.store import AuditLog
 from broker.errors import AuditWriteError
 from broker.wire.code import parse_code
-from console.client import ConsoleClient, Progress
+from console.client import ConsoleClient
 from console.errors import BrokerError
 from console.identity import load_file_identity
+from console.status_line import Progress
 from tests.e2e.conftest import Deployment, read_code, transcript
 
 CAP_MB = 1
