@@ -21,6 +21,7 @@ import pytest
 from broker.audit.checkpoint_record import make_checkpoint, parse_checkpoint
 from broker.audit.checkpoints import PG_CHECKPOINT_FILE, Checkpointer
 from broker.audit.pg_store import PgAuditLog, redacted_url
+from broker.audit.ratchet import RATCHET_NAME
 from broker.audit.retention import purge
 from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
 from broker.audit.verify_store import verify_store
@@ -47,7 +48,8 @@ def node_dirs(root: Path, *, same_audit_key: bool = True) -> tuple[Path, Path]:
 async def logs(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[PgAuditLog, PgAuditLog]]:
     a_dir, b_dir = node_dirs(tmp_path)
     a = await PgAuditLog.open(database_url, a_dir)
-    shutil.copy2(a_dir / "master.key", b_dir / "master.key")
+    for name in ("master.key", RATCHET_NAME):  # made by the first node's open
+        shutil.copy2(a_dir / name, b_dir / name)
     b = await PgAuditLog.open(database_url, b_dir)
     yield a, b
     await b.close()
@@ -163,7 +165,8 @@ async def test_a_node_with_another_audit_key_refuses_to_start(
     await single_node_with_checkpoints(a)
     stranger = tmp_path / "c"
     stranger.mkdir(mode=0o700)
-    shutil.copy2(a.path / "master.key", stranger / "master.key")
+    for name in ("master.key", RATCHET_NAME):
+        shutil.copy2(a.path / name, stranger / name)
     c = await PgAuditLog.open(database_url, stranger)
     try:
         with pytest.raises(AuditError, match=r"copy audit.key from a node"):
