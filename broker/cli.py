@@ -18,6 +18,7 @@
     consentry-broker audit verify [--pubkey F] [--checkpoint-file F] [--json]
                                   [--database-url URL]
     consentry-broker audit pubkey
+    consentry-broker audit migrate --to URL [--pubkey F] [--checkpoint-file F]
     consentry-broker audit purge  [--pii-retention-days N] [--event-retention-days N]
     consentry-broker audit erase  --subject ALIAS [--device P] [--yes]
     consentry-broker dev-setup    [--certs DIR] [--listen HOST:PORT]

@@ -43,6 +43,7 @@ import asyncpg
 
 from broker.audit.chain import ChainWalk, StoredRow, format_time, stored_row_hash
 from broker.audit.interface import AuditEvent
+from broker.audit.keyring import KEYRING_NAME, WrapRing
 from broker.audit.keys import AuditKeys, check_personal, load_or_create_master_key
 from broker.audit.listeners import AppendListeners
 from broker.audit.pg_schema import LOCK_HEAD, Connection, install
@@ -264,7 +265,12 @@ class PgAuditLog(AppendListeners):
                         f"the audit database {where} holds events but the master key "
                         f"{key_path} is missing; copy master.key from another node or your "
                         "backup")
-                keys = AuditKeys(load_or_create_master_key(key_path))
+                # The key ring, where the data directory has one (a log moved
+                # here from SQLite, `audit migrate`): its subject keys are
+                # wrapped under the ring's generations.
+                ring_path = key_path.with_name(KEYRING_NAME)
+                ring = WrapRing.load_or_create(ring_path) if ring_path.exists() else None
+                keys = AuditKeys(load_or_create_master_key(key_path), ring)
                 ours = keys.pseudonym(_KEY_CHECK_SUBJECT)
                 if await conn.fetchval("SELECT consentry_claim_key($1)", ours) != ours:
                     # Its pseudonyms would not match the others', nor could it
