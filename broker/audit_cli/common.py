@@ -1,5 +1,9 @@
 """What every audit sub-command shares: the time, who is acting, how the log
-is opened (and sealed), and how an administrative action is itself recorded."""
+is opened (and sealed), and how an administrative action is itself recorded.
+
+A command that reads or acts on the log takes ``--database-url`` (or
+``database_url`` from broker.toml, CONSENTRY_DATABASE_URL) for a cluster's
+PostgreSQL log; given one, it never opens the local audit.db."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from broker.audit.checkpoints import Checkpointer, checkpoint_path
+from broker.audit.interface import AuditStore
 from broker.audit.store import AuditLog
 from broker.errors import AuditError, ConfigError
 from broker.wire.errors import ProtocolError
@@ -33,10 +38,23 @@ def cli_actor() -> str:
         return f"cli:uid{os.geteuid()}"
 
 
+def add_database_url(parser: argparse.ArgumentParser, what: str = "work on") -> None:
+    """The ``--database-url`` of a command that reads or acts on the log."""
+    parser.add_argument("--database-url", metavar="URL",
+                        help=f"{what} a cluster's PostgreSQL log (as given to `serve "
+                             "--database-url`, password in PGPASSWORD; DIR holds its "
+                             "master.key) instead of DIR/audit.db")
+
+
 @contextlib.asynccontextmanager
 async def open_log(data_dir: Path, *, checkpoint_file: Path | None = None,
-                   ) -> AsyncIterator[AuditLog]:
+                   database_url: str | None = None) -> AsyncIterator[AuditStore]:
     """The audit log for one admin command, sealed on the way out.
+
+    With `database_url`, the cluster's PostgreSQL log (`stores.open_store`),
+    and nothing is read from ``data_dir`` but its keys. Its checkpoints are
+    the cluster's to write, not this command's: the events it records are
+    sealed by the next checkpoint of the cluster's log.
 
     Every event this process appends (an erasure, a read, an export, an
     engineer added) is covered by a signed checkpoint before the command can
@@ -48,6 +66,15 @@ async def open_log(data_dir: Path, *, checkpoint_file: Path | None = None,
     A failure to seal raises AuditError (the command fails); if the command
     failed already, its own error is the one reported.
     """
+    if database_url is not None:
+        from broker.audit.stores import open_store
+
+        store = await open_store(data_dir, database_url=database_url)
+        try:
+            yield store
+        finally:
+            await store.close()
+        return
     audit = await AuditLog.open(data_dir)
     appended: list[int] = []
     audit.add_append_listener(lambda seq, _hash: appended.append(seq))

@@ -8,6 +8,8 @@ import argparse
 import asyncio
 import sys
 
+import nacl.signing
+
 from broker.audit.retention import (
     DEFAULT_EVENT_DAYS,
     DEFAULT_PII_DAYS,
@@ -15,9 +17,9 @@ from broker.audit.retention import (
     check_retention,
     purge,
 )
-from broker.audit.signing import load_or_create_signing_key
+from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
 from broker.audit.subjects import EraseReport, erase_subject
-from broker.audit_cli.common import add_parser, cli_actor, now, open_log
+from broker.audit_cli.common import add_database_url, add_parser, cli_actor, now, open_log
 from broker.errors import ConfigError
 from broker.wire.text import printable
 
@@ -49,9 +51,27 @@ def purge_lines(report: PurgeReport) -> list[str]:
     return lines
 
 
+# On PostgreSQL a destroyed key is not gone from every copy at once.
+_PG_COPIES_NOTE = ("note: on PostgreSQL the destroyed key stays in old row versions until "
+                   "VACUUM, and in the WAL, its archives and base backups taken before, "
+                   "wrapped by the key ring: rotating the key ring makes those copies "
+                   "unopenable (README, \"The audit log in PostgreSQL\")")
+
+
+def _signing_key_for(args: argparse.Namespace) -> nacl.signing.SigningKey:
+    """The audit key that signs a purge record. A cluster's log is checked
+    with the key its nodes share: one made here would sign a record that
+    `audit verify` refuses, so on PostgreSQL it must already be there."""
+    if args.database_url is not None and not (args.data_dir / AUDIT_KEY_FILE).exists():
+        raise ConfigError(f"no audit signing key at {args.data_dir / AUDIT_KEY_FILE}: a purge "
+                          "of the cluster's log is signed with the key its nodes share; copy "
+                          "audit.key from a node into this data directory")
+    return load_or_create_signing_key(args.data_dir)
+
+
 async def _purge(args: argparse.Namespace) -> PurgeReport:
-    key = load_or_create_signing_key(args.data_dir)
-    async with open_log(args.data_dir) as audit:
+    key = _signing_key_for(args)
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
         return await purge(audit, now=now(), pii_days=args.pii_retention_days,
                            event_days=args.event_retention_days, signing_key=key,
                            actor=cli_actor())
@@ -89,7 +109,7 @@ def _confirmed(args: argparse.Namespace) -> bool:
 async def _erase(args: argparse.Namespace) -> EraseReport:
     # Sealed before this returns: the erasure is proven only once a signed
     # checkpoint covers its record (see `open_log`).
-    async with open_log(args.data_dir) as audit:
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
         return await erase_subject(audit, args.subject, args.device, now=now(),
                                    actor=cli_actor())
 
@@ -104,6 +124,8 @@ def cmd_audit_erase(args: argparse.Namespace) -> int:
           f"record(s) deleted and its key destroyed; recorded as subject_erased, "
           f"event {report.event_seq}")
     print("its events stay in the log under the pseudonym; the hash chain is unchanged")
+    if args.database_url is not None:
+        print(_PG_COPIES_NOTE, file=sys.stderr)
     if not report.wal_truncated:
         print(_WAL_WARNING, file=sys.stderr)
     return 0
@@ -118,6 +140,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--event-retention-days", type=int, default=DEFAULT_EVENT_DAYS,
                    metavar="N", help="delete events from whole UTC days older than N days, "
                                      f"with a signed purge record (default {DEFAULT_EVENT_DAYS})")
+    add_database_url(p, "purge")
     p.set_defaults(func=cmd_audit_purge)
 
     p = add_parser(sub, common, "erase",
@@ -129,4 +152,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         "listed, or the agent's device id")
     p.add_argument("--yes", action="store_true",
                    help="do not ask for confirmation (required when not at a terminal)")
+    add_database_url(p, "erase in")
     p.set_defaults(func=cmd_audit_erase)
