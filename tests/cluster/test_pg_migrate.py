@@ -90,6 +90,14 @@ def sqlite_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+async def head_trigger_is_on(url: str) -> bool:
+    """Whether the chain head's guard is on (migrate turns it off inside its
+    transaction only)."""
+    (row,) = await pg_rows(url, "SELECT tgenabled::text FROM pg_trigger "
+                                "WHERE tgname = 'events_follow_head'")
+    return bool(row[0] == "O")
+
+
 async def pg_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     conn = await asyncpg.connect(url)
     try:
@@ -132,6 +140,7 @@ async def test_a_purged_checkpointed_log_moves_exactly_and_verifies(
         sql = f"SELECT {columns} FROM {table} ORDER BY {order}"
         assert await pg_rows(database_url, sql) == sqlite_rows(data, sql), table
     assert sqlite_rows(data, "SELECT COUNT(*) FROM checkpoints")[0][0] >= 1
+    assert await head_trigger_is_on(database_url)
 
     code, out, err = cli(capsys, "audit", "verify", "--database-url", database_url,
                          "--data-dir", str(data))
@@ -190,6 +199,9 @@ async def test_a_failure_during_the_copy_leaves_the_target_empty(
     assert code != 0
     assert "nothing was written" in err and "Traceback" not in err
     assert (await pg_counts(database_url))[0] == 0
+    assert await head_trigger_is_on(database_url)
+    (head,) = await pg_rows(database_url, "SELECT seq FROM chain_head")
+    assert head == (0,)
 
 
 def test_migrate_needs_a_postgresql_url(tmp_path: Path,
