@@ -169,7 +169,13 @@ async def _copy(source: sqlite3.Connection, db_path: Path, target: PgAuditLog, *
             # the square of the log (40,000 events: 50 s). Off for the copy,
             # in this transaction only (a failure rolls the DDL back too);
             # `_copy_events` holds every row to the same rule and more.
-            await conn.execute(f"ALTER TABLE events DISABLE TRIGGER {_HEAD_TRIGGER}")
+            try:
+                await conn.execute(f"ALTER TABLE events DISABLE TRIGGER {_HEAD_TRIGGER}")
+            except asyncpg.InsufficientPrivilegeError as exc:
+                # The first write: a role that may not make it may not copy.
+                raise AuditError(f"this role may not write the audit log's tables "
+                                 f"directly ({exc}): run migrate with the database owner's "
+                                 "URL (the broker role can only append)") from exc
             subjects = 0
             for rows in _batches(source.execute(_SELECT_SUBJECTS)):
                 await conn.copy_records_to_table("subjects", records=rows,
@@ -198,10 +204,6 @@ async def _copy(source: sqlite3.Connection, db_path: Path, target: PgAuditLog, *
     except sqlite3.Error as exc:
         raise AuditError(f"cannot read the audit log {db_path}: {exc}; nothing was "
                          f"written to {where}") from exc
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise AuditError(f"this role may not write the audit log's tables directly ({exc}): "
-                         "run migrate with the database owner's URL (the broker role can "
-                         f"only append); nothing was written to {where}") from exc
     except TargetNotEmpty:
         raise
     except AuditError as exc:

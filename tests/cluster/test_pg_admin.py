@@ -8,15 +8,12 @@ the local audit.db is never opened."""
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from broker.audit.pg_schema import BROKER_ROLE
 from tests.cluster.harness import Postgres
 from tests.cluster.test_pg_migrate import ALIAS, cli, pg_rows, seed_single_node
 
@@ -92,22 +89,8 @@ async def test_every_read_of_the_cluster_log_is_recorded_there(
         assert body_part.items() <= body.items(), body
 
 
-@pytest.fixture
-def broker_url(postgres: Postgres, database_url: str) -> Iterator[str]:
-    """A login role with only `consentry_broker`'s rights on the test's database."""
-    name, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
-    postgres.psql(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
-    try:
-        postgres.psql(f"GRANT {BROKER_ROLE} TO {name}")
-        yield database_url.replace(f"postgres:{postgres.password}@", f"{name}:{password}@")
-    finally:
-        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      f"WHERE usename = '{name}'")
-        postgres.psql(f"DROP ROLE {name}")
-
-
 async def test_a_data_subject_is_exported_and_erased_in_the_cluster_log(
-        logs: tuple[Path, Path], database_url: str, broker_url: str,
+        logs: tuple[Path, Path], database_url: str, broker_role_url: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     _, cluster = logs
     code, out, err = cli(capsys, "audit", "export", "--subject", ALIAS.lower(),
@@ -120,7 +103,7 @@ async def test_a_data_subject_is_exported_and_erased_in_the_cluster_log(
 
     # The broker role may not delete personal rows itself, nor call the
     # erasure function without its record right before it.
-    conn = await asyncpg.connect(broker_url)
+    conn = await asyncpg.connect(broker_role_url)
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("DELETE FROM personal")
@@ -130,7 +113,7 @@ async def test_a_data_subject_is_exported_and_erased_in_the_cluster_log(
         await conn.close()
 
     code, out, err = cli(capsys, "audit", "erase", "--subject", ALIAS, "--yes",
-                         "--data-dir", str(cluster), "--database-url", broker_url)
+                         "--data-dir", str(cluster), "--database-url", broker_role_url)
     assert code == 0, err
     assert f"erased device {pseudonym}" in out and "1 personal record(s)" in out
     assert "old row versions" in err

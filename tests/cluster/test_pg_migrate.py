@@ -17,6 +17,7 @@ import pytest
 
 from broker.audit import migrate
 from broker.audit.checkpoints import Checkpointer
+from broker.audit.pg_store import PgAuditLog
 from broker.audit.retention import purge
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
@@ -202,6 +203,23 @@ async def test_a_failure_during_the_copy_leaves_the_target_empty(
     assert await head_trigger_is_on(database_url)
     (head,) = await pg_rows(database_url, "SELECT seq FROM chain_head")
     assert head == (0,)
+
+
+async def test_the_broker_role_cannot_migrate(
+        tmp_path: Path, database_url: str, broker_role_url: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The schema installed by its owner, as a cluster's is; the broker role
+    # may only append, so it may not move the head nor write subjects' keys.
+    data = tmp_path / "data"
+    await seed_single_node(data)
+    owner = await PgAuditLog.open(database_url, data)
+    await owner.close()
+    code, _out, err = cli(capsys, "audit", "migrate", "--to", broker_role_url,
+                          "--data-dir", str(data))
+    assert code != 0
+    assert "database owner's URL" in err and "nothing was written" in err
+    assert await pg_counts(database_url) == (0, 0, 0, 0)
+    assert await head_trigger_is_on(database_url)
 
 
 def test_migrate_needs_a_postgresql_url(tmp_path: Path,
