@@ -18,6 +18,9 @@ The rules, in order:
 * Everything goes in one PostgreSQL transaction: a failure anywhere (a
   dropped connection, a row PostgreSQL refuses, the SQLite file changing
   under the copy) rolls all of it back and the target stays empty.
+  (Opening the target, before that transaction, installs the schema if it
+  was absent and claims the log for this data directory's master key, as
+  the first node to open it would: both stay, and are what a retry needs.)
 * Rows are read from one SQLite read snapshot and written in batches
   (`COPY`), so memory stays bounded whatever the size of the log.
 * The chain head's trigger (`events_follow_head`: each event must follow
