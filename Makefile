@@ -30,10 +30,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The benchmark harness (bench/README.md). socat is the CPU baseline; it comes
-# from the system's packages.
+# The benchmark harness (bench/README.md). socat is the CPU baseline; it and
+# the cluster row's PostgreSQL and HAProxy come from the system's packages.
 bench: $(STAMP)
 	command -v socat >/dev/null || apt-get install -y -q socat || echo "bench: no socat; that row is skipped"
+	command -v haproxy >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt-get install -y -q postgresql haproxy || echo "bench: no PostgreSQL or HAProxy; the cluster row fails"
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP)

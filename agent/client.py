@@ -259,15 +259,14 @@ class Agent:
                 # (a broker that cannot record sessions, say) ends the program
                 # with the broker's reason, as an unreachable broker at start does.
                 self.registered = True
-                if self.reconnecting:
-                    self.reconnecting = False
-                    self.screen.flash("Connected to the support service again. The old "
-                                       "code no longer works; use the new one.")
                 code = JoinCode(msg["nameplate"], draw_secret())
                 self.codes[code.nameplate] = code
                 while len(self.codes) > _KEEP_CODES:
                     self.codes.popitem(last=False)
                 self.screen.set_code(str(code), msg["expires_in"])
+                if self.reconnecting:
+                    self.reconnecting = False
+                    self._say_reconnected(code)
             elif msg.type == "join_request":
                 if msg["session"] in self.shells:
                     # One more engineer for a running session: only with the
@@ -282,6 +281,18 @@ class Agent:
                     task.add_done_callback(self.joining.discard)
             else:
                 raise LinkError(f"the broker sent an unexpected {msg.type!r} message")
+
+    def _say_reconnected(self, code: JoinCode) -> None:
+        """The control connection is back with a new code. On the code screen
+        the code itself is shown; during a session that screen is hidden (a
+        session whose broker node died keeps retrying its own link), so the
+        banner carries the code, first, where a narrow banner still shows it."""
+        if self.sessions:
+            self.screen.flash(f"New support code {code} (connected to the support service "
+                              "again; the old code no longer works).")
+        else:
+            self.screen.flash("Connected to the support service again. The old "
+                              "code no longer works; use the new one.")
 
     # -- one join -------------------------------------------------------------
 

@@ -8,12 +8,12 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import cases, report
+from bench import cases, cluster, report
 from bench.fixture import Deployment
 from bench.procs import raise_fd_limit
 from broker import eventloop
 
-CASES = ("interactive", "join", "sessions", "idle", "flood", "soak", "audit")
+CASES = ("interactive", "join", "sessions", "idle", "flood", "soak", "audit", "cluster")
 
 
 async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
@@ -66,6 +66,8 @@ async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
     finally:
         flood.stop()
     await case("audit", lambda: _audit(mode))
+    # Its own single node and cluster, side by side (bench/cluster.py).
+    await case("cluster", lambda: cluster.cluster_vs_single(mode))
     return rows
 
 

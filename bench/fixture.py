@@ -52,10 +52,10 @@ class Deployment:
     def url(self) -> str:
         return f"wss://127.0.0.1:{self.port}"
 
-    def start_broker(self, *extra_args: str) -> None:
+    def start_broker(self, *extra_args: str, listen: str = "127.0.0.1:0") -> None:
         log = (self.root / "broker.out").open("wb")
         self.broker = subprocess.Popen(
-            [str(BIN / "consentry-broker"), "serve", "--listen", "127.0.0.1:0",
+            [str(BIN / "consentry-broker"), "serve", "--listen", listen,
              "--data-dir", str(self.data_dir), "--cert", str(self.pki.cert),
              "--key", str(self.pki.key), *extra_args],
             stdout=log, stderr=subprocess.STDOUT,

@@ -140,8 +140,9 @@ class Broker:
         self.login_failures = FailureAggregator()
         self.join_failures = FailureAggregator()
         self._failure_flusher: asyncio.Task[None] | None = None
-        # Set once the checkpointer runs: each consent event's covering
-        # checkpoint then goes back to the agent (`consent_sealed`).
+        # Set once the log is checked against its checkpoints: each consent
+        # event's covering checkpoint then goes back to the agent
+        # (`consent_sealed`), sealed here or, in a cluster, by the leader.
         self.checkpoints: Checkpointer | None = None
         # One node of several (broker.cluster), else None.
         self.cluster: ClusterNode | None = None
@@ -657,28 +658,25 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         config.data_dir, database_url=config.database_url,
         max_bytes=None if config.audit_max_mb is None else config.audit_max_mb * 1024 * 1024,
     )
-    # Checkpoints and crash recovery still run SQLite statements
-    # (broker.audit.pg_store says what the PostgreSQL log lacks yet): a node
-    # on PostgreSQL runs neither, and says so.
-    embedded = isinstance(audit, AuditLog)
-    if not embedded:
-        log.warning("audit log on PostgreSQL: this node writes no checkpoints and closes "
-                    "no sessions a crash left open")
+    # In a cluster only the leader writes checkpoints (a job of `cluster.lead`
+    # below); every node holds the log against them first.
+    clustered = config.database_url is not None and config.node_url is not None
     shipper: CheckpointShipper | None = None
-    checkpointer: Checkpointer | None = None
     try:
         # Refuses to start on a log that no longer holds what its newest
         # signed checkpoint covers (cut short, or an older copy restored).
-        if embedded:
-            checkpointer = Checkpointer(
-                audit, config.data_dir, checkpoint_file=config.checkpoint_file,
-                every_events=config.checkpoint_every_events,
-                every_seconds=config.checkpoint_every_seconds, witnesses=config.witnesses,
-            )
-            if config.checkpoint_command is not None:
-                shipper = CheckpointShipper(config.checkpoint_command)
-                checkpointer.add_listener(shipper.offer)
-                shipper.start()
+        checkpointer = Checkpointer(
+            audit, config.data_dir, checkpoint_file=config.checkpoint_file,
+            every_events=config.checkpoint_every_events,
+            every_seconds=config.checkpoint_every_seconds, witnesses=config.witnesses,
+        )
+        if config.checkpoint_command is not None:
+            shipper = CheckpointShipper(config.checkpoint_command)
+            checkpointer.add_listener(shipper.offer)
+            shipper.start()
+        if clustered:
+            await checkpointer.check()
+        else:
             await checkpointer.start()
     except BaseException:
         if shipper is not None:
@@ -688,6 +686,8 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
     try:
         # Before anyone is served: sessions and agents a crashed run left open
         # are closed in the log (reason broker_crashed), and this run begins.
+        # (SQLite statements: on PostgreSQL the cluster's leader closes a
+        # dead node's sessions instead, node_lost.)
         if isinstance(audit, AuditLog):
             await close_what_a_crash_left_open(audit, now=utcnow())
     except AuditWriteError as exc:
@@ -695,8 +695,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         # says why; the closing records are written at the next start instead.
         log.error("could not close what the previous run left open: %s", exc)
     except BaseException:
-        if checkpointer is not None:
-            await checkpointer.stop()
+        await checkpointer.stop()
         if shipper is not None:
             await shipper.stop()
         await audit.close()
@@ -712,8 +711,7 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
             broker.login_counts = PgLoginCounts(
                 cluster.pool, dt.timedelta(seconds=limits.LOGIN_WINDOW_SECONDS))
     except BaseException:
-        if checkpointer is not None:
-            await checkpointer.stop()
+        await checkpointer.stop()
         if shipper is not None:
             await shipper.stop()
         await audit.close()
@@ -737,8 +735,9 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
         # Cluster-wide jobs run on the one node that holds the leader lock.
         table = cluster.table
         grace = cluster.lease_seconds
-        cluster.lead([retain, lambda: lost_nodes_loop(table, audit, grace=grace,
-                                                      every=min(5.0, grace / 3))])
+        cluster.lead([retain, checkpointer.lead,
+                      lambda: lost_nodes_loop(table, audit, grace=grace,
+                                              every=min(5.0, grace / 3))])
     listening = False
     try:
         # Accepts through broker.admission (per-source and descriptor caps,
@@ -786,8 +785,9 @@ async def run_broker(config: BrokerConfig, *, ready: Callable[[int], None] | Non
                 await retention
         if cluster is not None:
             await cluster.close()  # the slot is free at once
-        if checkpointer is not None:
-            await checkpointer.stop()  # after the last session_ended: a final checkpoint
+        # After the last session_ended: a final checkpoint (in a cluster, the
+        # leader's job wrote it as `cluster.close` ended the job).
+        await checkpointer.stop()
         if shipper is not None:
             await shipper.stop()  # after the final checkpoint, so it is shipped too
         await audit.close()

@@ -17,9 +17,9 @@ queue there and seq has no gaps; triggers refuse UPDATE, DELETE and TRUNCATE.
 Retention (`broker.audit.retention`) and a data subject's export and
 erasure (`broker.audit.subjects`) run here too, through the schema's
 SECURITY DEFINER functions (`PgMaintenance`). Not supported on this backend
-yet: crash recovery still runs SQLite statements on `Maintenance.db`; checkpoints are
-written by the SQLite checkpointer only (the ``checkpoints`` table is here,
-with its guards, for the cluster's leader to fill).
+yet: crash recovery still runs SQLite statements on `Maintenance.db`.
+Checkpoints are written into the ``checkpoints`` table by the cluster's
+leader (`broker.audit.pg_checkpoints`).
 
 Erasure on PostgreSQL: a shredded subject key stays in old row versions
 until VACUUM reclaims them (`truncate_wal`), in the WAL until it is
@@ -320,6 +320,12 @@ class PgAuditLog(AppendListeners):
         if self._pool is None:
             raise AuditError("the audit log is closed")
         return self._pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The open pool (AuditError once closed), for the checkpoints
+        (`broker.audit.pg_checkpoints`), which share the store's database."""
+        return self._require_pool()
 
     # -- writing ---------------------------------------------------------------
 

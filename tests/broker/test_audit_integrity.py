@@ -684,19 +684,19 @@ async def test_schedule_survives_a_failed_checkpoint(tmp_path: Path,
     clock = FakeClock()
     audit = await AuditLog.open(tmp_path)
     cp = Checkpointer(audit, tmp_path, every_seconds=60, clock=clock, poll=0.01)
-    real_write = cp._write
+    real_write = cp.storage.write
     failures: list[int] = []
 
-    def failing_write(now: dt.datetime) -> Checkpoint:
+    async def failing_write(time: str) -> Checkpoint:
         if not failures:
             failures.append(1)
             raise OSError("disk on fire")
-        return real_write(now)
+        return await real_write(time)
 
     try:
         await cp.start()
         first = cp.last
-        cp._write = failing_write  # type: ignore[method-assign]  # a failing disk, for this test
+        cp.storage.write = failing_write  # type: ignore[method-assign]  # a failing disk, for this test
         clock.advance(60)
         await wait_for(lambda: cp.last is not first, "a checkpoint after the failure")
         assert failures == [1]

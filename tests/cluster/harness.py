@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,9 @@ TEST_SETTINGS = {
     "max_connections": "100",
     "log_min_messages": "warning",
 }
+# What a measurement needs instead (bench/cluster.py): commits as durable as
+# a production server's, so that the audit log's cost is not hidden.
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
 
 def free_port() -> int:
@@ -90,6 +93,7 @@ class Postgres:
     port: int
     password: str
     as_user: tuple[str, ...]  # the command prefix that runs a program as the owner
+    settings: dict[str, str] = field(default_factory=lambda: dict(TEST_SETTINGS))
 
     @property
     def data(self) -> Path:
@@ -122,7 +126,7 @@ class Postgres:
 
     def start(self) -> None:
         options = " ".join(f"-c {key}={value!r}" if value == "" else f"-c {key}={value}"
-                           for key, value in TEST_SETTINGS.items())
+                           for key, value in self.settings.items())
         result = self.pg_ctl("start", "-w", "-t", "30", "-l", str(self.log),
                              "-o", f"-p {self.port} {options}")
         if result.returncode != 0:
@@ -137,9 +141,9 @@ class Postgres:
         return self.pg_ctl("status").returncode == 0
 
 
-def start_postgres() -> Postgres:
+def start_postgres(*, durable: bool = False) -> Postgres:
     """initdb and start a cluster in a fresh temporary folder; the caller
-    stops it (`stop_postgres`)."""
+    stops it (`stop_postgres`). `durable`: fsync and synchronous commits on."""
     bin_dir = postgres_bin()
     # pytest's own temporary folders are root's, mode 0700: the server's
     # user could not enter them. This one is the server user's alone.
@@ -160,7 +164,8 @@ def start_postgres() -> Postgres:
     pwfile.write_text(password + "\n")
     if as_user:
         os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-    pg = Postgres(bin=bin_dir, root=root, port=0, password=password, as_user=as_user)
+    pg = Postgres(bin=bin_dir, root=root, port=0, password=password, as_user=as_user,
+                  settings={**TEST_SETTINGS, **(DURABLE if durable else {})})
     try:
         init = subprocess.run(
             [*as_user, str(bin_dir / "initdb"), "-D", str(pg.data), "-U", "postgres",
@@ -206,14 +211,16 @@ def haproxy_binary() -> str:
 
 def haproxy_config(port: int, backends: Sequence[tuple[str, int]], stats: Path, *,
                    check_ca: Path | None = None, healthz: bool = False,
-                   source: str | None = None) -> str:
+                   source: str | None = None, node_ports: Sequence[int] = ()) -> str:
     """TCP mode, TLS passed through to the brokers untouched, a PROXY v2
     header in front of each connection; contrib/haproxy.cfg is the
     production shape of the same. With `check_ca`, each broker is checked
     by a TLS handshake verified against that CA (the PROXY header first),
     and with `healthz` by a GET /healthz over it that must say 200.
     `source`: the address HAProxy connects to the brokers from (so that
-    the brokers trust only it, and clients on 127.0.0.1 dial them directly)."""
+    the brokers trust only it, and clients on 127.0.0.1 dial them directly).
+    `node_ports`: a frontend of its own for each backend, in order (the
+    node URLs that go through the balancer too, as in contrib/haproxy.cfg)."""
     check = (f" check check-send-proxy check-ssl verify required ca-file {check_ca} inter 500ms"
              if check_ca else "")
     if source:
@@ -222,6 +229,14 @@ def haproxy_config(port: int, backends: Sequence[tuple[str, int]], stats: Path, 
                         for n, (host, bport) in enumerate(backends, 1))
     http_check = ("    option httpchk\n    http-check send meth GET uri /healthz ver HTTP/1.1 "
                   "hdr Host consentry\n    http-check expect status 200\n" if healthz else "")
+    per_node = "".join(f"""
+frontend node{n}
+    bind 127.0.0.1:{node_port}
+    default_backend node{n}
+
+backend node{n}
+{http_check}    server broker{n} {host}:{bport} send-proxy-v2{check}
+""" for n, ((host, bport), node_port) in enumerate(zip(backends, node_ports, strict=False), 1))
     return f"""\
 global
     maxconn 2000
@@ -241,7 +256,7 @@ frontend consentry
 backend brokers
     balance leastconn
 {http_check}{servers}
-"""
+{per_node}"""
 
 
 @dataclass
@@ -283,7 +298,7 @@ class HAProxy:
 
 def start_haproxy(folder: Path, backends: Sequence[tuple[str, int]], *,
                   check_ca: Path | None = None, healthz: bool = False,
-                  source: str | None = None) -> HAProxy:
+                  source: str | None = None, node_ports: Sequence[int] = ()) -> HAProxy:
     """HAProxy in the foreground on a free loopback port; the caller stops it."""
     binary = haproxy_binary()
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,7 +306,8 @@ def start_haproxy(folder: Path, backends: Sequence[tuple[str, int]], *,
     for attempt in range(3):
         port = free_port()
         config.write_text(haproxy_config(port, backends, stats, check_ca=check_ca,
-                                         healthz=healthz, source=source))
+                                         healthz=healthz, source=source,
+                                         node_ports=node_ports))
         checked = subprocess.run([binary, "-c", "-q", "-f", str(config)],
                                  capture_output=True, text=True, timeout=30)
         if checked.returncode != 0:

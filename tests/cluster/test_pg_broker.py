@@ -17,6 +17,7 @@ import asyncpg
 import pexpect
 import pytest
 
+from broker.audit.checkpoint_record import parse_checkpoint
 from tests.cluster.harness import Postgres, free_port, start_postgres, stop_postgres
 from tests.e2e.conftest import Deployment, read_code, transcript, write_key
 from tests.e2e.test_fail_closed import REASON
@@ -97,6 +98,14 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
         assert result.returncode == 0, result.stdout + result.stderr
         report = json.loads(result.stdout)
         assert report["ok"] and report["first_seq"] == 1 and report["events"] == len(types)
+        # The node led alone, so it sealed the log (the last at its stop)...
+        assert report["checkpoints"] >= 2 and report["unsealed"] == 0, report
+        # ...and the agent got its consent's receipt (consent_sealed), a
+        # witness `audit verify` takes as it is.
+        kept = deployment.root / "agent-state" / "checkpoints.jsonl"
+        consent_seq = types.index("consent_granted") + 1
+        assert max(parse_checkpoint(line).seq
+                   for line in kept.read_text().splitlines()) >= consent_seq
         assert types[0] == "audit_verified"  # the install run
         assert postgres.password not in result.stdout + result.stderr
         # The check is itself in the log.
