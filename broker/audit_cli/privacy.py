@@ -8,8 +8,6 @@ import argparse
 import asyncio
 import sys
 
-import nacl.signing
-
 from broker.audit.retention import (
     DEFAULT_EVENT_DAYS,
     DEFAULT_PII_DAYS,
@@ -17,7 +15,7 @@ from broker.audit.retention import (
     check_retention,
     purge,
 )
-from broker.audit.signing import AUDIT_KEY_FILE, load_or_create_signing_key
+from broker.audit.signing import load_or_create_signing_key
 from broker.audit.subjects import EraseReport, erase_subject
 from broker.audit_cli.common import add_database_url, add_parser, cli_actor, now, open_log
 from broker.errors import ConfigError
@@ -58,20 +56,12 @@ _PG_COPIES_NOTE = ("note: on PostgreSQL the destroyed key stays in old row versi
                    "unopenable (README, \"The audit log in PostgreSQL\")")
 
 
-def _signing_key_for(args: argparse.Namespace) -> nacl.signing.SigningKey:
-    """The audit key that signs a purge record. A cluster's log is checked
-    with the key its nodes share: one made here would sign a record that
-    `audit verify` refuses, so on PostgreSQL it must already be there."""
-    if args.database_url is not None and not (args.data_dir / AUDIT_KEY_FILE).exists():
-        raise ConfigError(f"no audit signing key at {args.data_dir / AUDIT_KEY_FILE}: a purge "
-                          "of the cluster's log is signed with the key its nodes share; copy "
-                          "audit.key from a node into this data directory")
-    return load_or_create_signing_key(args.data_dir)
-
-
 async def _purge(args: argparse.Namespace) -> PurgeReport:
-    key = _signing_key_for(args)
+    # Loaded once the log is open: on PostgreSQL `open_log` refuses a data
+    # directory without the nodes' key, as a key made here would sign a
+    # purge record `audit verify` refuses.
     async with open_log(args.data_dir, database_url=args.database_url) as audit:
+        key = load_or_create_signing_key(args.data_dir)
         return await purge(audit, now=now(), pii_days=args.pii_retention_days,
                            event_days=args.event_retention_days, signing_key=key,
                            actor=cli_actor())

@@ -87,6 +87,16 @@ async def test_every_read_of_the_cluster_log_is_recorded_there(
         assert str(newest[1]).startswith("cli:")
         body = json.loads(str(newest[2]))
         assert body_part.items() <= body.items(), body
+        # Sealed before the command said it was done, as on SQLite: in the
+        # cluster's table (chained on what was there), a copy in this
+        # directory's PostgreSQL checkpoint file.
+        assert await pg_rows(database_url, "SELECT MAX(seq) FROM events") == await pg_rows(
+            database_url, "SELECT seq FROM checkpoints ORDER BY id DESC LIMIT 1")
+    assert len((cluster / "checkpoints-postgresql.jsonl").read_text().splitlines()) == 3
+    code, out, err = cli(capsys, "audit", "verify", "--data-dir", str(cluster),
+                         "--database-url", database_url, "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["unsealed"] == 0
 
 
 async def test_a_data_subject_is_exported_and_erased_in_the_cluster_log(
