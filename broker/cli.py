@@ -11,15 +11,19 @@
     consentry-broker engineer remove NAME
     consentry-broker audit list   [--json] [--since T] [--until T] [--engineer NAME]
                                   [--subject ALIAS] [--type T] [--session ID] [--limit N]
-    consentry-broker audit show   SESSION|PREFIX [--json]
+                                  [--database-url URL]
+    consentry-broker audit show   SESSION|PREFIX [--json] [--database-url URL]
     consentry-broker audit export [--format jsonl|csv] [--output F] [filters as list]
+                                  [--database-url URL]
     consentry-broker audit export --subject ALIAS [--device PSEUDONYM] [--format json]
-                                  [--output F]
+                                  [--output F] [--database-url URL]
     consentry-broker audit verify [--pubkey F] [--checkpoint-file F] [--json]
                                   [--database-url URL]
     consentry-broker audit pubkey
+    consentry-broker audit migrate --to URL [--pubkey F] [--checkpoint-file F]
     consentry-broker audit purge  [--pii-retention-days N] [--event-retention-days N]
-    consentry-broker audit erase  --subject ALIAS [--device P] [--yes]
+                                  [--database-url URL]
+    consentry-broker audit erase  --subject ALIAS [--device P] [--yes] [--database-url URL]
     consentry-broker dev-setup    [--certs DIR] [--listen HOST:PORT]
 
 Every sub-command takes --data-dir DIR (default var/), and the command takes

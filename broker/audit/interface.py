@@ -12,10 +12,11 @@ chain with `broker.audit.chain`, and personal fields are sealed per subject
 `AuditTransaction` is the part of `AuditStore.maintenance()`'s transaction
 that is the same on every backend: appends that commit with the change they
 record. `RetentionTransaction` adds the calls retention makes, so
-`broker.audit.retention` runs on either backend (`RetentionStore`). What
-erasure and crash recovery do inside it is still SQL on SQLite's connection
-(`Maintenance.db`), so those modules take the SQLite `AuditLog` itself until
-they get calls of their own.
+`broker.audit.retention` runs on either backend (`RetentionStore`), and
+`AdminTransaction` those of a data subject's export and erasure
+(`broker.audit.subjects`). What crash recovery does inside it is still SQL
+on SQLite's connection (`Maintenance.db`), so it takes the SQLite
+`AuditLog` itself until it gets calls of its own.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import Any, Protocol
 
 from broker.audit.keys import AuditKeys
 
-__all__ = ["AuditEvent", "AuditStore", "AuditTransaction", "RetentionStore",
-           "RetentionTransaction"]
+__all__ = ["AdminTransaction", "AuditEvent", "AuditStore", "AuditTransaction",
+           "RetentionStore", "RetentionTransaction"]
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class AuditStore(Protocol):
         ...
 
     def maintenance(self, *, write: bool = True,
-                    ) -> AbstractAsyncContextManager[RetentionTransaction]:
+                    ) -> AbstractAsyncContextManager[AdminTransaction]:
         """Hold the log for one transaction, committed when the block ends."""
         ...
 
@@ -223,4 +224,21 @@ class RetentionStore(Protocol):
         ...
 
     async def truncate_wal(self) -> bool:
+        ...
+
+
+class AdminTransaction(RetentionTransaction, Protocol):
+    """What a data subject's export and erasure (`broker.audit.subjects`) do
+    inside one transaction, on either backend."""
+
+    async def select(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query on the tables both backends hold
+        alike (events, subjects, personal), written with ``?`` placeholders;
+        blobs come back as bytes."""
+        ...
+
+    async def shred_subject(self, pseudonym: str, time: str) -> int:
+        """Delete the subject's personal rows and destroy its key (marked
+        erased at `time`), right after its ``subject_erased`` record appended
+        in this transaction; how many personal rows went."""
         ...

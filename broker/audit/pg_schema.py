@@ -354,6 +354,30 @@ BEGIN
 END
 $$;
 
+-- A data subject's erasure (`broker.audit.subjects`): its personal rows
+-- deleted and its key destroyed, only right after its subject_erased record
+-- appended by this same transaction, so no erasure goes unrecorded.
+CREATE OR REPLACE FUNCTION consentry_erase_subject(p_pseudonym text, erased_at text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    newest record;
+    removed bigint;
+BEGIN
+    SELECT e.type, e.subject, e.xmin = pg_current_xact_id()::xid AS ours INTO newest
+    FROM events AS e JOIN chain_head AS h ON e.seq = h.seq;
+    IF newest IS NULL OR newest.type IS DISTINCT FROM 'subject_erased' OR NOT newest.ours
+            OR newest.subject IS DISTINCT FROM p_pseudonym THEN
+        RAISE EXCEPTION 'an erasure must come right after its subject_erased record, in the '
+            'same transaction' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM personal WHERE pseudonym = p_pseudonym;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    UPDATE subjects SET wrapped_key = NULL, erased = erased_at WHERE pseudonym = p_pseudonym;
+    RETURN removed;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION consentry_remove_forgotten_subjects() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -426,6 +450,8 @@ GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(tex
     consentry_rotate_wrap(integer, text, text, text[], bytea[]),
     consentry_rebase_wrap(integer, integer, text, text)
     TO consentry_broker;
+REVOKE ALL ON FUNCTION consentry_erase_subject(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION consentry_erase_subject(text, text) TO consentry_broker;
 """
 
 

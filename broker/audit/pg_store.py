@@ -14,12 +14,12 @@ What is PostgreSQL's (`broker.audit.pg_schema`): a writer takes the row lock
 of the one-row chain head before hashing its batch, so writers on all nodes
 queue there and seq has no gaps; triggers refuse UPDATE, DELETE and TRUNCATE.
 
-Retention (`broker.audit.retention`) runs here too, through the schema's
+Retention (`broker.audit.retention`) and a data subject's export and
+erasure (`broker.audit.subjects`) run here too, through the schema's
 SECURITY DEFINER functions (`PgMaintenance`). Not supported on this backend
-yet: erasure and export of one subject (`broker.audit.subjects`) and crash
-recovery still run SQLite statements on `Maintenance.db`. Checkpoints are
-written into the ``checkpoints`` table by the cluster's leader
-(`broker.audit.pg_checkpoints`).
+yet: crash recovery still runs SQLite statements on `Maintenance.db`.
+Checkpoints are written into the ``checkpoints`` table by the cluster's
+leader (`broker.audit.pg_checkpoints`).
 
 Erasure on PostgreSQL: a shredded subject key stays in old row versions
 until VACUUM reclaims them (`truncate_wal`), in the WAL until it is
@@ -43,6 +43,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,9 @@ _QUERY_CLAUSES = {
         "WHERE p.alias_tag = {} AND s.wrapped_key IS NOT NULL)"
     ),
 }
+
+
+_PLACEHOLDER = re.compile(r"\?")
 
 
 def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -274,6 +278,23 @@ class PgMaintenance:
     async def remove_forgotten_subjects(self) -> int:
         self._writing()
         return int(await self.conn.fetchval("SELECT consentry_remove_forgotten_subjects()"))
+
+    # -- a data subject's export and erasure (`broker.audit.subjects`)
+
+    async def select(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query, written with SQLite's ``?``
+        placeholders (numbered here, in order: the queries hold no ``?`` of
+        their own)."""
+        numbered = iter(range(1, len(params) + 1))
+        text = _PLACEHOLDER.sub(lambda _: f"${next(numbered)}", sql)
+        return [tuple(row) for row in await self.conn.fetch(text, *params)]
+
+    async def shred_subject(self, pseudonym: str, time: str) -> int:
+        """Through ``consentry_erase_subject``, which refuses unless this
+        transaction's newest event is that subject's ``subject_erased``."""
+        self._writing()
+        return int(await self.conn.fetchval("SELECT consentry_erase_subject($1, $2)",
+                                            pseudonym, time))
 
 
 _Pending = tuple[tuple[Any, ...], "asyncio.Future[int]"]

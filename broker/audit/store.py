@@ -272,6 +272,25 @@ class Maintenance:
             "AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.subject = subjects.pseudonym)")
         return cursor.rowcount
 
+    # -- a data subject's export and erasure (`broker.audit.subjects`)
+
+    async def select(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query (``?`` placeholders)."""
+        rows = await (await self.db.execute(sql, params)).fetchall()
+        return [tuple(row) for row in rows]
+
+    async def shred_subject(self, pseudonym: str, time: str) -> int:
+        """Delete the subject's personal rows (zeroed on disk: secure_delete)
+        and destroy its key; how many personal rows went."""
+        if not self._write:
+            raise AuditError("cannot change the audit log in a read-only transaction")
+        # Deleting the rows takes their alias tags with them: a tag left
+        # behind would still confirm a guessed alias.
+        cursor = await self.db.execute("DELETE FROM personal WHERE pseudonym = ?", (pseudonym,))
+        await self.db.execute("UPDATE subjects SET wrapped_key = NULL, erased = ? "
+                              "WHERE pseudonym = ?", (time, pseudonym))
+        return cursor.rowcount
+
     async def require_secure_delete(self) -> None:
         """Refuse to shred on a connection that would leave deleted bytes in
         free pages (the pragma is per connection; `AuditLog.open` sets it)."""

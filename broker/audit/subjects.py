@@ -12,8 +12,13 @@ with `device` — its pseudonym as listed, or the agent's device id.
 - `export_subject`: everything held about one device, decrypted — its events
   and their personal fields, and a note for each field already shredded.
 - `erase_subject`: crypto-shreds one device: its key destroyed, its personal
-  rows deleted (zeroed on disk by secure_delete, WAL truncated), its alias
-  tags gone with them; the events and the hash chain stay.
+  rows deleted (on SQLite zeroed on disk by secure_delete, WAL truncated; on
+  PostgreSQL through `consentry_erase_subject`, see `broker.audit.pg_store`
+  for what old row versions, WAL and backups keep), its alias tags gone with
+  them; the events and the hash chain stay.
+
+Both backends: the queries are the same SQL on the tables they hold alike,
+run through the transaction's `select` (`broker.audit.interface.AdminTransaction`).
 
 Exports and erasures are admin actions and are recorded (`subject_exported`,
 `subject_erased`, with the pseudonym only, never the alias); so is a lookup
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.audit.chain import format_time
-from broker.audit.store import AuditLog, Maintenance
+from broker.audit.interface import AdminTransaction, AuditStore
 from broker.errors import AuditError
 from broker.wire.errors import ProtocolError
 from broker.wire.messages import b64decode
@@ -93,7 +98,7 @@ def _shown(text: str) -> str:
     return repr(printable(text, max_len=80))
 
 
-async def find_subjects(audit: AuditLog, alias: str) -> list[SubjectInfo]:
+async def find_subjects(audit: AuditStore, alias: str) -> list[SubjectInfo]:
     """The devices that reported `alias` (exactly, any case) in personal data
     still held, oldest first. Not recorded: the caller logs why it looked."""
     async with audit.maintenance(write=False) as work:
@@ -101,7 +106,7 @@ async def find_subjects(audit: AuditLog, alias: str) -> list[SubjectInfo]:
 
 
 async def export_subject(
-    audit: AuditLog,
+    audit: AuditStore,
     alias: str,
     device: str | None = None,
     *,
@@ -153,7 +158,7 @@ async def export_subject(
 
 
 async def erase_subject(
-    audit: AuditLog,
+    audit: AuditStore,
     alias: str,
     device: str | None = None,
     *,
@@ -171,21 +176,16 @@ async def erase_subject(
         async with audit.maintenance() as work:
             await work.require_secure_delete()
             pseudonym = await _resolve(work, alias, device)
-            row = await (await work.db.execute(
-                "SELECT wrapped_key FROM subjects WHERE pseudonym = ?", (pseudonym,)
-            )).fetchone()
-            already = row is None or row[0] is None
-            # Deleting the rows takes their alias tags with them: a tag left
-            # behind would still confirm a guessed alias.
-            cursor = await work.db.execute("DELETE FROM personal WHERE pseudonym = ?",
-                                           (pseudonym,))
-            rows = cursor.rowcount
-            await work.db.execute(
-                "UPDATE subjects SET wrapped_key = NULL, erased = ? WHERE pseudonym = ?",
-                (time, pseudonym),
-            )
+            wrapped, _ = await _subject_row(work, pseudonym)
+            already = wrapped is None
+            ((held,),) = await work.select(
+                "SELECT COUNT(*) FROM personal WHERE pseudonym = ?", pseudonym)
+            rows = int(held)
+            # The record first, then the shredding: on PostgreSQL the function
+            # that shreds refuses unless its record comes right before it.
             seq = await work.append("subject_erased", now=now, actor=actor,
                                     pseudonym=pseudonym, body={"personal_rows": rows})
+            await work.shred_subject(pseudonym, time)
     except _LookupFailed as exc:
         await _record_lookup(audit, "erase", exc, now, actor)
         raise
@@ -196,27 +196,25 @@ async def erase_subject(
 # -- finding the device -------------------------------------------------------
 
 
-async def _alias_matches(work: Maintenance, alias: str) -> list[str]:
+async def _alias_matches(work: AdminTransaction, alias: str) -> list[str]:
     """Pseudonyms with `alias` in personal data still readable, oldest first."""
-    rows = await (await work.db.execute(
+    rows = await work.select(
         "SELECT p.pseudonym, MIN(p.seq) AS first FROM personal AS p "
         "JOIN subjects AS s ON s.pseudonym = p.pseudonym "
         "WHERE p.alias_tag = ? AND s.wrapped_key IS NOT NULL "
         "GROUP BY p.pseudonym ORDER BY first",
-        (work.keys.alias_tag(alias),),
-    )).fetchall()
+        work.keys.alias_tag(alias))
     return [str(row[0]) for row in rows]
 
 
-async def _known(work: Maintenance, pseudonym: str) -> bool:
-    row = await (await work.db.execute(
-        "SELECT EXISTS (SELECT 1 FROM subjects WHERE pseudonym = :p) "
-        "OR EXISTS (SELECT 1 FROM events WHERE subject = :p)", {"p": pseudonym},
-    )).fetchone()
-    return bool(row and row[0])
+async def _known(work: AdminTransaction, pseudonym: str) -> bool:
+    ((known,),) = await work.select(
+        "SELECT EXISTS (SELECT 1 FROM subjects WHERE pseudonym = ?) "
+        "OR EXISTS (SELECT 1 FROM events WHERE subject = ?)", pseudonym, pseudonym)
+    return bool(known)
 
 
-async def _resolve(work: Maintenance, alias: str, device: str | None) -> str:
+async def _resolve(work: AdminTransaction, alias: str, device: str | None) -> str:
     """The one pseudonym the request is about, or _LookupFailed saying why not."""
     matches = await _alias_matches(work, alias)
     if device is None:
@@ -256,16 +254,15 @@ async def _resolve(work: Maintenance, alias: str, device: str | None) -> str:
     return pseudonym
 
 
-async def _has_alias(work: Maintenance, pseudonym: str) -> bool:
-    row = await (await work.db.execute(
+async def _has_alias(work: AdminTransaction, pseudonym: str) -> bool:
+    ((held,),) = await work.select(
         "SELECT EXISTS (SELECT 1 FROM personal AS p JOIN subjects AS s "
         "ON s.pseudonym = p.pseudonym WHERE p.pseudonym = ? AND p.alias_tag IS NOT NULL "
-        "AND s.wrapped_key IS NOT NULL)", (pseudonym,),
-    )).fetchone()
-    return bool(row and row[0])
+        "AND s.wrapped_key IS NOT NULL)", pseudonym)
+    return bool(held)
 
 
-async def _record_lookup(audit: AuditLog, request: str, exc: _LookupFailed,
+async def _record_lookup(audit: AuditStore, request: str, exc: _LookupFailed,
                          now: dt.datetime, actor: str | None) -> None:
     body: dict[str, object] = {"request": request, "outcome": exc.outcome}
     if exc.devices:
@@ -276,30 +273,35 @@ async def _record_lookup(audit: AuditLog, request: str, exc: _LookupFailed,
 # -- reading what is held -------------------------------------------------------
 
 
-async def _subject_key(work: Maintenance, pseudonym: str) -> tuple[bytes | None, str | None]:
-    row = await (await work.db.execute(
-        "SELECT wrapped_key, erased FROM subjects WHERE pseudonym = ?", (pseudonym,)
-    )).fetchone()
-    if row is None:
+async def _subject_row(work: AdminTransaction,
+                       pseudonym: str) -> tuple[bytes | None, str | None]:
+    """The subject's wrapped key and when it was last erased (None, None if
+    the log holds no such subject)."""
+    rows = await work.select("SELECT wrapped_key, erased FROM subjects WHERE pseudonym = ?",
+                             pseudonym)
+    if not rows:
         return None, None
-    wrapped, erased = row
+    wrapped, erased = rows[0]
+    return (None if wrapped is None else bytes(wrapped)), erased
+
+
+async def _subject_key(work: AdminTransaction,
+                       pseudonym: str) -> tuple[bytes | None, str | None]:
+    wrapped, erased = await _subject_row(work, pseudonym)
     return (None if wrapped is None else work.keys.unwrap(wrapped)), erased
 
 
-async def _info(work: Maintenance, pseudonym: str) -> SubjectInfo:
+async def _info(work: AdminTransaction, pseudonym: str) -> SubjectInfo:
     # Seen: the device's own events, not the admin actions about it.
-    row = await (await work.db.execute(
+    ((first, last),) = await work.select(
         "SELECT MIN(time), MAX(time) FROM events WHERE subject = ? "
-        "AND type NOT IN ('subject_exported', 'subject_erased')", (pseudonym,)
-    )).fetchone()
-    first, last = (None, None) if row is None else row
+        "AND type NOT IN ('subject_exported', 'subject_erased')", pseudonym)
     key, erased = await _subject_key(work, pseudonym)
     aliases: list[str] = []
     if key is not None:
-        rows = await (await work.db.execute(
+        rows = await work.select(
             "SELECT seq, ciphertext FROM personal WHERE pseudonym = ? "
-            "AND alias_tag IS NOT NULL ORDER BY seq", (pseudonym,),
-        )).fetchall()
+            "AND alias_tag IS NOT NULL ORDER BY seq", pseudonym)
         for seq, ciphertext in rows:
             alias = (work.keys.open_personal(key, seq, ciphertext) or {}).get("alias")
             if alias is not None and alias not in aliases:
@@ -309,13 +311,12 @@ async def _info(work: Maintenance, pseudonym: str) -> SubjectInfo:
                        tuple(aliases))
 
 
-async def _subject_events(work: Maintenance, pseudonym: str) -> list[dict[str, Any]]:
+async def _subject_events(work: AdminTransaction, pseudonym: str) -> list[dict[str, Any]]:
     key, _ = await _subject_key(work, pseudonym)
-    rows = await (await work.db.execute(
+    rows = await work.select(
         "SELECT e.seq, e.time, e.type, e.session, e.actor, e.body, p.ciphertext "
         "FROM events AS e LEFT JOIN personal AS p ON p.seq = e.seq "
-        "WHERE e.subject = ? ORDER BY e.seq", (pseudonym,),
-    )).fetchall()
+        "WHERE e.subject = ? ORDER BY e.seq", pseudonym)
     erasures = [str(r[1]) for r in rows if r[2] == "subject_erased"]
     events = []
     for seq, time, type_, session, actor, body_text, ciphertext in rows:

@@ -20,7 +20,14 @@ from typing import TextIO
 
 from broker.audit.export import ExportFilters, csv_writer, jsonl_line, stream_events
 from broker.audit.interface import AuditEvent, AuditStore
-from broker.audit_cli.common import add_parser, cli_actor, now, open_log, parse_flag_time
+from broker.audit_cli.common import (
+    add_database_url,
+    add_parser,
+    cli_actor,
+    now,
+    open_log,
+    parse_flag_time,
+)
 from broker.errors import AuditError, ConfigError
 
 _HELP = """\
@@ -125,7 +132,7 @@ def _writer(fmt: str, out: TextIO) -> Callable[[AuditEvent], None]:
 
 async def _export_log(args: argparse.Namespace, fmt: str) -> None:
     filters = _filters(args)
-    async with open_log(args.data_dir) as audit:
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
         events, through = await _export_log_to(audit, args, fmt, filters)
     # Only now, sealed (see `open_log`), is the export reported done.
     if args.output is not None:
@@ -173,7 +180,7 @@ async def _export_subject(args: argparse.Namespace) -> None:
     except ImportError:
         raise ConfigError("export --subject (a data-subject access export) is not available "
                           "in this version of consentry yet") from None
-    async with open_log(args.data_dir) as audit:
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
         # It records the export itself (`subject_exported`, pseudonym only),
         # in the transaction that read the data: nothing more to log here.
         data = await export_subject(audit, args.subject, args.device, actor=cli_actor())
@@ -224,4 +231,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="instead: a data-subject access export of the device with this alias")
     p.add_argument("--device", metavar="PSEUDONYM",
                    help="with --subject: which device, when several used the alias")
+    add_database_url(p, "export")
     p.set_defaults(func=cmd_audit_export)

@@ -53,7 +53,7 @@ def _signing_key(data_dir: Path) -> nacl.signing.SigningKey:
                          f"{data_dir / AUDIT_KEY_FILE}: {exc}") from exc
 
 
-def _public_key(args: argparse.Namespace) -> tuple[nacl.signing.VerifyKey | None, list[str]]:
+def public_key_for(args: argparse.Namespace) -> tuple[nacl.signing.VerifyKey | None, list[str]]:
     """The key to check signatures with, and notes for the reader about it."""
     key_path = args.data_dir / AUDIT_KEY_FILE
     if args.pubkey is not None:
@@ -102,7 +102,7 @@ async def _verify_database(args: argparse.Namespace) -> int:
     if args.witness or args.checkpoint_file is not None:
         raise ConfigError("--witness and --checkpoint-file are not checked against a "
                           "PostgreSQL log yet; run audit verify without them")
-    key, notes = _public_key(args)
+    key, notes = public_key_for(args)
     store = await open_store(args.data_dir, database_url=args.database_url)
     try:
         report = await verify_store(store, public_key=key)
@@ -131,7 +131,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     independent = args.pubkey is not None
     witnesses: list[Path] = args.witness or []
     try:
-        key, notes = _public_key(args)
+        key, notes = public_key_for(args)
         report = verify_log(db_path, public_key=key, checkpoint_file=checkpoint_file,
                             witnesses=witnesses)
     except AuditError as exc:

@@ -9,7 +9,14 @@ import re
 import sys
 
 from broker.audit.interface import AuditEvent, AuditStore
-from broker.audit_cli.common import add_parser, cli_actor, now, open_log, parse_flag_time
+from broker.audit_cli.common import (
+    add_database_url,
+    add_parser,
+    cli_actor,
+    now,
+    open_log,
+    parse_flag_time,
+)
 from broker.errors import ConfigError
 from broker.wire.text import printable
 
@@ -125,7 +132,7 @@ async def _matching(audit: AuditStore, args: argparse.Namespace) -> list[AuditEv
 
 
 async def _audit_list(args: argparse.Namespace) -> None:
-    async with open_log(args.data_dir) as audit:
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
         events = await _matching(audit, args)
         for event in events:
             print(_event_json(event) if args.json else format_event(event))
@@ -172,4 +179,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--type", metavar="TYPE", help="events of this type, e.g. consent_granted")
     p.add_argument("--session", metavar="ID", help="events of this session (its whole id)")
     p.add_argument("--limit", type=int, metavar="N", help="only the newest N events")
+    add_database_url(p, "list")
     p.set_defaults(func=cmd_audit_list)

@@ -17,7 +17,7 @@ from broker.audit.retention import (
 )
 from broker.audit.signing import load_or_create_signing_key
 from broker.audit.subjects import EraseReport, erase_subject
-from broker.audit_cli.common import add_parser, cli_actor, now, open_log
+from broker.audit_cli.common import add_database_url, add_parser, cli_actor, now, open_log
 from broker.errors import ConfigError
 from broker.wire.text import printable
 
@@ -49,9 +49,19 @@ def purge_lines(report: PurgeReport) -> list[str]:
     return lines
 
 
+# On PostgreSQL a destroyed key is not gone from every copy at once.
+_PG_COPIES_NOTE = ("note: on PostgreSQL the destroyed key stays in old row versions until "
+                   "VACUUM, and in the WAL, its archives and base backups taken before, "
+                   "wrapped by the key ring: rotating the key ring makes those copies "
+                   "unopenable (README, \"The audit log in PostgreSQL\")")
+
+
 async def _purge(args: argparse.Namespace) -> PurgeReport:
-    key = load_or_create_signing_key(args.data_dir)
-    async with open_log(args.data_dir) as audit:
+    # Loaded once the log is open: on PostgreSQL `open_log` refuses a data
+    # directory without the nodes' key, as a key made here would sign a
+    # purge record `audit verify` refuses.
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
+        key = load_or_create_signing_key(args.data_dir)
         return await purge(audit, now=now(), pii_days=args.pii_retention_days,
                            event_days=args.event_retention_days, signing_key=key,
                            actor=cli_actor())
@@ -89,7 +99,7 @@ def _confirmed(args: argparse.Namespace) -> bool:
 async def _erase(args: argparse.Namespace) -> EraseReport:
     # Sealed before this returns: the erasure is proven only once a signed
     # checkpoint covers its record (see `open_log`).
-    async with open_log(args.data_dir) as audit:
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
         return await erase_subject(audit, args.subject, args.device, now=now(),
                                    actor=cli_actor())
 
@@ -104,6 +114,8 @@ def cmd_audit_erase(args: argparse.Namespace) -> int:
           f"record(s) deleted and its key destroyed; recorded as subject_erased, "
           f"event {report.event_seq}")
     print("its events stay in the log under the pseudonym; the hash chain is unchanged")
+    if args.database_url is not None:
+        print(_PG_COPIES_NOTE, file=sys.stderr)
     if not report.wal_truncated:
         print(_WAL_WARNING, file=sys.stderr)
     return 0
@@ -118,6 +130,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--event-retention-days", type=int, default=DEFAULT_EVENT_DAYS,
                    metavar="N", help="delete events from whole UTC days older than N days, "
                                      f"with a signed purge record (default {DEFAULT_EVENT_DAYS})")
+    add_database_url(p, "purge")
     p.set_defaults(func=cmd_audit_purge)
 
     p = add_parser(sub, common, "erase",
@@ -129,4 +142,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         "listed, or the agent's device id")
     p.add_argument("--yes", action="store_true",
                    help="do not ask for confirmation (required when not at a terminal)")
+    add_database_url(p, "erase in")
     p.set_defaults(func=cmd_audit_erase)

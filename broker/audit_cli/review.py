@@ -12,7 +12,7 @@ from typing import Any
 
 from broker.audit.interface import AuditEvent, AuditStore
 from broker.audit.review import session_report
-from broker.audit_cli.common import add_parser, cli_actor, now, open_log
+from broker.audit_cli.common import add_database_url, add_parser, cli_actor, now, open_log
 from broker.errors import AuditError
 from broker.wire.text import printable
 
@@ -262,7 +262,7 @@ async def resolve_session(audit: AuditStore, typed: str) -> str:
 
 
 async def _audit_show(args: argparse.Namespace) -> None:
-    async with open_log(args.data_dir) as audit:
+    async with open_log(args.data_dir, database_url=args.database_url) as audit:
         try:
             session = await resolve_session(audit, args.session)
         except AmbiguousSession:
@@ -308,4 +308,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="the session id, as in `audit list`, or enough of its start "
                         f"(at least {MIN_PREFIX} characters) to name one session")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    add_database_url(p, "read the session from")
     p.set_defaults(func=cmd_audit_show)

@@ -1,0 +1,82 @@
+"""A single node's log moved to PostgreSQL, end to end with real processes:
+a session on the SQLite broker, `audit migrate` (a subprocess), then a node
+on the migrated log whose next session with the same device reuses that
+device's migrated subject key; one chain that `audit verify --database-url`
+passes, and both sessions readable with `audit show --database-url`."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import asyncpg
+
+from tests.cluster.harness import Postgres
+from tests.cluster.test_pg_broker import cluster_engineer, start_node
+from tests.e2e.conftest import Deployment
+from tests.e2e.test_session import approve_session
+
+
+def one_session(deployment: Deployment, key: Path | None = None) -> None:
+    """A session with a marker both sides see, then the engineer leaves."""
+    agent, console, _code = approve_session(deployment, "c", "--control", key=key)
+    marker = "CSY" + secrets.token_hex(8)
+    console.send(f"echo {marker}-$((6*7))\r")
+    console.expect(f"{marker}-42")
+    agent.expect(f"{marker}-42")
+    console.send("\x1dq")
+    console.expect("You left the session.")
+
+
+async def test_a_migrated_log_carries_on_under_a_node(
+        deployment: Deployment, database_url: str, postgres: Postgres) -> None:
+    deployment.start_broker()
+    one_session(deployment)
+    deployment.stop()
+
+    result = deployment.cli("audit", "migrate", "--to", database_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert postgres.password not in result.stdout + result.stderr
+    before = await _pg_events(database_url)
+    assert before[-1][1] == "audit_migrated"
+
+    # Engineers are the cluster's: alice is added there; the device (the
+    # same agent state) comes back to a node on the migrated log.
+    key = cluster_engineer(deployment, database_url)
+    start_node(deployment, database_url)
+    one_session(deployment, key)
+    deployment.stop()
+
+    after = await _pg_events(database_url)
+    assert after[:len(before)] == before  # the migrated chain, carried on
+    sessions = sorted({session for _, type_, session in after
+                       if type_ == "session_started" and session})
+    assert len(sessions) == 2
+    conn = await asyncpg.connect(database_url)
+    try:
+        # One subject, one key: the node opened the migrated one (the data
+        # directory's key ring), rather than re-keying the device.
+        assert await conn.fetchval("SELECT COUNT(*) FROM subjects") == 1
+    finally:
+        await conn.close()
+
+    result = deployment.cli("audit", "verify", "--database-url", database_url, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["ok"]
+    for session in sessions:
+        result = deployment.cli("audit", "show", session, "--json",
+                                "--database-url", database_url)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["device"]["alias"] == "front desk"
+        assert report["engineer"] == "alice"
+
+
+async def _pg_events(url: str) -> list[tuple[int, str, str | None]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [(int(r[0]), str(r[1]), r[2])
+                for r in await conn.fetch("SELECT seq, type, session FROM events ORDER BY seq")]
+    finally:
+        await conn.close()
