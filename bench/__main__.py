@@ -8,12 +8,12 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import cases, cluster, report
+from bench import cases, cluster, report, startup
 from bench.fixture import Deployment
 from bench.procs import raise_fd_limit
 from broker import eventloop
 
-CASES = ("interactive", "join", "sessions", "idle", "flood", "soak", "audit", "cluster")
+CASES = ("interactive", "join", "startup", "sessions", "idle", "flood", "soak", "audit", "cluster")
 
 
 async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
@@ -43,6 +43,7 @@ async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
             if row.what == "keystroke round trip p99":
                 single_p99 = row.detail["relay_ms"]["median"]
         await case("join", lambda: cases.join_to_prompt(dep, mode))
+        await case("startup", lambda: startup.console_startup(dep, mode))
         await case("sessions", lambda: cases.concurrent_sessions(dep, mode, single_p99))
         # The same at a quarter of the load: shows whether the relay or the
         # machine gives out first.

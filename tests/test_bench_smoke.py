@@ -24,6 +24,7 @@ def test_bench_smoke_runs_every_case(tmp_path: Path) -> None:
     assert not failed, failed
     for expected in ("keystroke round trip p50", "keystroke round trip p99",
                      "bulk transfer", "broker CPU seconds per GiB", "join to shell prompt",
+                     "console start-up to its first byte",
                      "idle agents held", "connection flood", "soak", "concurrent sessions",
                      "audit appends", "audit verify", "through HAProxy): join",
                      "through HAProxy): keystroke round trip p99"):

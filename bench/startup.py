@@ -1,0 +1,76 @@
+"""The console's start-up: from `exec` to its first byte on the network.
+
+Issue 15's target is 100 ms. `consentry-console join` runs as a fresh
+process against a listening socket that takes the first byte (its TLS
+ClientHello) and closes; the same clock times the interpreter itself
+(`python -c` that connects and sends one byte) in the same run, interleaved,
+as the floor no Python console can go below. `python -X importtime` on the
+console shows where the rest goes (README, "Performance").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+
+from bench.cases import Mode, Row
+from bench.fixture import BIN, Deployment
+from bench.stats import percentile
+
+TARGET_MS = 100.0
+_FLOOR = ("import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); "
+          "s.send(b'x'); s.close()")
+
+
+def _first_byte_ms(argv: list[str]) -> float:
+    """Milliseconds from starting `argv` (given the port as "{port}") to the
+    first byte it sends to a socket on 127.0.0.1."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        began = time.perf_counter()
+        proc = subprocess.Popen([arg.replace("{port}", str(port)) for arg in argv],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.recv(1)
+                elapsed = (time.perf_counter() - began) * 1000
+        finally:
+            proc.kill()
+            proc.wait()
+    return elapsed
+
+
+def _measure(dep: Deployment, runs: int) -> tuple[list[float], list[float]]:
+    console = [str(BIN / "consentry-console"), "join", "4821-193-775",
+               "--broker", "wss://127.0.0.1:{port}", "--ca", str(dep.pki.ca_cert),
+               "--identity", str(dep.key_path), "--user", dep.user]
+    floor = [sys.executable, "-c", _FLOOR, "{port}"]
+    _first_byte_ms(console)  # warm the page cache and .pyc files once
+    consoles: list[float] = []
+    floors: list[float] = []
+    for _ in range(runs):  # interleaved: a busy moment slows both alike
+        consoles.append(_first_byte_ms(console))
+        floors.append(_first_byte_ms(floor))
+    return consoles, floors
+
+
+async def console_startup(dep: Deployment, mode: Mode) -> list[Row]:
+    runs = 3 if mode.smoke else 15
+    consoles, floors = await asyncio.to_thread(_measure, dep, runs)
+    p50 = percentile(consoles, 50)
+    floor = percentile(floors, 50)
+    return [Row("console start-up to its first byte on the network (plain join)",
+                f"python itself: p50 {floor:.0f} ms", f"p50 <= {TARGET_MS:.0f} ms",
+                f"p50 {p50:.0f} ms, p99 {percentile(consoles, 99):.0f} ms; "
+                f"{p50 - floor:.0f} ms above the interpreter's own start-up (n={runs})",
+                p50 <= TARGET_MS, {"console_ms": consoles, "python_ms": floors},
+                note="what a join imports before connecting (asyncio, ssl, websockets, "
+                     "uvloop; asyncssh and the pairing load on a worker thread meanwhile): "
+                     "`python -X importtime -c 'import console.__main__'`")]
