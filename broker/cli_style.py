@@ -37,17 +37,14 @@ def pyproject_version(pyproject: Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
-class _Version(argparse.Action):
+class _Version(argparse._VersionAction):
     """argparse's "version" action, but the version is looked up when asked
     for: reading the package's metadata costs every start-up otherwise."""
 
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
-                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
-        parser.exit(message=f"{parser.prog.split()[0]} {package_version()}\n")
+        print(f"{parser.prog.split()[0]} {package_version()}")  # stdout, as argparse's
+        parser.exit()
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
