@@ -44,6 +44,7 @@ from agent.config import AgentConfig
 from agent.consent import DENY, ConsentRequest, Decision, allowed
 from agent.errors import BrokerLost
 from agent.identity import DeviceIdentity
+from agent.link_notice import link_notice
 from agent.liveness import Heartbeat, InputGuard
 from agent.screen import Viewer
 from agent.sshd import Gate, Services, SharedShell, serve_shell
@@ -601,16 +602,9 @@ class Agent:
 
     def _link_event(self, active: ActiveSession, event: LinkEvent) -> None:
         """The state of this seat's link, on the customer's screen."""
-        who = printable(active.viewer.display, 40)
-        if event.kind == "retrying":
-            self.screen.notice(f"Connection lost — reconnecting ({event.seconds:.0f} s)… The "
-                               f"session with {who} stays open; Ctrl-] e ends it.")
-        elif event.kind == "peer_lost":
-            self.screen.notice(f"{who}'s connection was lost; waiting up to "
-                               f"{event.seconds:.0f} s for it to come back. Ctrl-] e ends it.")
-        elif event.kind == "resumed":
-            self.screen.notice(f"Connection restored: the session with {who} resumed "
-                               f"(after {event.seconds:.1f} s).")
+        notice = link_notice(event)
+        if notice is not None:
+            self.screen.notice(notice)
 
     def _transfer_hub(self, session_id: str) -> TransferHub:
         config = self.config

@@ -119,10 +119,14 @@ class Viewer:
         who = f"{printable(self.display, 40)} ({printable(self.login, 32)})"
         return f"{who} is {'viewing and typing' if self.control else 'viewing'}"
 
-    def brief(self) -> str:
+    def brief(self, name_len: int = 40) -> str:
         """The same, short, for a banner that also carries a note."""
-        who = printable(self.display, 40)
+        who = printable(self.display, name_len)
         return f"{who} {'can type' if self.control else 'is watching'}"
+
+
+# How long a name may be in a banner with a note: the longest that fits.
+_BANNER_NAME_LENGTHS = (40, 24, 16, 12)
 
 
 def chat_banner(line: ChatLine) -> str:
@@ -631,9 +635,16 @@ class CustomerScreen:
         if self._notice:
             # Who is connected comes first, always: it is the customer's
             # privacy indicator; the note rides beside it (who in short, to
-            # leave the note room) while it lasts.
-            who = "; ".join(v.brief() for v in self._viewers.values())
-            return f"consentry: {who} -- {printable(self._notice, 160)}"
+            # leave the note room) while it lasts. A long name is cut
+            # rather than the note, which may say how to end the session.
+            cols, _rows = self._size()
+            note = printable(self._notice, 160)
+            for name_len in _BANNER_NAME_LENGTHS:
+                who = "; ".join(v.brief(name_len) for v in self._viewers.values())
+                text = f"consentry: {who} -- {note}"
+                if len(text) <= cols:
+                    break
+            return text
         if self._activity:
             who = "; ".join(v.brief() for v in self._viewers.values())
             return f"consentry: {who} -- {self._activity}"
