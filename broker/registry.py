@@ -36,7 +36,7 @@ import asyncssh
 from broker.errors import RegistryError
 from broker.wire.text import printable, validate_label
 
-__all__ = ["ROLES", "Engineer", "Registry", "ThreadedRegistry", "device_digest",
+__all__ = ["REGISTRY_FILE", "ROLES", "Engineer", "Registry", "ThreadedRegistry", "device_digest",
            "new_engineer", "parse_ed25519_public_key"]
 
 ROLES = frozenset({"engineer", "admin"})
@@ -47,6 +47,9 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 _SCHEMA_VERSION = 2
 # Plain SQL that SQLite and PostgreSQL both take: the cluster's registry
 # (broker.pg_registry) makes the same tables.
+# The registry's file in a broker's data directory.
+REGISTRY_FILE = "registry.db"
+
 REGISTRY_TABLES = """
 CREATE TABLE IF NOT EXISTS engineers (
     name       TEXT PRIMARY KEY,

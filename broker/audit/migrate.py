@@ -41,6 +41,11 @@ The rules, in order:
   did), and the trigger is back on before the migration's own record.
 * The copy is refused if the broker appended to audit.db meanwhile (stop it
   first): what lands in PostgreSQL is the whole log that was checked.
+* The registry comes along, in the same transaction: the engineers of
+  `registry.db` and the devices' key bindings (their pseudonyms are the
+  master key's, the same here). An engineer or a device the cluster already
+  has is kept as the cluster has it (counted, not copied), so a name added
+  to the cluster before the move is not replaced by a file's.
 * The migration is itself recorded, after the copied rows and through the
   trigger, as `audit_migrated` (counts only, no personal data).
 """
@@ -66,6 +71,7 @@ from broker.audit.pg_store import PgAuditLog
 from broker.audit.schema import SCHEMA_VERSION, has_checkpoint_table
 from broker.audit.verify import verify_log
 from broker.errors import AuditError, ConfigError
+from broker.registry import REGISTRY_FILE
 
 __all__ = ["MIGRATED_EVENT", "MigrationReport", "TargetNotEmpty", "migrate_to_postgres"]
 
@@ -102,6 +108,9 @@ class MigrationReport:
     personal_rows: int
     checkpoints: int
     record_seq: int  # the `audit_migrated` event
+    engineers: int = 0  # copied from registry.db
+    devices: int = 0
+    kept: int = 0  # engineers and devices the cluster already had
 
 
 def _open_snapshot(db_path: Path) -> sqlite3.Connection:
@@ -236,10 +245,12 @@ async def _copy(source: sqlite3.Connection, db_path: Path, target: PgAuditLog,
                                                      columns=("seq", "record"))
                     checkpoints += len(rows)
             _require_unchanged(db_path, last_seq)
+            engineers, devices, kept = await _copy_registry(db_path.with_name(REGISTRY_FILE),
+                                                            conn)
             record_seq = await work.append(MIGRATED_EVENT, now=now, actor=actor, body={
                 "from": "sqlite", "events": events, "first_seq": first_seq,
                 "through_seq": last_seq, "subjects": subjects, "personal_rows": personal,
-                "checkpoints": checkpoints})
+                "checkpoints": checkpoints, "engineers": engineers, "devices": devices})
     except sqlite3.Error as exc:
         raise AuditError(f"cannot read the audit log {db_path}: {exc}; nothing was "
                          f"written to {where}") from exc
@@ -248,7 +259,44 @@ async def _copy(source: sqlite3.Connection, db_path: Path, target: PgAuditLog,
     except AuditError as exc:
         raise AuditError(f"{exc}; nothing was written to {where}") from exc
     return MigrationReport(events, first_seq, last_seq, subjects, personal, checkpoints,
-                           record_seq)
+                           record_seq, engineers, devices, kept)
+
+
+def _registry_rows(path: Path) -> tuple[list[Any], list[Any]]:
+    """The engineers and device bindings of `path` (registry.db), or none."""
+    if not path.is_file():
+        return [], []
+    try:
+        source = sqlite3.connect(f"file:{quote(str(path.absolute()))}?mode=ro", uri=True)
+        try:
+            return (source.execute("SELECT name, display, role, public_key, added "
+                                   "FROM engineers ORDER BY name").fetchall(),
+                    source.execute("SELECT pseudonym, key_sha256, first_seen FROM devices "
+                                   "ORDER BY pseudonym").fetchall())
+        finally:
+            source.close()
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot read the registry {path}: {exc}") from exc
+
+
+async def _copy_registry(path: Path, conn: Connection) -> tuple[int, int, int]:
+    """The engineers and device bindings of `path` into the cluster's
+    tables, where the cluster has no such name or device yet: (engineers
+    copied, devices copied, rows the cluster already had)."""
+    engineers, devices = _registry_rows(path)
+    copied_engineers = copied_devices = 0
+    for row in engineers:
+        status = await conn.execute(
+            "INSERT INTO engineers (name, display, role, public_key, added) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", *row)
+        copied_engineers += status == "INSERT 0 1"
+    for row in devices:
+        status = await conn.execute(
+            "INSERT INTO devices (pseudonym, key_sha256, first_seen) VALUES ($1, $2, $3) "
+            "ON CONFLICT (pseudonym) DO NOTHING", *row)
+        copied_devices += status == "INSERT 0 1"
+    kept = len(engineers) + len(devices) - copied_engineers - copied_devices
+    return copied_engineers, copied_devices, kept
 
 
 async def _require_empty(conn: Connection, where: str) -> None:

@@ -62,6 +62,10 @@ def cmd_audit_migrate(args: argparse.Namespace) -> int:
     print(f"copied {span}, {report.subjects} subject(s), {report.personal_rows} personal "
           f"record(s) and {report.checkpoints} checkpoint(s) from {data_dir / 'audit.db'} "
           f"into {where}; recorded as audit_migrated, event {report.record_seq}")
+    kept = (f" ({report.kept} the cluster already had, kept as it has them)"
+            if report.kept else "")
+    print(f"registry: {report.engineers} engineer(s) and {report.devices} device "
+          f"binding(s) copied into the cluster's{kept}")
     keys = ", ".join(name for name in CLUSTER_KEY_FILES if (data_dir / name).exists())
     print(f"next: copy {keys} from {data_dir} to the data directory of every node (a node "
           "with another master key or wrapping key is refused), then check the new log "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import asyncssh
 import pytest
 
 from broker.audit import migrate
@@ -26,6 +27,7 @@ from broker.audit.signing import load_or_create_signing_key
 from broker.audit.store import AuditLog
 from broker.audit_cli.migrate import Progress
 from broker.cli import main
+from broker.registry import REGISTRY_FILE, Registry, device_digest
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 DEVICE = "dev-5b1f0c3e-8d7a-4c2e-9f00-aa11bb22cc33"
@@ -269,3 +271,41 @@ def test_progress_is_shown_every_few_percent_of_a_big_log(
     small = Progress()
     small(50, 50)
     assert capsys.readouterr().err == ""  # a small log is copied without a word
+
+
+async def test_the_registry_moves_too_but_never_replaces_what_the_cluster_has(
+        tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    await seed_single_node(data)
+    registry = Registry(data / REGISTRY_FILE)
+    alice_key, bob_key = (asyncssh.generate_private_key("ssh-ed25519").export_public_key()
+                          .decode().strip() for _ in range(2))
+    registry.add("alice", alice_key, display="Alice Example", now=day(0))
+    registry.add("bob", bob_key, role="admin", now=day(0))
+    assert registry.bind_device("pseudonym-of-pc1", b"device key", now=day(20))
+    # The cluster already knows a "bob" (added there before the move), with
+    # another key: the cluster's stays.
+    log = await PgAuditLog.open(database_url, data)
+    await log.close()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO engineers (name, display, role, public_key, added) "
+                           "VALUES ('bob', 'Bob (cluster)', 'engineer', 'ssh-ed25519 AAAAother', "
+                           "'2025-03-01T00:00:00Z')")
+    finally:
+        await conn.close()
+
+    code, out, err = cli(capsys, "audit", "migrate", "--to", database_url,
+                         "--data-dir", str(data))
+    assert code == 0, err
+    assert ("registry: 1 engineer(s) and 1 device binding(s) copied into the cluster's "
+            "(1 the cluster already had, kept as it has them)") in out
+    engineers = await pg_rows(database_url, "SELECT name, display, role, public_key "
+                                            "FROM engineers ORDER BY name")
+    assert engineers == [("alice", "Alice Example", "engineer", alice_key),
+                         ("bob", "Bob (cluster)", "engineer", "ssh-ed25519 AAAAother")]
+    assert await pg_rows(database_url, "SELECT pseudonym, key_sha256 FROM devices") == [
+        ("pseudonym-of-pc1", device_digest(b"device key"))]
+    [(body,)] = await pg_rows(database_url,
+                              "SELECT body FROM events WHERE type = 'audit_migrated'")
+    assert json.loads(body)["engineers"] == 1 and json.loads(body)["devices"] == 1

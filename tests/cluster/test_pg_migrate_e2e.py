@@ -2,7 +2,8 @@
 a session on the SQLite broker, `audit migrate` (a subprocess), then a node
 on the migrated log whose next session with the same device reuses that
 device's migrated subject key; one chain that `audit verify --database-url`
-passes, and both sessions readable with `audit show --database-url`."""
+passes, and both sessions readable with `audit show --database-url`. The
+registry (engineers, device bindings) moves with the log."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.cluster.harness import Postgres
-from tests.cluster.test_pg_broker import cluster_engineer, start_node
+from tests.cluster.test_pg_broker import start_node
 from tests.e2e.conftest import Deployment
 from tests.e2e.test_session import approve_session
 
@@ -41,11 +42,14 @@ async def test_a_migrated_log_carries_on_under_a_node(
     before = await _pg_events(database_url)
     assert before[-1][1] == "audit_migrated"
 
-    # Engineers are the cluster's: alice is added there; the device (the
-    # same agent state) comes back to a node on the migrated log.
-    key = cluster_engineer(deployment, database_url)
+    # The registry came along: alice (with her key) and the device's
+    # binding are the cluster's now; the device (the same agent state) comes
+    # back to a node on the migrated log and is let in as the one it was.
+    assert "registry: 1 engineer(s) and 1 device binding(s) copied" in result.stdout
+    listed = deployment.cli("engineer", "list", "--json", "--database-url", database_url)
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["alice"]
     start_node(deployment, database_url)
-    one_session(deployment, key)
+    one_session(deployment, key=deployment.root / "alice_ed25519")  # her key, as before
     deployment.stop()
 
     after = await _pg_events(database_url)
