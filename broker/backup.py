@@ -36,6 +36,7 @@ import nacl.exceptions
 import nacl.public
 
 from broker.atomic_file import replace_atomically, replace_atomically_from
+from broker.audit.ratchet import RATCHET_NAME
 from broker.errors import BrokerError
 
 __all__ = ["BACKED_UP", "KEPT_OUT", "BackupError", "make_backup", "make_recipient_key",
@@ -79,6 +80,12 @@ def _read_key(path: Path, size: int = 32) -> bytes:
 
 def _snapshot(data_dir: Path, into: Path) -> list[Path]:
     """The files to back up, consistent, in `into`."""
+    if not (data_dir / "audit.db").exists() and (data_dir / RATCHET_NAME).exists():
+        raise BackupError(
+            f"{data_dir} is a cluster node's: its audit log and registry are in PostgreSQL, "
+            "so back up that database with PostgreSQL's own tools (pg_dump, or base "
+            "backups with WAL archiving), and keep master.key, audit.key and "
+            f"{RATCHET_NAME} apart from it (README, \"The audit log in PostgreSQL\")")
     for name in BACKED_UP:
         if not (data_dir / name).exists():
             raise BackupError(f"{data_dir / name} does not exist: is {data_dir} a broker's "

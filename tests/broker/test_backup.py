@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.ratchet import RATCHET_NAME
 from broker.backup import (
     BACKED_UP,
     KEPT_OUT,
@@ -126,3 +127,17 @@ def test_the_commands_back_up_restore_and_verify(live: Path, tmp_path: Path) -> 
     refused = run("restore", "--data-dir", str(restored), "--input", str(tmp_path / "b"),
                   "--identity", str(tmp_path / "bk"))
     assert refused.returncode != 0 and "nothing is overwritten" in refused.stderr
+
+
+def test_a_cluster_nodes_directory_is_told_where_its_log_is(tmp_path: Path) -> None:
+    """A node on PostgreSQL keeps its log and registry in the database; its
+    data directory holds keys only, which a backup must not hold."""
+    node = tmp_path / "node"
+    node.mkdir(mode=0o700)
+    for name in ("master.key", "audit.key", RATCHET_NAME):
+        (node / name).write_bytes(b"k" * 32)
+    recipient = tmp_path / "backup.key"
+    make_recipient_key(recipient)
+    with pytest.raises(BackupError, match=r"PostgreSQL.*pg_dump.*audit-ratchet.key"):
+        make_backup(node, recipient.with_name("backup.key.pub"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
