@@ -50,7 +50,7 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -658,54 +658,78 @@ class _EventScan:
 # -- witnesses -----------------------------------------------------------------------
 
 
-def _check_witness(conn: sqlite3.Connection, path: Path, key: nacl.signing.VerifyKey,
-                   report: VerifyReport, first_prev: str | None) -> None:
-    """Hold every line of one witness file against the log (after the event scan,
-    which set the log's span and what retention purged)."""
+def witness_lines(path: Path, key: nacl.signing.VerifyKey,
+                  report: VerifyReport) -> list[tuple[str, Checkpoint]]:
+    """The signed checkpoints of one witness file, each with where it is;
+    a line that is not one is reported."""
     try:
         handle = open(path, "rb")
     except OSError as exc:
         raise AuditError(f"cannot read the witness file {path}: {exc}") from exc
-    first, last, purged = report.first_seq, report.last_seq, report.purged_through
+    lines = []
     with handle:
         for number, raw in enumerate(handle, 1):
             where = f"witness {path} line {number}"
             if not raw.strip():
                 continue
             try:
-                cp = parse_checkpoint(raw, key)
+                lines.append((where, parse_checkpoint(raw, key)))
             except AuditError as exc:
                 report.add("witness lines", Problem(
                     f"{where}: not a checkpoint signed by the audit key ({exc})"))
+    return lines
+
+
+def witness_seqs(lines: Sequence[tuple[str, Checkpoint]], report: VerifyReport) -> set[int]:
+    """The seqs whose hash `hold_witness` will look up in the log."""
+    first, last = report.first_seq, report.last_seq
+    return {cp.seq for _, cp in lines
+            if cp.seq > 0 and last is not None and cp.seq <= last
+            and (first is None or cp.seq >= first)}
+
+
+def hold_witness(lines: Sequence[tuple[str, Checkpoint]], report: VerifyReport,
+                 first_prev: str | None, hash_at: Callable[[int], str | None]) -> None:
+    """Hold every witness checkpoint against the log (after the event scan,
+    which set the log's span and what retention purged); `hash_at(seq)` is
+    the log's hash of an event it holds. Both backends' verify use it."""
+    first, last, purged = report.first_seq, report.last_seq, report.purged_through
+    for where, cp in lines:
+        if cp.seq == 0:
+            agrees = cp.hash == GENESIS_HASH
+        elif last is None or cp.seq > last:
+            end = "the log is empty" if last is None else f"the log ends at seq {last}"
+            report.add("witness truncation", Problem(
+                f"{where}: the checkpoint of {cp.time} covers seq {cp.seq} but {end}: "
+                f"the log was cut (events from seq {(last or 0) + 1} deleted) or "
+                "replaced by an older copy", seq=(last or 0) + 1))
+            continue
+        elif first is not None and cp.seq < first:
+            if purged is None or cp.seq > purged:
+                report.add("witness purged", Problem(
+                    f"{where}: seq {cp.seq} (checkpoint of {cp.time}) is no longer in "
+                    "the log and no signed purge record covers it: events were deleted "
+                    "from the start", seq=cp.seq))
                 continue
-            if cp.seq == 0:
-                agrees = cp.hash == GENESIS_HASH
-            elif last is None or cp.seq > last:
-                end = "the log is empty" if last is None else f"the log ends at seq {last}"
-                report.add("witness truncation", Problem(
-                    f"{where}: the checkpoint of {cp.time} covers seq {cp.seq} but {end}: "
-                    f"the log was cut (events from seq {(last or 0) + 1} deleted) or "
-                    "replaced by an older copy", seq=(last or 0) + 1))
-                continue
-            elif first is not None and cp.seq < first:
-                if purged is None or cp.seq > purged:
-                    report.add("witness purged", Problem(
-                        f"{where}: seq {cp.seq} (checkpoint of {cp.time}) is no longer in "
-                        "the log and no signed purge record covers it: events were deleted "
-                        "from the start", seq=cp.seq))
-                    continue
-                agrees = cp.seq != first - 1 or cp.hash == first_prev
-            else:
-                row = conn.execute("SELECT hash FROM events WHERE seq = ?",
-                                   (cp.seq,)).fetchone()
-                agrees = row is not None and row[0] == cp.hash
-            if not agrees:
-                report.add("witness hashes", Problem(
-                    f"{where}: the checkpoint of {cp.time} signed hash {_short(cp.hash)} for "
-                    f"seq {cp.seq}, which the log no longer holds: the log was altered at or "
-                    f"before seq {cp.seq}", seq=cp.seq))
-                continue
-            report.witness_checkpoints += 1
+            agrees = cp.seq != first - 1 or cp.hash == first_prev
+        else:
+            agrees = hash_at(cp.seq) == cp.hash
+        if not agrees:
+            report.add("witness hashes", Problem(
+                f"{where}: the checkpoint of {cp.time} signed hash {_short(cp.hash)} for "
+                f"seq {cp.seq}, which the log no longer holds: the log was altered at or "
+                f"before seq {cp.seq}", seq=cp.seq))
+            continue
+        report.witness_checkpoints += 1
+
+
+def _check_witness(conn: sqlite3.Connection, path: Path, key: nacl.signing.VerifyKey,
+                   report: VerifyReport, first_prev: str | None) -> None:
+    def hash_at(seq: int) -> str | None:
+        row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    hold_witness(witness_lines(path, key, report), report, first_prev, hash_at)
 
 
 # -- the whole check -----------------------------------------------------------------

@@ -12,14 +12,18 @@ were deleted from the end. Only the rows there when the check began are
 held against the log (a checkpoint written meanwhile may cover events the
 scan has passed).
 
-What `broker.audit.verify.verify_log` adds on SQLite, reading the file
-itself, is not here: the checkpoint file, witnesses, and the finer
-diagnosis of a break (moved, inserted or swapped rows).
+Witness files (checkpoints kept elsewhere, and a node's own
+``checkpoints-postgresql.jsonl``) are held against the events with the same
+check as on SQLite (`broker.audit.verify.hold_witness`), the hashes it
+needs picked up during the one scan. What `verify_log` adds on SQLite,
+reading the file itself, is not here: the finer diagnosis of a break
+(moved, inserted or swapped rows).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import nacl.signing
 
@@ -27,7 +31,7 @@ from broker.audit.chain import GENESIS_HASH, ChainWalk, StoredRow, canonical_jso
 from broker.audit.checkpoint_record import GENESIS_CHECKPOINT, Checkpoint, parse_checkpoint
 from broker.audit.interface import AuditEvent, AuditStore
 from broker.audit.purge_record import PURGE_EVENT, check_purge_body, purge_covers
-from broker.audit.verify import Problem, VerifyReport
+from broker.audit.verify import Problem, VerifyReport, hold_witness, witness_lines
 from broker.errors import AuditError
 
 __all__ = ["verify_store"]
@@ -181,13 +185,20 @@ async def _newest_checkpoint_id(store: AuditStore) -> int | None:
     return await newest_checkpoint_id(store)
 
 
-async def verify_store(store: AuditStore, *,
-                       public_key: nacl.signing.VerifyKey | None) -> VerifyReport:
+async def verify_store(store: AuditStore, *, public_key: nacl.signing.VerifyKey | None,
+                       witnesses: Sequence[Path] = ()) -> VerifyReport:
     """Walk the whole chain of `store`, and hold its checkpoints (on
-    PostgreSQL) against it; tampering is reported, never raised
-    (AuditError only if the store cannot be read, or there are
-    checkpoints but no `public_key`)."""
+    PostgreSQL) and the `witnesses` files against it; tampering is
+    reported, never raised (AuditError only if the store or a witness
+    cannot be read, or there are checkpoints but no `public_key`)."""
     report = VerifyReport()
+    if witnesses and public_key is None:
+        raise AuditError("witness files hold signed checkpoints: pass --pubkey FILE (the "
+                         "output of `audit pubkey`) to check them")
+    witnessed = [line for path in witnesses
+                 for line in witness_lines(path, public_key, report)] if public_key else []
+    wanted = {cp.seq for _, cp in witnessed}
+    hashes: dict[int, str] = {}
     # Before the events: checkpoints written while they are read are not held.
     through_id = await _newest_checkpoint_id(store)
     walk: ChainWalk | None = None
@@ -196,6 +207,7 @@ async def verify_store(store: AuditStore, *,
     after = 0
     while page := await store.scan(after_seq=after, limit=_PAGE):
         rows = [_stored(event) for event in page]
+        hashes.update((event.seq, event.hash) for event in page if event.seq in wanted)
         if walk is None:
             report.first_seq, first_prev = rows[0][0], rows[0][7]
             walk = ChainWalk(rows[0][0], rows[0][7])
@@ -214,5 +226,6 @@ async def verify_store(store: AuditStore, *,
                             "be detected until checkpoints are written")
     else:
         await _check_checkpoints(store, report, first_prev, public_key, through_id)
+    hold_witness(witnessed, report, first_prev, hashes.get)
     report.close()
     return report

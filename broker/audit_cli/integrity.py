@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from broker.audit.checkpoints import CHECKPOINT_FILE, checkpoint_path
+from broker.audit.checkpoints import CHECKPOINT_FILE, PG_CHECKPOINT_FILE, checkpoint_path
 from broker.audit.signing import (
     AUDIT_KEY_FILE,
     load_or_create_signing_key,
@@ -99,19 +99,22 @@ async def _verify_database(args: argparse.Namespace) -> int:
     from broker.audit.stores import open_store
     from broker.audit.verify_store import verify_store
 
-    if args.witness or args.checkpoint_file is not None:
-        raise ConfigError("--witness and --checkpoint-file are not checked against a "
-                          "PostgreSQL log yet; run audit verify without them")
+    # This directory's own checkpoints (a node's while it led, an admin's
+    # reads) are witnesses like any other file of them.
+    own = args.checkpoint_file or args.data_dir / PG_CHECKPOINT_FILE
+    witnesses = [*([own] if own.exists() else []), *(args.witness or [])]
     key, notes = public_key_for(args)
     store = await open_store(args.data_dir, database_url=args.database_url)
     try:
-        report = await verify_store(store, public_key=key)
+        report = await verify_store(store, public_key=key, witnesses=witnesses)
         _print_report(report, notes, args.json)
         sys.stdout.flush()
         try:
-            await store.append("audit_verified", now=now(), actor=cli_actor(), body={
-                "ok": report.ok, "first_bad_seq": report.first_bad_seq,
-                "independent_key": args.pubkey is not None})
+            body: dict[str, object] = {"ok": report.ok, "first_bad_seq": report.first_bad_seq,
+                                       "independent_key": args.pubkey is not None}
+            if witnesses:
+                body["witnesses"] = len(witnesses)
+            await store.append("audit_verified", now=now(), actor=cli_actor(), body=body)
         except AuditError as exc:
             if report.ok:
                 raise

@@ -31,6 +31,19 @@ def start_node(deployment: Deployment, database_url: str, *extra: str) -> None:
                             "--node-url", f"wss://127.0.0.1:{port}", *extra)
 
 
+def one_session(deployment: Deployment, key: Path | None = None) -> str:
+    """A session with a marker both sides see, then the engineer leaves;
+    the marker (which no log may hold)."""
+    agent, console, _code = approve_session(deployment, "c", "--control", key=key)
+    marker = "CSY" + secrets.token_hex(8)
+    console.send(f"echo {marker}-$((6*7))\r")
+    console.expect(f"{marker}-42")
+    agent.expect(f"{marker}-42")
+    console.send("\x1dq")
+    console.expect("You left the session.")
+    return marker
+
+
 def cluster_engineer(deployment: Deployment, owner_url: str, name: str = "alice") -> Path:
     """An engineer added to the cluster's registry (as the README says: once,
     with the owner's URL), not to this directory's registry.db."""
@@ -72,13 +85,7 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
     node_url = database_url.replace(f"postgres:{postgres.password}@", f"{name}@")
     key = cluster_engineer(deployment, database_url)
     start_node(deployment, node_url)
-    agent, console, _code = approve_session(deployment, "c", "--control", key=key)
-    marker = "CSY" + secrets.token_hex(8)
-    console.send(f"echo {marker}-$((6*7))\r")
-    console.expect(f"{marker}-42")
-    agent.expect(f"{marker}-42")
-    console.send("\x1dq")
-    console.expect("You left the session.")
+    marker = one_session(deployment, key)
     deployment.stop()
 
     out = deployment.broker_stdout.read_text(errors="replace")
@@ -106,6 +113,10 @@ async def test_a_session_on_a_postgresql_log_verifies_and_an_edit_is_found(
         consent_seq = types.index("consent_granted") + 1
         assert max(parse_checkpoint(line).seq
                    for line in kept.read_text().splitlines()) >= consent_seq
+        witnessed = _verify(deployment, database_url, "--json", "--witness", str(kept))
+        assert witnessed.returncode == 0, witnessed.stdout + witnessed.stderr
+        # The agent's receipt, and the node's own file of what it sealed.
+        assert json.loads(witnessed.stdout)["witness_checkpoints"] >= 2
         assert types[0] == "audit_verified"  # the install run
         assert postgres.password not in result.stdout + result.stderr
         # The check is itself in the log.

@@ -257,3 +257,34 @@ async def test_checkpoints_of_purged_events_still_verify(
     assert result.ok, [p.message for p in result.problems]
     assert (result.first_seq, result.purged_through, result.unsealed) == (7, 6, 0)
     await Checkpointer(a, a.path).check()  # and a node starts on it
+
+
+async def test_a_witness_kept_elsewhere_catches_a_cut_the_table_no_longer_shows(
+        database_url: str, logs: tuple[PgAuditLog, PgAuditLog], tmp_path: Path) -> None:
+    a, _ = logs
+    await single_node_with_checkpoints(a)
+    witness = tmp_path / "elsewhere.jsonl"  # the leader's own file, shipped away
+    shutil.copy2(a.path / PG_CHECKPOINT_FILE, witness)
+    key = load_or_create_signing_key(a.path).verify_key
+    report = await verify_store(a, public_key=key, witnesses=[witness])
+    assert report.ok and report.witness_checkpoints >= 2, [p.message for p in report.problems]
+    # The owner cuts the newest events, and every checkpoint that says so.
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE events DISABLE TRIGGER USER")
+            await conn.execute("ALTER TABLE checkpoints DISABLE TRIGGER USER")
+            await conn.execute("DELETE FROM events WHERE seq > 3")
+            await conn.execute("DELETE FROM checkpoints")
+            await conn.execute("UPDATE chain_head SET seq = 3, "
+                               "hash = (SELECT hash FROM events WHERE seq = 3)")
+            await conn.execute("ALTER TABLE checkpoints ENABLE TRIGGER USER")
+            await conn.execute("ALTER TABLE events ENABLE TRIGGER USER")
+    finally:
+        await conn.close()
+    alone = await verify_store(a, public_key=key)
+    assert alone.ok  # the table no longer says anything was sealed
+    report = await verify_store(a, public_key=key, witnesses=[witness])
+    assert not report.ok
+    assert any("covers seq 5 but the log ends at seq 3: the log was cut" in p.message
+               for p in report.problems), [p.message for p in report.problems]

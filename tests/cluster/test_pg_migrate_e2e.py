@@ -8,26 +8,12 @@ registry (engineers, device bindings) moves with the log."""
 from __future__ import annotations
 
 import json
-import secrets
-from pathlib import Path
 
 import asyncpg
 
 from tests.cluster.harness import Postgres
-from tests.cluster.test_pg_broker import start_node
+from tests.cluster.test_pg_broker import one_session, start_node
 from tests.e2e.conftest import Deployment
-from tests.e2e.test_session import approve_session
-
-
-def one_session(deployment: Deployment, key: Path | None = None) -> None:
-    """A session with a marker both sides see, then the engineer leaves."""
-    agent, console, _code = approve_session(deployment, "c", "--control", key=key)
-    marker = "CSY" + secrets.token_hex(8)
-    console.send(f"echo {marker}-$((6*7))\r")
-    console.expect(f"{marker}-42")
-    agent.expect(f"{marker}-42")
-    console.send("\x1dq")
-    console.expect("You left the session.")
 
 
 async def test_a_migrated_log_carries_on_under_a_node(
