@@ -614,9 +614,10 @@ def rows(res: Results, mode: Mode) -> list[Row]:
         note = (f"consentry: {whose[role][0]}; OpenSSH: {whose[role][1]}; from /proc, in "
                 f"{res.strokes} round trips per path")
         if role == CLIENT:
-            note += (f"; the measuring loop alone costs the harness {harness_us:.0f} us per "
-                     "round trip (its CPU on the OpenSSH paths), which consentry's figure "
-                     "includes")
+            note += (f"; driving an OpenSSH path (the think-time timer, the pipe's write "
+                     f"and read, the tap) costs the harness {harness_us:.0f} us per round "
+                     "trip, and consentry's figure includes its own part of that loop (the "
+                     "timer and the tap)")
         out.append(_row(
             f"CPU per keystroke round trip, {role}",
             {p: (f"{per_stroke[p][role]:.0f} us" if role in per_stroke[p] else "-")
