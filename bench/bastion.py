@@ -659,5 +659,9 @@ def rows(res: Results, mode: Mode) -> list[Row]:
                          "not one process - the console's start-up to its first byte "
                          "(bench/startup.py, a fresh `consentry-console join`) plus login, join "
                          "and consent (answered by the harness's screen) to the first byte of "
-                         "the prompt in the harness's client, added repetition by repetition"))
+                         "the prompt in the harness's client, added repetition by repetition "
+                         "(a lower bound: what the console loads after its first byte overlaps "
+                         "the join here). OpenSSH keeps its default key exchange "
+                         "(sntrup761x25519 in 9.2), which costs about 130 ms a connection on "
+                         "loopback over curve25519-sha256 (by hand, `ssh customer true`)"))
     return out
