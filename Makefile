@@ -30,11 +30,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The benchmark harness (bench/README.md). socat is the CPU baseline; it and
-# the cluster row's PostgreSQL and HAProxy come from the system's packages.
+# The benchmark harness (bench/README.md). socat is the CPU baseline; it,
+# the cluster row's PostgreSQL and HAProxy and the bastion rows' OpenSSH
+# (bench/bastion.py) come from the system's packages.
 bench: $(STAMP)
 	command -v socat >/dev/null || apt-get install -y -q socat || echo "bench: no socat; that row is skipped"
 	command -v haproxy >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt-get install -y -q postgresql haproxy || echo "bench: no PostgreSQL or HAProxy; the cluster row fails"
+	command -v ssh >/dev/null && test -x /usr/sbin/sshd || { apt-get update -q && apt-get install -y -q openssh-server openssh-client; } || echo "bench: no OpenSSH server; the bastion rows fail"
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP)

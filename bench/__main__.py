@@ -8,12 +8,13 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import cases, cluster, report, startup
+from bench import bastion, cases, cluster, report, startup
 from bench.fixture import Deployment
 from bench.procs import raise_fd_limit
 from broker import eventloop
 
-CASES = ("interactive", "join", "startup", "sessions", "idle", "flood", "soak", "audit", "cluster")
+CASES = ("interactive", "join", "startup", "bastion", "sessions", "idle", "flood", "soak", "audit",
+         "cluster")
 
 
 async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
@@ -44,6 +45,8 @@ async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
                 single_p99 = row.detail["relay_ms"]["median"]
         await case("join", lambda: cases.join_to_prompt(dep, mode))
         await case("startup", lambda: startup.console_startup(dep, mode))
+        # OpenSSH's own sshd and ssh beside the same relay (bench/bastion.py).
+        await case("bastion", lambda: bastion.bastion_vs_consentry(dep, mode))
         await case("sessions", lambda: cases.concurrent_sessions(dep, mode, single_p99))
         # The same at a quarter of the load: shows whether the relay or the
         # machine gives out first.

@@ -7,6 +7,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import asyncssh
 
@@ -82,12 +83,21 @@ async def make_echo(conn: asyncssh.SSHClientConnection,
     return chan, tap
 
 
-async def keystrokes(chan: asyncssh.SSHClientChannel,  # type: ignore[type-arg]
-                     tap: Tap, count: int) -> list[float]:
+class Writer(Protocol):
+    """Where keystrokes go: an asyncssh channel, or the stdin of a stock
+    `ssh` process (bench/bastion.py), so that both are timed by one loop."""
+
+    def write(self, data: bytes) -> None: ...
+
+
+async def keystrokes(chan: Writer, tap: Tap, count: int, think: float = 0.0) -> list[float]:
     """Round trips of one byte through the remote PTY (an echo made by
-    `make_echo`), in seconds."""
+    `make_echo`), in seconds; `think` seconds pass between keystrokes, as
+    between a person's (the bastion rows use 2 ms)."""
     samples = []
     for _ in range(count):
+        if think:
+            await asyncio.sleep(think)
         want = tap.received + 1
         start = time.perf_counter()
         chan.write(b"x")
@@ -96,11 +106,15 @@ async def keystrokes(chan: asyncssh.SSHClientChannel,  # type: ignore[type-arg]
     return samples
 
 
-async def bulk(conn: asyncssh.SSHClientConnection, size: int) -> float:
-    """Seconds to receive `size` bytes of shell output."""
+async def bulk(conn: asyncssh.SSHClientConnection, size: int,
+               on_ready: Callable[[], None] | None = None) -> float:
+    """Seconds to receive `size` bytes of shell output; `on_ready` is called
+    when the shell is about to send them (where a CPU window starts)."""
     chan, tap = await open_shell(conn)
     chan.write(f"stty raw -echo; printf R''EADY; head -c {size} /dev/zero; exit\r".encode())
     await tap.until(lambda: tap.marked)
+    if on_ready is not None:
+        on_ready()
     start = time.perf_counter()
     await tap.until(lambda: tap.after_mark >= size, timeout=600)
     elapsed = time.perf_counter() - start

@@ -36,6 +36,7 @@ def write(rows: list[Row], mode: Mode, out: Path, seconds: float) -> tuple[Path,
     for row in rows:
         met = {True: "yes", False: "**no**", None: "-"}[row.met]
         lines.append(f"| {row.what} | {row.baseline} | {row.target} | {row.result} | {met} |")
+    lines += _side_by_side(rows)
     notes = [row for row in rows if row.note]
     if notes:
         lines += ["", "## Notes", ""]
@@ -46,6 +47,32 @@ def write(rows: list[Row], mode: Mode, out: Path, seconds: float) -> tuple[Path,
     js.write_text(json.dumps({"when": stamp, "mode": asdict(mode), "seconds": seconds,
                               "rows": [asdict(r) for r in rows]}, indent=2, default=str))
     return md, js
+
+
+SIDE_BY_SIDE = """\
+The same measuring code on every path, taking turns in short blocks
+(bench/bastion.py): the harness's own sshd for the customer and the bastion,
+the stock ssh client, aes128-gcm, a PTY running `stty raw -echo; cat`.
+"vs -J" is consentry over the bastion -J path.
+"""
+
+
+def _side_by_side(rows: list[Row]) -> list[str]:
+    """The bastion rows again, as issue 15's table: each path a column."""
+    compared = [row for row in rows if "cells" in row.detail]
+    if not compared:
+        return []
+    paths = list(compared[0].detail["cells"])
+    lines = ["", "## consentry vs OpenSSH bastion, same run", "", SIDE_BY_SIDE,
+             "| row | " + " | ".join(paths) + " | target | vs -J | met |",
+             "|---|" + "---|" * (len(paths) + 3)]
+    for row in compared:
+        cells = row.detail["cells"]
+        met = {True: "met", False: "**not met**", None: "-"}[row.met]
+        ratio = row.result.split(";", 1)[0]
+        lines.append(f"| {row.detail['label']} | " + " | ".join(cells[p] for p in paths)
+                     + f" | {row.target} | {ratio} | {met} |")
+    return lines
 
 
 def _cores() -> int:

@@ -25,7 +25,7 @@ _FLOOR = ("import socket, sys; s = socket.create_connection(('127.0.0.1', int(sy
           "s.send(b'x'); s.close()")
 
 
-def _first_byte_ms(argv: list[str]) -> float:
+def first_byte_ms(argv: list[str]) -> float:
     """Milliseconds from starting `argv` (given the port as "{port}") to the
     first byte it sends to a socket on 127.0.0.1."""
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -47,17 +47,22 @@ def _first_byte_ms(argv: list[str]) -> float:
     return elapsed
 
 
+def console_argv(dep: Deployment) -> list[str]:
+    """A plain `consentry-console join` against the port `first_byte_ms` gives."""
+    return [str(BIN / "consentry-console"), "join", "4821-193-775",
+            "--broker", "wss://127.0.0.1:{port}", "--ca", str(dep.pki.ca_cert),
+            "--identity", str(dep.key_path), "--user", dep.user]
+
+
 def _measure(dep: Deployment, runs: int) -> tuple[list[float], list[float]]:
-    console = [str(BIN / "consentry-console"), "join", "4821-193-775",
-               "--broker", "wss://127.0.0.1:{port}", "--ca", str(dep.pki.ca_cert),
-               "--identity", str(dep.key_path), "--user", dep.user]
+    console = console_argv(dep)
     floor = [sys.executable, "-c", _FLOOR, "{port}"]
-    _first_byte_ms(console)  # warm the page cache and .pyc files once
+    first_byte_ms(console)  # warm the page cache and .pyc files once
     consoles: list[float] = []
     floors: list[float] = []
     for _ in range(runs):  # interleaved: a busy moment slows both alike
-        consoles.append(_first_byte_ms(console))
-        floors.append(_first_byte_ms(floor))
+        consoles.append(first_byte_ms(console))
+        floors.append(first_byte_ms(floor))
     return consoles, floors
 
 
