@@ -78,7 +78,7 @@ async def open_log(data_dir: Path, *, checkpoint_file: Path | None = None,
             raise ConfigError(
                 f"no audit signing key at {data_dir / AUDIT_KEY_FILE}: the cluster's log is "
                 "sealed with the key its nodes share; copy audit.key from a node into this "
-                "data directory (with master.key)")
+                "data directory, with master.key and audit-ratchet.key")
         from broker.audit.stores import open_store
 
         audit = await open_store(data_dir, database_url=database_url)
