@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 
@@ -52,6 +52,9 @@ __all__ = ["answer_audit_request", "event_object"]
 _MAX_VALUE = 256
 # `audit_verify_result.summary` (see broker.wire.messages).
 _MAX_SUMMARY = 1000
+
+if TYPE_CHECKING:  # the check itself is imported when one is asked for
+    from broker.audit.verify import VerifyReport
 
 
 def _capped(value: str | None) -> str | None:
@@ -170,11 +173,17 @@ def _run_verify(db_path: Path, checkpoint_file: Path | None) -> tuple[bool, str,
                             checkpoint_file=checkpoint_file or data_dir / CHECKPOINT_FILE)
     except (AuditError, OSError) as exc:
         return False, f"the check could not run: {exc}"[:_MAX_SUMMARY], None
+    return _summarised(report, own_key=key is not None)
+
+
+def _summarised(report: VerifyReport, *, own_key: bool) -> tuple[bool, str, int | None]:
+    """What a verify request answers: intact or not, a bounded summary with
+    the first problem, and the first bad seq."""
     summary = report.summary()
     problems = report.ordered_problems()
     if problems:
         summary += f"; first problem: {problems[0].message}"
-    elif key is not None:
+    elif own_key:
         summary += " (checked with this broker's own audit key)"
     return report.ok, summary[:_MAX_SUMMARY], report.first_bad_seq
 
@@ -192,11 +201,7 @@ async def _verify_through_store(audit: AuditStore) -> tuple[bool, str, int | Non
         report = await verify_store(audit, public_key=key)
     except (AuditError, OSError) as exc:
         return False, f"the check could not run: {exc}"[:_MAX_SUMMARY], None
-    summary = report.summary()
-    problems = report.ordered_problems()
-    if problems:
-        summary += f"; first problem: {problems[0].message}"
-    return report.ok, summary[:_MAX_SUMMARY], report.first_bad_seq
+    return _summarised(report, own_key=False)
 
 
 async def _verify(audit: AuditStore, engineer: Engineer,

@@ -412,6 +412,19 @@ CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
 
 # Roles are the cluster's, not the database's: made once, granted per database.
 # (The role's name is `BROKER_ROLE`.)
+# What the broker role may call, each a function that does one thing; named
+# once, so that what is revoked from PUBLIC is exactly what is granted.
+_BROKER_FUNCTIONS = (
+    "consentry_lock_chain_head()", "consentry_subject_key(text, bytea, text)",
+    "consentry_claim_key(text)", "consentry_purge_events(bigint)",
+    "consentry_delete_personal_before(text)", "consentry_shred_subjects_without_personal(text)",
+    "consentry_remove_forgotten_subjects()", "consentry_wrapped_under_current(bytea)",
+    "consentry_claim_wrap(integer, text, text)", "consentry_lock_wrap()",
+    "consentry_rotate_wrap(integer, text, text, text[], bytea[])",
+    "consentry_rebase_wrap(integer, integer, text, text)",
+    "consentry_erase_subject(text, text)",
+)
+
 _GRANTS = """
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'consentry_broker') THEN
@@ -434,24 +447,8 @@ REVOKE ALL ON engineers, devices, failed_logins FROM PUBLIC;
 GRANT SELECT ON engineers TO consentry_broker;
 GRANT SELECT, INSERT ON devices TO consentry_broker;
 GRANT SELECT, INSERT, DELETE ON failed_logins TO consentry_broker;
-REVOKE ALL ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
-    consentry_claim_key(text), consentry_purge_events(bigint),
-    consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
-    consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
-    consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
-    consentry_rotate_wrap(integer, text, text, text[], bytea[]),
-    consentry_rebase_wrap(integer, integer, text, text)
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION consentry_lock_chain_head(), consentry_subject_key(text, bytea, text),
-    consentry_claim_key(text), consentry_purge_events(bigint),
-    consentry_delete_personal_before(text), consentry_shred_subjects_without_personal(text),
-    consentry_remove_forgotten_subjects(), consentry_wrapped_under_current(bytea),
-    consentry_claim_wrap(integer, text, text), consentry_lock_wrap(),
-    consentry_rotate_wrap(integer, text, text, text[], bytea[]),
-    consentry_rebase_wrap(integer, integer, text, text)
-    TO consentry_broker;
-REVOKE ALL ON FUNCTION consentry_erase_subject(text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION consentry_erase_subject(text, text) TO consentry_broker;
+REVOKE ALL ON FUNCTION {functions} FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION {functions} TO consentry_broker;
 """
 
 
@@ -490,7 +487,7 @@ async def install(conn: Connection) -> None:
                                "ON CONFLICT (one) DO NOTHING", GENESIS_HASH)
             await conn.execute(_FUNCTIONS)
             await conn.execute(_TRIGGERS)
-            await conn.execute(_GRANTS)
+            await conn.execute(_GRANTS.format(functions=", ".join(_BROKER_FUNCTIONS)))
             await conn.execute(
                 "INSERT INTO audit_schema (one, version) VALUES (true, $1) "
                 "ON CONFLICT (one) DO UPDATE SET version = excluded.version", SCHEMA_VERSION)
