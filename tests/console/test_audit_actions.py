@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Static, TabbedContent
 
-from console.screens.audit import PAGE_SIZE, save_session, session_timeline
+from console.screens.audit import PAGE_SIZE, AuditPane, save_session, session_timeline
 from tests.console.test_app import Harness, connect, text_of, until
 
 
@@ -21,6 +21,9 @@ async def open_audit(pilot, harness: Harness) -> DataTable:  # type: ignore[no-u
     table = harness.app.screen.query_one("#events", DataTable)
     await until(pilot, lambda: table.row_count == 50)
     table.focus()
+    # Focus lands a message later; a test that switches tabs before it lands
+    # would be switched back to the audit tab by it (TabbedContent follows focus).
+    await until(pilot, lambda: table.has_focus)
     return table
 
 
@@ -169,17 +172,29 @@ async def test_an_older_page_says_how_old_it_is_and_is_left_alone(
 async def test_the_audit_log_is_not_polled_while_it_is_not_shown(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("console.screens.audit.REFRESH_SECONDS", 0.2)
+    monkeypatch.setattr("console.screens.audit._TICK_SECONDS", 0.1)
+    ticks: list[bool] = []
+    tick = AuditPane._tick
+
+    def counted(pane: AuditPane) -> None:
+        ticks.append(pane._visible())
+        tick(pane)
+
+    monkeypatch.setattr(AuditPane, "_tick", counted)
     harness = Harness(role="admin")
     async with harness.app.run_test(size=(120, 34)) as pilot:
         await open_audit(pilot, harness)
+        pane = harness.app.screen.query_one(AuditPane)
+        await until(pilot, lambda: len(harness.backend.queries) >= 2)  # it follows
         harness.app.screen.show_tab("home")  # type: ignore[attr-defined]
-        await until(pilot, lambda: harness.app.screen.query_one(
-            "#tabs", TabbedContent).active == "home")
-        await pilot.pause(0.3)
-        queries = len(harness.backend.queries)
-        await pilot.pause(0.8)
+        await until(pilot, lambda: not pane._visible() and not pane._busy())
+        queries, hidden_ticks = len(harness.backend.queries), len(ticks)
+        # Ten ticks while hidden, each long past REFRESH_SECONDS.
+        await until(pilot, lambda: len(ticks) >= hidden_ticks + 10)
+        assert not any(ticks[hidden_ticks:])
         # Every read is an audit event on the broker: none for a hidden page.
         assert len(harness.backend.queries) == queries
+        assert harness.app.screen.query_one("#tabs", TabbedContent).active == "home"
 
 
 def test_a_sessions_story_shows_each_file_and_chat_counts_without_names() -> None:
