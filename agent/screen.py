@@ -716,6 +716,9 @@ class CustomerScreen:
             self._chat_yield = False
             # Keys come a byte at a time; a letter outside ASCII is several.
             utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
+            # Keys typed after the customer closed the page (Esc, then at once
+            # Ctrl-] e) are theirs too: routed as if the page had never been up.
+            leaving, following = False, ""
             try:
                 self._draw_chat()
                 while self._viewers and not self._chat_yield:
@@ -727,7 +730,12 @@ class CustomerScreen:
                         continue  # woken: the loop checks why
                     code = ord(key)
                     if code in (ESC, CTRL_RBRACKET, CTRL_C):
-                        if code != ESC or not await self._escape_sequence(keys):
+                        if code != ESC:
+                            leaving = True
+                            break
+                        sequence, after = await self._escape_sequence(keys)
+                        if not sequence:
+                            leaving, following = True, after
                             break
                     elif key in ("\r", "\n"):
                         draft, self._chat_draft = self._chat_draft, ""
@@ -750,16 +758,22 @@ class CustomerScreen:
                 self._keys = None
                 self._chat_draft = None
                 self._close_prompt()
+                if leaving:
+                    while not keys.empty():
+                        following += keys.get_nowait()
+                    if following:
+                        self._on_keys(following.encode("latin-1"))
 
-    async def _escape_sequence(self, keys: asyncio.Queue[str]) -> bool:
-        """After Esc: True if an escape sequence followed (an arrow key, read
-        and ignored), False for Esc on its own."""
+    async def _escape_sequence(self, keys: asyncio.Queue[str]) -> tuple[bool, str]:
+        """After Esc: (True, "") if an escape sequence followed (an arrow key,
+        read and ignored); (False, key) for Esc on its own, with the key read
+        while waiting ("" if none), which is not part of it."""
         try:
             first = await asyncio.wait_for(keys.get(), ESCAPE_WAIT)
         except TimeoutError:
-            return False
+            return False, ""
         if first not in ("[", "O"):
-            return False
+            return False, first
         for _ in range(16):  # a CSI sequence ends with a byte in @..~
             try:
                 key = await asyncio.wait_for(keys.get(), ESCAPE_WAIT)
@@ -767,7 +781,7 @@ class CustomerScreen:
                 break
             if key and 0x40 <= ord(key) <= 0x7E:
                 break
-        return True
+        return True, ""
 
     def _draw_chat(self) -> None:
         assert self._chat_draft is not None

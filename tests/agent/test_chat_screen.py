@@ -149,3 +149,20 @@ async def test_a_consent_prompt_closes_the_page_and_the_typed_line_is_kept(
             read_all(master)
             await asyncio.sleep(0.01)
     assert sent == ["half a sentence"]
+
+
+async def test_keys_typed_right_after_esc_are_not_swallowed(screen: tuple) -> None:
+    """Esc waits a moment for an arrow key's sequence; what comes instead is a
+    key of its own. Esc then at once Ctrl-] e must still end the session."""
+    customer, master, _sent = screen
+    ended: list[bool] = []
+    customer.on_end_all = lambda: ended.append(True)
+    received = bytearray()
+    os.write(master, b"\x1dm")
+    await read_until(master, received, b"Your message:")
+    os.write(master, b"\x1b\x1de")  # one read: Esc, Ctrl-], e
+    async with asyncio.timeout(10):
+        while not ended:
+            read_all(master)
+            await asyncio.sleep(0.01)
+    assert customer._chat_draft is None and customer._keys is None
