@@ -8,7 +8,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import bastion, cases, cluster, report, startup
+from bench import bastion_case, cases, cluster, report, startup
 from bench.fixture import Deployment
 from bench.procs import raise_fd_limit
 from broker import eventloop
@@ -46,7 +46,7 @@ async def run(mode: cases.Mode, only: set[str]) -> list[cases.Row]:
         await case("join", lambda: cases.join_to_prompt(dep, mode))
         await case("startup", lambda: startup.console_startup(dep, mode))
         # OpenSSH's own sshd and ssh beside the same relay (bench/bastion.py).
-        await case("bastion", lambda: bastion.bastion_vs_consentry(dep, mode))
+        await case("bastion", lambda: bastion_case.bastion_vs_consentry(dep, mode))
         await case("sessions", lambda: cases.concurrent_sessions(dep, mode, single_p99))
         # The same at a quarter of the load: shows whether the relay or the
         # machine gives out first.

@@ -81,7 +81,8 @@ async def run_sessions(args: argparse.Namespace) -> None:
     agents = []
     for i in range(args.sessions):
         config = AgentConfig(broker=args.broker, ca=args.ca, alias=f"bench-{i}",
-                             state_dir=state / str(i), shell=args.shell)
+                             state_dir=state / str(i), shell=args.shell, share=args.share,
+                             transfers_dir=state / str(i) / "transfers")
         agents.append(Agent(config, load_identity(config.state_dir),
                             HarnessScreen(i)))
     async with asyncio.TaskGroup() as group:
@@ -109,6 +110,7 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=0)
     p.add_argument("--idle", type=int, default=0)
     p.add_argument("--shell", default="/bin/cat")
+    p.add_argument("--share", type=Path, default=None, help="a folder shared read-only")
     args = p.parse_args()
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):

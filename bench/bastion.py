@@ -113,7 +113,7 @@ def descendants(pid: int, name: str | None = None) -> list[int]:
 Snapshot = dict[int, float]
 
 
-def _cpu_of(pids: list[int]) -> Snapshot:
+def cpu_of(pids: list[int]) -> Snapshot:
     taken = {}
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -131,13 +131,13 @@ def _terminate(pids: list[int]) -> None:
             os.kill(pid, signal.SIGTERM)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
         return True
     return False
@@ -171,7 +171,7 @@ class Sshd:
     def cpu(self) -> Snapshot:
         """CPU of its sshd processes (per connection: the privileged monitor
         and the session's child), not of the shells they run."""
-        return _cpu_of([self.proc.pid, *descendants(self.proc.pid, "sshd")])
+        return cpu_of([self.proc.pid, *descendants(self.proc.pid, "sshd")])
 
     def stop(self) -> None:
         left = descendants(self.proc.pid)  # the connections' processes: ours too
@@ -189,7 +189,7 @@ def start_sshd(root: Path, sshd: str, role: str, authorized_keys: Path,
                forwarding: bool) -> Sshd:
     host_key = root / f"{role}_host_ed25519"
     public = _keygen(host_key, f"bench-{role}")
-    port = _free_port()
+    port = free_port()
     config = root / f"sshd_{role}.conf"
     config.write_text(Template((TEMPLATES / "sshd_config.template").read_text()).substitute(
         port=port, host_key=host_key, pid_file=root / f"sshd_{role}.pid",
@@ -205,7 +205,7 @@ def start_sshd(root: Path, sshd: str, role: str, authorized_keys: Path,
                                 stdout=out, stderr=subprocess.STDOUT)
     server = Sshd(role, port, public, proc, log)
     deadline = time.monotonic() + UP_TIMEOUT
-    while not _listening(port):
+    while not listening(port):
         if proc.poll() is not None or time.monotonic() > deadline:
             server.stop()
             raise RuntimeError(f"the {role} sshd did not start: "
@@ -312,12 +312,12 @@ class OpenSsh:
             assert ssh.customer is not None
             # The customer behind NAT: its own ssh holds a port open on the
             # bastion that leads back to its sshd.
-            ssh.reverse_port = _free_port()
+            ssh.reverse_port = free_port()
             ssh.tunnel = await spawn(["ssh", "-F", str(ssh.config), "-n", "-N", "-R",
                                       f"127.0.0.1:{ssh.reverse_port}:127.0.0.1:"
                                       f"{ssh.customer.port}", "bastion"])
             deadline = time.monotonic() + UP_TIMEOUT
-            while not _listening(ssh.reverse_port):
+            while not listening(ssh.reverse_port):
                 if ssh.tunnel.pipes.done.is_set() or time.monotonic() > deadline:
                     raise RuntimeError(f"the reverse tunnel did not open: {ssh.tunnel.why()}")
                 await asyncio.sleep(0.02)
@@ -348,17 +348,21 @@ class OpenSsh:
                                            user=getpass.getuser(), identity=identity,
                                            known_hosts=known))
 
-    def argv(self, path: str, command: str | None) -> list[str]:
-        """`ssh` for one of the three OpenSSH paths, with a PTY; `command`
-        None opens the login shell."""
-        base = ["ssh", "-F", str(self.config), "-tt"]
-        target = {DIRECT: ["customer"], JUMP: ["-J", "bastion", "customer"],
-                  REVERSE: ["-J", "bastion", "-p", str(self.reverse_port),
-                            "-o", "HostKeyAlias=customer", "127.0.0.1"]}[path]
-        return base + target + ([command] if command is not None else [])
+    def target(self, path: str, port_flag: str = "-p") -> list[str]:
+        """The host arguments of one of the three OpenSSH paths (sftp spells
+        the port flag -P)."""
+        return {DIRECT: ["customer"], JUMP: ["-J", "bastion", "customer"],
+                REVERSE: ["-J", "bastion", port_flag, str(self.reverse_port),
+                          "-o", "HostKeyAlias=customer", "127.0.0.1"]}[path]
 
-    async def open(self, path: str, command: str | None) -> SshProcess:
-        proc = await spawn(self.argv(path, command))
+    def argv(self, path: str, command: str | None, tty: bool = True) -> list[str]:
+        """`ssh` for one of the three OpenSSH paths, with a PTY unless `tty`
+        is False (an exec channel); `command` None opens the login shell."""
+        base = ["ssh", "-F", str(self.config), "-tt" if tty else "-T"]
+        return base + self.target(path) + ([command] if command is not None else [])
+
+    async def open(self, path: str, command: str | None, tty: bool = True) -> SshProcess:
+        proc = await spawn(self.argv(path, command, tty))
         self.started.append(proc)
         return proc
 
@@ -389,13 +393,13 @@ class OpenSsh:
         assert self.customer is not None and self.bastion is not None
         customer, bastion, tunnel = self.customer, self.bastion, self.tunnel
         meters: dict[str, Callable[[], Snapshot]] = {
-            CLIENT: lambda: _cpu_of([proc.pid, *descendants(proc.pid)]),
+            CLIENT: lambda: cpu_of([proc.pid, *descendants(proc.pid)]),
             CUSTOMER: customer.cpu,
         }
         if path != DIRECT:
             meters[RELAY] = bastion.cpu
         if path == REVERSE and tunnel is not None:
-            meters[CUSTOMER] = lambda: {**customer.cpu(), **_cpu_of([tunnel.pid])}
+            meters[CUSTOMER] = lambda: {**customer.cpu(), **cpu_of([tunnel.pid])}
         return meters
 
 
@@ -420,7 +424,7 @@ class Results:
     console_join: list[float] = field(default_factory=list)
 
 
-async def _keystrokes(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
+async def measure_keystrokes(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
                       res: Results) -> None:
     assert dep.broker is not None
     broker, agent = dep.broker.pid, agents.proc.pid
@@ -435,9 +439,9 @@ async def _keystrokes(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
             lanes = [(path, proc, proc.tap, ssh.cpu_meters(path, proc))
                      for path, proc in zip((DIRECT, JUMP, REVERSE), procs, strict=True)]
             lanes.append((CONSENTRY, chan, tap, {
-                RELAY: lambda: _cpu_of([broker]),
+                RELAY: lambda: cpu_of([broker]),
                 CLIENT: lambda: {0: time.process_time()},  # finer than /proc's ticks
-                CUSTOMER: lambda: _cpu_of([agent])}))
+                CUSTOMER: lambda: cpu_of([agent])}))
             block = min(mode.keystrokes, KEYSTROKE_BLOCK)
             blocks = max(1, mode.keystrokes // block)
             for _ in range(mode.reps):
@@ -463,33 +467,40 @@ async def _keystrokes(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
             await ssh.close(proc)
 
 
-async def _bulk(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
+async def measure_pty_bulk(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
                 res: Results) -> None:
     """One fresh connection per repetition and path (the agent allows one
     shell per consented session); relay CPU from the first byte's command."""
-    assert dep.broker is not None and ssh.bastion is not None
-    broker, bastion = dep.broker.pid, ssh.bastion
-    size = mode.bulk_bytes
+    assert dep.broker is not None
+    broker, size = dep.broker.pid, mode.bulk_bytes
     command = f"stty raw -echo; printf R''EADY; head -c {size} /dev/zero"
     for _ in range(mode.reps):
         for path in (DIRECT, JUMP, REVERSE):
-            proc = await ssh.open(path, command)
-            try:
-                await proc.until_marked()
-                relay_before = bastion.cpu()
-                start = time.perf_counter()
-                await proc.until_after_mark(size, timeout=600)
-                res.rate[path].append(size / (time.perf_counter() - start) / 1e6)
-                if path != DIRECT:
-                    res.relay_gib[path].append(spent(relay_before, bastion.cpu())
-                                               / (size / GIB))
-            finally:
-                await ssh.close(proc)
+            await openssh_bulk(ssh, path, command, size, res.rate, res.relay_gib)
         async with relayed(dep, agents, 0) as conn:
             window = _CpuWindow(broker)
             seconds = await measure.bulk(conn, size, on_ready=window.open)
             res.rate[CONSENTRY].append(size / seconds / 1e6)
             res.relay_gib[CONSENTRY].append(window.spent() / (size / GIB))
+
+
+async def openssh_bulk(ssh: OpenSsh, path: str, command: str, size: int,
+                       rate: dict[str, list[float]], relay_gib: dict[str, list[float]],
+                       tty: bool = True) -> None:
+    """`command` prints READY and then `size` bytes: MB/s from the mark to
+    the last byte, and the bastion's CPU per GiB meanwhile (not for direct)."""
+    assert ssh.bastion is not None
+    proc = await ssh.open(path, command, tty)
+    try:
+        await proc.until_marked()
+        relay_before = ssh.bastion.cpu()
+        start = time.perf_counter()
+        await proc.until_after_mark(size, timeout=600)
+        rate[path].append(size / (time.perf_counter() - start) / 1e6)
+        if path != DIRECT:
+            relay_gib[path].append(spent(relay_before, ssh.bastion.cpu()) / (size / GIB))
+    finally:
+        await ssh.close(proc)
 
 
 class _CpuWindow:
@@ -526,7 +537,7 @@ async def _login_join_ms(dep: Deployment, agents: Agents) -> float:
         pump.cancel()
 
 
-async def _connect(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
+async def measure_connect(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
                    res: Results) -> None:
     """From exec of `ssh` to the first byte of the login shell's prompt; for
     consentry the console's start-up to its first byte (`bench/startup.py`)
@@ -556,32 +567,16 @@ async def _connect(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
             res.connect[CONSENTRY].append(started + joined)
 
 
-async def bastion_vs_consentry(dep: Deployment, mode: Mode) -> list[Row]:
-    ssh = await OpenSsh.start()
-    agents: Agents | None = None
-    res = Results()
-    try:
-        agents = await Agents.start(dep, 1)
-        await _keystrokes(ssh, dep, agents, mode, res)
-        await _bulk(ssh, dep, agents, mode, res)
-        await _connect(ssh, dep, agents, mode, res)
-    finally:
-        if agents is not None:
-            await agents.stop()
-        await ssh.stop()
-    return rows(res, mode)
-
-
 # -- rows -----------------------------------------------------------------------------
 
 BASE = "OpenSSH bastion -J (same run)"
 
 
-def _ms(values: list[float]) -> str:
+def ms_cell(values: list[float]) -> str:
     return f"{Summary.of(values).median:.2f} ms"
 
 
-def _row(label: str, cells: dict[str, str], target: str, result: str, met: bool | None,
+def table_row(label: str, cells: dict[str, str], target: str, result: str, met: bool | None,
          detail: dict[str, object], note: str = "") -> Row:
     """A row of the main table that also carries its cells of the side-by-side
     table (bench/report.py)."""
@@ -594,7 +589,7 @@ def rows(res: Results, mode: Mode) -> list[Row]:
     for label, values in (("keystroke p50 (2 ms think time)", res.p50),
                           ("keystroke p99 (2 ms think time)", res.p99)):
         ratio = ratios(values[CONSENTRY], values[JUMP])
-        out.append(_row(label, {p: _ms(values[p]) for p in PATHS}, "<= 1x bastion -J",
+        out.append(table_row(label, {p: ms_cell(values[p]) for p in PATHS}, "<= 1x bastion -J",
                         f"{ratio.fmt('x')}; consentry {Summary.of(values[CONSENTRY]).fmt(' ms', 3)}"
                         f", bastion -J {Summary.of(values[JUMP]).fmt(' ms', 3)}",
                         ratio.median <= 1.0,
@@ -620,7 +615,7 @@ def rows(res: Results, mode: Mode) -> list[Row]:
                      "trip, and consentry's figure includes its own part of that loop (the "
                      "timer and the tap)")
         shown = f"{ratio_value:.2f}x" if ratio_value is not None else "no ratio (under a tick)"
-        out.append(_row(
+        out.append(table_row(
             f"CPU per keystroke round trip, {role}",
             {p: (f"{per_stroke[p][role]:.0f} us" if role in per_stroke[p] else "-")
              for p in PATHS},
@@ -630,9 +625,9 @@ def rows(res: Results, mode: Mode) -> list[Row]:
             {"us": per_stroke, "harness_loop_us": harness_us}, note))
     mib = mode.bulk_bytes >> 20
     rate = ratios(res.rate[CONSENTRY], res.rate[JUMP])
-    out.append(_row(f"bulk {mib} MiB through the PTY",
+    out.append(table_row(f"bulk {mib} MiB through the PTY",
                     {p: f"{Summary.of(res.rate[p]).median:.1f} MB/s" for p in PATHS},
-                    "- (SFTP target: after the files issue)",
+                    "- (the target is on SFTP, below)",
                     f"{rate.fmt('x')}; consentry {Summary.of(res.rate[CONSENTRY]).fmt(' MB/s', 1)}"
                     f", bastion -J {Summary.of(res.rate[JUMP]).fmt(' MB/s', 1)}",
                     None, {"ratio": rate.__dict__, "MBps": res.rate}))
@@ -640,10 +635,10 @@ def rows(res: Results, mode: Mode) -> list[Row]:
     # no repetition then gives a ratio.
     measured = any(x > 0 for x in res.relay_gib[JUMP])
     gib = ratios(res.relay_gib[CONSENTRY], res.relay_gib[JUMP]) if measured else None
-    out.append(_row("relay CPU per GiB (PTY traffic)",
+    out.append(table_row("relay CPU per GiB (PTY traffic)",
                     {p: (f"{Summary.of(res.relay_gib[p]).median:.1f} s"
                          if res.relay_gib[p] else "-") for p in PATHS},
-                    "- (SFTP target: after the files issue)",
+                    "- (the target is on SFTP, below)",
                     f"{gib.fmt('x') if gib else 'no ratio (under a CPU tick)'}; broker "
                     f"{Summary.of(res.relay_gib[CONSENTRY]).fmt(' s/GiB')}, bastion sshd "
                     f"{Summary.of(res.relay_gib[JUMP]).fmt(' s/GiB')}",
@@ -654,7 +649,7 @@ def rows(res: Results, mode: Mode) -> list[Row]:
     joined = Summary.of(res.console_join).median
     cells = {p: f"{Summary.of(res.connect[p]).median:.0f} ms" for p in PATHS}
     cells[CONSENTRY] += f" (start-up {started:.0f} + login, join, consent {joined:.0f})"
-    out.append(_row("connect to shell prompt", cells, "<= 1x bastion -J",
+    out.append(table_row("connect to shell prompt", cells, "<= 1x bastion -J",
                     f"{connect.fmt('x')}; consentry "
                     f"{Summary.of(res.connect[CONSENTRY]).fmt(' ms', 0)}, bastion -J "
                     f"{Summary.of(res.connect[JUMP]).fmt(' ms', 0)}",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,38 +257,47 @@ async def join_to_prompt(dep: Deployment, mode: Mode) -> list[Row]:
 # -- idle agents --------------------------------------------------------------------
 
 
-async def idle_agents(dep: Deployment, mode: Mode) -> list[Row]:
-    assert dep.broker is not None
-    pid = dep.broker.pid
-    before = rss_bytes(pid)
+@contextlib.asynccontextmanager
+async def idle_agents_held(dep: Deployment, count: int) -> AsyncIterator[float]:
+    """`count` idle agent connections (TLS, hello, keepalive), from two
+    `bench.agents --idle` processes, held while the body runs; yields how
+    many seconds they took to connect."""
     procs = []
-    per_proc = max(1, mode.idle_agents // 2)
-    counts = [per_proc, mode.idle_agents - per_proc]
+    per_proc = max(1, count // 2)
+    counts = [per_proc, count - per_proc]
     started = time.monotonic()
-    for count in counts:
-        if count:
-            procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.agents", "--broker", dep.url, "--ca",
-                str(dep.pki.ca_cert), "--idle", str(count), stdout=asyncio.subprocess.PIPE))
     try:
-        for proc, count in zip(procs, counts, strict=False):
+        for share in counts:
+            if share:
+                procs.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bench.agents", "--broker", dep.url, "--ca",
+                    str(dep.pki.ca_cert), "--idle", str(share), stdout=asyncio.subprocess.PIPE))
+        for proc, share in zip(procs, counts, strict=False):
             assert proc.stdout is not None
             while True:
                 line = await asyncio.wait_for(proc.stdout.readline(), 600)
                 if not line:
                     raise RuntimeError("an idle-agent process died")
-                if b'"connected": %d}' % count in line:
+                if b'"connected": %d}' % share in line:
                     break
-        connect_s = time.monotonic() - started
+        yield time.monotonic() - started
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            await proc.wait()
+
+
+async def idle_agents(dep: Deployment, mode: Mode) -> list[Row]:
+    assert dep.broker is not None
+    pid = dep.broker.pid
+    before = rss_bytes(pid)
+    async with idle_agents_held(dep, mode.idle_agents) as connect_s:
         await asyncio.sleep(2)
         after = rss_bytes(pid)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(mode.keepalive_window)
         cpu_share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-    finally:
-        for proc in procs:
-            proc.terminate()
-            await proc.wait()
     per_agent = (after - before) / mode.idle_agents / 1024
     return [Row(f"idle agents held ({mode.idle_agents}, TLS, keepalive on)",
                 "broker RSS before agents connect",

@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncssh
 
@@ -57,10 +58,13 @@ class Agents:
     reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, dep: Deployment, count: int, shell: str = "/bin/sh") -> Agents:
+    async def start(cls, dep: Deployment, count: int, shell: str = "/bin/sh",
+                    share: Path | None = None) -> Agents:
+        """`share`: the folder the agents' customers share read-only."""
+        shared = ["--share", str(share)] if share is not None else []
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.agents", "--broker", dep.url, "--ca",
-            str(dep.pki.ca_cert), "--sessions", str(count), "--shell", shell,
+            str(dep.pki.ca_cert), "--sessions", str(count), "--shell", shell, *shared,
             stdout=asyncio.subprocess.PIPE, limit=1 << 20)
         agents = cls(proc, {i: asyncio.Queue() for i in range(count)})
         agents.reader = asyncio.create_task(agents._read())

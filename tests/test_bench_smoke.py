@@ -32,7 +32,9 @@ def test_bench_smoke_runs_every_case(tmp_path: Path) -> None:
                      # openssh-server, which .ci/run installs.
                      "vs OpenSSH bastion: keystroke p50", "vs OpenSSH bastion: keystroke p99",
                      "vs OpenSSH bastion: CPU per keystroke round trip, relay",
-                     "vs OpenSSH bastion: bulk", "vs OpenSSH bastion: connect to shell prompt"):
+                     "vs OpenSSH bastion: bulk", "vs OpenSSH bastion: connect to shell prompt",
+                     "vs OpenSSH bastion: relay CPU per GiB (SFTP)", "by SFTP",
+                     "through an exec channel", "memory per idle waiting customer"):
         assert any(name.startswith(expected) or expected in name for name in names), expected
     markdown = (tmp_path / "smoke.md").read_text()
     assert markdown.startswith("# consentry benchmark")
