@@ -202,7 +202,10 @@ class SSHRelay:
     def outgoing(self, data: bytes | bytearray | memoryview) -> None:
         if self._resume is not None:
             try:
-                self._out.push(data)
+                # While the link is up the bytes go out whatever is kept: an
+                # SSH peer with a wide window (OpenSSH's is 2 MiB) can be more
+                # ahead of our acknowledgements than the buffer holds.
+                self._out.push(data, evict=self._up)
             except ResumeError as exc:
                 self._give_up("too much was sent while the connection was down to keep it "
                               f"all for a resume ({exc})")

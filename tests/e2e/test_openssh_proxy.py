@@ -56,9 +56,10 @@ def popen(dep: Deployment, *argv: str, stdin: int | None = subprocess.PIPE
                             stderr=subprocess.PIPE, env=dep.env(), cwd=dep.root)
 
 
-def finish(proc: subprocess.Popen[bytes], stdin: bytes | None = None) -> tuple[bytes, str]:
+def finish(proc: subprocess.Popen[bytes], stdin: bytes | None = None,
+           timeout: float = 60) -> tuple[bytes, str]:
     try:
-        out, err = proc.communicate(stdin, timeout=60)
+        out, err = proc.communicate(stdin, timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -189,6 +190,25 @@ def test_scp_with_files_fetches_a_shared_file_byte_identical(running: Deployment
     agent.expect(r"\[a\] allow all of this")
     agent.send("a")
     _, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert fetched.read_bytes() == original
+
+
+def test_a_large_file_fetched_by_scp_arrives_whole(running: Deployment) -> None:
+    """More than the replay buffer holds, as fast as sftp asks: the agent's
+    SFTP server outruns the acknowledgements (they take the broker's control
+    path; OpenSSH's window adjustments take the fast one), and the session
+    must go on rather than end as if the link had broken."""
+    scp = openssh("scp")
+    key = running.add_engineer("alice", display="Alice Example")
+    agent, code, share, _ = files_agent(running)
+    (share / "big.bin").write_bytes(original := os.urandom(48 << 20))
+    fetched = running.root / "big-fetched.bin"
+    proc = popen(running, scp, "-s", *ssh_options(running, key, "--files"),
+                 f"consentry-{code}:shared/big.bin", str(fetched), stdin=subprocess.DEVNULL)
+    agent.expect(r"\[a\] allow all of this")
+    agent.send("a")
+    _, err = finish(proc, timeout=120)
     assert proc.returncode == 0, err
     assert fetched.read_bytes() == original
 

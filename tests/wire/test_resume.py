@@ -403,3 +403,27 @@ def test_a_resume_resets_the_backoff() -> None:
     window.resumed(5.0)
     window.lost(10.0)
     assert window.next_attempt(10.0) == 0.5
+
+
+def test_while_the_link_is_up_the_oldest_bytes_give_way_and_a_resume_needs_the_rest() -> None:
+    """A peer whose SSH window runs ahead of its acknowledgements (OpenSSH
+    grants 2 MiB; acks take the broker's control path) must not end a healthy
+    session: the bytes go out, the bound holds, and only a resume from before
+    what is still held is refused."""
+    sender = ReplayBuffer(10)
+    sender.push(b"0123456789")
+    assert sender.push(b"abcd", evict=True) == 10
+    assert sender.held == 10 and sender.sent == 14
+    assert sender.kept_from == 4 and sender.acked == 0 and not sender.complete
+    sender.ack(2)  # an ack from before what is held moves nothing out
+    assert sender.kept_from == 4 and sender.held == 10
+    with pytest.raises(ResumeError, match="more was in flight"):
+        sender.replay_from(3)
+    assert sender.replay_from(6) == b"6789abcd"
+    assert sender.complete and sender.acked == sender.kept_from == 6
+
+
+def test_a_push_larger_than_the_buffer_keeps_its_tail() -> None:
+    sender = ReplayBuffer(4)
+    sender.push(b"0123456789", evict=True)
+    assert sender.kept_from == 6 and sender.replay_from(8) == b"89"

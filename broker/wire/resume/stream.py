@@ -43,8 +43,12 @@ class ReplayBuffer:
     """The sending side of one direction: numbers bytes, keeps the
     unacknowledged ones (at most `limit`), replays them after a drop.
 
-    ``acked <= sent`` always; the bytes held are exactly those from offset
-    `acked` to offset `sent`.
+    ``acked <= kept_from <= sent`` always; the bytes held are exactly those
+    from offset `kept_from` to offset `sent`. `kept_from` is `acked` unless
+    a push while the link was up let the oldest unacknowledged bytes go
+    (`push(..., evict=True)`): the link is fine then and the peer will have
+    them, but until it acknowledges past `kept_from` a drop could not be
+    resumed without a hole.
     """
 
     def __init__(self, limit: int = MAX_REPLAY_BYTES) -> None:
@@ -53,6 +57,7 @@ class ReplayBuffer:
         self.limit = limit
         self._held = bytearray()  # deleting from the front is cheap for a bytearray
         self._acked = 0
+        self._kept_from = 0
 
     @property
     def acked(self) -> int:
@@ -60,9 +65,19 @@ class ReplayBuffer:
         return self._acked
 
     @property
+    def kept_from(self) -> int:
+        """Offset of the oldest byte still held: a resume can start no earlier."""
+        return self._kept_from
+
+    @property
+    def complete(self) -> bool:
+        """Whether every unacknowledged byte is held (a drop now can be resumed)."""
+        return self._kept_from == self._acked
+
+    @property
     def sent(self) -> int:
         """Offset of the next byte to send: how many bytes were numbered so far."""
-        return self._acked + len(self._held)
+        return self._kept_from + len(self._held)
 
     @property
     def held(self) -> int:
@@ -75,14 +90,17 @@ class ReplayBuffer:
         At 0 the driver stops reading its source (backpressure)."""
         return self.limit - len(self._held)
 
-    def push(self, data: bytes | bytearray | memoryview) -> int:
+    def push(self, data: bytes | bytearray | memoryview, evict: bool = False) -> int:
         """Number `data` as the next bytes of the stream and keep them until
         acknowledged. Returns the offset of its first byte.
 
-        More than `room` is refused: the driver must have stopped reading its
-        source before, since dropping bytes would break the stream."""
+        More than `room` is refused, since dropping bytes would break the
+        stream after a drop; unless `evict`: the link is up, so the bytes go
+        out anyway and the oldest held ones are let go to keep the bound
+        (a sender whose acknowledgements lag its peer's SSH window can get
+        here without anything being wrong)."""
         size = len(data)
-        if size > self.room:
+        if size > self.room and not evict:
             raise ResumeError(
                 f"the replay buffer is full ({self.held} of {self.limit} bytes not "
                 f"acknowledged); {size} more bytes cannot be kept")
@@ -90,6 +108,10 @@ class ReplayBuffer:
             raise ResumeError("the stream reached its largest offset")
         start = self.sent
         self._held += data
+        over = len(self._held) - self.limit
+        if over > 0:
+            del self._held[:over]
+            self._kept_from += over
         return start
 
     def ack(self, offset: int) -> None:
@@ -105,7 +127,9 @@ class ReplayBuffer:
         if offset < self._acked:
             raise ResumeError(
                 f"the peer acknowledged offset {offset} after it had acknowledged {self._acked}")
-        del self._held[:offset - self._acked]
+        if offset > self._kept_from:
+            del self._held[:offset - self._kept_from]
+            self._kept_from = offset
         self._acked = offset
 
     def replay_from(self, offset: int) -> bytes:
@@ -114,12 +138,17 @@ class ReplayBuffer:
         (the peer says it has everything before it).
 
         Refused if the peer claims more than was sent, or less than it had
-        already acknowledged (those bytes were dropped and cannot be sent again)."""
+        already acknowledged (those bytes were dropped and cannot be sent
+        again), or less than is still held (let go while the link was up)."""
         _check_offset(offset, "the peer's received offset")
         if offset < self._acked:
             raise ResumeError(
                 f"the peer asks to resume from offset {offset}, but it had acknowledged "
                 f"{self._acked} and the bytes before that are gone")
+        if offset < self._kept_from:
+            raise ResumeError(
+                f"the peer asks to resume from offset {offset}, but more was in flight "
+                f"when the link broke than this end keeps; it holds from {self._kept_from}")
         self.ack(offset)
         return bytes(self._held)
 
