@@ -16,6 +16,7 @@ from agent.transfers.record import RECORD_FILE, read_record, record_lines
 from agent.transfers.sizes import parse_size
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
+from broker.client.screen_logging import keep_logs_off_the_screen
 from broker.layered_config import mark_defaults, settings_or_exit, xdg_config_file
 from broker.wire.codes import RIGHTS
 from broker.wire.limits import DEFAULT_CONSENT_TIMEOUT, MAX_CONSENT_TIMEOUT, MIN_CONSENT_TIMEOUT
@@ -104,6 +105,7 @@ async def _run(config: AgentConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_logs_off_the_screen()
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["transfers"]:
         return show_transfers(given[1:])

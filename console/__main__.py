@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from broker import eventloop
 from broker.cli_style import add_version, finish_parser
 from broker.client.link import BrokerLink, LinkError, broker_url, open_link
+from broker.client.screen_logging import keep_logs_off_the_screen
 from broker.layered_config import mark_defaults, settings_or_exit, xdg_config_file
 from broker.wire.code import parse_code
 from broker.wire.codes import Right
@@ -242,6 +243,7 @@ async def _join(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_logs_off_the_screen()
     parser = build_parser()
     args = parser.parse_args(argv)
     done = settings_or_exit(args, parser, SETTINGS,
