@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:8443
 DATA ?= var
 
-.PHONY: run test lint venv clean screenshots bench bench-smoke
+.PHONY: run test lint venv clean screenshots bench bench-smoke profile
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ bench: $(STAMP)
 	command -v haproxy >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt-get install -y -q postgresql haproxy || echo "bench: no PostgreSQL or HAProxy; the cluster row fails"
 	command -v ssh >/dev/null && test -x /usr/sbin/sshd || { apt-get update -q && apt-get install -y -q openssh-server openssh-client; } || echo "bench: no OpenSSH server; the bastion rows fail"
 	$(BIN)/python -m bench
+
+# Where keystroke CPU goes in the broker, the agent and the console
+# (bench/profile.py, bench/results/profile.md). py-spy is a tool, not a dependency.
+profile: $(STAMP)
+	test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python -m bench.profile
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke --out $${BENCH_OUT:-bench/results}

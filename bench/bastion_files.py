@@ -143,8 +143,9 @@ class _Sftp:
     async def fetch(self, path: str, name: str) -> tuple[float, float]:
         taken, cpu, status, err = await _run(await self.argv(path, name), self.relay_cpu(path))
         if status != 0:
+            # The last lines say why; the proxy's progress lines come first.
             raise RuntimeError(f"sftp on {path} failed ({status}): "
-                               f"{printable(err.strip(), 500) or 'no message'}")
+                               f"{printable(err.strip()[-500:], 500) or 'no message'}")
         fetched = self.scratch.stat().st_size
         self.scratch.unlink()
         expected = (self.share / name).stat().st_size
