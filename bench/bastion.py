@@ -52,10 +52,9 @@ from typing import cast
 from bench import measure, startup
 from bench.cases import GIB, Mode, Row
 from bench.fixture import Deployment
-from bench.paths import Agents, console_client, relayed
+from bench.paths import Agents, relayed
 from bench.procs import cpu_seconds
 from bench.stats import Summary, percentile, ratios
-from broker.wire.code import parse_code
 from broker.wire.text import printable
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -421,7 +420,6 @@ class Results:
     relay_gib: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
     connect: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
     console_startup: list[float] = field(default_factory=list)
-    console_join: list[float] = field(default_factory=list)
 
 
 async def measure_keystrokes(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
@@ -519,30 +517,13 @@ class _CpuWindow:
         return cpu_seconds(self.pid) - self.began
 
 
-async def _login_join_ms(dep: Deployment, agents: Agents) -> float:
-    """consentry's join, login included, to the first byte of the prompt;
-    consent is answered by the harness's screen (bench/agents.py)."""
-    client = console_client(dep)
-    code = parse_code(await agents.code(0))
-    start = time.perf_counter()
-    joined = await client.join(code, ("view", "control"))
-    conn, pump = await joined.open_ssh()
-    try:
-        _chan, tap = await measure.open_shell(conn)
-        await tap.until(lambda: tap.received > 0)
-        return (time.perf_counter() - start) * 1000
-    finally:
-        conn.close()
-        await joined.leave()
-        pump.cancel()
-
-
 async def measure_connect(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: Mode,
-                   res: Results) -> None:
+                          res: Results) -> None:
     """From exec of `ssh` to the first byte of the login shell's prompt; for
-    consentry the console's start-up to its first byte (`bench/startup.py`)
-    plus login, join and consent to the first byte of the prompt, each
-    repetition's two parts added."""
+    consentry from exec of a real `consentry-console join CODE` in a PTY to
+    the remote shell's prompt on its screen, consent answered by the
+    harness's agent at once; and, apart, the console's start-up to its first
+    byte on the network (`bench/startup.py`), to show where the time goes."""
     console = startup.console_argv(dep)
 
     async def openssh_ms(path: str) -> float:
@@ -559,12 +540,12 @@ async def measure_connect(ssh: OpenSsh, dep: Deployment, agents: Agents, mode: M
             taken = await openssh_ms(path)
             if not warm:
                 res.connect[path].append(taken)
+        code = await agents.code(0)
+        joined = await asyncio.to_thread(startup.join_to_prompt_ms, startup.join_argv(dep, code))
         started = await asyncio.to_thread(startup.first_byte_ms, console)
-        joined = await _login_join_ms(dep, agents)
         if not warm:
+            res.connect[CONSENTRY].append(joined)
             res.console_startup.append(started)
-            res.console_join.append(joined)
-            res.connect[CONSENTRY].append(started + joined)
 
 
 # -- rows -----------------------------------------------------------------------------
@@ -646,25 +627,23 @@ def rows(res: Results, mode: Mode) -> list[Row]:
                            "s_per_gib": res.relay_gib}))
     connect = ratios(res.connect[CONSENTRY], res.connect[JUMP])
     started = Summary.of(res.console_startup).median
-    joined = Summary.of(res.console_join).median
     cells = {p: f"{Summary.of(res.connect[p]).median:.0f} ms" for p in PATHS}
-    cells[CONSENTRY] += f" (start-up {started:.0f} + login, join, consent {joined:.0f})"
+    cells[CONSENTRY] += f" (of which start-up to the first byte {started:.0f})"
     out.append(table_row("connect to shell prompt", cells, "<= 1x bastion -J",
-                    f"{connect.fmt('x')}; consentry "
-                    f"{Summary.of(res.connect[CONSENTRY]).fmt(' ms', 0)}, bastion -J "
-                    f"{Summary.of(res.connect[JUMP]).fmt(' ms', 0)}",
-                    connect.median <= 1.0,
-                    {"ratio": connect.__dict__, "ms": res.connect,
-                     "console_startup_ms": res.console_startup,
-                     "console_login_join_ms": res.console_join},
-                    note="OpenSSH: exec of `ssh -tt HOST 'exec /bin/sh -i'` to the first byte "
-                         "of the prompt (the agent's shell here is /bin/sh too). consentry: "
-                         "not one process - the console's start-up to its first byte "
-                         "(bench/startup.py, a fresh `consentry-console join`) plus login, join "
-                         "and consent (answered by the harness's screen) to the first byte of "
-                         "the prompt in the harness's client, added repetition by repetition "
-                         "(a lower bound: what the console loads after its first byte overlaps "
-                         "the join here). OpenSSH keeps its default key exchange "
-                         "(sntrup761x25519 in 9.2), which costs about 130 ms a connection on "
-                         "loopback over curve25519-sha256 (by hand, `ssh customer true`)"))
+                         f"{connect.fmt('x')}; consentry "
+                         f"{Summary.of(res.connect[CONSENTRY]).fmt(' ms', 0)}, bastion -J "
+                         f"{Summary.of(res.connect[JUMP]).fmt(' ms', 0)}",
+                         connect.median <= 1.0,
+                         {"ratio": connect.__dict__, "ms": res.connect,
+                          "console_startup_ms": res.console_startup},
+                         note="OpenSSH: exec of `ssh -tt HOST 'exec /bin/sh -i'` to the first "
+                              "byte of the prompt (the agent's shell here is /bin/sh too). "
+                              "consentry: exec of `consentry-console join CODE` in a PTY of its "
+                              "own to the remote prompt on its screen, after its 'connected' "
+                              "line: start-up, login, pairing, the customer's consent (given "
+                              "at once by the harness's agent) and the SSH connection; the "
+                              "start-up alone is timed apart (bench/startup.py). OpenSSH keeps "
+                              "its default key exchange (sntrup761x25519 in 9.2), which costs "
+                              "about 130 ms a connection on loopback over curve25519-sha256 (by "
+                              "hand, `ssh customer true`)"))
     return out

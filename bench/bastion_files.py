@@ -39,12 +39,14 @@ from bench.bastion import (
     OpenSsh,
     Snapshot,
     cpu_of,
+    descendants,
     openssh_bulk,
     spent,
 )
 from bench.cases import GIB, Mode
 from bench.fixture import BIN, Deployment
 from bench.paths import Agents
+from bench.procs import cpu_seconds_with_reaped
 from broker.wire.text import printable
 
 BULK_FILE, TINY_FILE = "bulk.bin", "tiny.bin"
@@ -98,6 +100,14 @@ def _proxy_options(dep: Deployment, known: Path, *rights: str) -> list[str]:
             "-o", "Ciphers=aes128-gcm@openssh.com"]
 
 
+def _tree_with_reaped(pid: int) -> float:
+    total = 0.0
+    for each in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds_with_reaped(each)
+    return total
+
+
 async def _run(argv: list[str], cpu: Callable[[], Snapshot]) -> tuple[float, float, int, str]:
     """Seconds from exec to exit, CPU `cpu` spent meanwhile, exit status, stderr."""
     before, start = cpu(), time.perf_counter()
@@ -138,7 +148,12 @@ class _Sftp:
         if path == CONSENTRY:
             broker = self.dep.broker.pid
             return lambda: cpu_of([broker])
-        return self.ssh.bastion.cpu if path != DIRECT else dict
+        if path == DIRECT:
+            return dict
+        # A whole sftp run: its connection's sshd processes have exited and
+        # been reaped by the time it is read, so reaped children count too.
+        bastion = self.ssh.bastion.proc.pid
+        return lambda: {bastion: _tree_with_reaped(bastion)}
 
     async def fetch(self, path: str, name: str) -> tuple[float, float]:
         taken, cpu, status, err = await _run(await self.argv(path, name), self.relay_cpu(path))

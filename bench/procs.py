@@ -69,3 +69,11 @@ def uss_bytes(pid: int) -> int:
             if line.startswith(("Private_Clean:", "Private_Dirty:")):
                 private += int(line.split()[1]) * 1024
     return private
+
+
+def cpu_seconds_with_reaped(pid: int) -> float:
+    """User + system CPU of `pid` and of its children it has waited for
+    (cutime, cstime): a connection's processes that came and went count."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / _TICKS

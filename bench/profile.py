@@ -46,7 +46,7 @@ LIBRARIES = (
     ("ssl (the stdlib's wrappers; OpenSSL under them)", "ssl.py"),
     ("uvloop", "uvloop"),
     ("asyncio", "asyncio"),
-    ("consentry broker", "broker"),
+    ("consentry: broker/ (in the agent and console: the shared frame path and relay)", "broker"),
     ("consentry agent", "agent"),
     ("consentry console", "console"),
     ("harness", "bench"),

@@ -11,6 +11,12 @@ console shows where the rest goes (README, "Performance").
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import pty
+import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +51,56 @@ def first_byte_ms(argv: list[str]) -> float:
             proc.kill()
             proc.wait()
     return elapsed
+
+
+# The console's own line once the shell is open, then the remote /bin/sh's
+# prompt ("# " for root, "$ " otherwise) as it lands on the engineer's screen.
+_CONNECTED = b"connected to "
+_PROMPT = re.compile(rb"[#$] ")
+
+
+def join_to_prompt_ms(argv: list[str], timeout: float = 60.0) -> float:
+    """Milliseconds from starting a real `consentry-console join` in a PTY of
+    its own (80x24) to the remote shell's prompt on that screen; the
+    customer's consent is the harness's agent's (at once)."""
+    master, slave = pty.openpty()
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = began + timeout
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0 or proc.poll() is not None:
+                raise RuntimeError("consentry-console join showed no prompt: "
+                                   f"{seen[-300:].decode(errors='replace')!r}")
+            ready, _, _ = select.select([master], [], [], left)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the console exited: its PTY is gone
+                    continue
+                at = seen.find(_CONNECTED)
+                line_end = seen.find(b"\n", at) if at >= 0 else -1
+                if line_end >= 0 and _PROMPT.search(seen, line_end):
+                    return (time.perf_counter() - began) * 1000
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)
+
+
+def join_argv(dep: Deployment, code: str) -> list[str]:
+    """`consentry-console join CODE` against the harness's broker."""
+    return [str(BIN / "consentry-console"), "join", code, "--broker", dep.url,
+            "--ca", str(dep.pki.ca_cert), "--identity", str(dep.key_path), "--user", dep.user]
 
 
 def console_argv(dep: Deployment) -> list[str]:
