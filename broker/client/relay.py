@@ -154,7 +154,10 @@ class SSHRelay:
         self.failure: str | None = None
         self._coming_back = False
         self._farewell: str | None = None
-        self._pending = bytearray()
+        # SSH's writes of this loop turn, sent as frames at its end: a list,
+        # joined once (a bytearray grown write by write re-copied as it grew).
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._flush_handle: asyncio.Handle | None = None
         # Whether SSH bytes go out on the link now: not while our link is
         # down, nor while the broker says the peer's is (it would drop them).
@@ -214,7 +217,8 @@ class SSHRelay:
                 self._hold("replay", True)
         if not self._up:
             return  # kept in the replay buffer; sent after the resume
-        self._pending += data
+        self._pending.append(bytes(data))
+        self._pending_size += len(data)
         if self._flush_handle is None:
             self._flush_handle = self._ws.loop.call_soon(self._flush)  # no getpid() per write
 
@@ -222,11 +226,20 @@ class SSHRelay:
         self._flush_handle = None
         if not self._pending:
             return
-        self._send_frames(self._pending)
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._clear_pending()
+        self._send_frames(data)
+
+    def _clear_pending(self) -> None:
         self._pending.clear()
+        self._pending_size = 0
 
     def _send_frames(self, data: bytes | bytearray) -> None:
-        view, step = memoryview(data), limits.MAX_DATA_FRAME
+        step = limits.MAX_DATA_FRAME
+        if len(data) <= step and isinstance(data, bytes):
+            self._ws.send_binary_now(data)  # the common case: no copy
+            return
+        view = memoryview(data)
         frames = [bytes(view[start:start + step]) for start in range(0, len(view), step)]
         view.release()
         self._ws.send_binary_now(*frames)
@@ -234,7 +247,7 @@ class SSHRelay:
     def write_buffer_size(self) -> int:
         transport = self._ws.transport
         queued = transport.get_write_buffer_size() if transport is not None else 0
-        return queued + len(self._pending)
+        return queued + self._pending_size
 
     def _incoming(self, data: bytes) -> None:
         conn = self._conn
@@ -359,7 +372,7 @@ class SSHRelay:
                     self._hold("replay", False)
             case "interrupted":
                 self._up = False
-                self._pending.clear()  # kept in the replay buffer
+                self._clear_pending()  # kept in the replay buffer
                 self._window.lost(time.monotonic())
                 self._resume.on_event(LinkEvent("peer_lost", float(msg["window"])))
             case "resume":
@@ -408,7 +421,7 @@ class SSHRelay:
         if self._window.down:
             self._window.resumed(time.monotonic())
         self._up = True
-        self._pending.clear()
+        self._clear_pending()
         if replay:
             self._send_frames(replay)
         assert self._resume is not None
@@ -421,7 +434,7 @@ class SSHRelay:
         assert self._resume is not None
         resume = self._resume
         self._up = False
-        self._pending.clear()
+        self._clear_pending()
         # The dead link says nothing more: not its frames, not its buffer.
         self._ws.binary_sink = None
         self._ws.on_pause_writing = self._ws.on_resume_writing = None

@@ -12,6 +12,8 @@ No I/O here: the link's driver calls these with the bytes it moves.
 
 from __future__ import annotations
 
+from collections import deque
+
 from broker.wire.errors import ResumeError
 from broker.wire.limits import MAX_REPLAY_BYTES, MAX_STREAM_OFFSET
 
@@ -55,7 +57,12 @@ class ReplayBuffer:
         if limit <= 0:
             raise ValueError("a replay buffer needs room for at least one byte")
         self.limit = limit
-        self._held = bytearray()  # deleting from the front is cheap for a bytearray
+        # Chunks as pushed, oldest first: dropping from the front and adding at
+        # the back copy nothing. (One bytearray did: once bytes had been deleted
+        # from its front, growing it moved everything held, up to the whole
+        # 4 MiB for each 32 KiB SFTP packet.)
+        self._held: deque[bytes] = deque()
+        self._size = 0
         self._acked = 0
         self._kept_from = 0
 
@@ -77,18 +84,18 @@ class ReplayBuffer:
     @property
     def sent(self) -> int:
         """Offset of the next byte to send: how many bytes were numbered so far."""
-        return self._kept_from + len(self._held)
+        return self._kept_from + self._size
 
     @property
     def held(self) -> int:
         """Bytes kept for a possible replay."""
-        return len(self._held)
+        return self._size
 
     @property
     def room(self) -> int:
         """How many more bytes may be sent before the peer acknowledges some.
         At 0 the driver stops reading its source (backpressure)."""
-        return self.limit - len(self._held)
+        return self.limit - self._size
 
     def push(self, data: bytes | bytearray | memoryview, evict: bool = False) -> int:
         """Number `data` as the next bytes of the stream and keep them until
@@ -107,12 +114,28 @@ class ReplayBuffer:
         if self.sent + size > MAX_STREAM_OFFSET:
             raise ResumeError("the stream reached its largest offset")
         start = self.sent
-        self._held += data
-        over = len(self._held) - self.limit
+        if size:
+            self._held.append(bytes(data))
+            self._size += size
+        over = self._size - self.limit
         if over > 0:
-            del self._held[:over]
+            self._drop(over)
             self._kept_from += over
         return start
+
+    def _drop(self, count: int) -> None:
+        """Forget the `count` oldest bytes held."""
+        held = self._held
+        while count:
+            first = held[0]
+            if len(first) <= count:
+                held.popleft()
+                count -= len(first)
+                self._size -= len(first)
+            else:
+                held[0] = first[count:]
+                self._size -= count
+                count = 0
 
     def ack(self, offset: int) -> None:
         """The peer has every byte before `offset`: forget them.
@@ -128,7 +151,7 @@ class ReplayBuffer:
             raise ResumeError(
                 f"the peer acknowledged offset {offset} after it had acknowledged {self._acked}")
         if offset > self._kept_from:
-            del self._held[:offset - self._kept_from]
+            self._drop(offset - self._kept_from)
             self._kept_from = offset
         self._acked = offset
 
@@ -150,7 +173,7 @@ class ReplayBuffer:
                 f"the peer asks to resume from offset {offset}, but more was in flight "
                 f"when the link broke than this end keeps; it holds from {self._kept_from}")
         self.ack(offset)
-        return bytes(self._held)
+        return b"".join(self._held)
 
 
 class ReceiveCursor:
