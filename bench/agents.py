@@ -32,6 +32,10 @@ from broker.client.link import open_link
 from broker.wire.chat import ChatLine
 from broker.wire.messages import b64encode
 
+# Agents started together; under `MAX_PENDING_PER_SOURCE` (32), which the
+# harness's own console clients share while joining.
+START_WAVE = 16
+
 
 def emit(record: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(record) + "\n")
@@ -44,6 +48,7 @@ class HarnessScreen:
     def __init__(self, index: int) -> None:
         self.index = index
         self.quit = asyncio.Event()
+        self.registered = asyncio.Event()  # its first code came
         # The agent sets these; nobody presses the keys that call them here.
         self.on_end_all: Callable[[], None] = lambda: None
         self.on_view_only: Callable[[str | None], None] = lambda _seat: None
@@ -56,6 +61,7 @@ class HarnessScreen:
 
     def set_code(self, code: str | None, expires_in: int) -> None:
         if code:
+            self.registered.set()
             emit({"agent": self.index, "code": code})
 
     async def ask_consent(self, request: ConsentRequest, timeout: float,
@@ -83,11 +89,17 @@ async def run_sessions(args: argparse.Namespace) -> None:
         config = AgentConfig(broker=args.broker, ca=args.ca, alias=f"bench-{i}",
                              state_dir=state / str(i), shell=args.shell, share=args.share,
                              transfers_dir=state / str(i) / "transfers")
-        agents.append(Agent(config, load_identity(config.state_dir),
-                            HarnessScreen(i)))
+        screen = HarnessScreen(i)
+        agents.append((Agent(config, load_identity(config.state_dir), screen), screen))
     async with asyncio.TaskGroup() as group:
-        for agent in agents:
-            group.create_task(agent.run())
+        # In waves, as customers start their agents at different moments: all
+        # at once from one address would be more pending connections than the
+        # broker lets one source hold (broker/admission.py).
+        for start in range(0, len(agents), START_WAVE):
+            wave = agents[start:start + START_WAVE]
+            for agent, _ in wave:
+                group.create_task(agent.run())
+            await asyncio.wait_for(asyncio.gather(*(s.registered.wait() for _, s in wave)), 120)
 
 
 async def run_idle(args: argparse.Namespace) -> None:

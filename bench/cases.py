@@ -324,8 +324,12 @@ async def concurrent_sessions(dep: Deployment, mode: Mode, single_p99_ms: float,
     try:
         contexts = [relayed(dep, agents, i) for i in range(count)]
         conns = []
-        for i in range(0, count, 20):  # join in waves: 20 handshakes at a time
-            conns += await asyncio.gather(*(c.__aenter__() for c in contexts[i:i + 20]))
+        # Join in waves: each join is a console's connection and an agent's
+        # session link, pending together, all from 127.0.0.1, and one source
+        # may hold `MAX_PENDING_PER_SOURCE` (32) pending connections.
+        wave = 12
+        for i in range(0, count, wave):
+            conns += await asyncio.gather(*(c.__aenter__() for c in contexts[i:i + wave]))
         tasks = [asyncio.create_task(measure.steady_echo(
             conn, rate=64 * 1024, chunk=4096, seconds=mode.load_seconds, start=start,
             phase=i / len(conns)))
