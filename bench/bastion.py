@@ -309,21 +309,26 @@ class OpenSsh:
         try:
             await asyncio.to_thread(ssh._start_servers, sshd)
             assert ssh.customer is not None
-            # The customer behind NAT: its own ssh holds a port open on the
-            # bastion that leads back to its sshd.
             ssh.reverse_port = free_port()
-            ssh.tunnel = await spawn(["ssh", "-F", str(ssh.config), "-n", "-N", "-R",
-                                      f"127.0.0.1:{ssh.reverse_port}:127.0.0.1:"
-                                      f"{ssh.customer.port}", "bastion"])
-            deadline = time.monotonic() + UP_TIMEOUT
-            while not listening(ssh.reverse_port):
-                if ssh.tunnel.pipes.done.is_set() or time.monotonic() > deadline:
-                    raise RuntimeError(f"the reverse tunnel did not open: {ssh.tunnel.why()}")
-                await asyncio.sleep(0.02)
+            ssh.tunnel = await ssh.reverse_tunnel(ssh.reverse_port)
             return ssh
         except BaseException:
             await ssh.stop()
             raise
+
+    async def reverse_tunnel(self, port: int) -> SshProcess:
+        """The customer behind NAT: its own `ssh -N -R` holds `port` open on
+        the bastion, leading back to its sshd; returned once it listens."""
+        assert self.customer is not None
+        tunnel = await spawn(["ssh", "-F", str(self.config), "-n", "-N", "-R",
+                              f"127.0.0.1:{port}:127.0.0.1:{self.customer.port}", "bastion"])
+        deadline = time.monotonic() + UP_TIMEOUT
+        while not listening(port):
+            if tunnel.pipes.done.is_set() or time.monotonic() > deadline:
+                await tunnel.stop()
+                raise RuntimeError(f"the reverse tunnel did not open: {tunnel.why()}")
+            await asyncio.sleep(0.02)
+        return tunnel
 
     def _start_servers(self, sshd: str) -> None:
         """Keys, the two sshd and the client's config (blocking: a thread's)."""

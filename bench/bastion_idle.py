@@ -15,13 +15,12 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from bench.bastion import OpenSsh, SshProcess, descendants, free_port, listening, spawn
+from bench.bastion import OpenSsh, SshProcess, descendants, free_port
 from bench.cases import Mode, idle_agents_held
 from bench.fixture import Deployment
 from bench.procs import rss_bytes, uss_bytes
 
 SETTLE_SECONDS = 2.0  # for RSS to stop moving after the last connection (0.5 s in a smoke run)
-UP_TIMEOUT = 15.0
 
 
 @dataclass
@@ -44,23 +43,6 @@ def _memory(pids: list[int]) -> tuple[int, int]:
     return rss, uss
 
 
-async def _tunnel(ssh: OpenSsh) -> SshProcess:
-    assert ssh.customer is not None
-    port = free_port()
-    proc = await spawn(["ssh", "-F", str(ssh.config), "-n", "-N", "-R",
-                        f"127.0.0.1:{port}:127.0.0.1:{ssh.customer.port}", "bastion"])
-    try:
-        async with asyncio.timeout(UP_TIMEOUT):
-            while not await asyncio.to_thread(listening, port):
-                if proc.pipes.done.is_set():
-                    raise RuntimeError(f"a waiting customer's tunnel failed: {proc.why()}")
-                await asyncio.sleep(0.02)
-    except BaseException:
-        await proc.stop()
-        raise
-    return proc
-
-
 async def idle_memory(ssh: OpenSsh, dep: Deployment, mode: Mode) -> IdleMemory:
     assert ssh.bastion is not None and dep.broker is not None
     bastion = ssh.bastion.proc.pid
@@ -74,7 +56,7 @@ async def idle_memory(ssh: OpenSsh, dep: Deployment, mode: Mode) -> IdleMemory:
     held: list[SshProcess] = []
     try:
         for _ in range(tunnels):
-            held.append(await _tunnel(ssh))
+            held.append(await ssh.reverse_tunnel(free_port()))
         await asyncio.sleep(settle)
         rss1, uss1 = bastion_memory()
     finally:

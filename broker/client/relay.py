@@ -203,6 +203,7 @@ class SSHRelay:
         return transport, conn
 
     def outgoing(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)  # once: asyncssh hands bytes (no copy), kept twice below
         if self._resume is not None:
             try:
                 # While the link is up the bytes go out whatever is kept: an
@@ -217,7 +218,7 @@ class SSHRelay:
                 self._hold("replay", True)
         if not self._up:
             return  # kept in the replay buffer; sent after the resume
-        self._pending.append(bytes(data))
+        self._pending.append(data)
         self._pending_size += len(data)
         if self._flush_handle is None:
             self._flush_handle = self._ws.loop.call_soon(self._flush)  # no getpid() per write
